@@ -1,0 +1,185 @@
+"""Residual, pre-activation and plain blocks; interchangeable, built by `make_block`.
+
+Every block takes (in_planes, planes, stride, shortcut, drop_path) and exposes `expansion`
+(output channels = planes * expansion) and `zero_init_last()`.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import DropPath, conv1x1, conv3x3, make_shortcut
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN, + shortcut, ReLU [ResNet Fig. 2, Fig. 5 left]."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, out)
+        self.bn2 = nn.BatchNorm2d(out)
+        self.downsample = make_shortcut(shortcut, in_planes, out, stride)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.drop_path(self.residual(x)) + identity)
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn2.weight)
+
+
+class Bottleneck(nn.Module):
+    """1x1-BN-ReLU-3x3-BN-ReLU-1x1-BN, + shortcut, ReLU [ResNet Fig. 5 right].
+
+    Stride on the 3x3 conv ("v1.5", torchvision's default): about 0.5% better top-1 than
+    the paper's stride on the first 1x1 (see `BottleneckV1`), for 6% more MACs.
+    """
+
+    expansion = 4
+    stride_on_1x1 = False
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
+        super().__init__()
+        out = planes * self.expansion
+        s1, s3 = (stride, 1) if self.stride_on_1x1 else (1, stride)
+        self.conv1 = conv1x1(in_planes, planes, s1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, s3)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, out)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = make_shortcut(shortcut, in_planes, out, stride)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+    forward = BasicBlock.forward
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.bn3.weight)
+
+
+class BottleneckV1(Bottleneck):
+    """The paper's bottleneck: stride on the first 1x1 conv [ResNet §3.3, Table 1]."""
+
+    stride_on_1x1 = True
+
+
+class PreActBasicBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3, + identity; nothing after the addition [Identity Mappings Fig. 4(e)].
+
+    A projection shortcut (conv only) takes the pre-activated input, as in the authors' code.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
+        super().__init__()
+        out = planes * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = make_shortcut(shortcut, in_planes, out, stride, norm=False)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def residual(self, preact: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.bn2(self.conv1(preact))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        preact = self.relu(self.bn1(x))
+        identity = x if self.downsample is None else self.downsample(preact)
+        return self.drop_path(self.residual(preact)) + identity
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv2.weight)
+
+
+class PreActBottleneck(nn.Module):
+    """BN-ReLU-1x1-BN-ReLU-3x3-BN-ReLU-1x1, + identity [Identity Mappings Fig. 4(e)]; stride on the 3x3."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
+        super().__init__()
+        out = planes * self.expansion
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = make_shortcut(shortcut, in_planes, out, stride, norm=False)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def residual(self, preact: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn2(self.conv1(preact)))
+        out = self.relu(self.bn3(self.conv2(out)))
+        return self.conv3(out)
+
+    forward = PreActBasicBlock.forward
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv3.weight)
+
+
+class PlainBasicBlock(BasicBlock):
+    """BasicBlock without the shortcut: the paper's plain baseline [ResNet §4.1, Fig. 3 middle]."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
+        super().__init__(in_planes, planes, stride, shortcut=None)  # `shortcut`, `drop_path`: no branch to apply them to
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.residual(x))
+
+    def zero_init_last(self) -> None:
+        pass  # zeroing the last BN of a plain block would cut the signal, not make an identity
+
+
+class PlainBottleneck(Bottleneck):
+    """Bottleneck without the shortcut, for plain nets of any depth."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
+        super().__init__(in_planes, planes, stride, shortcut=None)
+
+    forward = PlainBasicBlock.forward
+    zero_init_last = PlainBasicBlock.zero_init_last
+
+
+BLOCKS: dict[str, type[nn.Module]] = {
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+    "bottleneck_v1": BottleneckV1,
+    "preact_basic": PreActBasicBlock,
+    "preact_bottleneck": PreActBottleneck,
+    "plain_basic": PlainBasicBlock,
+    "plain_bottleneck": PlainBottleneck,
+}
+
+
+def block_class(name: str) -> type[nn.Module]:
+    try:
+        return BLOCKS[name]
+    except KeyError:
+        raise ValueError(f"unknown block {name!r}; choose one of {sorted(BLOCKS)}") from None
+
+
+def is_preact(block: type[nn.Module]) -> bool:
+    return issubclass(block, (PreActBasicBlock, PreActBottleneck))

@@ -1,0 +1,81 @@
+"""Convolutions and shortcut connections shared by every block."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHORTCUT_OPTIONS = ("A", "B", "C")
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution, padding 1, no bias (a BN follows or precedes it)."""
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution, no bias."""
+    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A [ResNet §3.3]: identity with stride-s subsampling and zero-padded extra channels.
+
+    Parameter-free, so a ResNet with option A has exactly the parameters of its plain twin.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int):
+        super().__init__()
+        if out_planes < in_planes:
+            raise ValueError(f"option A cannot reduce channels ({in_planes} -> {out_planes}); use shortcut='B'")
+        self.in_planes, self.out_planes, self.stride = in_planes, out_planes, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        extra = self.out_planes - self.in_planes
+        return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
+
+    def extra_repr(self) -> str:
+        return f"{self.in_planes}->{self.out_planes}, stride={self.stride}"
+
+
+def make_shortcut(option: str | None, in_planes: int, out_planes: int, stride: int, norm: bool = True) -> nn.Module | None:
+    """The shortcut of a residual block, or None for a pure identity.
+
+    A: zero-padding identity when dimensions change; B: projection only when they change;
+    C: projection on every block [ResNet §3.3, Table 3]; None: no shortcut (plain blocks).
+    `norm=False` drops the BN after the projection (pre-activation units project the
+    already-normalised input).
+    """
+    if option is None:
+        return None
+    if option not in SHORTCUT_OPTIONS:
+        raise ValueError(f"shortcut must be one of {SHORTCUT_OPTIONS}, got {option!r}")
+    changes = stride != 1 or in_planes != out_planes
+    if option == "A":
+        return ZeroPadShortcut(in_planes, out_planes, stride) if changes else None
+    if option == "B" and not changes:
+        return None
+    layers: list[nn.Module] = [conv1x1(in_planes, out_planes, stride)]
+    if norm:
+        layers.append(nn.BatchNorm2d(out_planes))
+    return nn.Sequential(*layers)  # named `downsample.0`, `downsample.1` as in torchvision
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drop a sample's residual branch, rescale the rest."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -1,0 +1,149 @@
+"""ResNet = stem -> stages (layer1..layerN) -> head, for every block type and depth."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .blocks import block_class, is_preact
+from .layers import SHORTCUT_OPTIONS
+
+STEMS = ("imagenet", "cifar")
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Everything that defines a network; a checkpoint stores it to rebuild the model alone."""
+
+    block: str = "basic"  # a key of blocks.BLOCKS
+    layers: tuple[int, ...] = (2, 2, 2, 2)  # blocks per stage
+    widths: tuple[int, ...] = (64, 128, 256, 512)  # planes per stage (x block expansion = output channels)
+    stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3 conv, stride 1
+    stem_width: int = 64
+    shortcut: str = "B"  # option A / B / C [ResNet §3.3]
+    num_classes: int = 1000
+    in_chans: int = 3
+    zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        block_class(self.block)  # validates the name
+        if len(self.layers) != len(self.widths) or not self.layers:
+            raise ValueError(f"layers {self.layers} and widths {self.widths} must be non-empty and of equal length")
+        if any(n < 1 for n in self.layers) or any(w < 1 for w in self.widths):
+            raise ValueError(f"every stage needs >= 1 block and width >= 1, got layers={self.layers} widths={self.widths}")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.shortcut not in SHORTCUT_OPTIONS:
+            raise ValueError(f"shortcut must be one of {SHORTCUT_OPTIONS}, got {self.shortcut!r}")
+        if self.num_classes < 0 or self.in_chans < 1 or self.stem_width < 1:
+            raise ValueError("num_classes must be >= 0 (0: no classifier), in_chans and stem_width >= 1")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @property
+    def depth(self) -> int:
+        """Weighted layers as the papers count them: stem conv + convs in blocks + fc."""
+        convs = 3 if "bottleneck" in self.block else 2
+        return 2 + convs * sum(self.layers)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["layers"], d["widths"] = list(self.layers), list(self.widths)
+        return d
+
+
+class ResNet(nn.Module):
+    """Residual (or plain) network; parameter names follow torchvision (conv1, bn1, layerN, fc)."""
+
+    def __init__(self, config: ResNetConfig | None = None, **kwargs):
+        super().__init__()
+        config = dataclasses.replace(config, **kwargs) if config else ResNetConfig(**kwargs)
+        self.config = config
+        block = block_class(config.block)
+        self.preact = is_preact(block)
+        self._make_stem(config)
+        in_planes = config.stem_width
+        total, index = sum(config.layers), 0
+        for i, (n, planes) in enumerate(zip(config.layers, config.widths)):
+            stage = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                drop = config.drop_path_rate * index / max(total - 1, 1)  # linear decay rule
+                stage.append(block(in_planes, planes, stride, config.shortcut, drop))
+                in_planes, index = planes * block.expansion, index + 1
+            self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
+        self.num_stages = len(config.layers)
+        self.num_features = in_planes
+        # Pre-activation nets end with BN-ReLU before pooling [Identity Mappings §4, Fig. 4(e)].
+        self.final_bn = nn.BatchNorm2d(in_planes) if self.preact else None
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, config.num_classes) if config.num_classes else nn.Identity()
+        self.init_weights()
+
+    def _make_stem(self, config: ResNetConfig) -> None:
+        if config.stem == "imagenet":  # 7x7/2 conv, 3x3/2 max-pool [ResNet Table 1]
+            self.conv1 = nn.Conv2d(config.in_chans, config.stem_width, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        else:  # 3x3 conv with 16 filters on 32x32 inputs [ResNet §4.2]
+            self.conv1 = nn.Conv2d(config.in_chans, config.stem_width, 3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        # A pre-activation net's first block normalises its own input, so its stem is the conv alone.
+        self.bn1 = None if self.preact else nn.BatchNorm2d(config.stem_width)
+        self.relu = nn.ReLU(inplace=True)
+
+    def init_weights(self) -> None:
+        """He (MSRA) init for convs [ResNet §3.4], BN = identity; the one place weights are initialised."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                m.reset_parameters()
+        if self.config.zero_init_residual:  # each block starts as an identity (Goyal et al. 2017)
+            for stage in self.stages():
+                for blk in stage:
+                    blk.zero_init_last()
+
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        if self.bn1 is not None:
+            x = self.relu(self.bn1(x))
+        return self.maxpool(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and stages; returns the last feature map (N, num_features, H/32 or H/4, ...)."""
+        x = self.forward_stem(x)
+        for stage in self.stages():
+            x = stage(x)
+        if self.final_bn is not None:
+            x = self.relu(self.final_bn(x))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pooling then the classifier (skipped with `pre_logits`)."""
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier for `num_classes` (0 removes it)."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        device = next(self.parameters()).device
+        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)

@@ -1,0 +1,124 @@
+"""Registered variants of both papers; each builder lists only what differs from ResNetConfig."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from .resnet import ResNet, ResNetConfig
+
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+CIFAR_WIDTHS = (16, 32, 64)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    config: ResNetConfig
+    input_size: int  # native image side: 224 for ImageNet nets, 32 for CIFAR nets
+    paper: str  # where the paper describes it
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, paper: str, input_size: int = 224, **config) -> None:
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    _REGISTRY[name] = ModelEntry(name, ResNetConfig(**config), input_size, paper)
+
+
+def cifar_config(depth: int, block: str = "basic", **overrides) -> dict:
+    """Config of a CIFAR net of `depth`: 6n+2 with two-conv blocks, 9n+2 with bottlenecks [ResNet §4.2]."""
+    convs = 3 if "bottleneck" in block else 2
+    n, rest = divmod(depth - 2, 3 * convs)
+    if rest or n < 1:
+        raise ValueError(f"a CIFAR {block} net has depth {3 * convs}n+2 (e.g. {3 * convs + 2}, {6 * convs + 2}); got {depth}")
+    base = dict(block=block, layers=(n, n, n), widths=CIFAR_WIDTHS, stem="cifar", stem_width=16, num_classes=10)
+    return {**base, **overrides}
+
+
+IMAGENET_LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3),
+                   152: (3, 8, 36, 3), 200: (3, 24, 36, 3)}
+
+
+def _register_all() -> None:
+    for d in (18, 34, 50, 101, 152):
+        register(f"resnet{d}", "ResNet Table 1", block="basic" if d < 50 else "bottleneck", layers=IMAGENET_LAYERS[d])
+    for d in (50, 101, 152):
+        register(f"resnet{d}_v1", "ResNet Table 1 (stride on 1x1)", block="bottleneck_v1", layers=IMAGENET_LAYERS[d])
+    for d in (18, 34):
+        register(f"plain{d}", "ResNet §4.1, Fig. 3", block="plain_basic", layers=IMAGENET_LAYERS[d])
+    for d in (20, 32, 44, 56, 110, 1202):
+        register(f"resnet{d}", "ResNet §4.2, Table 6", 32, **cifar_config(d, shortcut="A"))
+    for d in (20, 32, 44, 56, 110):
+        register(f"plain{d}", "ResNet §4.2, Fig. 6", 32, **cifar_config(d, "plain_basic"))
+    register("preact_resnet110", "Identity Mappings Table 2", 32, **cifar_config(110, "preact_basic"))
+    for d in (164, 1001):
+        register(f"preact_resnet{d}", "Identity Mappings Table 2", 32, **cifar_config(d, "preact_bottleneck"))
+    for d in (18, 34, 50, 101, 152, 200):
+        block = "preact_basic" if d < 50 else "preact_bottleneck"
+        register(f"preact_resnet{d}", "Identity Mappings Table 4", block=block, layers=IMAGENET_LAYERS[d])
+
+
+_register_all()
+
+
+def _natural_key(name: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered names matching a shell-style pattern, in natural order (resnet18 < resnet101)."""
+    return sorted(fnmatch.filter(_REGISTRY, pattern), key=_natural_key)
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnet models` for every name"
+        raise ValueError(f"unknown model {name!r}{hint}") from None
+
+
+def create_model(name: str, **kwargs) -> ResNet:
+    """Build a registered network; kwargs override its config (num_classes, shortcut, drop_path_rate, ...)."""
+    entry = get_entry(name)
+    fields = set(ResNetConfig.__dataclass_fields__)
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise TypeError(f"create_model({name!r}) got unknown argument(s) {unknown}; valid: {sorted(fields)}")
+    model = ResNet(entry.config, **kwargs)
+    model.model_name = name
+    return model
+
+
+def build_resnet(depth: int | None = None, block: str = "basic", *, layers=None, widths=None,
+                 stem: str | None = None, **kwargs) -> ResNet:
+    """A network of any depth or shape without writing a class.
+
+    `build_resnet(1001, "preact_bottleneck")` gives a CIFAR net of that depth; `layers=`,
+    `widths=` and `stem=` describe any other shape, e.g. a 10-stage plain net:
+    `build_resnet(block="plain_basic", layers=[1]*10, widths=[16]*10, stem="cifar")`.
+    """
+    if layers is None:
+        if depth is None:
+            raise ValueError("give a depth (CIFAR-style 6n+2 / 9n+2) or layers=[blocks per stage]")
+        config = cifar_config(depth, block)
+        if widths is not None:
+            config["widths"] = tuple(widths)
+        if stem is not None:
+            config["stem"] = stem
+        return ResNet(ResNetConfig(**{**config, **kwargs}))
+    layers = tuple(layers)
+    cifar = (stem or "imagenet") == "cifar"
+    defaults = dict(widths=CIFAR_WIDTHS if cifar else IMAGENET_WIDTHS, stem_width=16 if cifar else 64)
+    if widths is None and len(layers) != len(defaults["widths"]):
+        raise ValueError(f"{len(layers)} stages need widths= of the same length")
+    config = dict(defaults, block=block, layers=layers, stem=stem or "imagenet")
+    if widths is not None:
+        config["widths"] = tuple(widths)
+    return ResNet(ResNetConfig(**{**config, **kwargs}))
