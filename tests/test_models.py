@@ -1,0 +1,104 @@
+"""Every registered model: shapes, backward, sizes and outputs against committed references."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import resnet
+from resnet.models import get_entry
+from model_utils import regression_output, small_size
+
+REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "model_reference.json").read_text())
+ALL = resnet.list_models()
+
+
+def test_registry_has_every_paper_network():
+    expected = {f"resnet{d}" for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110, 1202)}
+    expected |= {"resnet50_v1", "plain18", "plain34"} | {f"plain{d}" for d in (20, 32, 44, 56, 110)}
+    expected |= {f"preact_resnet{d}" for d in (110, 164, 1001, 18, 34, 50, 101, 152, 200)}
+    assert expected <= set(ALL)
+    assert set(ALL) == set(REFERENCE) - {"meta"}, "regenerate tests/fixtures/model_reference.json"
+
+
+def test_list_models_pattern_and_natural_order():
+    assert resnet.list_models("resnet1*") == ["resnet18", "resnet101", "resnet101_v1", "resnet110", "resnet152",
+                                              "resnet152_v1", "resnet1202"]
+    assert resnet.list_models("nothing*") == []
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_model(name):
+    """Native-size forward, one backward at a small size, sizes and seed-0 outputs vs the reference."""
+    ref = REFERENCE[name]
+    torch.manual_seed(0)
+    model = resnet.create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == ref["params"]
+    native = get_entry(name).input_size
+    classes = model.config.num_classes
+    if native == 32:  # CIFAR nets are cheap at their native size; ImageNet ones are checked at 224 below
+        with torch.no_grad():
+            assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, classes)
+    size = small_size(name)
+    model.train()
+    out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, classes) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.conv1.weight.grad.abs().sum() > 0, "no gradient reached the stem"
+    model.reset_classifier(7)
+    assert model.fc.out_features == 7 and model.config.num_classes == 7
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 7)
+
+    logits = regression_output(name)
+    # Tolerance for other CPUs' kernels (AVX2 vs AVX-512 sum in other orders), far below what a change
+    # to the architecture or the initialisation moves (whole units).
+    torch.testing.assert_close(logits[:, :10], torch.tensor(ref["logits_head"]), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(logits.double().sum(1), torch.tensor(ref["logits_sum"], dtype=torch.float64),
+                               rtol=2e-3, atol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "plain34", "preact_resnet50"])
+def test_imagenet_native_size(name):
+    model = resnet.create_model(name).eval()
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, 224, 224))
+        assert feats.shape == (1, model.num_features, 7, 7)
+        assert model.forward_head(feats, pre_logits=True).shape == (1, model.num_features)
+        assert model.forward_head(feats).shape == (1, 1000)
+
+
+def test_options_users_expect():
+    model = resnet.create_model("resnet20", num_classes=100, in_chans=1, drop_path_rate=0.1)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 100)
+    model.reset_classifier(0)
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 64)
+    with pytest.raises(TypeError, match="unknown argument"):
+        resnet.create_model("resnet20", num_clases=10)
+    with pytest.raises(ValueError, match="did you mean.*resnet50"):
+        resnet.create_model("resnet51")
+
+
+def test_drop_path_rates_rise_linearly_and_only_in_training():
+    model = resnet.create_model("resnet20", drop_path_rate=0.2)
+    rates = [blk.drop_path.p for stage in model.stages() for blk in stage if hasattr(blk.drop_path, "p")]
+    assert rates[0] == pytest.approx(0.2 / 8) and rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))
+
+
+def test_general_builder():
+    deep = resnet.build_resnet(1001, "preact_bottleneck")
+    assert sum(p.numel() for p in deep.parameters()) == REFERENCE["preact_resnet1001"]["params"]
+    plain10 = resnet.build_resnet(block="plain_basic", layers=[1] * 10, widths=[8] * 10, stem="cifar", num_classes=3)
+    assert len(plain10.stages()) == 10 and hasattr(plain10, "layer10")
+    assert plain10(torch.randn(2, 3, 1024, 4)[:, :, :1024, :4].repeat(1, 1, 1, 256)).shape == (2, 3)
+    wide = resnet.build_resnet(20, widths=(64, 128, 256), num_classes=10)
+    assert wide.num_features == 256
+    with pytest.raises(ValueError, match="6n\\+2"):
+        resnet.build_resnet(21)
+    with pytest.raises(ValueError, match="widths"):
+        resnet.build_resnet(block="basic", layers=[1, 1, 1, 1, 1])
