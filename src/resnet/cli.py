@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import torch
 
@@ -47,6 +48,68 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from pathlib import Path
+
+    import yaml
+
+    from .config import make_config, merge
+    from .engine.trainer import train
+
+    cli = {}
+    if args.model:
+        cli["model"] = args.model
+    if args.data:
+        cli.setdefault("data", {})["path"] = args.data
+    if args.epochs is not None:
+        cli["epochs"] = args.epochs
+    if args.precision:
+        cli["precision"] = args.precision
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a run folder of `resnet train`?")
+        base = yaml.safe_load(saved.read_text())
+        cfg = make_config(None, merge(merge(base, cli), _overrides(args.overrides)))
+    else:
+        if not args.data:
+            raise ValueError("--data PATH is required (a CIFAR folder or archive, or a class-per-folder image tree)")
+        cfg = make_config(args.recipe, merge(cli, _overrides(args.overrides)))
+        run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run_dir / "last.state.pt").exists():
+            raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
+    history = train(cfg, run_dir, resume=bool(args.resume))
+    last = history[-1] if history else {}
+    print(f"run folder: {run_dir}  (last.safetensors, metrics.jsonl, curves.png)")
+    if last.get("val_err") is not None:
+        print(f"final validation error {last['val_err']:.2f}% (top-5 {last['val_top5_err']:.2f}%)")
+    return 0
+
+
+def _overrides(items):
+    from .config import parse_overrides
+
+    return parse_overrides(items or [])
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import run_eval
+
+    result = run_eval(args.checkpoint, args.data, split=args.split, precision=args.precision, tta_flip=args.tta_flip,
+                      batch_size=args.batch_size, plots=args.plots)
+    if args.json:
+        print(json.dumps({k: result[k] for k in ("top1_err", "top5_err", "loss", "n")}))
+        return 0
+    print(f"{result['checkpoint']} on {args.data} ({args.split}, {result['n']} images)")
+    print(f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%  loss {result['loss']:.4f}")
+    for name, acc in zip(result["classes"], result["per_class_acc"]):
+        print(f"  {name:<20} {acc:6.2f}%")
+    if "confusion_png" in result:
+        print(f"confusion matrix: {result['confusion_png']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet", description="Deep residual networks: models, training, experiments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -61,6 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a model on CIFAR or an image folder",
+                       description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
+    p.add_argument("--model", help="registered model name (default: the recipe's)")
+    p.add_argument("--data", help="CIFAR folder or archive, or a class-per-folder image tree (or its .tar.gz)")
+    p.add_argument("--recipe", default=None, help="a shipped recipe (cifar10_paper, cifar10_fast) or a YAML file")
+    p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default auto: bf16 where native")
+    p.add_argument("--out", help="run folder (default runs/MODEL-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder exactly where it stopped")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint on a dataset")
+    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or a run folder (its best, else last)")
+    p.add_argument("--data", required=True, help="CIFAR folder or archive, or a class-per-folder image tree")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test",
+                   help="test set (default), the training run's held-out validation images, or the training set")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--tta-flip", action="store_true", help="average over each image and its mirror")
+    p.add_argument("--batch-size", type=_positive_int, default=1000)
+    p.add_argument("--plots", metavar="DIR", help="write a confusion-matrix PNG here")
+    p.add_argument("--json", action="store_true", help='print {"top1_err", "top5_err", "loss", "n"}')
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -78,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        print(f"resnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         print(f"resnet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

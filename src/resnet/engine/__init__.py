@@ -1,0 +1,1 @@
+"""Training engine: the fit loop, optimizers and schedules, checkpoints, precision."""

@@ -1,0 +1,200 @@
+"""Training configuration: frozen dataclasses, YAML recipes and `section.key=value` overrides."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An unknown or ill-typed configuration key or value."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""  # CIFAR folder or archive, or a class-per-folder image tree (or its .tar.gz)
+    val_size: float = 5000  # held out from the training set: a count, or a fraction when < 1 [ResNet §4.2: 45k/5k]
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    pad: int = 4  # zero padding before the random crop [ResNet §4.2]
+    flip: bool = True
+    cache_dir: str = ""  # where decoded images are cached when the data folder is read-only
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.1  # for the global batch
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: str = "step"  # step | cosine | onecycle | constant
+    milestones: tuple[int, ...] = (32000, 48000)  # iterations where a step schedule multiplies lr by gamma
+    gamma: float = 0.1
+    warmup_steps: int = 0  # linear warm-up from warmup_start * lr (cosine, step, onecycle)
+    warmup_start: float = 0.1
+    warmup_lr: float = 0.0  # ResNet-110 [§4.2]: train at this lr until the running training error ...
+    warmup_until_err: float = 0.0  # ... falls below this (%), then use lr
+    final_lr: float = 0.0  # fraction of lr reached at the end (cosine, onecycle)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "resnet20"
+    model_args: dict = field(default_factory=dict)  # passed to create_model (drop_path_rate, widths, ...)
+    epochs: int = 182  # total epochs; 182 x 352 iterations = the paper's 64k
+    seed: int = 0
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    channels_last: bool = True
+    label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # 0 = no EMA of weights; evaluation uses the EMA when on
+    tta_flip: bool = False  # average predictions over the image and its mirror at evaluation
+    eval_every: int = 1  # epochs between validations (the last epoch is always validated)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self):
+        checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
+                  (self.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
+                  (self.optim.lr > 0, "optim.lr must be > 0"), (self.data.val_size >= 0, "data.val_size must be >= 0"),
+                  (self.precision in ("auto", "bf16", "fp16", "fp32"), "precision must be auto, bf16, fp16 or fp32"),
+                  (self.schedule.name in ("step", "cosine", "onecycle", "constant"),
+                   "schedule.name must be step, cosine, onecycle or constant"),
+                  (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+                  (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"), (self.eval_every >= 1, "eval_every must be >= 1")]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("resnet.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """A recipe shipped with the package (by name) or a YAML file (by path), as a nested dict."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        text = path.read_text()
+    else:
+        ref = resources.files("resnet.recipes") / f"{name_or_path}.yaml"
+        if not ref.is_file():
+            raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
+        text = ref.read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {name_or_path} must be a YAML mapping")
+    data.pop("description", None)
+    return data
+
+
+def _coerce(value, annotation, key: str):
+    """Check (and gently convert) a YAML value against a field's annotated type."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(v, typing.get_args(annotation)[0], key) for v in items)
+    elif annotation is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    type_name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{key}: expected {type_name}, got {value!r}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = prefix + key
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=3)
+            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint} (valid: {', '.join(prefix + f for f in fields)})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of {hint.__name__} keys, got {value!r}")
+            kwargs[key] = _build(hint, value, full + ".")
+        else:
+            kwargs[key] = _coerce(value, hint, full)
+    return cls(**kwargs)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """['optim.lr=0.05', 'model_args.drop_path_rate=0.1'] -> nested dict with YAML-typed values."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=0.05)")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {part}")
+        node[parts[-1]] = value
+    return out
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Nested dict update: `update` wins, mappings merge key by key."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_config(recipe: str | None = None, overrides: list[str] | dict | None = None) -> TrainConfig:
+    """A TrainConfig from defaults < recipe < overrides."""
+    data = load_recipe(recipe) if recipe else {}
+    if overrides:
+        data = merge(data, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+    return _build(TrainConfig, data)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    return _build(TrainConfig, data)

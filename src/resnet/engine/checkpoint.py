@@ -1,0 +1,144 @@
+"""Checkpoints: atomic writes, weights in safetensors, the rest through torch.load(weights_only=True).
+
+Layout of a run folder:
+  ckpt/step_00001234.safetensors   weights (+ a JSON description in the metadata)
+  ckpt/step_00001234.state.pt      optimizer, schedule, EMA, RNG, epoch, step, history
+  last.state.pt                    the commit point: the newest state, naming its weights file
+  last.safetensors, best.safetensors   the newest and the best weights, for eval/predict/export
+A crash at any moment leaves last.state.pt naming a complete pair, so --resume always works.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..models import ResNet, ResNetConfig
+from ..models.interop import WeightsError, read_state_dict
+
+META_KEY = "resnet"
+KEEP = 2  # versioned checkpoints kept in ckpt/
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), fsync, then rename over `path`: readers see the old file or the new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Atomically make `dst` a copy of `src` (a hard link when the file system allows)."""
+    def write(tmp):
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    atomic_write(dst, write)
+
+
+def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={META_KEY: json.dumps(meta)}))
+
+
+def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, meta: dict, best: bool = False) -> Path:
+    """Write weights + training state for `state['step']`, then move the commit point to them."""
+    run_dir = Path(run_dir)
+    folder = run_dir / "ckpt"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"step_{state['step']:08d}"
+    weights = folder / f"{stem}.safetensors"
+    save_weights(weights, model, meta)
+    state = dict(state, weights_file=f"ckpt/{weights.name}")
+    state_file = folder / f"{stem}.state.pt"
+    atomic_write(state_file, lambda tmp: torch.save(state, tmp))
+    _publish(weights, run_dir / "last.safetensors")
+    _publish(state_file, run_dir / "last.state.pt")  # the commit point
+    if best:
+        _publish(weights, run_dir / "best.safetensors")
+    for old in sorted(folder.glob("step_*.state.pt"))[:-KEEP]:
+        old.unlink(missing_ok=True)
+        (folder / old.name.replace(".state.pt", ".safetensors")).unlink(missing_ok=True)
+    return weights
+
+
+def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(state, weights) of the newest complete checkpoint in a run folder, for --resume."""
+    run_dir = Path(run_dir)
+    state_file = run_dir / "last.state.pt"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"--resume {run_dir}: no checkpoint there (expected {state_file}); "
+                                "start a new run with --out instead")
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise WeightsError(f"cannot read {state_file} ({type(e).__name__}: {str(e)[:200]}); "
+                           "it may not come from this toolkit") from None
+    return state, read_state_dict(run_dir / state["weights_file"])
+
+
+def resolve_weights_path(path: str | os.PathLike) -> Path:
+    """A weights file, or a run folder (its best, else last, weights)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path} holds no best.safetensors or last.safetensors: is it a run folder?")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return path
+
+
+def read_meta(path: Path) -> dict:
+    """The JSON description stored with a toolkit checkpoint."""
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: a toolkit checkpoint is a .safetensors file (or its run folder)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+    except Exception as e:
+        raise WeightsError(f"{path} is not a valid safetensors file ({e})") from None
+    if raw is None:
+        raise WeightsError(f"{path} has no model description: build the model yourself and use resnet.load_weights")
+    return json.loads(raw)
+
+
+def load_model(path: str | os.PathLike) -> tuple[ResNet, dict]:
+    """Rebuild a model from a checkpoint alone: (model in eval mode, its metadata)."""
+    path = resolve_weights_path(path)
+    meta = read_meta(path)
+    model = ResNet(ResNetConfig(**meta["model_config"]))
+    model.model_name = meta.get("model", "resnet")
+    model.load_state_dict(read_state_dict(path), strict=True)
+    return model.eval(), meta

@@ -1,0 +1,65 @@
+"""Device, precision and memory layout: bf16 autocast + channels_last on CPUs that support bf16."""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+
+def cpu_supports_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels here (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        try:
+            flags = open("/proc/cpuinfo").read()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # bf16 | fp16 | fp32
+    device: torch.device
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    def autocast(self):
+        """Autocast for the forward pass; parameters stay fp32 (master weights)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self):
+        """fp16 on CUDA needs loss scaling; bf16 has fp32's range and does not."""
+        return torch.amp.GradScaler("cuda") if self.name == "fp16" and self.device.type == "cuda" else None
+
+
+def resolve_precision(requested: str, device: torch.device) -> Precision:
+    """'auto' = bf16 where the hardware runs it natively, else fp32 (with a warning on CPU)."""
+    if requested not in ("auto", "bf16", "fp16", "fp32"):
+        raise ValueError(f"--precision must be auto, bf16, fp16 or fp32, got {requested!r}")
+    if device.type == "cuda":
+        if requested == "auto":
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return Precision(requested, device)
+    if requested == "fp16":
+        raise ValueError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
+    native = cpu_supports_bf16()
+    if requested == "auto":
+        if not native:
+            warnings.warn("this CPU has no native bf16 (AVX-512 BF16/AMX): training in fp32, "
+                          "about half the speed of a CPU that has it", stacklevel=2)
+        requested = "bf16" if native else "fp32"
+    elif requested == "bf16" and not native:
+        warnings.warn("bf16 requested on a CPU without native bf16: it is emulated and slower than fp32", stacklevel=2)
+    return Precision(requested, device)
