@@ -1,0 +1,167 @@
+"""The training engine on tiny generated data: exact resume, logs, checkpoints, eval, schedules, config."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from resnet.cli import main
+from resnet.config import ConfigError, ScheduleConfig, make_config
+from resnet.engine.checkpoint import load_model
+from resnet.engine.optim import Schedule, param_groups
+from resnet.engine.trainer import Trainer, train
+
+TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12", "data.eval_batch_size=7",
+        "precision=fp32", "optim.lr=0.05"]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    """3 classes x 16 images of 32x32: each class tints one colour channel, so it is learnable."""
+    root = tmp_path_factory.mktemp("tiny")
+    rs = np.random.RandomState(0)
+    for c, name in enumerate(["red", "green", "blue"]):
+        (root / name).mkdir()
+        for i in range(16):
+            a = rs.randint(0, 100, (32, 32, 3)).astype(np.uint8)
+            a[..., c] += 120
+            Image.fromarray(a).save(root / name / f"{i:02d}.png")
+    return root
+
+
+def _cfg(data, *extra, epochs=3):
+    return make_config(None, [f"data.path={data}", f"epochs={epochs}", *TINY, *extra])
+
+
+def _weights(run):
+    return load_file(str(run / "last.safetensors"))
+
+
+@pytest.mark.parametrize("extra", [[], ["ema_decay=0.9", "model_args.drop_path_rate=0.2", "label_smoothing=0.1"]])
+def test_resume_is_exact(tiny_folder, tmp_path, extra):
+    """Stopped after epoch 1 and resumed to 3, a run ends with the same weights as an uninterrupted one."""
+    full = tmp_path / "full"
+    train(_cfg(tiny_folder, *extra), full)
+    part = tmp_path / "part"
+    train(_cfg(tiny_folder, *extra, epochs=1), part)
+    assert len((part / "metrics.jsonl").read_text().splitlines()) == 1
+    history = train(_cfg(tiny_folder, *extra, epochs=3), part, resume=True)
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    a, b = _weights(full), _weights(part)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (full / "metrics.jsonl").read_text().count("\n") == (part / "metrics.jsonl").read_text().count("\n") == 3
+
+
+def test_run_folder_contents(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    history = train(_cfg(tiny_folder, "schedule.name=cosine", epochs=2), run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records == history
+    for key in ("epoch", "step", "lr", "train_loss", "train_err", "val_loss", "val_err", "images_per_sec", "seconds"):
+        assert key in records[-1]
+    assert records[-1]["step"] == 2 * (36 // 8) and 0 <= records[-1]["val_err"] <= 100
+    assert yaml.safe_load((run / "config.yaml").read_text())["schedule"]["name"] == "cosine"
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    model, meta = load_model(run)  # rebuilt from the checkpoint alone
+    assert meta["classes"] == ["blue", "green", "red"] and model.fc.out_features == 3
+    assert model.config.widths == (4, 8, 8)
+    assert len(list((run / "ckpt").glob("*.safetensors"))) <= 2
+
+
+def test_eval_cli_reproduces_the_validation_error(tiny_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    history = train(_cfg(tiny_folder, epochs=2), run)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run / "last.safetensors"), "--data", str(tiny_folder), "--split", "val",
+                 "--precision", "fp32", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 12 and set(out) == {"top1_err", "top5_err", "loss", "n"}
+    assert out["top1_err"] == pytest.approx(history[-1]["val_err"], abs=1e-4)
+    assert out["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-4)
+    plots = tmp_path / "plots"
+    assert main(["eval", "--checkpoint", str(run), "--data", str(tiny_folder), "--split", "train", "--plots",
+                 str(plots), "--precision", "fp32"]) == 0
+    text = capsys.readouterr().out
+    assert "top-1 error" in text and "green" in text and (plots / "confusion.png").is_file()
+
+
+def test_train_cli_and_resume_extends(tiny_folder, tmp_path, capsys):
+    run = tmp_path / "cli"
+    args = ["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "1", "--out", str(run), *TINY]
+    assert main(args) == 0
+    assert main(args) == 2  # the folder holds a run: refuse to overwrite it
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    assert main(["train", "--resume", str(tmp_path / "nothing"), "--epochs", "2"]) == 2
+    assert "no config.yaml" in capsys.readouterr().err
+
+
+def test_learns_the_tiny_task(tiny_folder, tmp_path):
+    # Batches of 16: with 8, train-mode BN sees batches that lack a class and normalises the colour cue away.
+    history = train(_cfg(tiny_folder, "schedule.name=onecycle", "schedule.warmup_steps=4", "data.val_size=0",
+                         "optim.lr=0.2", "data.batch_size=16", epochs=8), tmp_path / "run")
+    assert min(r["train_err"] for r in history[-3:]) < history[0]["train_err"]
+    assert min(r["train_loss"] for r in history[-3:]) < 0.5 * history[0]["train_loss"]
+
+
+def test_step_schedule_is_the_papers():
+    s = Schedule(ScheduleConfig(name="step", milestones=(32000, 48000)), 0.1, 64000)
+    assert [s.lr(i) for i in (0, 31999, 32000, 47999, 48000, 63999)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_resnet110_warmup_until_error_below_80():
+    s = Schedule(ScheduleConfig(name="step", warmup_lr=0.01, warmup_until_err=80), 0.1, 64000)
+    assert s.lr(0) == 0.01
+    s.observe_train_error(85.0)
+    assert s.lr(300) == 0.01
+    s.observe_train_error(79.0)
+    assert s.lr(400) == 0.1 and s.state_dict() == {"warmup_done": True}
+
+
+def test_cosine_and_onecycle_shapes():
+    cos = Schedule(ScheduleConfig(name="cosine", warmup_steps=10, warmup_start=0.0), 1.0, 100)
+    assert cos.lr(0) == 0 and cos.lr(5) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.05)) / 2)
+    assert cos.lr(100) == pytest.approx(0.0, abs=1e-12)
+    one = Schedule(ScheduleConfig(name="onecycle", warmup_steps=20, warmup_start=0.1, final_lr=0.0), 2.0, 100)
+    assert one.lr(0) == pytest.approx(0.2) and one.lr(20) == pytest.approx(2.0) and one.lr(60) == pytest.approx(1.0)
+    assert one.lr(100) == pytest.approx(0.0)
+
+
+def test_no_decay_for_bn_and_bias():
+    from resnet import create_model
+
+    model = create_model("resnet20")
+    decay, no_decay = param_groups(model, 1e-4, True)
+    assert all(p.ndim == 4 or p.ndim == 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert len(param_groups(model, 1e-4, False)) == 1
+
+
+def test_recipes_and_overrides():
+    cfg = make_config("cifar10_paper", ["optim.lr=0.05", "model=resnet110", "schedule.milestones=[10,20]"])
+    assert cfg.optim.lr == 0.05 and cfg.model == "resnet110" and cfg.schedule.milestones == (10, 20)
+    assert cfg.data.batch_size == 128 and cfg.optim.weight_decay == 1e-4 and cfg.epochs == 182
+    with pytest.raises(ConfigError, match="did you mean optim.lr"):
+        make_config(None, ["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match="optim.lr: expected float"):
+        make_config(None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        make_config(None, ["data.batch_size=0"])
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        make_config(None, ["epochs=-3"])
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        make_config("cifar10_slow")
+    with pytest.raises(ConfigError, match="key=value"):
+        make_config(None, ["optim.lr"])
+
+
+def test_trainer_rejects_bad_setups(tiny_folder, tmp_path):
+    with pytest.raises(ValueError, match="leaves no training images"):
+        Trainer(_cfg(tiny_folder, "data.val_size=48"), tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        Trainer(_cfg(tiny_folder), tmp_path / "b", resume=True)
