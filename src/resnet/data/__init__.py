@@ -1,0 +1,66 @@
+"""Data: CIFAR pickles, class-per-folder images, in-memory batches with tensor augmentation.
+
+``load_dataset(path)`` is the one entry point; it returns an :class:`InMemoryDataset` whose
+``loader(batch_size, train)`` yields normalised batches.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .cifar import CifarFormatError, default_cache_dir, detect_cifar_folder, load_cifar, SPECS, \
+    cifar_archive_spec
+from .folder import DatasetLayoutError, ImageDecodeError, ImageFolderDataset, is_archive, scan
+from .memory import ImagesTooLargeError, InMemoryDataset, MemoryLoader, load_image_folder
+from .split import stratified_split
+from .transforms import STATS, eval_preset, train_preset
+
+__all__ = [
+    "load_dataset", "InMemoryDataset", "MemoryLoader", "ImageFolderDataset", "stratified_split",
+    "load_cifar", "load_image_folder", "scan", "train_preset", "eval_preset", "STATS",
+    "default_cache_dir", "CifarFormatError", "DatasetLayoutError", "ImageDecodeError",
+    "ImagesTooLargeError",
+]
+
+
+def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path | None = None,
+                 download: bool = False) -> InMemoryDataset:
+    """Load a dataset into memory, detecting its kind from ``path``:
+
+    * a CIFAR-10/100 batch folder (``cifar-10-batches-py``, ``cifar-100-python``) or its parent;
+    * an official CIFAR ``.tar.gz`` (extracted once into ``cache_dir``), or the name
+      ``"cifar10"``/``"cifar100"`` (looked up in ``cache_dir``; ``download=True`` fetches it);
+    * a class-per-folder image tree or its ``.tar``/``.tar.gz`` with images up to 64x64,
+      decoded once and cached (next to the data if writable, else ``cache_dir``,
+      ``$RESNET_CACHE`` or ``~/.cache/resnet``).
+
+    ``split`` is 'train' or 'test'; an image tree with ``train/`` and ``test/`` (or ``val/``)
+    folders gives that folder, a tree without split folders is used whole.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    p = Path(path).expanduser()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
+    if not p.exists():
+        if str(path) in SPECS:
+            return _from_cifar(load_cifar(str(path), split, cache, download), str(path))
+        raise FileNotFoundError(
+            f"{p}: no such file or folder. Pass a CIFAR folder or archive, a class-per-folder "
+            "image tree or its .tar.gz, or 'cifar10'/'cifar100' with download=True.")
+    if p.is_dir() and detect_cifar_folder(p) is not None or p.is_file() and cifar_archive_spec(p):
+        return _from_cifar(load_cifar(p, split, cache), str(p))
+    if p.is_file() and not is_archive(p):
+        raise DatasetLayoutError(f"{p}: not a dataset folder or a .tar/.tar.gz archive")
+    ds = load_image_folder(p, split, cache)
+    if len(ds) == 0:
+        raise DatasetLayoutError(f"{p}: no images found")
+    return ds
+
+
+def _from_cifar(data, source: str) -> InMemoryDataset:
+    mean, std = STATS[data.name]
+    if data.labels.numel() == 0:
+        raise CifarFormatError(f"{source}: the {data.name} batches hold no images")
+    images = data.images.contiguous(memory_format=torch.channels_last)  # what MemoryLoader gathers from
+    return InMemoryDataset(images, data.labels, data.classes, mean, std, data.name, source)

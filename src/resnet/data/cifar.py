@@ -1,0 +1,364 @@
+"""CIFAR-10 / CIFAR-100 in the official python-pickle layout (Krizhevsky 2009).
+
+Layouts read here::
+
+    cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta
+    cifar-100-python/train, test, meta
+
+or the official ``.tar.gz`` archives holding them (extracted once into a cache folder).
+Pickles are loaded through a restricted unpickler that rebuilds only builtin containers and
+numpy arrays, so a tampered file cannot run code.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    name: str
+    folder: str  # top folder inside the official archive
+    url: str
+    md5: str
+    num_classes: int
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    names_key: str
+    train_count: int = 50_000
+    test_count: int = 10_000
+
+    @property
+    def archive_name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+
+CIFAR10 = CifarSpec(
+    name="cifar10", folder="cifar-10-batches-py",
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    md5="c58f30108f718f92721af3b95e74349a", num_classes=10,
+    train_files=tuple(f"data_batch_{i}" for i in range(1, 6)), test_files=("test_batch",),
+    meta_file="batches.meta", label_key="labels", names_key="label_names",
+)
+CIFAR100 = CifarSpec(
+    name="cifar100", folder="cifar-100-python",
+    url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    md5="eb9058c3a382ffc7106e4002c42a8d85", num_classes=100,
+    train_files=("train",), test_files=("test",),
+    meta_file="meta", label_key="fine_labels", names_key="fine_label_names",
+)
+SPECS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+
+
+class CifarFormatError(ValueError):
+    """A CIFAR file is missing, unsafe or not in the official layout."""
+
+
+@dataclass
+class CifarData:
+    images: torch.Tensor  # uint8, N x 3 x 32 x 32
+    labels: torch.Tensor  # int64, N
+    classes: list[str]
+    name: str
+
+
+def default_cache_dir() -> Path:
+    """``$RESNET_CACHE`` if set, else ``~/.cache/resnet``."""
+    env = os.environ.get("RESNET_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "resnet"
+
+
+# --------------------------------------------------------------------------- safe unpickling
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    try:
+        from numpy._core import multiarray, numeric  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    allowed: dict[tuple[str, str], object] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(mod, "_reconstruct")] = multiarray._reconstruct
+        allowed[(mod, "scalar")] = multiarray.scalar
+    # numpy's pickle protocol 5 form: a contiguous array rebuilt from its raw bytes.
+    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+        allowed[(mod, "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+_BUILTINS = {name: getattr(__import__("builtins"), name) for name in (
+    "dict", "list", "tuple", "set", "frozenset", "bytes", "bytearray", "int", "float",
+    "complex", "bool", "str")}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Rebuilds builtin containers and numpy arrays only; any other global is refused."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self._path = path
+        self._allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str):
+        if module in ("builtins", "__builtin__") and name in _BUILTINS:
+            return _BUILTINS[name]
+        if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
+            import codecs
+            return codecs.encode
+        obj = self._allowed.get((module, name))
+        if obj is None:
+            raise CifarFormatError(
+                f"{self._path}: refusing to unpickle '{module}.{name}'; a CIFAR batch holds only "
+                "dicts, lists, bytes and numpy arrays. The file is not an official CIFAR batch "
+                "(or has been tampered with): re-download it.")
+        return obj
+
+
+def safe_load_pickle(path: Path) -> object:
+    """Load a CIFAR pickle through the restricted unpickler; errors name the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return _SafeUnpickler(f, path).load()
+    except CifarFormatError:
+        raise
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated, not a pickle, ...
+        raise CifarFormatError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from e
+
+
+def _str_keys(d: object, path: Path) -> dict[str, object]:
+    if not isinstance(d, dict):
+        raise CifarFormatError(f"{path}: expected a dict, found {type(d).__name__}")
+    return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in d.items()}
+
+
+# --------------------------------------------------------------------------- reading
+def _read_batch(path: Path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
+    d = _str_keys(safe_load_pickle(path), path)
+    if "data" not in d or spec.label_key not in d:
+        raise CifarFormatError(
+            f"{path}: missing key 'data' or '{spec.label_key}' (found {sorted(d)}); "
+            f"is this a {spec.name} file?")
+    data = d["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != 3072:
+        desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise CifarFormatError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), found {desc}")
+    labels = np.asarray(d[spec.label_key])
+    if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
+        raise CifarFormatError(
+            f"{path}: {labels.shape[0] if labels.ndim == 1 else labels.shape} labels for "
+            f"{data.shape[0]} images")
+    if labels.size and (not np.issubdtype(labels.dtype, np.integer)
+                        or labels.min() < 0 or labels.max() >= spec.num_classes):
+        raise CifarFormatError(
+            f"{path}: labels must be integers in [0, {spec.num_classes}), found "
+            f"range [{labels.min()}, {labels.max()}] ({labels.dtype})")
+    return data, labels.astype(np.int64)
+
+
+def _read_classes(folder: Path, spec: CifarSpec) -> list[str]:
+    meta = folder / spec.meta_file
+    fallback = list(CIFAR10_CLASSES) if spec.num_classes == 10 else [str(i) for i in range(100)]
+    if not meta.is_file():
+        return fallback
+    d = _str_keys(safe_load_pickle(meta), meta)
+    names = d.get(spec.names_key)
+    if not isinstance(names, (list, tuple)) or len(names) != spec.num_classes:
+        return fallback
+    return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def detect_cifar_folder(path: Path) -> tuple[CifarSpec, Path] | None:
+    """The spec and batch folder if ``path`` is a CIFAR batch folder or its parent, else None."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    for spec in (CIFAR10, CIFAR100):
+        if path.name == spec.folder or (path / spec.test_files[0]).is_file() and \
+                (path / spec.train_files[0]).is_file():
+            return spec, path
+    found = [(s, path / s.folder) for s in (CIFAR10, CIFAR100) if (path / s.folder).is_dir()]
+    if len(found) > 1:
+        raise CifarFormatError(
+            f"{path} holds both {found[0][1].name} and {found[1][1].name}; pass one of them")
+    return found[0] if found else None
+
+
+def read_cifar_folder(folder: Path, spec: CifarSpec, split: str = "train") -> CifarData:
+    """Read the official batch files of one split from ``folder``."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    files = spec.train_files if split == "train" else spec.test_files
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: missing {', '.join(missing)} for the {spec.name} {split} split. Put the "
+            f"official files there (extract {spec.archive_name} from {spec.url}).")
+    datas, labels = zip(*(_read_batch(folder / f, spec) for f in files))
+    data, lab = np.concatenate(datas), np.concatenate(labels)
+    images = torch.from_numpy(data).reshape(-1, 3, 32, 32)  # rows are R(1024) G(1024) B(1024)
+    return CifarData(images=images, labels=torch.from_numpy(lab), classes=_read_classes(folder, spec),
+                     name=spec.name)
+
+
+# --------------------------------------------------------------------------- archives
+def cifar_archive_spec(archive: Path) -> CifarSpec | None:
+    """Which CIFAR the ``.tar.gz`` holds, judged by its first member; None if not CIFAR."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            first = tar.next()
+    except (tarfile.TarError, OSError):
+        return None
+    if first is None:
+        return None
+    top = first.name.lstrip("./").split("/", 1)[0]
+    return next((s for s in (CIFAR10, CIFAR100) if s.folder == top), None)
+
+
+def _member_ok(member: tarfile.TarInfo, spec: CifarSpec) -> bool:
+    parts = Path(member.name).parts
+    return (member.isfile() or member.isdir()) and len(parts) >= 1 and parts[0] == spec.folder \
+        and ".." not in parts and not Path(member.name).is_absolute()
+
+
+def extract_cifar_archive(archive: Path, cache_dir: Path | None = None) -> tuple[CifarSpec, Path]:
+    """Extract an official CIFAR archive into ``cache_dir`` once; returns (spec, batch folder).
+
+    Only regular files and folders under the archive's CIFAR folder are extracted. The folder
+    is built under a temporary name and renamed, so an interrupted extraction is redone."""
+    archive = Path(archive)
+    spec = cifar_archive_spec(archive)
+    if spec is None:
+        raise CifarFormatError(f"{archive}: not an official CIFAR archive (no "
+                               f"{CIFAR10.folder}/ or {CIFAR100.folder}/ inside)")
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = cache_dir / spec.folder
+    if all((target / f).is_file() for f in spec.train_files + spec.test_files):
+        return spec, target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=cache_dir))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for m in tar:
+                if not _member_ok(m, spec):
+                    continue
+                dest = tmp / m.name
+                if m.isdir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(dest, "wb") as dst:  # type: ignore[union-attr]
+                    shutil.copyfileobj(src, dst)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp / spec.folder, target)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise CifarFormatError(f"{archive}: could not extract ({e}); re-download it") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return spec, target
+
+
+# --------------------------------------------------------------------------- download
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_file(url: str, dest: Path, md5: str,
+                  opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen) -> Path:
+    """Stream ``url`` to a temporary file next to ``dest``, check its md5, then rename.
+
+    On a checksum mismatch the partial file is deleted and an error says so."""
+    dest = Path(dest)
+    if dest.is_file() and md5sum(dest) == md5:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    h = hashlib.md5()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with opener(url) as resp:
+                    for block in iter(lambda: resp.read(1 << 20), b""):
+                        h.update(block)
+                        out.write(block)
+            except (urllib.error.URLError, OSError) as e:
+                raise ConnectionError(
+                    f"could not download {url} ({e}). Offline? Download that file by hand and "
+                    f"put it at {dest} (or extract it there), then run again.") from e
+        got = h.hexdigest()
+        if got != md5:
+            raise CifarFormatError(
+                f"checksum mismatch for {url}: md5 {got}, expected {md5}; the partial download "
+                f"was deleted. Try again, or put the official file at {dest} by hand.")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def download_cifar(name: str, cache_dir: Path | None = None,
+                   opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen) -> Path:
+    """Download the official archive of ``name`` ('cifar10' or 'cifar100') into the cache."""
+    spec = SPECS[name]
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    return download_file(spec.url, cache_dir / spec.archive_name, spec.md5, opener=opener)
+
+
+def load_cifar(path: str | Path, split: str = "train", cache_dir: Path | None = None,
+               download: bool = False) -> CifarData:
+    """CIFAR from a batch folder, its parent, an official archive, or the name 'cifar10'/'cifar100'.
+
+    A name looks in ``cache_dir`` (default :func:`default_cache_dir`) for the extracted folder or
+    the archive; ``download=True`` fetches the archive when neither is there."""
+    p = Path(path).expanduser()
+    if not p.exists() and str(path) in SPECS:
+        spec = SPECS[str(path)]
+        cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        if (cache / spec.folder / spec.test_files[0]).is_file():
+            p = cache / spec.folder
+        elif (cache / spec.archive_name).is_file() or download:
+            p = download_cifar(spec.name, cache) if download else cache / spec.archive_name
+        else:
+            raise FileNotFoundError(
+                f"{spec.name} not found in {cache}. Pass download=True, or download {spec.url} "
+                f"and put it at {cache / spec.archive_name} (or extract it so that "
+                f"{cache / spec.folder / spec.test_files[0]} exists).")
+    if p.is_file():
+        spec, folder = extract_cifar_archive(p, cache_dir)
+        return read_cifar_folder(folder, spec, split)
+    found = detect_cifar_folder(p)
+    if found is None:
+        raise FileNotFoundError(
+            f"{p}: no CIFAR batches here; expected {CIFAR10.folder}/ or {CIFAR100.folder}/ "
+            "(or one of them itself, or the official .tar.gz)")
+    return read_cifar_folder(found[1], found[0], split)

@@ -1,0 +1,259 @@
+"""Class-per-folder image datasets (the ImageNet layout), from a directory or a tar archive.
+
+``root/<class>/**/<image>``: classes are the sub-folders of the root sorted by name, labels their
+index. One wrapper folder (``root/train/<class>/...``, as in a ``.tar.gz`` of ``train/``) is
+detected and skipped. Decoding keeps PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
+"""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+SPLIT_NAMES = {"train": ("train",), "test": ("test", "val", "validation")}
+
+
+class ImageDecodeError(ValueError):
+    """An image file could not be decoded; the message names the file."""
+
+
+class DatasetLayoutError(ValueError):
+    """The folder or archive is not a class-per-folder image tree."""
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def is_archive(path: Path) -> bool:
+    return Path(path).is_file() and str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith((".", "__MACOSX")) for part in rel.split("/"))
+
+
+# --------------------------------------------------------------------------- decoding
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB: 16-bit and 32-bit greyscale are scaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode == "F" and a.size and a.max() <= 1.0:
+            a = a * 255.0
+        elif img.mode != "F" and a.size and a.max() > 255:
+            a = a / 257.0  # 16-bit range to 8-bit
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("P", "PA") and "transparency" in img.info or img.mode == "PA":
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def decode_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode a file path or encoded bytes to an RGB PIL image; errors name the file."""
+    name = name or str(source if not isinstance(source, bytes) else "<bytes>")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            img.load()
+            return to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(
+            f"{name}: refused as a possible decompression bomb ({e}). If the image is genuine, "
+            "raise PIL.Image.MAX_IMAGE_PIXELS deliberately.") from e
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e}); "
+                               "delete or replace the file") from e
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass
+class FolderIndex:
+    """A scanned class-per-folder tree: ``samples`` are (key, label) where key is a file path
+    (directory source) or a member name (archive source)."""
+    source: Path
+    prefix: str  # posix path of the class root inside the source ('' = the source itself)
+    classes: list[str]
+    samples: list[tuple[str, int]]
+
+    @property
+    def is_archive(self) -> bool:
+        return is_archive(self.source)
+
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+def _children(dirs: set[str], files: list[str], prefix: str) -> tuple[list[str], list[str]]:
+    """Immediate sub-folders and files of ``prefix`` (posix, '' = root)."""
+    def parent(p: str) -> str:
+        return p.rsplit("/", 1)[0] if "/" in p else ""
+    return sorted(d.rsplit("/", 1)[-1] for d in dirs if d and parent(d) == prefix), \
+        [f for f in files if parent(f) == prefix]
+
+
+def _class_root(dirs: set[str], files: list[str], split: str | None, where: str) -> str:
+    """Skip wrapper folders; pick ``split``'s folder if the root holds split folders."""
+    prefix = ""
+    while True:
+        subdirs, here = _children(dirs, files, prefix)
+        join = (lambda d: f"{prefix}/{d}" if prefix else d)
+        if split is not None:
+            splits = {d.lower(): d for d in subdirs if d.lower() in sum(SPLIT_NAMES.values(), ())}
+            if splits:
+                pick = next((splits[n] for n in SPLIT_NAMES[split] if n in splits), None)
+                if pick is None:
+                    raise DatasetLayoutError(
+                        f"{where}: no '{split}' folder (found {', '.join(sorted(splits.values()))}). "
+                        "Hold out part of the training set instead "
+                        "(resnet.data.split.stratified_split) or point at the folder itself.")
+                prefix = join(pick)
+                split = None  # only the top level chooses a split
+                continue
+        images_here = [f for f in here if is_image_file(f)]
+        if len(subdirs) == 1 and not images_here and _children(dirs, files, join(subdirs[0]))[0]:
+            prefix = join(subdirs[0])  # a wrapper folder around the class folders
+            continue
+        return prefix
+
+
+def _index(source: Path, dirs: set[str], files: list[str], split: str | None) -> FolderIndex:
+    where = str(source)
+    dirs = {d for d in dirs if not _hidden(d)}
+    files = [f for f in files if not _hidden(f)]
+    prefix = _class_root(dirs, files, split, where)
+    root_label = f"{where}/{prefix}" if prefix else where
+    classes, _ = _children(dirs, files, prefix)
+    if not classes:
+        raise DatasetLayoutError(
+            f"{root_label}: no class folders. Expected <root>/<class>/<image> with images ending "
+            f"in {', '.join(IMG_EXTENSIONS)}.")
+    base = f"{prefix}/" if prefix else ""
+    by_class: dict[str, list[str]] = {c: [] for c in classes}
+    for f in files:
+        if f.startswith(base) and is_image_file(f):
+            rest = f[len(base):]
+            if "/" in rest:
+                by_class[rest.split("/", 1)[0]].append(f)
+    empty = [c for c in classes if not by_class[c]]
+    if empty:
+        raise DatasetLayoutError(
+            f"{root_label}: class folder(s) {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''} "
+            f"hold no images ({', '.join(IMG_EXTENSIONS)}, any case). Add images or remove the "
+            "folder(s).")
+    samples = [(f, label) for label, c in enumerate(classes) for f in sorted(by_class[c])]
+    return FolderIndex(source=source, prefix=prefix, classes=classes, samples=samples)
+
+
+def scan(source: str | Path, split: str | None = None) -> FolderIndex:
+    """Index a class-per-folder tree in a directory or a ``.tar``/``.tar.gz`` archive.
+
+    ``split`` ('train'/'test') picks the ``train/`` or ``test/``/``val/`` folder when the root
+    holds such split folders; without split folders the tree itself is used."""
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    dirs: set[str] = set()
+    files: list[str] = []
+    if source.is_dir():
+        for cur, dnames, fnames in os.walk(source, followlinks=True):
+            rel = Path(cur).relative_to(source).as_posix()
+            rel = "" if rel == "." else rel
+            dnames[:] = [d for d in dnames if not d.startswith(".")]
+            dirs.update(f"{rel}/{d}" if rel else d for d in dnames)
+            files.extend(f"{rel}/{f}" if rel else f for f in fnames)
+        idx = _index(source, dirs, files, split)
+        idx.samples = [(str(source / f), label) for f, label in idx.samples]
+        return idx
+    if not is_archive(source):
+        raise DatasetLayoutError(f"{source}: not a folder or a .tar/.tar.gz archive")
+    try:
+        with tarfile.open(source, "r:*") as tar:
+            for m in tar:
+                name = str(PurePosixPath(m.name.lstrip("/")))
+                name = name[2:] if name.startswith("./") else name
+                if name in (".", "") or ".." in name.split("/"):
+                    continue
+                if m.isdir():
+                    dirs.add(name)
+                elif m.isfile():
+                    files.append(name)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DatasetLayoutError(f"{source}: unreadable archive ({e})") from e
+    for f in list(files) + list(dirs):  # folders implied by member paths
+        parts = f.split("/")[:-1]
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return _index(source, dirs, files, split)
+
+
+def iter_encoded(index: FolderIndex) -> Iterator[tuple[str, bytes, int]]:
+    """(name, encoded bytes, label) for every sample, in ``index.samples`` order for folders and
+    archive order for archives (read sequentially: a .tar.gz cannot be read at random cheaply)."""
+    if not index.is_archive:
+        for path, label in index.samples:
+            with open(path, "rb") as f:
+                yield path, f.read(), label
+        return
+    labels = dict(index.samples)
+    with tarfile.open(index.source, "r:*") as tar:
+        for m in tar:
+            name = str(PurePosixPath(m.name.lstrip("/")))
+            name = name[2:] if name.startswith("./") else name
+            if m.isfile() and name in labels:
+                with tar.extractfile(m) as f:  # type: ignore[union-attr]
+                    yield f"{index.source}:{name}", f.read(), labels[name]
+
+
+# --------------------------------------------------------------------------- streaming dataset
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """Images decoded on demand (for large images): ``ds[i] -> (transform(rgb PIL), label)``.
+
+    Works on a folder or an uncompressed ``.tar`` (a ``.tar.gz`` works but every read
+    decompresses from the start: extract it first). Each worker process opens its own handle."""
+
+    def __init__(self, root: str | Path, split: str | None = None,
+                 transform: Callable[[Image.Image], object] | None = None,
+                 target_transform: Callable[[int], object] | None = None):
+        self.index = scan(root, split)
+        self.classes = self.index.classes
+        self.samples = self.index.samples
+        self.transform, self.target_transform = transform, target_transform
+        self._tar: tarfile.TarFile | None = None
+        self._tar_pid: int | None = None
+        self._members: dict[str, tarfile.TarInfo] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _read(self, key: str) -> bytes:
+        if self._tar is None or self._tar_pid != os.getpid():
+            self._tar = tarfile.open(self.index.source, "r:*")
+            self._tar_pid = os.getpid()
+            self._members = {m.name.lstrip("/").removeprefix("./"): m for m in self._tar}
+        with self._tar.extractfile(self._members[key]) as f:  # type: ignore[union-attr]
+            return f.read()
+
+    def __getitem__(self, i: int):
+        key, label = self.samples[i]
+        if self.index.is_archive:
+            img = decode_image(self._read(key), f"{self.index.source}:{key}")
+        else:
+            img = decode_image(key)
+        out = self.transform(img) if self.transform else img
+        return out, (self.target_transform(label) if self.target_transform else label)
+
+    def __getstate__(self):  # tar handles do not cross process boundaries
+        state = self.__dict__.copy()
+        state.update(_tar=None, _tar_pid=None, _members={})
+        return state

@@ -1,0 +1,43 @@
+"""Seeded, stratified hold-out split (the paper's 45k/5k CIFAR-10 validation, Section 4.2)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def stratified_split(labels: torch.Tensor | Sequence[int], val_size: int | float,
+                     seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train_idx, val_idx), sorted int64 index tensors.
+
+    ``val_size`` is a count (int) or a fraction in (0, 1). Each class gives its share of the
+    validation set, rounded by largest remainder so the total is exact: 5,000 of CIFAR-10's
+    50,000 gives exactly 500 per class. The same labels and seed give the same split."""
+    y = torch.as_tensor(labels, dtype=torch.long).flatten()
+    n = y.numel()
+    if isinstance(val_size, float) and val_size < 1.0:
+        if val_size <= 0.0:
+            raise ValueError(f"a fractional val_size must lie in (0, 1), got {val_size}")
+        k = int(round(val_size * n))
+    elif isinstance(val_size, float) and not val_size.is_integer():
+        raise ValueError(f"val_size must be a count or a fraction in (0, 1), got {val_size}")
+    else:
+        k = int(val_size)
+    if not 0 <= k <= n:
+        raise ValueError(f"val_size {val_size} is out of range for {n} samples")
+    classes, counts = torch.unique(y, return_counts=True)
+    exact = counts.double() * k / max(n, 1)
+    quota = exact.floor().long()
+    remainder = k - int(quota.sum())
+    if remainder:  # largest fractional parts first; ties broken by class order (stable sort)
+        order = torch.argsort(exact - quota, descending=True, stable=True)
+        quota[order[:remainder]] += 1
+    g = torch.Generator().manual_seed(seed)
+    val_parts = []
+    for c, q in zip(classes.tolist(), quota.tolist()):
+        members = torch.nonzero(y == c).flatten()
+        val_parts.append(members[torch.randperm(members.numel(), generator=g)[:q]])
+    val = torch.cat(val_parts).sort().values if val_parts else torch.zeros(0, dtype=torch.long)
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[val] = False
+    return torch.nonzero(mask).flatten(), val
