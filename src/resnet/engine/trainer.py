@@ -42,13 +42,15 @@ def split_train_val(cfg: TrainConfig) -> tuple[InMemoryDataset, InMemoryDataset 
 class Trainer:
     """Trains `cfg.model` on `cfg.data.path` into `run_dir`; `resume=True` continues that folder exactly."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=None, stream=None):
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=None, stream=None,
+                 data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None):
+        """`data` = (train, val) already in memory skips loading cfg.data.path (benchmarks, experiments)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.stream = stream or sys.stderr
         self.device = torch.device(device) if device else default_device()
         self.precision = resolve_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
-        self.train_data, self.val_data = split_train_val(cfg)
+        self.train_data, self.val_data = data or split_train_val(cfg)
         self.classes = self.train_data.classes
         self.train_loader = self.train_data.loader(cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device,
                                                    channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip)

@@ -1,0 +1,97 @@
+"""Training throughput of a CIFAR ResNet on this machine: the bare step vs the whole loop.
+
+    .venv/bin/python bench/train_throughput.py [--model resnet20] [--steps 60] [--repeats 3]
+
+Rows: the bare SGD step (forward, backward, update on one pre-made batch) in fp32 NCHW, fp32
+channels_last and bf16 autocast + channels_last; then `Trainer.train_epoch` (augmentation on
+whole batches, progress, metric accumulation) on random in-memory images with the default
+precision. Medians over repeats, all in one process; run with nothing else on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from resnet import create_model
+from resnet.config import make_config
+from resnet.data import InMemoryDataset
+from resnet.engine.optim import make_optimizer
+from resnet.engine.precision import Precision, cpu_supports_bf16
+from resnet.engine.trainer import Trainer
+
+
+def bare_step(model_name: str, batch: int, steps: int, precision: str, channels_last: bool) -> float:
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = create_model(model_name).to(memory_format=fmt).train()
+    opt = make_optimizer(model, make_config().optim)
+    prec = Precision(precision, torch.device("cpu"))
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,))
+
+    def step():
+        with prec.autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):  # oneDNN builds its kernels on the first calls
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def whole_loop(model_name: str, batch: int, steps: int) -> float:
+    g = torch.Generator().manual_seed(0)
+    n = batch * steps
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    data = InMemoryDataset(images, labels, [str(i) for i in range(10)], (0.5,) * 3, (0.25,) * 3, "random")
+    cfg = make_config(None, [f"model={model_name}", "epochs=2", f"data.batch_size={batch}", "data.val_size=0"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, run_dir, data=(data.subset(range(n)), None), stream=io.StringIO())
+        trainer.train_epoch()  # warm-up epoch: kernel creation
+        trainer.epoch = 1
+        return trainer.train_epoch()["images_per_sec"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_supports_bf16()}")
+    rows = [("bare step fp32 NCHW", lambda: bare_step(args.model, args.batch, args.steps, "fp32", False)),
+            ("bare step fp32 channels_last", lambda: bare_step(args.model, args.batch, args.steps, "fp32", True)),
+            ("bare step bf16 channels_last", lambda: bare_step(args.model, args.batch, args.steps, "bf16", True)),
+            ("training loop (default: bf16 channels_last)", lambda: whole_loop(args.model, args.batch, args.steps))]
+    results = {}
+    for _ in range(args.repeats):  # interleave repeats so drift hits every row alike
+        for name, fn in rows:
+            results.setdefault(name, []).append(fn())
+            print(".", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    print(f"\n{args.model}, batch {args.batch}, {args.steps} steps x {args.repeats} repeats (median, min-max), images/s")
+    print(f"{'':<46}{'img/s':>9}  {'range':>15}")
+    for name, values in results.items():
+        print(f"{name:<46}{statistics.median(values):>9,.0f}  {min(values):>7,.0f}-{max(values):<7,.0f}")
+    bare = statistics.median(results["bare step bf16 channels_last"])
+    loop = statistics.median(results["training loop (default: bf16 channels_last)"])
+    print(f"\nloop / bare bf16 step: {loop / bare:.3f}  (target >= 0.95); bare bf16 step target >= 1,200 img/s")
+
+
+if __name__ == "__main__":
+    main()
