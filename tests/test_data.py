@@ -324,7 +324,7 @@ def test_cache_reused_without_decoding(tmp_path, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("decoded again")
-    monkeypatch.setattr(memory, "decode_index", boom)
+    monkeypatch.setattr(memory, "decode_source", boom)
     second = load_dataset(tmp_path / "d" / "imgs")
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
     assert (second.classes, second.mean, second.std) == (first.classes, first.mean, first.std)
@@ -332,6 +332,9 @@ def test_cache_reused_without_decoding(tmp_path, monkeypatch):
     Image.new("RGB", (8, 8)).save(tmp_path / "d" / "imgs" / "cat" / "new.png")
     with pytest.raises(AssertionError, match="decoded again"):
         load_dataset(tmp_path / "d" / "imgs")
+    monkeypatch.undo()
+    third = load_dataset(tmp_path / "d" / "imgs")
+    assert len(third) == 13 and list((tmp_path / "d").glob("*.safetensors")) == [Path(third.info["cache"])]
 
 
 def test_cache_falls_back_when_data_folder_read_only(tmp_path, monkeypatch):
@@ -472,3 +475,20 @@ def test_loader_flips_about_half_and_labels_follow_images():
             assert same or mirrored
             flipped += mirrored and not same
     assert 16 <= flipped <= 48
+
+
+def test_decode_in_worker_processes_and_archive_order(tmp_path):
+    make_tree(tmp_path / "d" / "train", per_class=5)
+    make_tree(tmp_path / "d" / "test", per_class=2)
+    archive = tmp_path / "shuffled.tar.gz"
+    members = sorted((p for p in (tmp_path / "d").rglob("*") if p.is_file()), reverse=True)
+    with tarfile.open(archive, "w:gz") as tar:  # files only, reverse order: folders implied
+        for p in members:
+            tar.add(p, arcname=str(p.relative_to(tmp_path)), recursive=False)
+    index, one, labels = memory.decode_source(tmp_path / "d" / "train", workers=1)
+    for source in (archive, tmp_path / "d" / "train"):
+        _, pooled, pooled_labels = memory.decode_source(source, "train", workers=2, chunk=4)
+        assert torch.equal(pooled, one) and torch.equal(pooled_labels, labels)
+    assert one.shape == (15, 3, 8, 8) and one.is_contiguous(memory_format=torch.channels_last)
+    _, test, _ = memory.decode_source(archive, "test", workers=2, chunk=4)
+    assert test.shape[0] == 6

@@ -156,17 +156,56 @@ def _index(source: Path, dirs: set[str], files: list[str], split: str | None) ->
     return FolderIndex(source=source, prefix=prefix, classes=classes, samples=samples)
 
 
+def _member_name(m: tarfile.TarInfo) -> str | None:
+    name = str(PurePosixPath(m.name.lstrip("/")))
+    name = name[2:] if name.startswith("./") else name
+    return None if name in (".", "") or ".." in name.split("/") else name
+
+
+def walk_archive(source: Path, on_image: Callable[[str, bytes], None] | None = None
+                 ) -> tuple[set[str], list[str]]:
+    """One sequential pass over a tar archive: its folders and files (posix names). With
+    ``on_image``, each visible image file's bytes are handed over as they are read."""
+    dirs: set[str] = set()
+    files: list[str] = []
+    try:
+        with tarfile.open(source, "r:*") as tar:
+            for m in tar:
+                name = _member_name(m)
+                if name is None:
+                    continue
+                if m.isdir():
+                    dirs.add(name)
+                elif m.isfile():
+                    files.append(name)
+                    if on_image is not None and is_image_file(name) and not _hidden(name):
+                        with tar.extractfile(m) as f:  # type: ignore[union-attr]
+                            on_image(name, f.read())
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DatasetLayoutError(f"{source}: unreadable archive ({e})") from e
+    for f in list(files) + list(dirs):  # folders implied by member paths
+        parts = f.split("/")[:-1]
+        dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return dirs, files
+
+
+def index_from_names(source: Path, dirs: set[str], files: list[str], split: str | None) -> FolderIndex:
+    """The class layout of an archive's member names (see :func:`scan`)."""
+    return _index(Path(source), dirs, files, split)
+
+
 def scan(source: str | Path, split: str | None = None) -> FolderIndex:
     """Index a class-per-folder tree in a directory or a ``.tar``/``.tar.gz`` archive.
 
     ``split`` ('train'/'test') picks the ``train/`` or ``test/``/``val/`` folder when the root
-    holds such split folders; without split folders the tree itself is used."""
+    holds such split folders; without split folders the tree itself is used. Sample keys are
+    file paths for a directory, member names for an archive."""
     source = Path(source).expanduser()
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
-    dirs: set[str] = set()
-    files: list[str] = []
     if source.is_dir():
+        dirs: set[str] = set()
+        files: list[str] = []
         for cur, dnames, fnames in os.walk(source, followlinks=True):
             rel = Path(cur).relative_to(source).as_posix()
             rel = "" if rel == "." else rel
@@ -178,23 +217,7 @@ def scan(source: str | Path, split: str | None = None) -> FolderIndex:
         return idx
     if not is_archive(source):
         raise DatasetLayoutError(f"{source}: not a folder or a .tar/.tar.gz archive")
-    try:
-        with tarfile.open(source, "r:*") as tar:
-            for m in tar:
-                name = str(PurePosixPath(m.name.lstrip("/")))
-                name = name[2:] if name.startswith("./") else name
-                if name in (".", "") or ".." in name.split("/"):
-                    continue
-                if m.isdir():
-                    dirs.add(name)
-                elif m.isfile():
-                    files.append(name)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise DatasetLayoutError(f"{source}: unreadable archive ({e})") from e
-    for f in list(files) + list(dirs):  # folders implied by member paths
-        parts = f.split("/")[:-1]
-        dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return _index(source, dirs, files, split)
+    return _index(source, *walk_archive(source), split)
 
 
 def iter_encoded(index: FolderIndex) -> Iterator[tuple[str, bytes, int]]:
@@ -208,8 +231,7 @@ def iter_encoded(index: FolderIndex) -> Iterator[tuple[str, bytes, int]]:
     labels = dict(index.samples)
     with tarfile.open(index.source, "r:*") as tar:
         for m in tar:
-            name = str(PurePosixPath(m.name.lstrip("/")))
-            name = name[2:] if name.startswith("./") else name
+            name = _member_name(m)
             if m.isfile() and name in labels:
                 with tar.extractfile(m) as f:  # type: ignore[union-attr]
                     yield f"{index.source}:{name}", f.read(), labels[name]
@@ -240,7 +262,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if self._tar is None or self._tar_pid != os.getpid():
             self._tar = tarfile.open(self.index.source, "r:*")
             self._tar_pid = os.getpid()
-            self._members = {m.name.lstrip("/").removeprefix("./"): m for m in self._tar}
+            self._members = {_member_name(m): m for m in self._tar}
         with self._tar.extractfile(self._members[key]) as f:  # type: ignore[union-attr]
             return f.read()
 

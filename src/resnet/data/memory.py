@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from .cifar import default_cache_dir
-from .folder import FolderIndex, ImageDecodeError, decode_image, iter_encoded, scan
+from .folder import (FolderIndex, decode_image, index_from_names, is_archive, iter_encoded, scan,
+                     walk_archive)
 
 MAX_SIDE = 64  # larger images are streamed (folder.ImageFolderDataset), not held in memory
 CACHE_VERSION = "1"
@@ -73,68 +74,104 @@ def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
     return np.stack(arrs) if arrs else np.zeros((0, 1, 1, 3), np.uint8)
 
 
-def _chunks(items: Iterator[tuple[str, bytes, int]], labels: list[int], size: int,
-            max_side: int) -> Iterator[list[tuple[str, bytes]]]:
-    chunk: list[tuple[str, bytes]] = []
-    first = True
-    for name, data, label in items:
-        if first:  # fail fast, before reading a large archive to its end
-            first = False
+class _ChunkDecoder:
+    """Decodes encoded images fed one by one, in chunks; once a first chunk fills up (a dataset
+    worth it), chunks go to ``workers`` forked processes while the caller keeps reading."""
+
+    def __init__(self, workers: int | None, chunk: int, max_side: int):
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        self.chunk, self.max_side = chunk, max_side
+        self.names: list[str] = []
+        self._buf: list[tuple[str, bytes]] = []
+        self._done: list = []  # ndarrays or AsyncResults, in feed order
+        self._pool = None
+
+    def add(self, name: str, data: bytes) -> None:
+        if not self.names:  # fail fast, before reading a large archive to its end
             w, h = decode_image(data, name).size
-            if max(w, h) > max_side:
+            if max(w, h) > self.max_side:
                 raise ImagesTooLargeError(
-                    f"{name} is {w}x{h}: only images up to {max_side}x{max_side} are decoded into "
-                    "memory. Stream large images with resnet.data.folder.ImageFolderDataset and "
-                    "the presets in resnet.data.transforms.")
-        labels.append(label)
-        chunk.append((name, data))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+                    f"{name} is {w}x{h}: only images up to {self.max_side}x{self.max_side} are "
+                    "decoded into memory. Stream large images with "
+                    "resnet.data.folder.ImageFolderDataset and the presets in resnet.data.transforms.")
+        self.names.append(name)
+        self._buf.append((name, data))
+        if len(self._buf) >= self.chunk:
+            if self._pool is None and self.workers > 1 and sys.platform != "win32" \
+                    and "fork" in multiprocessing.get_all_start_methods():
+                self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            chunk, self._buf = self._buf, []
+            self._done.append(self._pool.apply_async(_decode_chunk, (chunk,)) if self._pool
+                              else _decode_chunk(chunk))
+
+    def finish(self) -> np.ndarray:
+        """All images fed so far, N x H x W x 3 uint8, in feed order."""
+        self._flush()
+        arrays = [a if isinstance(a, np.ndarray) else a.get() for a in self._done]
+        shapes = sorted({a.shape[1:3] for a in arrays if len(a)})
+        if len(shapes) > 1:
+            raise ImagesTooLargeError(
+                f"images of several sizes {shapes}; in-memory datasets need one image size. Resize "
+                "them, or stream them with resnet.data.folder.ImageFolderDataset.")
+        return np.concatenate(arrays) if arrays else np.zeros((0, 1, 1, 3), np.uint8)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
 
 
-def decode_index(index: FolderIndex, workers: int | None = None, chunk: int = 1000,
-                 max_side: int = MAX_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode every sample of ``index`` into (uint8 N x 3 x H x W, int64 labels).
+def decode_source(source: str | Path, split: str | None = None, workers: int | None = None,
+                  chunk: int = 1000, max_side: int = MAX_SIDE
+                  ) -> tuple[FolderIndex, torch.Tensor, torch.Tensor]:
+    """Decode a class-per-folder tree (folder or archive) into (index, uint8 N x 3 x H x W in
+    channels_last memory, int64 labels), samples in ``index.samples`` order.
 
-    The archive (or files) are read in this process; with ``workers`` > 1 (default: the
-    number of CPUs, at most 4) chunks of encoded images are decoded in forked processes."""
-    labels: list[int] = []
-    chunks = _chunks(iter_encoded(index), labels, chunk, max_side)
-    if workers is None:
-        workers = min(4, os.cpu_count() or 1)
-    use_pool = workers > 1 and len(index.samples) >= 4 * chunk and sys.platform != "win32" \
-        and "fork" in multiprocessing.get_all_start_methods()
-    if use_pool:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            arrays = list(pool.imap(_decode_chunk, chunks))
-    else:
-        arrays = [_decode_chunk(c) for c in chunks]
-    shapes = {a.shape[1:] for a in arrays}
-    if len(shapes) > 1:
-        raise ImagesTooLargeError(
-            f"{index.source}: images of several sizes ({sorted(s[:2] for s in shapes)}); "
-            "in-memory datasets need one image size")
+    An archive is read once: images are decoded while it is being read, before the class
+    layout is known (so images outside the chosen split are decoded too)."""
+    source = Path(source).expanduser()
+    dec = _ChunkDecoder(workers, chunk, max_side)
+    try:
+        if is_archive(source):
+            index = index_from_names(source, *walk_archive(source, dec.add), split)
+            keys = [k for k, _ in index.samples]
+        else:
+            index = scan(source, split)
+            for name, data, _ in iter_encoded(index):
+                dec.add(name, data)
+            keys = dec.names
+        arrays = dec.finish()
+    finally:
+        dec.close()
+    if keys != dec.names:  # archive order -> index order, dropping images outside the split
+        pos = {n: i for i, n in enumerate(dec.names)}
+        arrays = arrays[np.fromiter((pos[k] for k in keys), dtype=np.int64, count=len(keys))]
     # N x 3 x H x W in channels_last memory: the layout the decoder produced and the one
     # MemoryLoader gathers from, so no copy is made here or there.
-    images = torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2)
-    return images, torch.tensor(labels, dtype=torch.int64)
+    images = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2)
+    return index, images, torch.tensor(index.targets(), dtype=torch.int64)
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std over all pixels of uint8 images, on the 0..1 scale."""
+def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std over all pixels of uint8 images, on the 0..1 scale (rounded to
+    4 digits). Exact: from a 256-bin histogram per channel (5x faster than float sums here)."""
     c = images.shape[1]
-    s, s2, n = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    offset = torch.arange(c, dtype=torch.int16) * 256
+    hist = torch.zeros(c * 256, dtype=torch.int64)
     for i in range(0, images.shape[0], chunk):
-        x = images[i:i + chunk].to(torch.float64).div_(255).transpose(0, 1).reshape(c, -1)
-        s += x.sum(1)
-        s2 += (x * x).sum(1)
-        n += x.shape[1]
-    mean = s / max(n, 1)
-    std = (s2 / max(n, 1) - mean * mean).clamp_min(0).sqrt()
-    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+        px = images[i:i + chunk].permute(0, 2, 3, 1).reshape(-1, c).to(torch.int16) + offset
+        hist += torch.bincount(px.view(-1).long(), minlength=c * 256)
+    h = hist.view(c, 256).double()
+    v = torch.arange(256, dtype=torch.float64) / 255
+    n = h.sum(1).clamp_min(1)
+    mean = (h * v).sum(1) / n
+    std = ((h * v * v).sum(1) / n - mean * mean).clamp_min(0).sqrt()
+    return tuple(round(x, 4) for x in mean.tolist()), tuple(round(x, 4) for x in std.tolist())
 
 
 # --------------------------------------------------------------------------- cache
@@ -175,12 +212,32 @@ def cache_dirs(source: Path, cache_dir: Path | None = None) -> list[Path]:
     return dirs + [default_cache_dir()]
 
 
-def cache_name(source: Path, split: str | None) -> str:
+def _stem(source: Path) -> str:
     stem = Path(source).name
     for suffix in (".tar.gz", ".tgz", ".tar"):
         if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-    return f"{stem}.{split or 'all'}.{fingerprint(source)}.resnet-u8.safetensors"
+            return stem[: -len(suffix)]
+    return stem
+
+
+def cache_name(source: Path, split: str | None) -> str:
+    return f"{_stem(source)}.{split or 'all'}.{fingerprint(source)}.resnet-u8.safetensors"
+
+
+def _remove_stale(written: Path, source: str) -> None:
+    """Delete caches of earlier versions of the same source and split in that folder."""
+    from safetensors import safe_open
+    prefix = written.name.split(".resnet-u8.")[0].rsplit(".", 1)[0]  # '<stem>.<split>'
+    for other in written.parent.glob(f"{prefix}.*.resnet-u8.safetensors"):
+        if other == written:
+            continue
+        try:
+            with safe_open(str(other), framework="pt") as f:
+                stale = (f.metadata() or {}).get("source") == source
+            if stale:
+                other.unlink()
+        except Exception:  # not ours to judge: leave it
+            continue
 
 
 def _read_cache(path: Path) -> InMemoryDataset | None:
@@ -202,6 +259,12 @@ def _read_cache(path: Path) -> InMemoryDataset | None:
         return None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_cache(folder: Path, name: str, ds: InMemoryDataset) -> Path | None:
     from safetensors.torch import save_file
     meta = {"version": CACHE_VERSION, "layout": "NHWC", "classes": json.dumps(ds.classes), "mean": json.dumps(ds.mean),
@@ -213,6 +276,7 @@ def _write_cache(folder: Path, name: str, ds: InMemoryDataset) -> Path | None:
         try:
             save_file({"images": ds.images.permute(0, 2, 3, 1).contiguous(),
                        "labels": ds.labels.contiguous()}, tmp, meta)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a cache is shareable
             os.replace(tmp, folder / name)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -238,16 +302,16 @@ def load_image_folder(source: str | Path, split: str | None = "train",
             if ds is not None:
                 return ds
     t0 = time.perf_counter()
-    index = scan(source, split)
-    images, labels = decode_index(index, workers=workers, max_side=max_side)
+    index, images, labels = decode_source(source, split, workers=workers, max_side=max_side)
     mean, std = channel_stats(images)
     seconds = time.perf_counter() - t0
-    ds = InMemoryDataset(images, labels, index.classes, mean, std, source.name, str(source),
-                         {"decode_seconds": round(seconds, 2)})
+    ds = InMemoryDataset(images, labels, index.classes, mean, std, _stem(source),
+                         str(source.resolve()), {"decode_seconds": round(seconds, 2)})
     for folder in candidates:
         written = _write_cache(folder, name, ds)
         if written is not None:
             ds.info["cache"] = str(written)
+            _remove_stale(written, ds.source)
             break
     else:
         warnings.warn(f"could not write a cache for {source} in {', '.join(map(str, candidates))}; "
@@ -318,8 +382,11 @@ class MemoryLoader:
         # x_norm = (x/255 - mean)/std = x*scale + shift: one fused op on the uint8 batch. The
         # per-channel vectors are tiled along a row (W x C) so the op broadcasts over a long
         # contiguous inner dimension instead of a 3-wide one (3x faster here).
-        self._scale = (1.0 / (255.0 * std_t)).repeat(w).to(self.device)
-        self._shift = (-mean_t / std_t).repeat(w).to(self.device)
+        scale, shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+        if channels_last:
+            self._scale, self._shift = scale.repeat(w).to(self.device), shift.repeat(w).to(self.device)
+        else:  # NCHW: transpose the uint8 batch (4x less to move), then broadcast over H*W
+            self._scale, self._shift = scale.view(c, 1, 1).to(self.device), shift.view(c, 1, 1).to(self.device)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -354,9 +421,10 @@ class MemoryLoader:
     def normalize(self, x_nhwc: torch.Tensor) -> torch.Tensor:
         """uint8 B x H x W x C -> float B x C x H x W on the device, (x/255 - mean)/std."""
         b, h, w, c = x_nhwc.shape
-        x = x_nhwc.to(self.device, non_blocking=True).view(b, h, w * c)
-        out = torch.addcmul(self._shift, x, self._scale).view(b, h, w, c).permute(0, 3, 1, 2)
-        return out if self.channels_last else out.contiguous()
+        x = x_nhwc.to(self.device, non_blocking=True)
+        if not self.channels_last:
+            return torch.addcmul(self._shift, x.permute(0, 3, 1, 2).contiguous(), self._scale)
+        return torch.addcmul(self._shift, x.view(b, h, w * c), self._scale).view(b, h, w, c).permute(0, 3, 1, 2)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order, oy, ox, flip = self.epoch_plan()
