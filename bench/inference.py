@@ -1,0 +1,52 @@
+"""Inference throughput of every backend, as `resnet benchmark` prints it, for the issue's two cases.
+
+    .venv/bin/python bench/inference.py [--only resnet50|resnet20] [--seconds 5] [--data PATH] [--json FILE]
+
+ResNet-50 at 224x224, batches 1 and 16, and ResNet-20 at 32x32, batches 256 and 1; every backend,
+including both int8 routes (`int8`: PT2E + inductor; `onnxruntime-int8`: onnxruntime static QDQ)
+so the choice of the default int8 backend can be re-checked. Random weights unless a checkpoint
+is given with --resnet20-ckpt; agreement is on random inputs unless --data names a dataset. Run
+with nothing else on the machine: a second process on the other core halves every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from resnet.benchmark import benchmark, format_table
+from resnet.inference import BACKENDS
+
+CASES = {
+    "resnet50": dict(batches="1,16", image_size=224, check_images=128, calib_images=256),
+    "resnet20": dict(batches="256,1", image_size=32, check_images=1024, calib_images=512),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=sorted(CASES))
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--data", help="real images for agreement and calibration (e.g. the CIFAR-10 JPEG archive)")
+    ap.add_argument("--resnet20-ckpt", help="a trained ResNet-20 checkpoint or run folder instead of random weights")
+    ap.add_argument("--json", help="also write every row to this file")
+    args = ap.parse_args()
+    all_rows = []
+    for name, case in CASES.items():
+        if args.only and name != args.only:
+            continue
+        spec = args.resnet20_ckpt if name == "resnet20" and args.resnet20_ckpt else name
+        rows, title = benchmark(spec, args.backends, case["batches"], case["image_size"], args.data, case["check_images"],
+                                case["calib_images"], args.seconds, log=lambda m: print(m, file=sys.stderr, flush=True))
+        print(format_table(rows, title), flush=True)
+        print(flush=True)
+        all_rows += rows
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(all_rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

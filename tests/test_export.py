@@ -1,0 +1,134 @@
+"""ONNX and TorchScript export with their parity checks; `resnet export` on a checkpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import resnet
+from resnet import export as ex
+from resnet.cli import main
+from resnet.engine.checkpoint import save_weights
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+def tiny(shortcut: str = "A", seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = resnet.build_resnet(8, "basic", shortcut=shortcut, widths=[8, 16, 32], num_classes=5)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+    return model.eval()
+
+
+def run_onnx(path, x: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_onnx_fixed_batch(tmp_path, fold):
+    model, x = tiny("B"), torch.randn(2, 3, 16, 16)
+    report = ex.export_onnx(model, tmp_path / "m.onnx", dynamic_batch=False, fold_bn=fold, example=x)
+    assert report["checks"] and all(c["ok"] and c["max_abs_diff"] < 1e-4 for c in report["checks"])
+    assert report["input_shape"] == [2, 3, 16, 16]
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert ("BatchNormalization" in ops) != fold
+    assert graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    with torch.no_grad():
+        np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", x), model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_dynamic_batch(tmp_path):
+    model = tiny("A")
+    report = ex.export_onnx(model, tmp_path / "d.onnx", opset=18, dynamic_batch=True, example=torch.randn(1, 3, 16, 16))
+    assert {c["inputs"] for c in report["checks"]} == {"random", "random, batch 5"}
+    for n in (3, 7):
+        x = torch.randn(n, 3, 16, 16)
+        with torch.no_grad():
+            np.testing.assert_allclose(run_onnx(tmp_path / "d.onnx", x), model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_parity_failure_is_an_error(tmp_path, monkeypatch):
+    """An export that computes something else (here: one weight perturbed before export) must raise."""
+    fold = ex._prepare
+
+    def broken(model, fold_bn):
+        m = fold(model, True)
+        with torch.no_grad():
+            m.layer2[0].conv1.weight.mul_(1.5)
+        return m
+
+    monkeypatch.setattr(ex, "_prepare", broken)
+    with pytest.raises(ex.ExportParityError, match="differs from PyTorch"):
+        ex.export_onnx(tiny(), tmp_path / "bad.onnx", example=torch.randn(2, 3, 16, 16))
+    with pytest.raises(ex.ExportParityError):
+        ex.export_torchscript(tiny(), tmp_path / "bad.pt", example=torch.randn(2, 3, 16, 16))
+
+
+def test_compare_outputs_tolerances():
+    ref = torch.tensor([[1.0, 5.0], [2.0, -3.0]])
+    assert ex.compare_outputs(ref, ref + 1e-5, "x")["ok"]
+    with pytest.raises(ex.ExportParityError, match="shape"):
+        ex.compare_outputs(ref, ref[:1], "x")
+    with pytest.raises(ex.ExportParityError):
+        ex.compare_outputs(ref, ref * float("nan"), "x")
+
+
+def test_torchscript_round_trip(tmp_path):
+    model = tiny("B")
+    report = ex.export_torchscript(model, tmp_path / "m.pt", example=torch.randn(2, 3, 16, 16))
+    assert all(c["ok"] for c in report["checks"])
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture()
+def checkpoint(tmp_path):
+    model = tiny("A")
+    path = tmp_path / "tiny.safetensors"
+    save_weights(path, model, {"model": "tiny", "model_config": model.config.to_dict(), "mean": [0.5] * 3,
+                               "std": [0.25] * 3, "classes": list("abcde"), "input_size": 16})
+    return path
+
+
+def test_cli_export_checkpoint(checkpoint, tmp_path, capsys):
+    out = tmp_path / "tiny.onnx"
+    assert main(["export", str(checkpoint), "--out", str(out), "--dynamic-batch", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dynamic_batch"] and report["fold_bn"] and out.is_file()
+    assert report["input_shape"] == ["batch", 3, 16, 16] and all(c["ok"] for c in report["checks"])
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "t.pt")]) == 0
+    assert "parity on random" in capsys.readouterr().out
+
+
+def test_cli_export_real_images(checkpoint, tmp_path, capsys):
+    from PIL import Image
+
+    g = np.random.default_rng(0)
+    for cls in "ab":
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(g.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "r.onnx"), "--batch", "2",
+                 "--data", str(tmp_path / "imgs")]) == 0
+    out = capsys.readouterr().out
+    assert "real images" in out and "n=8" in out
+
+
+def test_cli_export_parity_failure_exits_nonzero(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(ex, "compare_outputs", lambda *a, **k: (_ for _ in ()).throw(ex.ExportParityError("boom")))
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "boom" in capsys.readouterr().err

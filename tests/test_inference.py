@@ -1,0 +1,182 @@
+"""Fast inference paths: exact BN folding, bf16 / compiled / int8 / onnxruntime agreement with fp32,
+and the `resnet benchmark` command's JSON schema. Small models only: the file runs in well under a minute."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import resnet
+from resnet import inference as inf
+from resnet.benchmark import FIELDS, run_benchmark, time_backend
+from resnet.cli import main
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so folding has something to get wrong."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.4 * torch.rand(n, generator=g) - 0.2)
+    return model.eval()
+
+
+TINY = {
+    "basic_A": lambda: resnet.build_resnet(8, "basic", shortcut="A", widths=[8, 16, 32]),
+    "basic_B": lambda: resnet.build_resnet(8, "basic", shortcut="B", widths=[8, 16, 32]),
+    "bottleneck_v1.5_C": lambda: resnet.build_resnet(block="bottleneck", layers=[1, 2], widths=[8, 16], stem="imagenet",
+                                                     stem_width=8, shortcut="C", num_classes=5),
+    "bottleneck_v1": lambda: resnet.build_resnet(block="bottleneck_v1", layers=[1, 1], widths=[8, 16], stem="imagenet",
+                                                 stem_width=8, num_classes=5),
+    "plain": lambda: resnet.build_resnet(8, "plain_basic", widths=[8, 16, 32]),
+    "preact_basic": lambda: resnet.build_resnet(8, "preact_basic", widths=[8, 16, 32]),
+    "preact_bottleneck": lambda: resnet.build_resnet(11, "preact_bottleneck", widths=[4, 8, 16]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_fold_bn_is_exact(name):
+    torch.manual_seed(0)
+    model = randomize_bn(TINY[name]())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = inf.fold_bn(model)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref, out = model(x), folded(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert type(folded) is type(model) and hasattr(folded, "forward_features")
+    for k, v in model.state_dict().items():  # the original is untouched
+        assert torch.equal(v, before[k]), k
+    left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    if name.startswith("preact"):  # BN-ReLU-conv units keep the BN before each unit, and the final BN
+        assert left == 1 + sum(len(s) for s in model.stages())
+    else:
+        assert left == 0
+    torch.testing.assert_close(folded.forward_features(x), model.forward_features(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fold_conv_bn_math():
+    conv, bn = nn.Conv2d(2, 3, 3, bias=True), randomize_bn(nn.Sequential(nn.BatchNorm2d(3)))[0]
+    x = torch.randn(1, 2, 5, 5)
+    with torch.no_grad():
+        ref = bn(conv(x))
+        inf.fold_conv_bn(conv, bn)
+        torch.testing.assert_close(conv(x), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_backend_status_and_unknown(monkeypatch):
+    assert inf.backend_status("eager-fp32") is None
+    with pytest.raises(ValueError, match="unknown backend"):
+        inf.backend_status("tpu")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    assert "onnxruntime" in inf.backend_status("onnxruntime")
+    with pytest.raises(inf.BackendUnavailable):
+        inf.prepare_inference(TINY["basic_A"](), "onnxruntime")
+
+
+# ----------------------------------------------------------------------------- a trained tiny model
+def separable_data(n: int, classes: int = 4, size: int = 16, seed: int = 0):
+    """Each class is a fixed random template; an image is its template plus noise of equal size."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.randn(classes, 3, size, size, generator=torch.Generator().manual_seed(123))
+    y = torch.randint(0, classes, (n,), generator=g)
+    return templates[y] + torch.randn(n, 3, size, size, generator=g), y
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A CIFAR-style ResNet-8 trained for 40 steps (about 2 s) until it separates 4 classes."""
+    torch.manual_seed(0)
+    model = resnet.build_resnet(8, "basic", shortcut="A", widths=[8, 16, 32], num_classes=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = separable_data(40 * 32, seed=1)
+    model.train()
+    for i in range(40):
+        loss = nn.functional.cross_entropy(model(x[i * 32:(i + 1) * 32]), y[i * 32:(i + 1) * 32])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    val_x, val_y = separable_data(256, seed=2)
+    calib, _ = separable_data(128, seed=3)
+    acc = float((model(val_x).argmax(1) == val_y).float().mean())
+    assert acc > 0.9, f"the tiny model did not train ({acc:.2f})"
+    return model, val_x, val_y, calib
+
+
+# Thresholds: the trained model's top-1 margins are large, so reduced precision changes few
+# predictions; 98% on 256 images allows 5 flips (bf16's 8-bit mantissa, int8's 256 levels).
+@pytest.mark.parametrize("backend,threshold", [("eager-bf16", 0.98), ("compiled-bf16", 0.98), ("int8", 0.98),
+                                               ("onnxruntime", 1.0), ("onnxruntime-int8", 0.98)])
+def test_fast_paths_agree_with_fp32(trained, backend, threshold, tmp_path):
+    reason = inf.backend_status(backend)
+    if reason:
+        pytest.skip(reason)
+    model, val_x, val_y, calib = trained
+    pred = inf.prepare_inference(model, backend, calibration=calib, example=val_x[:2], workdir=tmp_path)
+    r = inf.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
+    assert r["agreement"] >= threshold, r
+    assert abs(r["accuracy"] - r["accuracy_fp32"]) <= 2.0, r
+    assert pred(val_x[:1]).shape == (1, 4) and pred(val_x[:1]).dtype == torch.float32
+
+
+def test_int8_needs_calibration(trained):
+    if inf.backend_status("int8"):
+        pytest.skip("torchao not installed")
+    with pytest.raises(ValueError, match="calibration"):
+        inf.prepare_inference(trained[0], "int8")
+
+
+# ----------------------------------------------------------------------------- benchmark
+def test_time_backend_fields():
+    row = time_backend(lambda x: x * 2, torch.ones(4, 3), seconds=0.01, min_iters=20)
+    assert row["iters"] >= 20 and row["latency_ms_p99"] >= row["latency_ms_p50"] >= 0
+    assert row["images_per_sec"] > 0 and row["peak_mem_mb"] > 0
+
+
+def test_run_benchmark_rows_and_skipped(trained, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torchao" else real(n, *a))
+    model, val_x, val_y, _ = trained
+    rows = run_benchmark(model, ["eager-fp32", "eager-bf16", "int8"], [1, 8], 16, images=val_x[:64],
+                         labels=val_y[:64], seconds=0.05)
+    assert [(r["backend"], r["batch"]) for r in rows] == [(b, n) for b in ("eager-fp32", "eager-bf16", "int8")
+                                                          for n in (1, 8)]
+    for r in rows:
+        assert set(FIELDS) <= set(r)
+    assert all(r["agreement"] == 1.0 for r in rows if r["backend"] == "eager-fp32")
+    assert all(r["images_per_sec"] > 0 and r["latency_ms_p50"] > 0 for r in rows if r["backend"] != "int8")
+    skipped = [r for r in rows if r["backend"] == "int8"]
+    assert all("torchao" in r["skipped"] and r["images_per_sec"] is None for r in skipped)
+
+
+def test_benchmark_cli_json(capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    code = main(["benchmark", "resnet20", "--batch", "2,4", "--backends", "eager-fp32,eager-bf16,onnxruntime",
+                 "--check-images", "8", "--seconds", "0.05", "--json"])
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 6
+    for r in rows:
+        assert set(FIELDS) <= set(r)
+    done = [r for r in rows if not r.get("skipped")]
+    assert {r["backend"] for r in done} == {"eager-fp32", "eager-bf16"}
+    assert all(isinstance(r["images_per_sec"], float) and 0 <= r["agreement"] <= 1 for r in done)
+    assert all("onnxruntime" in r["skipped"] for r in rows if r["backend"] == "onnxruntime")
+
+
+def test_benchmark_cli_table(capsys):
+    assert main(["benchmark", "resnet20", "--batch", "1", "--backends", "eager-fp32", "--check-images", "4",
+                 "--seconds", "0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "images/s" in out and "eager-fp32" in out and "resnet20 at 32x32" in out
