@@ -2,11 +2,9 @@
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 
 from resnet.cli import main
@@ -17,20 +15,6 @@ from resnet.engine.trainer import Trainer, train
 
 TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12", "data.eval_batch_size=7",
         "precision=fp32", "optim.lr=0.05"]
-
-
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
-    """3 classes x 16 images of 32x32: each class tints one colour channel, so it is learnable."""
-    root = tmp_path_factory.mktemp("tiny")
-    rs = np.random.RandomState(0)
-    for c, name in enumerate(["red", "green", "blue"]):
-        (root / name).mkdir()
-        for i in range(16):
-            a = rs.randint(0, 100, (32, 32, 3)).astype(np.uint8)
-            a[..., c] += 120
-            Image.fromarray(a).save(root / name / f"{i:02d}.png")
-    return root
 
 
 def _cfg(data, *extra, epochs=3):

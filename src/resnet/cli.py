@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,8 +50,6 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pathlib import Path
-
     import yaml
 
     from .config import make_config, merge
@@ -110,6 +109,125 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, tuple(args.depths), args.epochs)
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_experiment(args) -> int:
+    from .experiments import analysis, papers
+
+    out = {"out": args.out} if args.out else {}
+    if args.kind in ("responses", "gradients"):
+        fn = analysis.responses if args.kind == "responses" else analysis.gradients
+        result = fn(args.checkpoints, args.data, split=args.split, **out)
+    else:
+        train = dict(epochs=args.epochs, seeds=args.seeds, recipe=args.recipe, overrides=args.overrides,
+                     stream=sys.stderr, **out)
+        if args.kind == "degradation":
+            result = papers.degradation(args.data, args.depths, **train)
+        elif args.kind == "depth":
+            result = papers.depth_sweep(args.data, args.models.split(","), **train)
+        elif args.kind == "shortcuts":
+            result = papers.shortcut_options(args.data, args.depth, **train)
+        else:
+            result = papers.preactivation(args.data, args.depths, **train)
+    print((Path(result["out"]) / "report.md").read_text())
+    print(f"report folder: {result['out']}")
+    return 0
+
+
+def _add_experiment_parsers(sub) -> None:
+    p = sub.add_parser("experiment", help="the papers' experiments, each writing a report folder")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+    specs = {
+        "degradation": "plain vs residual at several depths: training/validation error curves [ResNet Fig. 6]",
+        "depth": "error against depth, mean ± std over seeds [ResNet Table 6]",
+        "shortcuts": "shortcut options A / B / C and plain at one depth [ResNet Table 3]",
+        "preact": "original vs pre-activation units at the same depth [Identity Mappings Table 3]",
+        "responses": "std of each 3x3 layer's response in trained networks [ResNet Fig. 7]",
+        "gradients": "per-layer gradient norms at initialisation and after training, plain vs residual",
+    }
+    for kind, text in specs.items():
+        k = kinds.add_parser(kind, help=text, description=text)
+        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, or 'digits'")
+        k.add_argument("--out", help=f"report folder (default experiments/{kind}); rerun to resume")
+        if kind in ("responses", "gradients"):
+            k.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints or run folders")
+            k.add_argument("--split", choices=["val", "test", "train"], default="val")
+        else:
+            k.add_argument("--epochs", type=_positive_int, default=20, help="epochs per run (default 20)")
+            k.add_argument("--seeds", type=_positive_int, default=1, help="runs per network (default 1)")
+            k.add_argument("--recipe", help="default cifar10_paper, its lr steps at 50%% and 75%% of the epochs")
+            k.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
+        if kind == "degradation":
+            k.add_argument("--depths", type=_int_list, default=[20, 32, 44, 56], help="comma-separated (default 20,32,44,56)")
+        elif kind == "depth":
+            k.add_argument("--models", default="resnet20,resnet32,resnet44,resnet56", help="comma-separated model names")
+        elif kind == "shortcuts":
+            k.add_argument("--depth", type=_positive_int, default=20, help="CIFAR depth 6n+2 (default 20)")
+        elif kind == "preact":
+            k.add_argument("--depths", type=_int_list, default=[110, 164], help="comma-separated (default 110,164)")
+        k.set_defaults(func=cmd_experiment)
+
+
+def cmd_export(args) -> int:
+    from .export import export_model, format_report
+
+    report = export_model(args.model, args.format, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
+                          fold_bn=not args.no_fold_bn, batch=args.batch, image_size=args.image_size, data=args.data)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import benchmark, format_table
+
+    log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    rows, title = benchmark(args.model, args.backends, args.batch, args.image_size, args.data, args.check_images,
+                            args.calib_images, args.seconds, log=log)
+    print(json.dumps(rows) if args.json else format_table(rows, title))
+    return 0
+
+
+def _add_deploy_parsers(sub) -> None:
+    from .inference import BACKENDS, DEFAULT_BACKENDS
+
+    p = sub.add_parser("export", help="export to ONNX or TorchScript, then check it against PyTorch")
+    p.add_argument("model", metavar="CKPT_OR_NAME", help="a checkpoint (.safetensors or run folder) or a registered name")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True, help="output file (.onnx / .pt)")
+    p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: fixed at --batch)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="the fixed batch size (default 1)")
+    p.add_argument("--opset", type=_positive_int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers (default: folded into the convs)")
+    p.add_argument("--image-size", type=_positive_int, help="input side (default: the model's)")
+    p.add_argument("--data", help="also check parity on real images of this dataset")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("benchmark", help="images/s, latency, memory and agreement with fp32 of every inference backend")
+    p.add_argument("model", metavar="NAME_OR_CKPT", help="a registered name (random weights) or a checkpoint")
+    p.add_argument("--batch", default="1,16", help="comma-separated batch sizes (default 1,16)")
+    p.add_argument("--backends", default=",".join(DEFAULT_BACKENDS), help=f"comma-separated, from {','.join(BACKENDS)}")
+    p.add_argument("--image-size", type=_positive_int, help="input side (default: the model's)")
+    p.add_argument("--data", help="real images for the agreement check and int8 calibration (default: random)")
+    p.add_argument("--check-images", type=_positive_int, default=256, help="images for the agreement check")
+    p.add_argument("--calib-images", type=_positive_int, default=256, help="int8 calibration images")
+    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per backend and batch (at least 10 calls)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per backend and batch")
+    p.set_defaults(func=cmd_benchmark)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet", description="Deep residual networks: models, training, experiments.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -148,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", metavar="DIR", help="write a confusion-matrix PNG here")
     p.add_argument("--json", action="store_true", help='print {"top1_err", "top5_err", "loss", "n"}')
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="plain vs residual nets on data that needs no download (about five minutes)")
+    p.add_argument("--depths", type=_int_list, default=[20, 56], help="comma-separated CIFAR depths (default 20,56)")
+    p.add_argument("--epochs", type=_positive_int, default=20, help="epochs per network (default 20)")
+    p.add_argument("--out", help="report folder (default runs/demo-TIME)")
+    p.set_defaults(func=cmd_demo)
+
+    _add_experiment_parsers(sub)
+    _add_deploy_parsers(sub)
     return parser
 
 

@@ -31,6 +31,7 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
     * a CIFAR-10/100 batch folder (``cifar-10-batches-py``, ``cifar-100-python``) or its parent;
     * an official CIFAR ``.tar.gz`` (extracted once into ``cache_dir``), or the name
       ``"cifar10"``/``"cifar100"`` (looked up in ``cache_dir``; ``download=True`` fetches it);
+    * the name ``"digits"``: scikit-learn's handwritten digits, no download (see digits.py);
     * a class-per-folder image tree or its ``.tar``/``.tar.gz`` with images up to 64x64,
       decoded once and cached (next to the data if writable, else ``cache_dir``,
       ``$RESNET_CACHE`` or ``~/.cache/resnet``).
@@ -43,6 +44,10 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
     p = Path(path).expanduser()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     if not p.exists():
+        if str(path) == "digits":
+            from .digits import load_digits
+
+            return load_digits(split)
         if str(path) in SPECS:
             return _from_cifar(load_cifar(str(path), split, cache, download), str(path))
         raise FileNotFoundError(

@@ -58,7 +58,7 @@ class Trainer:
             raise ValueError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
         self.val_loader = self.val_data.loader(cfg.data.eval_batch_size, train=False, device=self.device,
                                                channels_last=cfg.channels_last) if self.val_data else None
-        args = {"num_classes": len(self.classes), **cfg.model_args}
+        args = {"num_classes": len(self.classes), "in_chans": int(self.train_data.images.shape[1]), **cfg.model_args}
         self.model = create_model(cfg.model, **args).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

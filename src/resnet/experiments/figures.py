@@ -1,0 +1,69 @@
+"""The experiments' plots (PNG, Agg backend)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_degradation(curves: dict[str, dict[int, list[dict]]], path: Path) -> Path:
+    """ResNet Fig. 6: training error (dashed) and validation error (bold) vs iterations; plain left, residual right.
+
+    `curves[family][depth]` = per-epoch records (seed 0) of that network.
+    """
+    families = [f for f in ("plain", "resnet") if f in curves]
+    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.5), sharey=True, squeeze=False)
+    for ax, family in zip(axes[0], families):
+        for i, (depth, records) in enumerate(sorted(curves[family].items())):
+            color = f"C{i}"
+            steps = [r["step"] for r in records]
+            ax.plot(steps, [r["train_err"] for r in records], "--", color=color, linewidth=1)
+            val = [(r["step"], r["val_err"]) for r in records if r.get("val_err") is not None]
+            if val:
+                ax.plot(*zip(*val), "-", color=color, linewidth=2.2, label=f"{family}-{depth}")
+        ax.set(title=f"{'plain' if family == 'plain' else 'ResNet'}: dashed = training, bold = validation",
+               xlabel="iterations", ylabel="error (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_layer_values(series: dict[str, list[float]], path: Path, ylabel: str, title: str, sort: bool = True,
+                      log: bool = False) -> Path:
+    """One value per layer for several networks: by layer index (top) and sorted descending (bottom), as Fig. 7."""
+    rows = 2 if sort else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(8, 3.2 * rows), squeeze=False)
+    for i, (label, values) in enumerate(series.items()):
+        axes[0][0].plot(range(1, len(values) + 1), values, "-", color=f"C{i}", label=label)
+        if sort:
+            axes[1][0].plot(range(1, len(values) + 1), sorted(values, reverse=True), "-", color=f"C{i}", label=label)
+    axes[0][0].set(xlabel="layer index (original)", ylabel=ylabel, title=title)
+    if sort:
+        axes[1][0].set(xlabel="layer index (sorted by magnitude)", ylabel=ylabel)
+    for ax in axes[:, 0]:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        if log:
+            ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_bars(labels: list[str], values: list[float], errors: list[float], path: Path, ylabel: str, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) + 2), 4))
+    ax.bar(range(len(labels)), values, yerr=errors, color=[f"C{i}" for i in range(len(labels))], capsize=4)
+    ax.set_xticks(range(len(labels)), labels, rotation=20)
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,129 @@
+"""Shared machinery of the papers' experiments: one data split, many runs, resumable, self-describing."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .. import __version__
+from ..config import TrainConfig, make_config
+from ..data import InMemoryDataset
+from ..engine.trainer import Trainer, split_train_val
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of an experiment: a model (with arguments) and a seed."""
+
+    model: str
+    seed: int = 0
+    model_args: dict = field(default_factory=dict)
+    label: str = ""  # how tables and plots name it (default: the model name)
+
+    @property
+    def name(self) -> str:
+        """The run's folder name: its label (or model and arguments) and seed, safe as a path."""
+        base = self.label or self.model + "".join(f"-{k}{v}" for k, v in sorted(self.model_args.items()))
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_") + f"-s{self.seed}"
+
+    @property
+    def title(self) -> str:
+        return self.label or self.model
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def base_config(data: str, epochs: int, recipe: str | None, overrides: list[str] | None) -> TrainConfig:
+    """The recipe shared by every run (default: the paper's CIFAR schedule, milestones rescaled to `epochs`)."""
+    cfg = make_config(recipe or "cifar10_paper", [f"data.path={data}", f"epochs={epochs}", *(overrides or [])])
+    return cfg
+
+
+def rescale_paper_milestones(cfg: TrainConfig, steps_per_epoch: int) -> TrainConfig:
+    """The paper divides lr by 10 at 50% and 75% of training (32k, 48k of 64k); keep those fractions."""
+    if cfg.schedule.name != "step" or tuple(cfg.schedule.milestones) != (32000, 48000):
+        return cfg
+    total = cfg.epochs * steps_per_epoch
+    schedule = dataclasses.replace(cfg.schedule, milestones=(total // 2, total * 3 // 4))
+    return dataclasses.replace(cfg, schedule=schedule)
+
+
+class Experiment:
+    """A report folder: experiment.yaml (config, seeds, version, commit), runs/<name>/, plots, report.md."""
+
+    def __init__(self, kind: str, out: str | Path, cfg: TrainConfig, specs: list[RunSpec], stream=None):
+        self.kind, self.out, self.cfg, self.specs = kind, Path(out), cfg, specs
+        self.stream = stream or sys.stderr
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None
+
+    def describe(self, **extra) -> None:
+        info = {"experiment": self.kind, "version": __version__, "git_commit": git_commit(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [dataclasses.asdict(s) for s in self.specs],
+                "seeds": sorted({s.seed for s in self.specs}), "config": self.cfg.to_dict(), **extra}
+        (self.out / "experiment.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+
+    def data(self) -> tuple[InMemoryDataset, InMemoryDataset | None]:
+        """Loaded and split once: every run sees the same training and validation images."""
+        if self._data is None:
+            self._data = split_train_val(self.cfg)
+        return self._data
+
+    def run(self, spec: RunSpec) -> list[dict]:
+        """Train one run, or resume it, or read it back when it is complete (experiments are resumable)."""
+        run_dir = self.out / "runs" / spec.name
+        steps = len(self.data()[0]) // self.cfg.data.batch_size
+        cfg = rescale_paper_milestones(dataclasses.replace(
+            self.cfg, model=spec.model, seed=spec.seed, model_args={**self.cfg.model_args, **spec.model_args}), steps)
+        done = _completed_epochs(run_dir)
+        if done >= cfg.epochs:
+            return _read_metrics(run_dir)
+        print(f"[{self.kind}] {spec.name}: {'resuming at epoch ' + str(done) if done else 'training'}"
+              f" ({cfg.epochs} epochs)", file=self.stream)
+        trainer = Trainer(cfg, run_dir, resume=done > 0, data=self.data(), stream=io.StringIO())
+        history = trainer.fit()
+        last = history[-1]
+        print(f"[{self.kind}] {spec.name}: train err {last['train_err']:.2f}% val err {last['val_err']:.2f}%",
+              file=self.stream)
+        return history
+
+    def run_all(self) -> list[tuple[RunSpec, list[dict]]]:
+        return [(spec, self.run(spec)) for spec in self.specs]
+
+
+def _completed_epochs(run_dir: Path) -> int:
+    if not (run_dir / "last.state.pt").is_file():
+        return 0
+    records = _read_metrics(run_dir)
+    return records[-1]["epoch"] if records else 0
+
+
+def _read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

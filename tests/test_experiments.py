@@ -1,0 +1,115 @@
+"""The papers' experiments on tiny generated data: report files and the numbers in them."""
+import json
+import re
+
+import pytest
+import torch
+import yaml
+
+from resnet.cli import main
+from resnet.experiments import analysis, papers
+from resnet.experiments.runner import Experiment
+
+TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12",
+        "data.eval_batch_size=12", "precision=fp32", "optim.lr=0.05"]
+
+
+def _metrics(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
+    out = tmp_path / "deg"
+    result = papers.degradation(str(tiny_folder), [8, 14], epochs=1, out=str(out), overrides=TINY)
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["plain14-s0", "plain8-s0", "resnet14-s0", "resnet8-s0"]
+    report = (out / "report.md").read_text()
+    rows = {r["label"]: r for r in result["rows"]}
+    assert set(rows) == {"plain8", "resnet8", "plain14", "resnet14"}
+    for label, row in rows.items():
+        metrics = _metrics(out / "runs" / f"{label}-s0" / "metrics.jsonl")
+        assert row["train_err"][0] == pytest.approx(metrics[-1]["train_err"])
+        assert f"{metrics[-1]['val_err']:.2f} ± 0.00" in report
+    gap = rows["plain14"]["train_err"][0] - rows["plain8"]["train_err"][0]
+    assert f"plain {gap:+.2f} points" in report
+    assert "![degradation](degradation.png)" in report and (out / "degradation.png").stat().st_size > 10_000
+    info = yaml.safe_load((out / "experiment.yaml").read_text())
+    assert info["seeds"] == [0] and info["version"] and "git_commit" in info and info["depths"] == [8, 14]
+    # Rerun with more epochs: every run resumes from its checkpoint instead of starting over.
+    first = _metrics(out / "runs" / runs[0] / "metrics.jsonl")[0]
+    papers.degradation(str(tiny_folder), [8, 14], epochs=2, out=str(out), overrides=TINY)
+    again = _metrics(out / "runs" / runs[0] / "metrics.jsonl")
+    assert len(again) == 2 and again[0] == first
+    # A complete experiment is read back, not retrained.
+    monkeypatch.setattr("resnet.engine.trainer.Trainer.fit", lambda self: pytest.fail("retrained a finished run"))
+    papers.degradation(str(tiny_folder), [8, 14], epochs=2, out=str(out), overrides=TINY)
+
+
+def test_depth_sweep_mean_and_spread_over_seeds(tiny_folder, tmp_path):
+    out = tmp_path / "depth"
+    result = papers.depth_sweep(str(tiny_folder), ["resnet20", "resnet32"], epochs=1, seeds=2, out=str(out),
+                                overrides=TINY)
+    rows = {r["label"]: r for r in result["rows"]}
+    assert rows["resnet20"]["seeds"] == 2 and rows["resnet20"]["paper_err"] == 8.75
+    vals = [_metrics(out / "runs" / f"resnet20-s{s}" / "metrics.jsonl")[-1]["val_err"] for s in (0, 1)]
+    assert rows["resnet20"]["val_err"][0] == pytest.approx(sum(vals) / 2)
+    assert rows["resnet20"]["best_val_err"] == min(vals)
+    report = (out / "report.md").read_text()
+    assert re.search(r"\| resnet32 \| [0-9.]+M \| 2 \|", report) and "8.75" in report
+
+
+def test_shortcut_options_sizes(tiny_folder, tmp_path):
+    result = papers.shortcut_options(str(tiny_folder), 8, epochs=1, out=str(tmp_path / "sc"), overrides=TINY)
+    params = {r["label"]: r["params"] for r in result["rows"]}
+    assert params["option A"] == params["plain8"] < params["option B"] < params["option C"]
+
+
+def test_preactivation_pairs(tiny_folder, tmp_path):
+    result = papers.preactivation(str(tiny_folder), [110], epochs=1, out=str(tmp_path / "pa"),
+                                  overrides=TINY + ["model_args.layers=[1,1,1]"])
+    labels = [r["label"] for r in result["rows"]]
+    assert labels == ["original-110", "preact_resnet110"]
+    assert [r["paper_err"] for r in result["rows"]] == [6.61, 6.37]
+
+
+@pytest.fixture(scope="module")
+def trained_pair(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pair")
+    papers.degradation(str(tiny_folder), [14], epochs=1, out=str(out), overrides=TINY)
+    return [str(p) for p in sorted((out / "runs").iterdir())]
+
+
+def test_responses_match_a_direct_computation(tiny_folder, tmp_path, trained_pair):
+    result = analysis.responses(trained_pair, str(tiny_folder), out=str(tmp_path / "resp"))
+    plain = result["series"]["plain14-s0"]  # layer1.0.bn1, layer1.0.bn2, ..., layer2.1.bn1 is index 6
+    assert len(plain) == 2 * 6  # two 3x3 layers in each of 2+2+2 blocks
+    from resnet.engine.checkpoint import load_model
+
+    model, meta = load_model(trained_pair[0])
+    loader = analysis._loader(meta, str(tiny_folder), "val", 5000)
+    outputs = []
+    handle = model.layer2[1].bn1.register_forward_hook(lambda m, i, o: outputs.append(o.clone()))  # before the in-place ReLU
+    with torch.no_grad():
+        for x, _ in loader:
+            model(x)
+    handle.remove()
+    assert plain[6] == pytest.approx(float(torch.cat(outputs).double().std()), rel=1e-6)
+    assert (tmp_path / "resp" / "responses.png").is_file() and "| plain14-s0 | 12 |" in (tmp_path / "resp" / "report.md").read_text()
+
+
+def test_gradients_at_init_and_trained(tiny_folder, tmp_path, trained_pair, capsys):
+    assert main(["experiment", "gradients", "--checkpoints", *trained_pair, "--data", str(tiny_folder),
+                 "--out", str(tmp_path / "g")]) == 0
+    series = json.loads((tmp_path / "g" / "gradients.json").read_text())
+    assert set(series) == {"plain14-s0 init", "plain14-s0 trained", "resnet14-s0 init", "resnet14-s0 trained"}
+    assert all(len(v) == 13 and all(n > 0 for n in v) for v in series.values())  # stem + 12 convs
+    assert "first / last" in capsys.readouterr().out
+
+
+def test_cli_degradation_and_bad_depth(tiny_folder, tmp_path, capsys):
+    assert main(["experiment", "degradation", "--depths", "8", "--data", str(tiny_folder), "--epochs", "1",
+                 "--out", str(tmp_path / "d"), *TINY]) == 0
+    assert "plain8" in capsys.readouterr().out
+    assert main(["experiment", "degradation", "--depths", "9", "--data", str(tiny_folder), "--epochs", "1",
+                 "--out", str(tmp_path / "e"), *TINY]) == 2
+    assert "6n+2" in capsys.readouterr().err
