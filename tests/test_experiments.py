@@ -29,9 +29,10 @@ def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
     for label, row in rows.items():
         metrics = _metrics(out / "runs" / f"{label}-s0" / "metrics.jsonl")
         assert row["train_err"][0] == pytest.approx(metrics[-1]["train_err"])
+        assert row["mean_train_err"][0] == pytest.approx(sum(m["train_err"] for m in metrics) / len(metrics))
         assert f"{metrics[-1]['val_err']:.2f} ± 0.00" in report
     gap = rows["plain14"]["train_err"][0] - rows["plain8"]["train_err"][0]
-    assert f"plain {gap:+.2f} points" in report
+    assert f"at the end plain {gap:+.2f} points" in report and "averaged over the run" in report
     assert "![degradation](degradation.png)" in report and (out / "degradation.png").stat().st_size > 10_000
     info = yaml.safe_load((out / "experiment.yaml").read_text())
     assert info["seeds"] == [0] and info["version"] and "git_commit" in info and info["depths"] == [8, 14]
