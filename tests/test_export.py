@@ -20,7 +20,7 @@ pytest.importorskip("onnxscript")
 
 def tiny(shortcut: str = "A", seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = resnet.build_resnet(8, "basic", shortcut=shortcut, widths=[8, 16, 32], num_classes=5)
+    model = resnet.build_resnet(8, "basic", shortcut=shortcut, widths=[8, 16, 32], stem_width=8, num_classes=5)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -85,6 +85,7 @@ def test_compare_outputs_tolerances():
         ex.compare_outputs(ref, ref * float("nan"), "x")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated in 2.13, still asked for
 def test_torchscript_round_trip(tmp_path):
     model = tiny("B")
     report = ex.export_torchscript(model, tmp_path / "m.pt", example=torch.randn(2, 3, 16, 16))

@@ -15,6 +15,16 @@ from resnet.benchmark import FIELDS, run_benchmark, time_backend
 from resnet.cli import main
 
 
+@pytest.fixture(autouse=True, scope="module")
+def private_cache(tmp_path_factory):
+    """Compiled artefacts and ONNX files go to a temporary cache, not the user's ~/.cache/resnet."""
+    root = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNET_CACHE", str(root))
+        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+        yield root
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial running statistics and affine parameters, so folding has something to get wrong."""
     g = torch.Generator().manual_seed(seed)
@@ -30,15 +40,15 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 TINY = {
-    "basic_A": lambda: resnet.build_resnet(8, "basic", shortcut="A", widths=[8, 16, 32]),
-    "basic_B": lambda: resnet.build_resnet(8, "basic", shortcut="B", widths=[8, 16, 32]),
+    "basic_A": lambda: resnet.build_resnet(8, "basic", shortcut="A", widths=[8, 16, 32], stem_width=8),
+    "basic_B": lambda: resnet.build_resnet(8, "basic", shortcut="B", widths=[8, 16, 32], stem_width=8),
     "bottleneck_v1.5_C": lambda: resnet.build_resnet(block="bottleneck", layers=[1, 2], widths=[8, 16], stem="imagenet",
                                                      stem_width=8, shortcut="C", num_classes=5),
     "bottleneck_v1": lambda: resnet.build_resnet(block="bottleneck_v1", layers=[1, 1], widths=[8, 16], stem="imagenet",
                                                  stem_width=8, num_classes=5),
-    "plain": lambda: resnet.build_resnet(8, "plain_basic", widths=[8, 16, 32]),
-    "preact_basic": lambda: resnet.build_resnet(8, "preact_basic", widths=[8, 16, 32]),
-    "preact_bottleneck": lambda: resnet.build_resnet(11, "preact_bottleneck", widths=[4, 8, 16]),
+    "plain": lambda: resnet.build_resnet(8, "plain_basic", widths=[8, 16, 32], stem_width=8),
+    "preact_basic": lambda: resnet.build_resnet(8, "preact_basic", widths=[8, 16, 32], stem_width=8),
+    "preact_bottleneck": lambda: resnet.build_resnet(11, "preact_bottleneck", widths=[4, 8, 16], stem_width=4),
 }
 
 
@@ -96,7 +106,7 @@ def separable_data(n: int, classes: int = 4, size: int = 16, seed: int = 0):
 def trained():
     """A CIFAR-style ResNet-8 trained for 40 steps (about 2 s) until it separates 4 classes."""
     torch.manual_seed(0)
-    model = resnet.build_resnet(8, "basic", shortcut="A", widths=[8, 16, 32], num_classes=4)
+    model = resnet.build_resnet(8, "basic", shortcut="A", widths=[8, 16, 32], stem_width=8, num_classes=4)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x, y = separable_data(40 * 32, seed=1)
     model.train()
@@ -148,7 +158,7 @@ def test_run_benchmark_rows_and_skipped(trained, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "torchao" else real(n, *a))
     model, val_x, val_y, _ = trained
     rows = run_benchmark(model, ["eager-fp32", "eager-bf16", "int8"], [1, 8], 16, images=val_x[:64],
-                         labels=val_y[:64], seconds=0.05)
+                         labels=val_y[:64], seconds=0, min_iters=3)
     assert [(r["backend"], r["batch"]) for r in rows] == [(b, n) for b in ("eager-fp32", "eager-bf16", "int8")
                                                           for n in (1, 8)]
     for r in rows:
@@ -162,8 +172,8 @@ def test_run_benchmark_rows_and_skipped(trained, monkeypatch):
 def test_benchmark_cli_json(capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
-    code = main(["benchmark", "resnet20", "--batch", "2,4", "--backends", "eager-fp32,eager-bf16,onnxruntime",
-                 "--check-images", "8", "--seconds", "0.05", "--json"])
+    code = main(["benchmark", "resnet20", "--batch", "1,2", "--backends", "eager-fp32,eager-bf16,onnxruntime",
+                 "--check-images", "4", "--seconds", "0", "--min-iters", "2", "--json"])
     assert code == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 6
@@ -176,7 +186,7 @@ def test_benchmark_cli_json(capsys, monkeypatch):
 
 
 def test_benchmark_cli_table(capsys):
-    assert main(["benchmark", "resnet20", "--batch", "1", "--backends", "eager-fp32", "--check-images", "4",
-                 "--seconds", "0.02"]) == 0
+    assert main(["benchmark", "resnet20", "--batch", "1", "--backends", "eager-fp32", "--check-images", "2",
+                 "--seconds", "0", "--min-iters", "2"]) == 0
     out = capsys.readouterr().out
     assert "images/s" in out and "eager-fp32" in out and "resnet20 at 32x32" in out

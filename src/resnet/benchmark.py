@@ -84,7 +84,7 @@ def _inputs(images: torch.Tensor, batch: int) -> torch.Tensor:
 def run_benchmark(model: nn.Module, backends=inf.DEFAULT_BACKENDS, batches=(1, 16), image_size: int = 224,
                   images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                   calibration: torch.Tensor | None = None, seconds: float = 3.0, check_batch: int | None = None,
-                  log=None) -> list[dict]:
+                  log=None, min_iters: int = 10) -> list[dict]:
     """One row per (backend, batch): the FIELDS plus setup_s, note, skipped/error and accuracy.
 
     `images`: inputs for the agreement check (and the timed batches); random ones when None.
@@ -117,7 +117,7 @@ def run_benchmark(model: nn.Module, backends=inf.DEFAULT_BACKENDS, batches=(1, 1
             row = dict(base, batch=batch)
             if skip is None:
                 t0 = time.perf_counter()
-                row.update(time_backend(predictor, _inputs(images, batch), seconds))
+                row.update(time_backend(predictor, _inputs(images, batch), seconds, min_iters))
                 if log:
                     log(f"{backend} batch {batch}: {row['images_per_sec']:.1f} img/s "
                         f"({time.perf_counter() - t0:.0f} s)")
@@ -150,7 +150,7 @@ def format_table(rows: list[dict], title: str = "") -> str:
 
 def benchmark(spec: str, backends=inf.DEFAULT_BACKENDS, batches=(1, 16), image_size: int | None = None,
               data: str | None = None, check_images: int = 256, calib_images: int = 256, seconds: float = 3.0,
-              log=None) -> tuple[list[dict], str]:
+              log=None, min_iters: int = 10) -> tuple[list[dict], str]:
     """Load a checkpoint or build a registered model, pick inputs, run every backend: (rows, title).
 
     With `data`, agreement is measured on real images (the run's validation hold-out for a
@@ -171,7 +171,7 @@ def benchmark(spec: str, backends=inf.DEFAULT_BACKENDS, batches=(1, 16), image_s
         calibration = inf.random_images(calib_images, image_size, chans, seed=1)
         source = f"{check_images} random inputs"
     rows = run_benchmark(model, inf.parse_list(backends), inf.parse_list(batches, int), image_size, images, labels,
-                         calibration, seconds, log=log)
+                         calibration, seconds, log=log, min_iters=min_iters)
     for r in rows:
         r["model"] = meta.get("model", spec)
     title = (f"{meta.get('model', spec)} at {image_size}x{image_size}, {torch.get_num_threads()} threads, "

@@ -105,8 +105,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
     """Export to ONNX (one self-contained file), then check it in onnxruntime (unless check=False).
 
     `example` fixes the input shape (its batch is the fixed batch); `real`: real images for the
-    check. Returns {"path", "opset", "dynamic_batch", "fold_bn", "checks": [...]}; raises
-    ExportParityError when onnxruntime's output differs from PyTorch's."""
+    check. `fold_bn=False` keeps the BatchNormalization nodes, so it also skips the exporter's graph
+    optimizer (which would fold them). Returns {"path", "opset", "dynamic_batch", "fold_bn",
+    "checks": [...]}; raises ExportParityError when onnxruntime's output differs from PyTorch's."""
     model = model.eval()
     example = _example(model, example, image_size)
     exported = _prepare(model, fold_bn)
@@ -117,7 +118,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         program = torch.onnx.export(exported, (example,), dynamo=True, opset_version=opset,
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=dynamic, verbose=False)
+                                    dynamic_shapes=dynamic, verbose=False, optimize=fold_bn)
     program.save(str(path), external_data=False)
     report = {"path": str(path), "format": "onnx", "opset": opset, "dynamic_batch": dynamic_batch,
               "fold_bn": fold_bn, "input_shape": ["batch" if dynamic_batch else example.shape[0], *example.shape[1:]],

@@ -139,6 +139,30 @@ def fold_bn(model: nn.Module, inplace: bool = False) -> nn.Module:
     return model
 
 
+def unshare_modules(model: nn.Module) -> torch.fx.GraphModule:
+    """The model as an fx GraphModule in which every module call has its own module.
+
+    The blocks reuse one nn.ReLU for both activations (as torchvision's do); PT2E quantizers find
+    conv-ReLU patterns by source module, and a module called twice makes one pattern with two
+    outputs, which X86InductorQuantizer rejects. Copies of parameter-free modules cost nothing."""
+    gm = torch.fx.symbolic_trace(model)
+    seen: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        if node.target in seen:
+            module = gm.get_submodule(node.target)
+            if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+                raise ValueError(f"module {node.target} with weights is called twice; cannot unshare it")
+            new = f"{node.target.replace('.', '_')}_call{len(seen)}"
+            gm.add_submodule(new, copy.deepcopy(module))
+            node.target = new
+            node.meta.pop("nn_module_stack", None)  # else export keeps the shared module's name
+        seen.add(node.target)
+    gm.recompile()
+    return gm
+
+
 # --------------------------------------------------------------------------- predictors
 @dataclass
 class Predictor:
@@ -178,14 +202,34 @@ def _eager_bf16(model: nn.Module) -> Predictor:
                      "BN folded, channels_last, bf16 weights")
 
 
-def _compiled_bf16(model: nn.Module) -> Predictor:
+def _compile_frozen(module: nn.Module, autocast_bf16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torch.compile with inductor's freezing: weights become constants, so inductor folds BN,
+    pre-packs weights for oneDNN and fuses int8 quantize/dequantize into the convolutions.
+
+    Freezing is switched on around every call rather than through `torch.compile(options=...)`,
+    which does not reach the int8 weight-prepacking passes (torch 2.13 + torchao 0.18), and
+    rather than globally, which would change the user's other compiled code. Compilation happens
+    at the first call of each input shape; inductor's on-disk cache keeps the results."""
+    from torch._inductor import config as inductor_config
+
     configure_compile_cache()
+    compiled = torch.compile(module, dynamic=False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True), torch.no_grad():
+            if autocast_bf16:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return compiled(x)
+            return compiled(x)
+    return run
+
+
+def _compiled_bf16(model: nn.Module) -> Predictor:
     m = fold_bn(model).to(memory_format=torch.channels_last)
     bf16 = _bf16_or_warn("compiled-bf16")
     if bf16:
         m = m.to(torch.bfloat16)
-    # freezing: weights become constants, so inductor pre-packs them for oneDNN (and folds BN itself).
-    compiled = torch.compile(m, options={"freezing": True}, dynamic=False)
+    compiled = _compile_frozen(m)
     dtype = torch.bfloat16 if bf16 else torch.float32
     return Predictor("compiled-bf16", lambda x: compiled(x.to(dtype, memory_format=torch.channels_last)).float(),
                      "torch.compile(freezing) " + ("bf16" if bf16 else "fp32"))
@@ -201,13 +245,12 @@ def _calibration_batches(calibration, batch_size: int = 32) -> list[torch.Tensor
 
 def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
     """PT2E static quantization: torch.export -> X86InductorQuantizer -> calibrate -> compile (freezing)."""
-    configure_compile_cache()
     with quiet_loggers("torchao"):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     batches = _calibration_batches(calibration)
-    m = fold_bn(model)
+    m = unshare_modules(fold_bn(model))
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         graph = torch.export.export(m, (batches[0],), dynamic_shapes=({0: batch},)).module()
@@ -217,14 +260,12 @@ def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
         for b in batches:
             prepared(b)
     converted = convert_pt2e(prepared)
-    compiled = torch.compile(converted, options={"freezing": True}, dynamic=False)
     bf16 = cpu_supports_bf16()
     # int8 convolutions; the few ops left in float (the stem's max-pool, pooling, fc input) run in bf16.
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    compiled = _compile_frozen(converted, autocast_bf16=bf16)
 
     def run(x):
-        with ctx():
-            return compiled(x.contiguous(memory_format=torch.channels_last)).float()
+        return compiled(x.contiguous(memory_format=torch.channels_last)).float()
     return Predictor("int8", run, f"PT2E X86InductorQuantizer, {sum(b.shape[0] for b in batches)} calibration "
                      "images, torch.compile(freezing)" + (", bf16 elsewhere" if bf16 else ""))
 
