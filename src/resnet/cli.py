@@ -194,7 +194,7 @@ def cmd_benchmark(args) -> int:
 
     log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     rows, title = benchmark(args.model, args.backends, args.batch, args.image_size, args.data, args.check_images,
-                            args.calib_images, args.seconds, log=log)
+                            args.calib_images, args.seconds, log=log, min_iters=args.min_iters)
     print(json.dumps(rows) if args.json else format_table(rows, title))
     return 0
 
@@ -223,7 +223,8 @@ def _add_deploy_parsers(sub) -> None:
     p.add_argument("--data", help="real images for the agreement check and int8 calibration (default: random)")
     p.add_argument("--check-images", type=_positive_int, default=256, help="images for the agreement check")
     p.add_argument("--calib-images", type=_positive_int, default=256, help="int8 calibration images")
-    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per backend and batch (at least 10 calls)")
+    p.add_argument("--seconds", type=float, default=3.0, help="timed seconds per backend and batch (default 3)")
+    p.add_argument("--min-iters", type=_positive_int, default=10, help="timed calls per backend and batch, at least")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per backend and batch")
     p.set_defaults(func=cmd_benchmark)
 
@@ -295,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"resnet {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        from .engine.trainer import TrainingInterrupted
+
+        if isinstance(e, TrainingInterrupted):  # a clean stop on SIGINT/SIGTERM, checkpoint written
+            print(f"resnet {args.command}: {e}", file=sys.stderr)
+            return 143 if e.signal_name == "SIGTERM" else 130
         print(f"resnet {args.command}: error: {e}", file=sys.stderr)
         return 2
 

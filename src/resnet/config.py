@@ -24,6 +24,12 @@ class DataConfig:
     pad: int = 4  # zero padding before the random crop [ResNet §4.2]
     flip: bool = True
     cache_dir: str = ""  # where decoded images are cached when the data folder is read-only
+    # Images over 64x64 (all images, with stream=true) are streamed through DataLoader workers:
+    image_size: int = 224  # the training and evaluation crop of streamed images
+    resize: int = 0  # evaluation: shorter side before the centre crop; 0 = image_size * 256/224
+    augment: str = "paper"  # paper: scale 256-480, crop, flip, PCA lighting [ResNet §3.4] | rrc: random-resized crop, flip
+    workers: int = -1  # DataLoader worker processes for streamed images; -1 = min(8, CPUs)
+    stream: bool = False  # stream even images small enough to be held in memory
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,15 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool = True
+    weights: str = ""  # start from these weights: a file or e.g. torchvision:resnet50.IMAGENET1K_V2 (new head if sizes differ)
+    accum_steps: int = 1  # gradient accumulation: each process's batch is split into this many chunks per update
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # 0 = no EMA of weights; evaluation uses the EMA when on
     tta_flip: bool = False  # average predictions over the image and its mirror at evaluation
     eval_every: int = 1  # epochs between validations (the last epoch is always validated)
+    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0 = only at epoch ends)
+    nonfinite: str = "stop"  # a NaN/inf loss: stop (keeping the last good checkpoint) or skip the step
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -72,8 +83,15 @@ class TrainConfig:
                   (self.schedule.name in ("step", "cosine", "onecycle", "constant"),
                    "schedule.name must be step, cosine, onecycle or constant"),
                   (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-                  (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"), (self.eval_every >= 1, "eval_every must be >= 1")]
+                  (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"), (self.eval_every >= 1, "eval_every must be >= 1"),
+                  (self.nonfinite in ("stop", "skip"), "nonfinite must be stop or skip"),
+                  (self.checkpoint_minutes >= 0, "checkpoint_minutes must be >= 0")]
         for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        for ok, message in [(self.accum_steps >= 1, "accum_steps must be >= 1"),
+                            (self.data.augment in ("paper", "rrc"), "data.augment must be paper or rrc"),
+                            (self.data.image_size >= 8, "data.image_size must be >= 8")]:
             if not ok:
                 raise ConfigError(message)
 

@@ -71,9 +71,23 @@ def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata={META_KEY: json.dumps(meta)}))
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, unwritable folder); the previous one is intact."""
+
+
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, meta: dict, best: bool = False) -> Path:
-    """Write weights + training state for `state['step']`, then move the commit point to them."""
-    run_dir = Path(run_dir)
+    """Write weights + training state for `state['step']`, then move the commit point to them.
+
+    Any failure leaves the previous checkpoint untouched (every file is written aside, then renamed)."""
+    try:
+        return _save_checkpoint(Path(run_dir), model, state, meta, best)
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"could not write a checkpoint in {run_dir} ({e.strerror or e}); the previous checkpoint there is "
+            "intact. Free some space or fix the folder's permissions, then continue with --resume.") from e
+
+
+def _save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, meta: dict, best: bool) -> Path:
     folder = run_dir / "ckpt"
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"step_{state['step']:08d}"

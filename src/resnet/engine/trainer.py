@@ -1,9 +1,12 @@
 """The fit loop: data, model, optimizer and schedule from a TrainConfig; one epoch; validation; checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,21 +17,62 @@ import yaml
 from .. import __version__
 from ..config import TrainConfig
 from ..data import InMemoryDataset, load_dataset, stratified_split
-from ..models import create_model
-from . import checkpoint
+from ..models import create_model, get_entry
+from . import checkpoint, distributed
 from .evaluate import evaluate
 from .logger import MetricsLog, Progress
 from .optim import EMA, Schedule, make_optimizer
 from .precision import default_device, resolve_precision
+from ..data.stream import image_channels, input_size, preprocess_meta
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGINT/SIGTERM: training stopped after a checkpoint of the exact position."""
+
+    def __init__(self, signal_name: str, run_dir: Path, epoch: int, step: int):
+        self.signal_name = signal_name
+        super().__init__(f"{signal_name}: stopped at step {step} (epoch {epoch + 1}) after saving a checkpoint; "
+                         f"continue with: resnet train --resume {run_dir}")
+
+
+def _fresh_partial() -> dict:
+    return {"batches": 0, "loss_sum": 0.0, "wrong": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
+
+
+@contextlib.contextmanager
+def _stop_on_signals(trainer: "Trainer"):
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint after the current step and stops."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        trainer.stop_signal = signal.Signals(signum).name
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def split_train_val(cfg: TrainConfig) -> tuple[InMemoryDataset, InMemoryDataset | None]:
-    """The training data and a seeded, stratified hold-out from it (the test set stays untouched)."""
-    data = load_dataset(cfg.data.path, "train", cache_dir=cfg.data.cache_dir or None)
+    """The training data and a seeded, stratified hold-out from it (the test set stays untouched).
+    Images over 64x64 (any, with data.stream) are streamed instead of held in memory (data/stream.py)."""
+    from ..data import ImagesTooLargeError
+    from ..data.stream import streaming_split
+
+    if cfg.data.stream:
+        return streaming_split(cfg)
+    try:
+        data = load_dataset(cfg.data.path, "train", cache_dir=cfg.data.cache_dir or None)
+    except ImagesTooLargeError:
+        return streaming_split(cfg)
     size = cfg.data.val_size
     count = int(round(size * len(data))) if size < 1 else int(size)
     if count == 0:
@@ -46,22 +90,32 @@ class Trainer:
                  data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None):
         """`data` = (train, val) already in memory skips loading cfg.data.path (benchmarks, experiments)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.stream = stream or sys.stderr
-        self.device = torch.device(device) if device else default_device()
+        get_entry(cfg.model)  # an unknown name fails here, with suggestions, before any data is read
+        self.dist = distributed.setup(device)  # torchrun: join the process group; rank 0 alone reports
+        self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
+        self.device = torch.device(device) if device else (self.dist.device or default_device())
         self.precision = resolve_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.train_data, self.val_data = data or split_train_val(cfg)
+        if cfg.weights:
+            from ..weights import apply_preprocess
+            apply_preprocess(cfg.weights, self.train_data, self.val_data)  # the pretrained weights' mean/std
         self.classes = self.train_data.classes
         self.train_loader = self.train_data.loader(cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device,
                                                    channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip)
+        self.train_loader = distributed.shard_loader(self.train_loader, self.dist)  # this rank's slice of each batch
         if len(self.train_loader) == 0:
             raise ValueError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
         self.val_loader = self.val_data.loader(cfg.data.eval_batch_size, train=False, device=self.device,
                                                channels_last=cfg.channels_last) if self.val_data else None
-        args = {"num_classes": len(self.classes), "in_chans": int(self.train_data.images.shape[1]), **cfg.model_args}
+        args = {"num_classes": len(self.classes), "in_chans": image_channels(self.train_data), **cfg.model_args}
         self.model = create_model(cfg.model, **args).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.weights and not resume and self.dist.is_main:  # DDP copies rank 0's weights to the others
+            from ..weights import load_pretrained
+            load_pretrained(self.model, cfg.weights)
+        self.train_module = distributed.wrap_model(self.model, self.dist, self.device, cfg.sync_bn)
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.scaler = self.precision.grad_scaler()
         self.total_steps = cfg.epochs * len(self.train_loader)
@@ -70,21 +124,25 @@ class Trainer:
         self.epoch = self.step = 0
         self.best_val_err = math.inf
         self.history: list[dict] = []
+        self.partial = _fresh_partial()  # progress through the current epoch, saved with mid-epoch checkpoints
+        self.stop_signal: str | None = None
+        self.last_save = time.perf_counter()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.log = MetricsLog(self.run_dir)
+        self.log = MetricsLog(self.run_dir) if self.dist.is_main else distributed.NullLog()
         if resume:
             self._restore()
         else:
             self.log.rewrite([])
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if self.dist.is_main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
         state = {"epoch": self.epoch, "step": self.step, "optimizer": self.optimizer.state_dict(),
                  "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(), "history": self.history,
-                 "best_val_err": self.best_val_err, "config": self.cfg.to_dict()}
+                 "best_val_err": self.best_val_err, "config": self.cfg.to_dict(), "partial": dict(self.partial)}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
         if self.ema is not None:
@@ -110,6 +168,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history, self.best_val_err = list(state["history"]), float(state["best_val_err"])
+        self.partial = {**_fresh_partial(), **state.get("partial", {})}
         self.log.rewrite(self.history)
 
     def eval_model(self) -> torch.nn.Module:
@@ -123,45 +182,97 @@ class Trainer:
     def meta(self) -> dict:
         return {"model": self.cfg.model, "model_config": self.model.config.to_dict(), "classes": self.classes,
                 "mean": list(self.train_data.mean), "std": list(self.train_data.std),
-                "input_size": int(self.train_data.images.shape[-1]), "epoch": self.epoch, "step": self.step,
+                "input_size": input_size(self.train_data), **preprocess_meta(self.train_data),
+                "epoch": self.epoch, "step": self.step,
                 "dataset": self.train_data.name, "config": self.cfg.to_dict(), "version": __version__}
 
     # ------------------------------------------------------------------ loop
     def train_epoch(self) -> dict:
-        """One pass over the training set; returns loss, error (%) and images/s of the training steps alone."""
-        model, opt, cfg = self.model, self.optimizer, self.cfg
+        """One pass over the training set (or its rest, after a mid-epoch resume); loss, error (%), images/s."""
+        model, opt, cfg, acc = self.model, self.optimizer, self.cfg, self.partial
         model.train()
         self.train_loader.set_epoch(self.epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        wrong = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, lr = 0, None
         progress = Progress(len(self.train_loader), f"epoch {self.epoch + 1}/{cfg.epochs}", self.stream)
-        start = time.perf_counter()
+        start, lr = time.perf_counter() - acc["seconds"], None
         for i, (x, y) in enumerate(self.train_loader):
+            if i < acc["batches"]:
+                continue  # done before the interruption; the epoch's batches are a function of (seed, epoch)
             new_lr = self.schedule.lr(self.step)
             if new_lr != lr:
                 lr = new_lr
                 for group in opt.param_groups:
                     group["lr"] = lr
-            with self.precision.autocast():
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            self._backward_step(loss)
-            batch_wrong = (logits.argmax(1) != y).sum()
-            loss_sum += loss.detach() * y.numel()
-            wrong += batch_wrong
-            seen += y.numel()
+            logits, loss, finite = self._train_step(x, y)
+            if finite:
+                batch_wrong = (logits.argmax(1) != y).sum()
+                acc["loss_sum"] += float(loss.detach()) * y.numel()
+                acc["wrong"] += int(batch_wrong)
+                acc["seen"] += y.numel()
+                if not self.schedule.warmup_done:
+                    self.schedule.observe_train_error(100.0 * float(batch_wrong) / y.numel())
             self.step += 1
-            if not self.schedule.warmup_done:
-                self.schedule.observe_train_error(100.0 * float(batch_wrong) / y.numel())
+            acc["batches"] = i + 1
+            acc["seconds"] = time.perf_counter() - start
             if progress.due() or i + 1 == len(self.train_loader):
-                self._check_finite(loss_sum)
-                progress.update(i + 1, seen, float(loss_sum) / seen, 100.0 * float(wrong) / seen, force=True)
+                seen = max(acc["seen"], 1)
+                progress.update(i + 1, seen, acc["loss_sum"] / seen, 100.0 * acc["wrong"] / seen, force=True)
+            if i + 1 < len(self.train_loader):
+                self._maybe_checkpoint_mid_epoch()
         progress.close()
-        seconds = time.perf_counter() - start
-        return {"lr": lr, "train_loss": float(loss_sum) / seen, "train_err": 100.0 * float(wrong) / seen,
-                "images_per_sec": seen / seconds, "train_seconds": seconds}
+        seen = max(acc["seen"], 1)
+        record = {"lr": lr, "train_loss": acc["loss_sum"] / seen, "train_err": 100.0 * acc["wrong"] / seen,
+                  "images_per_sec": acc["seen"] / max(acc["seconds"], 1e-9), "train_seconds": acc["seconds"]}
+        if acc["skipped"]:
+            record["skipped_steps"] = acc["skipped"]
+        self.partial = _fresh_partial()
+        return record
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Forward, backward and update on this process's batch: (logits, loss, whether it was finite).
+        With accum_steps > 1 the batch goes through in chunks whose gradients add up, and DDP
+        all-reduces them once, with the last chunk. Every process agrees on skipping a non-finite step."""
+        n, module = self.cfg.accum_steps, self.train_module
+        self.optimizer.zero_grad(set_to_none=True)
+        chunks = [(x, y)] if n == 1 else list(zip(x.chunk(n), y.chunk(n)))
+        outputs, total = [], 0.0
+        for j, (xc, yc) in enumerate(chunks):
+            last = j + 1 == len(chunks)
+            with distributed.no_sync(module, sync=last):
+                with self.precision.autocast():
+                    logits = module(xc)
+                part = F.cross_entropy(logits.float(), yc, label_smoothing=self.cfg.label_smoothing)
+                if len(chunks) > 1:
+                    part = part * (yc.numel() / y.numel())
+                    if not last:
+                        (self.scaler.scale(part) if self.scaler is not None else part).backward()
+            outputs.append(logits)
+            total = total + part.detach()
+        finite = self._finite(distributed.all_mean(total, self.dist))
+        if finite:
+            self._backward_step(part)
+        return (outputs[0] if len(outputs) == 1 else torch.cat(outputs)), total, finite
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        """False (after logging) for a NaN/inf loss the config says to skip; raises when it says to stop."""
+        if torch.isfinite(loss):
+            return True
+        if self.cfg.nonfinite == "skip":
+            self.partial["skipped"] += 1
+            print(f"step {self.step}: loss is {float(loss)}; step skipped (nonfinite=skip)", file=self.stream)
+            return False
+        raise NonFiniteLossError(f"the training loss became {float(loss)} at step {self.step} (epoch {self.epoch + 1}); "
+                                 f"the last good checkpoint is in {self.run_dir}. Lower optim.lr, set optim.grad_clip, "
+                                 "or pass nonfinite=skip to skip such steps.")
+
+    def _maybe_checkpoint_mid_epoch(self) -> None:
+        """On SIGINT/SIGTERM, and every cfg.checkpoint_minutes, save the exact mid-epoch position."""
+        interval = self.cfg.checkpoint_minutes * 60
+        due = interval > 0 and time.perf_counter() - self.last_save > interval
+        if not (self.stop_signal or due):
+            return
+        self.save()
+        if self.stop_signal:
+            raise TrainingInterrupted(self.stop_signal, self.run_dir, self.epoch, self.step)
 
     def _backward_step(self, loss: torch.Tensor) -> None:
         clip = self.cfg.optim.grad_clip
@@ -180,39 +291,41 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.model)
 
-    def _check_finite(self, loss_sum: torch.Tensor) -> None:
-        if not torch.isfinite(loss_sum):
-            raise NonFiniteLossError(f"the training loss became {float(loss_sum)} by step {self.step} "
-                                     f"(epoch {self.epoch + 1}); the last good checkpoint is in {self.run_dir}. "
-                                     "Lower optim.lr or set optim.grad_clip.")
-
     def validate(self) -> dict | None:
-        if self.val_loader is None:
+        if self.val_loader is None or not self.dist.is_main:  # rank 0 validates for all
             return None
         return evaluate(self.eval_model(), self.val_loader, self.precision, len(self.classes), self.cfg.tta_flip)
 
-    def fit(self) -> list[dict]:
-        """Train until cfg.epochs (the total), checkpointing after every epoch."""
-        cfg = self.cfg
-        while self.epoch < cfg.epochs:
-            start = time.perf_counter()
-            record = {"epoch": self.epoch + 1, **self.train_epoch()}
-            last = self.epoch + 1 == cfg.epochs
-            val = self.validate() if (last or (self.epoch + 1) % cfg.eval_every == 0) else None
-            record.update(val_loss=val and val["loss"], val_err=val and val["top1_err"],
-                          val_top5_err=val and val["top5_err"])
-            self.epoch += 1
-            record.update(step=self.step, seconds=time.perf_counter() - start)
-            best = val is not None and val["top1_err"] < self.best_val_err
-            if best:
-                self.best_val_err = val["top1_err"]
-            record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
-            self.history.append(record)
+    def save(self, best: bool = False) -> None:
+        if self.dist.is_main:  # rank 0 writes for all processes
             checkpoint.save_checkpoint(self.run_dir, self.eval_model(), self._state(), self.meta(), best=best)
-            self.log.append(record)
-            self._report(record)
+        self.last_save = time.perf_counter()
+
+    def fit(self) -> list[dict]:
+        """Train until cfg.epochs (the total), checkpointing after every epoch; SIGINT/SIGTERM stop cleanly."""
+        with _stop_on_signals(self):
+            while self.epoch < self.cfg.epochs:
+                self._fit_epoch()
         self.log.close()
         return self.history
+
+    def _fit_epoch(self) -> None:
+        start = time.perf_counter() - self.partial["seconds"]
+        record = {"epoch": self.epoch + 1, **self.train_epoch()}
+        last = self.epoch + 1 == self.cfg.epochs
+        val = self.validate() if (last or (self.epoch + 1) % self.cfg.eval_every == 0) else None
+        record.update(val_loss=val and val["loss"], val_err=val and val["top1_err"],
+                      val_top5_err=val and val["top5_err"])
+        self.epoch += 1
+        record.update(step=self.step, seconds=time.perf_counter() - start)
+        best = val is not None and val["top1_err"] < self.best_val_err
+        if best:
+            self.best_val_err = val["top1_err"]
+        record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        self.history.append(record)
+        self.save(best=best)
+        self.log.append(record)
+        self._report(record)
 
     def _report(self, r: dict) -> None:
         val = f" val loss {r['val_loss']:.4f} err {r['val_err']:.2f}%" if r.get("val_err") is not None else ""
@@ -226,6 +339,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=No
 
     trainer = Trainer(cfg, run_dir, resume=resume, device=device, stream=stream)
     history = trainer.fit()
-    if history:
+    if history and trainer.dist.is_main:
         plot_training_curves(history, Path(run_dir) / "curves.png", title=f"{cfg.model} on {trainer.train_data.name}")
     return history

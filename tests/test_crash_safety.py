@@ -1,0 +1,203 @@
+"""Nothing lost: clean stops on signals, SIGKILL at random moments, full disks, NaN losses, unsafe files."""
+import errno
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resnet.cli import main
+from resnet.config import make_config
+from resnet.engine import checkpoint
+from resnet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train
+
+TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12",
+        "data.eval_batch_size=12", "precision=fp32", "optim.lr=0.05"]
+
+
+def _cfg(data, *extra, epochs=3):
+    return make_config(None, [f"data.path={data}", f"epochs={epochs}", *TINY, *extra])
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a / "last.safetensors")), load_file(str(b / "last.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def _on_call(module, n, action):
+    """Run `action` at the n-th forward call of `module` (a step in the middle of an epoch)."""
+    calls = {"n": 0}
+
+    def hook(m, inputs, output):
+        calls["n"] += 1
+        return action(output) if calls["n"] == n else None
+    return module.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_mid_epoch_and_resume_is_exact(tiny_folder, tmp_path, sig):
+    reference = tmp_path / "reference"
+    train(_cfg(tiny_folder), reference)
+    run = tmp_path / "run"
+    trainer = Trainer(_cfg(tiny_folder), run)
+    # fc runs 4 training steps and 1 validation batch per epoch: its 7th call is epoch 2's second step.
+    _on_call(trainer.model.fc, 7, lambda out: os.kill(os.getpid(), sig))
+    with pytest.raises(TrainingInterrupted, match=f"{sig.name}: stopped at step 6 .*resnet train --resume"):
+        trainer.fit()
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    assert state["step"] == 6 and state["partial"]["batches"] == 2 and state["epoch"] == 1
+    train(_cfg(tiny_folder), run, resume=True)
+    assert _same_weights(reference, run)
+    assert (run / "metrics.jsonl").read_text().count("\n") == 3
+    assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)  # handlers restored
+
+
+def test_cli_exit_code_and_message_on_sigterm(tiny_folder, tmp_path, capsys, monkeypatch):
+    real_fit = Trainer.fit
+
+    def fit_then_term(self):
+        _on_call(self.model.fc, 2, lambda out: os.kill(os.getpid(), signal.SIGTERM))
+        return real_fit(self)
+    monkeypatch.setattr(Trainer, "fit", fit_then_term)
+    assert main(["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "2", "--out",
+                 str(tmp_path / "r"), *TINY]) == 143
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("resnet train: SIGTERM: stopped at step 2") and f"--resume {tmp_path / 'r'}" in err[-1]
+
+
+SCRIPT = """
+import sys
+from resnet.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _cli(args, **kw):
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_sigkill_at_random_moments_never_loses_the_run(tiny_folder, tmp_path):
+    """Killed three times (checkpoints written after every step, so some kills land mid-write), the run resumes
+    each time and ends with exactly the weights of an uninterrupted run."""
+    args = ["--data", str(tiny_folder), "--epochs", "6", *TINY, "checkpoint_minutes=0.00001"]
+    reference = tmp_path / "reference"
+    assert _cli(["train", "--model", "resnet20", "--out", str(reference), *args]).wait(120) == 0
+    run = tmp_path / "run"
+    first = ["train", "--model", "resnet20", "--out", str(run), *args]
+    for delay in (0.05, 0.4, 0.9):
+        proc = _cli(first if not (run / "last.state.pt").exists() else ["train", "--resume", str(run)])
+        deadline = time.time() + 60
+        while not (run / "last.state.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        state, weights = checkpoint.load_training_state(run)  # always a complete, loadable checkpoint
+        assert weights and state["step"] >= 1
+    assert _cli(["train", "--resume", str(run)]).wait(120) == 0
+    assert _same_weights(reference, run)
+    steps = [int(line.split('"step": ')[1].split(",")[0].rstrip("}")) for line in
+             (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12, 16, 20, 24]
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tiny_folder, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)
+    before = (run / "last.state.pt").read_bytes()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(checkpoint, "save_file", no_space)
+    with pytest.raises(checkpoint.CheckpointWriteError, match="No space left on device.*previous checkpoint there is intact"):
+        train(_cfg(tiny_folder, epochs=2), run, resume=True)
+    assert (run / "last.state.pt").read_bytes() == before
+    assert not [p for p in run.rglob("*.tmp")], "a half-written file was left behind"
+    monkeypatch.undo()
+    assert train(_cfg(tiny_folder, epochs=2), run, resume=True)[-1]["epoch"] == 2
+
+
+def test_unwritable_output_folder_is_a_clear_error(tiny_folder, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "1",
+                 "--out", str(blocker / "run"), *TINY]) == 2
+    assert str(blocker) in capsys.readouterr().err
+
+
+def _nan(out):
+    return out * float("nan")
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(_cfg(tiny_folder), run)
+    _on_call(trainer.model.fc, 7, _nan)  # epoch 2's second step, 0-based step 5
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 5 .*epoch 2"):
+        trainer.fit()
+    state, weights = checkpoint.load_training_state(run)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_nan_loss_skipped_on_request(tiny_folder, tmp_path):
+    trainer = Trainer(_cfg(tiny_folder, "nonfinite=skip"), tmp_path / "run")
+    _on_call(trainer.model.fc, 7, _nan)
+    history = trainer.fit()
+    assert history[1]["skipped_steps"] == 1 and history[-1]["step"] == 12
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_resume_and_eval_refuse_pickles_that_run_code(tiny_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)
+    marker = tmp_path / "pwned"
+    with open(run / "last.state.pt", "wb") as f:
+        pickle.dump({"epoch": _Evil(str(marker))}, f)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert "cannot read" in capsys.readouterr().err and not marker.exists()
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"fc.weight": _Evil(str(marker))}, f)
+    assert main(["eval", "--checkpoint", str(evil), "--data", str(tiny_folder)]) == 2
+    assert ".safetensors" in capsys.readouterr().err and not marker.exists()
+
+
+def test_eval_on_data_with_another_class_count(tiny_folder, tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)
+    assert main(["eval", "--checkpoint", str(run), "--data", "digits"]) == 2
+    assert "has 10 classes but the checkpoint's head has 3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model,override,message", [
+    ("resnet51", "epochs=1", "did you mean"),
+    ("resnet20", "data.batch_size=0", "batch_size must be >= 1"),
+    ("resnet20", "optim.lr=fast", "optim.lr: expected float"),
+    ("resnet20", "optim.lrate=0.1", "unknown config key 'optim.lrate'"),
+])
+def test_bad_command_lines(tiny_folder, tmp_path, capsys, model, override, message):
+    assert main(["train", "--model", model, "--data", str(tiny_folder), "--out", str(tmp_path / "r"),
+                 *TINY, override]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_nonpositive_epochs_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "x", "--epochs", "0"])
+    assert "positive integer" in capsys.readouterr().err
