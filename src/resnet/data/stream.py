@@ -1,0 +1,297 @@
+"""Large images streamed from a class-per-folder tree (the ImageNet layout) through a DataLoader.
+
+Worker processes open, decode (at reduced JPEG scale where the preset allows) and augment each
+image into uint8; the main process moves whole batches to the device (from pinned memory on CUDA)
+and normalises them there in one pass. Shuffling and every random choice of the augmentation come
+from generators seeded by (seed, epoch) and each image's place in the epoch, never from worker
+state, so a resumed run sees exactly the batches an uninterrupted one would, whatever the number of
+workers or of processes sharing the global batch (each rank takes its slice of every global batch).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import os
+import tarfile
+import warnings
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from PIL import Image
+
+from .folder import FolderIndex, ImageDecodeError, _member_name, scan
+from .presets import AUGMENTS, TESTS, eval_transform, normalize_batch, train_transform
+from .split import stratified_split
+from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+# What streamed files may be, whatever their extension says (PIL's other parsers stay unexposed).
+FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF")
+
+
+def open_lazy(source, name: str) -> Image.Image:
+    """Image.open (header only, pixels decoded later by the preset); refuses decompression bombs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(source, formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"{name}: refused as a possible decompression bomb ({e}). If the image is "
+                               "genuine, raise PIL.Image.MAX_IMAGE_PIXELS deliberately.") from e
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types on corrupt headers
+        raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e}); "
+                               "delete or replace the file") from e
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's plan (the same key as MemoryLoader's)."""
+    key = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+
+
+class _Decode(torch.utils.data.Dataset):
+    """dataset[(i, seed)] -> (pixels, lighting offset or None, label): sample i through `transform`
+    with a generator seeded by `seed`. Each worker process opens its own archive handle."""
+
+    def __init__(self, index: FolderIndex, samples: list[tuple[str, int]], transform):
+        self.index, self.samples, self.transform = index, samples, transform
+        self._tar, self._tar_pid, self._members = None, None, {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _open(self, key: str) -> tuple[Image.Image, str]:
+        if not self.index.is_archive:
+            return open_lazy(key, key), key
+        if self._tar is None or self._tar_pid != os.getpid():
+            self._tar, self._tar_pid = tarfile.open(self.index.source, "r:*"), os.getpid()
+            self._members = {_member_name(m): m for m in self._tar}
+        name = f"{self.index.source}:{key}"
+        with self._tar.extractfile(self._members[key]) as f:  # type: ignore[union-attr]
+            return open_lazy(io.BytesIO(f.read()), name), name
+
+    def __getitem__(self, item):
+        i, seed = item
+        key, label = self.samples[i]
+        img, name = self._open(key)
+        with img:
+            if img.filename in ("", None):
+                img.filename = name  # for error messages
+            out = self.transform(img, torch.Generator().manual_seed(seed))
+        pixels, light = out if isinstance(out, tuple) else (out, None)
+        return pixels, light, label
+
+    def __getstate__(self):  # tar handles do not cross process boundaries
+        state = self.__dict__.copy()
+        state.update(_tar=None, _tar_pid=None, _members={})
+        return state
+
+
+def _collate(items):
+    pixels, lights, labels = zip(*items)
+    y = torch.tensor(labels, dtype=torch.int64)
+    if isinstance(pixels[0], list):  # multi-scale: per image, one tensor per scale
+        return list(pixels), None, y
+    light = torch.stack(lights) if lights[0] is not None else None
+    return torch.stack(pixels), light, y
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Batches of (index, seed) keys: this rank's contiguous slice of every global batch of a
+    (seed, epoch)-seeded permutation; per-image seeds belong to positions in the global order."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool | None = None,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last = shuffle if drop_last is None else drop_last
+        self.epoch = 0
+        self.shard(rank, world_size)
+
+    def shard(self, rank: int, world_size: int) -> None:
+        if self.batch_size % world_size:
+            raise ValueError(f"the global batch {self.batch_size} does not split over {world_size} processes: "
+                             f"make data.batch_size a multiple of {world_size}")
+        self.rank, self.world_size = rank, world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        if self.shuffle:
+            g = epoch_generator(self.seed, self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+            seeds = torch.randint(0, 2 ** 62, (self.n,), generator=g).tolist()
+        else:
+            order, seeds = list(range(self.n)), [0] * self.n
+        per_rank = self.batch_size // self.world_size
+        for b in range(len(self)):
+            start = b * self.batch_size
+            end = min(start + self.batch_size, self.n)
+            if end - start < self.batch_size and self.world_size > 1:  # the last, partial batch
+                per_rank = math.ceil((end - start) / self.world_size)
+            lo = min(start + self.rank * per_rank, end)
+            hi = min(lo + per_rank, end)
+            yield [(order[j], seeds[j]) for j in range(lo, hi)]
+
+
+class StreamLoader:
+    """Normalised (x, y) batches on `device` from a DataLoader over `_Decode`; ``set_epoch`` first.
+
+    x is B x C x H x W (channels_last), B x V x C x H x W for the ten-crop test, or for the
+    multi-scale test a list (one per image) of lists (one per scale) of V x C x H x W tensors."""
+
+    def __init__(self, dataset: _Decode, sampler: EpochBatchSampler, mean, std, device="cpu",
+                 channels_last: bool = True, workers: int = 0, persistent: bool = False):
+        self.dataset, self.sampler = dataset, sampler
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.workers, self.persistent = workers, persistent and workers > 0
+        self._loader = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def shard(self, rank: int, world_size: int) -> "StreamLoader":
+        self.sampler.shard(rank, world_size)
+        return self
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _data_loader(self) -> torch.utils.data.DataLoader:
+        if self._loader is None:
+            extra = dict(prefetch_factor=4, persistent_workers=self.persistent) if self.workers else {}
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_sampler=self.sampler, num_workers=self.workers, collate_fn=_collate,
+                pin_memory=self.device.type == "cuda", **extra)
+        return self._loader
+
+    def _normalize(self, x, light=None):
+        return normalize_batch(x, self.mean, self.std, light, self.device, self.channels_last)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, light, y in self._data_loader():
+            if isinstance(x, list):
+                x = [[self._normalize(v) for v in views] for views in x]
+            else:
+                x = self._normalize(x, light)
+            yield x, y.to(self.device, non_blocking=True)
+
+
+class StreamingFolder:
+    """A class-per-folder tree of images of any size, decoded per batch: what the Trainer uses when
+    images are too large to hold in memory. Mirrors InMemoryDataset's `classes`, `labels`, `mean`,
+    `std`, `name`, `subset` and `loader`.
+
+    `augment` is the training preset (``paper`` | ``rrc``), `image_size` the crop, `resize` the
+    shorter side before the centre crop of evaluation (default image_size * 256/224), `test` the
+    evaluation preset (``center`` | ``ten-crop`` | ``multi-scale``)."""
+
+    in_chans = 3
+
+    def __init__(self, source: str | Path, split: str | None = "train", image_size: int = 224,
+                 augment: str = "paper", resize: int = 0, test: str = "center", workers: int = -1,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 interpolation: str = "bilinear", lighting: float | None = None,
+                 index: FolderIndex | None = None, samples: list[tuple[str, int]] | None = None):
+        if augment not in AUGMENTS:
+            raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+        if test not in TESTS:
+            raise ValueError(f"the test must be one of {', '.join(TESTS)}, got {test!r}")
+        self.index = index if index is not None else scan(source, split)
+        if index is None and self.index.is_archive and str(source).lower().endswith((".gz", ".tgz")):
+            warnings.warn(f"{source}: streaming from a compressed archive decompresses from its start on every "
+                          "random read; extract it (or use an uncompressed .tar) for speed", stacklevel=2)
+        self.samples = list(self.index.samples if samples is None else samples)
+        self.classes = self.index.classes
+        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+        self.source, self.split = str(source), split
+        self.name = Path(str(source).rstrip("/")).name.split(".tar")[0].split(".tgz")[0]
+        self.image_size, self.augment, self.test = image_size, augment, test
+        self.resize = resize or round(image_size * 256 / 224)
+        self.workers = default_workers() if workers < 0 else workers
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.interpolation, self.lighting = interpolation, lighting
+
+    @property
+    def input_size(self) -> int:
+        return self.image_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _options(self) -> dict:
+        return dict(image_size=self.image_size, augment=self.augment, resize=self.resize, test=self.test,
+                    workers=self.workers, mean=self.mean, std=self.std, interpolation=self.interpolation,
+                    lighting=self.lighting)
+
+    def subset(self, indices) -> "StreamingFolder":
+        idx = torch.as_tensor(indices, dtype=torch.long).tolist()
+        return StreamingFolder(self.source, self.split, index=self.index, samples=[self.samples[i] for i in idx],
+                               **self._options())
+
+    def with_options(self, **changes) -> "StreamingFolder":
+        return StreamingFolder(self.source, self.split, index=self.index, samples=self.samples,
+                               **{**self._options(), **changes})
+
+    def loader(self, batch_size: int, train: bool, seed: int = 0, device="cpu", channels_last: bool = True,
+               flip: bool = True, drop_last: bool | None = None, rank: int = 0, world_size: int = 1,
+               **_ignored) -> StreamLoader:
+        """Training batches (shuffled, augmented, drop_last) or evaluation batches (in order, the test
+        preset). Keywords of MemoryLoader that do not apply here (pad) are ignored."""
+        if train:
+            transform = train_transform(self.augment, self.image_size, flip, self.lighting, self.interpolation)
+        else:
+            transform = eval_transform(self.test, self.image_size, self.resize, self.interpolation)
+        sampler = EpochBatchSampler(len(self), batch_size, shuffle=train, seed=seed, drop_last=drop_last,
+                                    rank=rank, world_size=world_size)
+        return StreamLoader(_Decode(self.index, self.samples, transform), sampler, self.mean, self.std, device,
+                            channels_last, self.workers, persistent=train)
+
+
+def streaming_split(cfg) -> tuple[StreamingFolder, StreamingFolder | None]:
+    """split_train_val for large images: the same seeded, stratified hold-out, streamed."""
+    d = cfg.data
+    data = StreamingFolder(d.path, "train", image_size=d.image_size, augment=d.augment, resize=d.resize,
+                           workers=d.workers)
+    size = d.val_size
+    count = int(round(size * len(data))) if size < 1 else int(size)
+    if count == 0:
+        return data, None
+    if count >= len(data):
+        raise ValueError(f"data.val_size={size} leaves no training images out of {len(data)}")
+    train_idx, val_idx = stratified_split(data.labels, count, seed=cfg.seed)
+    return data.subset(train_idx), data.subset(val_idx)
+
+
+def image_channels(data) -> int:
+    """Input channels of an InMemoryDataset or a StreamingFolder."""
+    return int(data.in_chans) if hasattr(data, "in_chans") else int(data.images.shape[1])
+
+
+def input_size(data) -> int:
+    return int(data.input_size) if hasattr(data, "input_size") else int(data.images.shape[-1])
+
+
+def preprocess_meta(data) -> dict:
+    """What `predict` / `eval` need to preprocess like the training run's evaluation."""
+    if isinstance(data, StreamingFolder):
+        return {"resize": data.resize, "interpolation": data.interpolation, "streamed": True}
+    return {}
