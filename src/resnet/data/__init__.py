@@ -25,7 +25,7 @@ __all__ = [
 
 
 def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path | None = None,
-                 download: bool = False) -> InMemoryDataset:
+                 download: bool = False, skip_bad: bool = False) -> InMemoryDataset:
     """Load a dataset into memory, detecting its kind from ``path``:
 
     * a CIFAR-10/100 batch folder (``cifar-10-batches-py``, ``cifar-100-python``) or its parent;
@@ -38,6 +38,14 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
 
     ``split`` is 'train' or 'test'; an image tree with ``train/`` and ``test/`` (or ``val/``)
     folders gives that folder, a tree without split folders is used whole.
+
+    Bad input raises an error naming the file: ImageDecodeError (an image that cannot be read or
+    decoded, or a decompression bomb), ImagesTooLargeError (too large or of another size than
+    the rest), DatasetLayoutError (no class folders, an empty class folder, no images, a symlink
+    loop), CifarFormatError (a CIFAR file that is unsafe or not in the official format); all are
+    ValueErrors. With ``skip_bad=True`` an image tree's bad images and symlink loops are left out
+    instead and listed as (path, reason) in ``ds.info["skipped"]`` (``ds.skipped``); layout
+    errors and CIFAR errors are raised either way.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -50,6 +58,8 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
             return load_digits(split)
         if str(path) in SPECS:
             return _from_cifar(load_cifar(str(path), split, cache, download), str(path))
+        if p.is_symlink():
+            raise FileNotFoundError(f"{p}: a broken symlink or a symlink loop")
         raise FileNotFoundError(
             f"{p}: no such file or folder. Pass a CIFAR folder or archive, a class-per-folder "
             "image tree or its .tar.gz, or 'cifar10'/'cifar100' with download=True.")
@@ -57,7 +67,7 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
         return _from_cifar(load_cifar(p, split, cache), str(p))
     if p.is_file() and not is_archive(p):
         raise DatasetLayoutError(f"{p}: not a dataset folder or a .tar/.tar.gz archive")
-    ds = load_image_folder(p, split, cache)
+    ds = load_image_folder(p, split, cache, skip_bad=skip_bad)
     if len(ds) == 0:
         raise DatasetLayoutError(f"{p}: no images found")
     return ds

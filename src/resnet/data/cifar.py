@@ -167,13 +167,22 @@ def _read_batch(path: Path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
             or data.shape[1] != 3072:
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise CifarFormatError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), found {desc}")
-    labels = np.asarray(d[spec.label_key])
+    try:
+        labels = np.asarray(d[spec.label_key])
+    except (ValueError, TypeError) as e:  # ragged lists
+        raise CifarFormatError(f"{path}: '{spec.label_key}' is not a list of integers ({e})") from e
     if labels.ndim != 1 or labels.shape[0] != data.shape[0]:
         raise CifarFormatError(
             f"{path}: {labels.shape[0] if labels.ndim == 1 else labels.shape} labels for "
             f"{data.shape[0]} images")
-    if labels.size and (not np.issubdtype(labels.dtype, np.integer)
-                        or labels.min() < 0 or labels.max() >= spec.num_classes):
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if labels.dtype == object and all(type(x) is int for x in labels.tolist()):
+            labels = np.array(labels.tolist(), dtype=object)  # Python ints too big for int64
+        else:
+            kinds = sorted({type(x).__name__ for x in labels.tolist()})
+            raise CifarFormatError(f"{path}: labels must be integers in [0, {spec.num_classes}), "
+                                   f"found {labels.dtype} ({', '.join(kinds)})")
+    if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
         raise CifarFormatError(
             f"{path}: labels must be integers in [0, {spec.num_classes}), found "
             f"range [{labels.min()}, {labels.max()}] ({labels.dtype})")

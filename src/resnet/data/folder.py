@@ -2,24 +2,30 @@
 
 ``root/<class>/**/<image>``: classes are the sub-folders of the root sorted by name, labels their
 index. One wrapper folder (``root/train/<class>/...``, as in a ``.tar.gz`` of ``train/``) is
-detected and skipped. Decoding keeps PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
+detected and skipped. Decoding keeps PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``)
+and refuses, rather than warns about, images above it. Every failure to read or decode a file
+is an :class:`ImageDecodeError` naming the file; layout problems are :class:`DatasetLayoutError`.
 """
 from __future__ import annotations
 
 import io
 import os
 import tarfile
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 SPLIT_NAMES = {"train": ("train",), "test": ("test", "val", "validation")}
+# What decode_image opens, whatever the file's extension says (a PNG or GIF named .jpg is common
+# in scraped data). PIL's other parsers (TGA, PCX, TIFF, ...) are never exposed to dataset files.
+DECODE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF")
 
 
 class ImageDecodeError(ValueError):
@@ -44,15 +50,20 @@ def _hidden(rel: str) -> bool:
 
 # --------------------------------------------------------------------------- decoding
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: 16-bit and 32-bit greyscale are scaled, not clipped."""
+    """Any PIL mode to 8-bit RGB. 16-bit greyscale (``I;16*``, e.g. a 16-bit PNG) is scaled by
+    255/65535, whatever its values; 32-bit ``I`` is scaled the same way when it holds values above
+    255 (else read as 8-bit); ``F`` in [0, 1] is scaled by 255; nothing is clipped that was in
+    range. Alpha is dropped (the colour channels are kept as stored, not composited); CMYK,
+    palette, 1-bit and greyscale images are converted by PIL."""
     if img.mode == "RGB":
         return img
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         a = np.asarray(img, dtype=np.float64)
-        if img.mode == "F" and a.size and a.max() <= 1.0:
+        if img.mode.startswith("I;16") or img.mode == "I" and a.size and a.max() > 255:
+            a = a / 257.0  # 16-bit range to 8-bit: 65535 -> 255, 257 -> 1
+        elif img.mode == "F" and a.size and a.max() <= 1.0:
             a = a * 255.0
-        elif img.mode != "F" and a.size and a.max() > 255:
-            a = a / 257.0  # 16-bit range to 8-bit
+        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
         return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode in ("P", "PA") and "transparency" in img.info or img.mode == "PA":
         img = img.convert("RGBA")
@@ -60,21 +71,50 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
-    """Decode a file path or encoded bytes to an RGB PIL image; errors name the file."""
+    """Decode a file path or encoded bytes (JPEG, PNG, BMP, WebP or GIF) to an RGB PIL image.
+
+    Raises :class:`ImageDecodeError`, naming the file, for anything that cannot be decoded:
+    truncated or empty files, other content, and images above ``PIL.Image.MAX_IMAGE_PIXELS``
+    (refused before their pixels are allocated). A missing path raises FileNotFoundError."""
     name = name or str(source if not isinstance(source, bytes) else "<bytes>")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            img.load()
-            return to_rgb(img)
-    except Image.DecompressionBombError as e:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse those images too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source,
+                            formats=DECODE_FORMATS) as img:
+                img.load()
+                return to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(
             f"{name}: refused as a possible decompression bomb ({e}). If the image is genuine, "
             "raise PIL.Image.MAX_IMAGE_PIXELS deliberately.") from e
     except FileNotFoundError:
         raise
-    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
-        raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e}); "
-                               "delete or replace the file") from e
+    except Exception as e:  # noqa: BLE001 - PIL's parsers raise OSError, SyntaxError, ValueError,
+        # EOFError, struct.error, IndexError, ... on corrupt input; all mean "cannot decode".
+        if _is_empty(source):
+            reason = "empty file"
+        elif isinstance(e, UnidentifiedImageError):
+            reason = "not a JPEG, PNG, BMP, WebP or GIF image"
+        else:
+            reason = f"{type(e).__name__}: {e}"
+        raise ImageDecodeError(f"{name}: cannot decode image ({reason}); delete or replace "
+                               "the file") from e
+
+
+def _is_empty(source: str | Path | bytes) -> bool:
+    if isinstance(source, bytes):
+        return len(source) == 0
+    try:
+        return os.path.getsize(source) == 0
+    except OSError:
+        return False
+
+
+def _reason(message: str, name: str) -> str:
+    """An error message without its leading '<name>: '."""
+    return message[len(name) + 2:] if message.startswith(f"{name}: ") else message
 
 
 # --------------------------------------------------------------------------- layout
@@ -86,6 +126,9 @@ class FolderIndex:
     prefix: str  # posix path of the class root inside the source ('' = the source itself)
     classes: list[str]
     samples: list[tuple[str, int]]
+    # (path, reason) for what was left out with skip_bad=True: symlink loops here, undecodable
+    # or odd-sized images after decoding (memory.decode_source)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def is_archive(self) -> bool:
@@ -194,39 +237,96 @@ def index_from_names(source: Path, dirs: set[str], files: list[str], split: str 
     return _index(Path(source), dirs, files, split)
 
 
-def scan(source: str | Path, split: str | None = None) -> FolderIndex:
+def walk_tree(source: Path, problems: list[tuple[str, str]] | None = None
+              ) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(source, followlinks=True)`` without hidden folders and without following a
+    symlink back into a folder above it (a loop would list every image again, 40 levels deep).
+    Such links and unreadable folders are appended to ``problems`` as (path, reason)."""
+    source_s = str(source)
+    st = os.stat(source_s)
+    chain: dict[str, tuple[tuple[int, int], ...]] = {source_s: ((st.st_dev, st.st_ino),)}
+    for cur, dnames, fnames in os.walk(source_s, followlinks=True):
+        above = chain.pop(cur, ())
+        keep = []
+        for d in sorted(dnames):
+            if d.startswith("."):
+                continue
+            p = os.path.join(cur, d)
+            try:
+                st = os.stat(p)
+            except OSError as e:
+                if problems is not None:
+                    problems.append((p, f"unreadable folder ({e})"))
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in above:
+                if problems is not None:
+                    problems.append((p, f"symlink loop: leads back to {os.path.realpath(p)}, "
+                                        "a folder above it"))
+                continue
+            chain[p] = above + (key,)
+            keep.append(d)
+        dnames[:] = keep
+        yield cur, dnames, fnames
+
+
+def scan(source: str | Path, split: str | None = None, skip_bad: bool = False) -> FolderIndex:
     """Index a class-per-folder tree in a directory or a ``.tar``/``.tar.gz`` archive.
 
     ``split`` ('train'/'test') picks the ``train/`` or ``test/``/``val/`` folder when the root
     holds such split folders; without split folders the tree itself is used. Sample keys are
-    file paths for a directory, member names for an archive."""
+    file paths for a directory, member names for an archive. A symlinked folder that leads back
+    to a folder above it raises DatasetLayoutError naming the link; with ``skip_bad`` it is left
+    out and listed in ``index.skipped``."""
     source = Path(source).expanduser()
     if not source.exists():
+        if source.is_symlink():
+            raise FileNotFoundError(f"{source}: a broken symlink or a symlink loop")
         raise FileNotFoundError(f"{source}: no such file or folder")
     if source.is_dir():
         dirs: set[str] = set()
         files: list[str] = []
-        for cur, dnames, fnames in os.walk(source, followlinks=True):
+        problems: list[tuple[str, str]] = []
+        for cur, dnames, fnames in walk_tree(source, problems):
             rel = Path(cur).relative_to(source).as_posix()
             rel = "" if rel == "." else rel
-            dnames[:] = [d for d in dnames if not d.startswith(".")]
             dirs.update(f"{rel}/{d}" if rel else d for d in dnames)
             files.extend(f"{rel}/{f}" if rel else f for f in fnames)
+        if problems and not skip_bad:
+            path, reason = problems[0]
+            raise DatasetLayoutError(
+                f"{path}: {reason}. Remove it, or pass skip_bad=True (--skip-bad) to leave it out"
+                + (f" ({len(problems) - 1} more such folder(s))" if len(problems) > 1 else ""))
         idx = _index(source, dirs, files, split)
         idx.samples = [(str(source / f), label) for f, label in idx.samples]
+        idx.skipped = problems
         return idx
     if not is_archive(source):
         raise DatasetLayoutError(f"{source}: not a folder or a .tar/.tar.gz archive")
     return _index(source, *walk_archive(source), split)
 
 
-def iter_encoded(index: FolderIndex) -> Iterator[tuple[str, bytes, int]]:
+def iter_encoded(index: FolderIndex,
+                 on_error: Callable[[str, ImageDecodeError], None] | None = None
+                 ) -> Iterator[tuple[str, bytes, int]]:
     """(name, encoded bytes, label) for every sample, in ``index.samples`` order for folders and
-    archive order for archives (read sequentially: a .tar.gz cannot be read at random cheaply)."""
+    archive order for archives (read sequentially: a .tar.gz cannot be read at random cheaply).
+
+    A file that cannot be read (a dangling symlink, a symlink loop, no permission) raises
+    ImageDecodeError naming it; with ``on_error`` it is handed over and left out instead."""
     if not index.is_archive:
         for path, label in index.samples:
-            with open(path, "rb") as f:
-                yield path, f.read(), label
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                err = ImageDecodeError(f"{path}: cannot read ({e.strerror or e}); delete or "
+                                       "replace the file")
+                if on_error is None:
+                    raise err from e
+                on_error(path, err)
+                continue
+            yield path, data, label
         return
     labels = dict(index.samples)
     with tarfile.open(index.source, "r:*") as tar:

@@ -17,6 +17,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -24,8 +25,8 @@ import numpy as np
 import torch
 
 from .cifar import default_cache_dir
-from .folder import (FolderIndex, decode_image, index_from_names, is_archive, iter_encoded, scan,
-                     walk_archive)
+from .folder import (DatasetLayoutError, FolderIndex, ImageDecodeError, _reason, decode_image,
+                     index_from_names, is_archive, iter_encoded, scan, walk_archive, walk_tree)
 
 MAX_SIDE = 64  # larger images are streamed (folder.ImageFolderDataset), not held in memory
 CACHE_VERSION = "1"
@@ -45,7 +46,12 @@ class InMemoryDataset:
     std: tuple[float, float, float]
     name: str
     source: str = ""
-    info: dict = field(default_factory=dict)  # e.g. decode time, cache file
+    info: dict = field(default_factory=dict)  # e.g. decode time, cache file, skipped files
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of every file a ``skip_bad=True`` load left out (empty otherwise)."""
+        return [tuple(x) for x in self.info.get("skipped", [])]
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -61,39 +67,68 @@ class InMemoryDataset:
 
 
 # --------------------------------------------------------------------------- decoding
-def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
-    arrs = []
-    for name, data in chunk:
-        a = np.asarray(decode_image(data, name))
-        if arrs and a.shape != arrs[0].shape:
-            raise ImagesTooLargeError(
-                f"{name}: {a.shape[1]}x{a.shape[0]} differs from {arrs[0].shape[1]}x"
-                f"{arrs[0].shape[0]}; in-memory datasets need one image size. Resize the "
-                "images, or use resnet.data.folder.ImageFolderDataset with a resizing transform.")
-        arrs.append(a)
-    return np.stack(arrs) if arrs else np.zeros((0, 1, 1, 3), np.uint8)
+PROBE_LIMIT = 16  # with skip_bad: this many too-large images first means the dataset is too large
+
+
+def _decode_chunk(chunk: list[tuple[str, bytes]], prefix: str = "", max_side: int = MAX_SIDE
+                  ) -> tuple[dict[tuple[int, ...], tuple[np.ndarray, list[str]]], list[tuple[str, str, str]]]:
+    """Decode (key, bytes) pairs; images grouped by shape as {shape: (stacked, keys)}, in feed
+    order, and the problems as (key, kind, message) with kind 'decode' or 'size'. Messages name
+    the file as ``prefix + key``."""
+    arrs: dict[tuple[int, ...], list[np.ndarray]] = {}
+    keys: dict[tuple[int, ...], list[str]] = {}
+    problems: list[tuple[str, str, str]] = []
+    for key, data in chunk:
+        try:
+            a = np.asarray(decode_image(data, prefix + key))
+        except ImageDecodeError as e:
+            problems.append((key, "decode", str(e)))
+            continue
+        if max(a.shape[:2]) > max_side:
+            problems.append((key, "size", f"{prefix + key}: {a.shape[1]}x{a.shape[0]}, larger than "
+                                          f"{max_side}x{max_side}"))
+            continue
+        arrs.setdefault(a.shape, []).append(a)
+        keys.setdefault(a.shape, []).append(key)
+    return {shape: (np.stack(a), keys[shape]) for shape, a in arrs.items()}, problems
 
 
 class _ChunkDecoder:
     """Decodes encoded images fed one by one, in chunks; once a first chunk fills up (a dataset
-    worth it), chunks go to ``workers`` forked processes while the caller keeps reading."""
+    worth it), chunks go to ``workers`` forked processes while the caller keeps reading.
 
-    def __init__(self, workers: int | None, chunk: int, max_side: int):
+    Problems (undecodable images, sizes) are collected, not raised: ``finish`` reports them, so
+    that the caller raises only for images it wants (an archive holds other splits too)."""
+
+    def __init__(self, workers: int | None, chunk: int, max_side: int, prefix: str = "",
+                 skip_bad: bool = False):
         self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
-        self.chunk, self.max_side = chunk, max_side
+        self.chunk, self.max_side, self.prefix, self.skip_bad = chunk, max_side, prefix, skip_bad
         self.names: list[str] = []
         self._buf: list[tuple[str, bytes]] = []
-        self._done: list = []  # ndarrays or AsyncResults, in feed order
+        self._done: list = []  # results or AsyncResults, in feed order
         self._pool = None
+        self._probed, self._too_large = False, 0
+
+    def _probe(self, name: str, data: bytes) -> None:
+        """Fail fast, before reading a large archive to its end, when the images are too large."""
+        try:
+            w, h = decode_image(data, self.prefix + name).size
+        except ImageDecodeError:
+            return  # reported with its chunk
+        if max(w, h) <= self.max_side:
+            self._probed = True
+            return
+        self._too_large += 1
+        if not self.skip_bad or self._too_large >= PROBE_LIMIT:
+            raise ImagesTooLargeError(
+                f"{self.prefix + name} is {w}x{h}: only images up to {self.max_side}x{self.max_side} "
+                "are decoded into memory. Stream large images with "
+                "resnet.data.folder.ImageFolderDataset and the presets in resnet.data.transforms.")
 
     def add(self, name: str, data: bytes) -> None:
-        if not self.names:  # fail fast, before reading a large archive to its end
-            w, h = decode_image(data, name).size
-            if max(w, h) > self.max_side:
-                raise ImagesTooLargeError(
-                    f"{name} is {w}x{h}: only images up to {self.max_side}x{self.max_side} are "
-                    "decoded into memory. Stream large images with "
-                    "resnet.data.folder.ImageFolderDataset and the presets in resnet.data.transforms.")
+        if not self._probed:
+            self._probe(name, data)
         self.names.append(name)
         self._buf.append((name, data))
         if len(self._buf) >= self.chunk:
@@ -105,19 +140,35 @@ class _ChunkDecoder:
     def _flush(self) -> None:
         if self._buf:
             chunk, self._buf = self._buf, []
-            self._done.append(self._pool.apply_async(_decode_chunk, (chunk,)) if self._pool
-                              else _decode_chunk(chunk))
+            args = (chunk, self.prefix, self.max_side)
+            self._done.append(self._pool.apply_async(_decode_chunk, args) if self._pool
+                              else _decode_chunk(*args))
 
-    def finish(self) -> np.ndarray:
-        """All images fed so far, N x H x W x 3 uint8, in feed order."""
+    def finish(self) -> tuple[np.ndarray, list[str], list[tuple[str, str, str]]]:
+        """(N x H x W x 3 uint8 of the images kept, their keys in feed order, problems). Kept
+        images have the most common size; others become problems of kind 'size'."""
         self._flush()
-        arrays = [a if isinstance(a, np.ndarray) else a.get() for a in self._done]
-        shapes = sorted({a.shape[1:3] for a in arrays if len(a)})
-        if len(shapes) > 1:
-            raise ImagesTooLargeError(
-                f"images of several sizes {shapes}; in-memory datasets need one image size. Resize "
-                "them, or stream them with resnet.data.folder.ImageFolderDataset.")
-        return np.concatenate(arrays) if arrays else np.zeros((0, 1, 1, 3), np.uint8)
+        results = [r if isinstance(r, tuple) else r.get() for r in self._done]
+        problems = [p for _, probs in results for p in probs]
+        counts: dict[tuple[int, ...], int] = {}
+        for groups, _ in results:
+            for shape, (_, keys) in groups.items():
+                counts[shape] = counts.get(shape, 0) + len(keys)
+        if not counts:
+            return np.zeros((0, 1, 1, 3), np.uint8), [], problems
+        first = next(shape for groups, _ in results for shape in groups)
+        common = max(counts, key=lambda sh: (counts[sh], sh == first))
+        arrays, kept = [], []
+        for groups, _ in results:
+            for shape, (a, keys) in groups.items():
+                if shape == common:
+                    arrays.append(a)
+                    kept.extend(keys)
+                else:
+                    problems.extend(
+                        (k, "size", f"{self.prefix + k}: {shape[1]}x{shape[0]}, unlike the other "
+                                    f"images ({common[1]}x{common[0]})") for k in keys)
+        return np.concatenate(arrays), kept, problems
 
     def close(self) -> None:
         if self._pool is not None:
@@ -127,34 +178,58 @@ class _ChunkDecoder:
 
 
 def decode_source(source: str | Path, split: str | None = None, workers: int | None = None,
-                  chunk: int = 1000, max_side: int = MAX_SIDE
+                  chunk: int = 1000, max_side: int = MAX_SIDE, skip_bad: bool = False
                   ) -> tuple[FolderIndex, torch.Tensor, torch.Tensor]:
     """Decode a class-per-folder tree (folder or archive) into (index, uint8 N x 3 x H x W in
     channels_last memory, int64 labels), samples in ``index.samples`` order.
 
-    An archive is read once: images are decoded while it is being read, before the class
-    layout is known (so images outside the chosen split are decoded too)."""
+    An image that cannot be read or decoded raises ImageDecodeError, one of another size than
+    the rest ImagesTooLargeError, both naming the file. With ``skip_bad`` such images are left
+    out instead and listed, with the reason, in ``index.skipped`` (then the tensors hold fewer
+    than ``len(index.samples)`` images). An archive is read once: images are decoded while it
+    is being read, before the class layout is known (images outside the split are decoded too,
+    but problems there are ignored)."""
     source = Path(source).expanduser()
-    dec = _ChunkDecoder(workers, chunk, max_side)
+    archive = is_archive(source)
+    dec = _ChunkDecoder(workers, chunk, max_side, f"{source}:" if archive else "", skip_bad)
+    unreadable: list[tuple[str, str, str]] = []
     try:
-        if is_archive(source):
+        if archive:
             index = index_from_names(source, *walk_archive(source, dec.add), split)
-            keys = [k for k, _ in index.samples]
         else:
-            index = scan(source, split)
-            for name, data, _ in iter_encoded(index):
+            index = scan(source, split, skip_bad=skip_bad)
+            for name, data, _ in iter_encoded(
+                    index, on_error=lambda n, e: unreadable.append((n, "decode", str(e)))):
                 dec.add(name, data)
-            keys = dec.names
-        arrays = dec.finish()
+        arrays, kept, problems = dec.finish()
     finally:
         dec.close()
-    if keys != dec.names:  # archive order -> index order, dropping images outside the split
-        pos = {n: i for i, n in enumerate(dec.names)}
+    wanted = {k: i for i, (k, _) in enumerate(index.samples)}
+    problems = sorted((p for p in unreadable + problems if p[0] in wanted), key=lambda p: wanted[p[0]])
+    if problems and not skip_bad:
+        key, kind, msg = problems[0]
+        more = f" ({len(problems) - 1} more bad image(s))" if len(problems) > 1 else ""
+        hint = " Or pass skip_bad=True (--skip-bad) to leave bad images out and list them."
+        if kind == "decode":
+            raise ImageDecodeError(msg + more + "." + hint)
+        raise ImagesTooLargeError(
+            f"{msg}{more}: in-memory datasets need one image size up to {max_side}x{max_side}. "
+            "Resize the images, or stream them with resnet.data.folder.ImageFolderDataset." + hint)
+    index.skipped = index.skipped + [(dec.prefix + k, _reason(msg, dec.prefix + k))
+                                     for k, _, msg in problems]
+    pos = {n: i for i, n in enumerate(kept)}
+    keys = [k for k, _ in index.samples if k in pos]
+    if not keys:
+        first = f"; first: {index.skipped[0][0]}: {index.skipped[0][1]}" if index.skipped else ""
+        raise DatasetLayoutError(f"{source}: no usable images, all {len(index.samples)} were "
+                                 f"skipped{first}")
+    if keys != kept:  # archive order -> index order, dropping images outside the split
         arrays = arrays[np.fromiter((pos[k] for k in keys), dtype=np.int64, count=len(keys))]
+    labels = [label for k, label in index.samples if k in pos]
     # N x 3 x H x W in channels_last memory: the layout the decoder produced and the one
     # MemoryLoader gathers from, so no copy is made here or there.
     images = torch.from_numpy(np.ascontiguousarray(arrays)).permute(0, 3, 1, 2)
-    return index, images, torch.tensor(index.targets(), dtype=torch.int64)
+    return index, images, torch.tensor(labels, dtype=torch.int64)
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -183,10 +258,12 @@ def fingerprint(source: Path) -> str:
         st = source.stat()
         h.update(f"|{st.st_size}|{st.st_mtime_ns}".encode())
     else:
-        for cur, dnames, fnames in os.walk(source, followlinks=True):
-            dnames.sort()
+        for cur, dnames, fnames in walk_tree(source):
             for f in sorted(fnames):
-                st = os.stat(os.path.join(cur, f))
+                try:
+                    st = os.stat(os.path.join(cur, f))
+                except OSError:  # a dangling link or a link loop: decoding will report it
+                    st = os.lstat(os.path.join(cur, f))
                 h.update(f"|{os.path.relpath(os.path.join(cur, f), source)}|{st.st_size}|"
                          f"{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
@@ -220,15 +297,22 @@ def _stem(source: Path) -> str:
     return stem
 
 
-def cache_name(source: Path, split: str | None) -> str:
-    return f"{_stem(source)}.{split or 'all'}.{fingerprint(source)}.resnet-u8.safetensors"
+SKIP_TAG = "+skipbad"  # a cache made with skip_bad that left images out: never read without it
+
+
+def cache_name(source: Path, split: str | None, skipped: bool = False) -> str:
+    tag = SKIP_TAG if skipped else ""
+    return f"{_stem(source)}.{split or 'all'}{tag}.{fingerprint(source)}.resnet-u8.safetensors"
 
 
 def _remove_stale(written: Path, source: str) -> None:
     """Delete caches of earlier versions of the same source and split in that folder."""
     from safetensors import safe_open
-    prefix = written.name.split(".resnet-u8.")[0].rsplit(".", 1)[0]  # '<stem>.<split>'
-    for other in written.parent.glob(f"{prefix}.*.resnet-u8.safetensors"):
+    prefix = written.name.split(".resnet-u8.")[0].rsplit(".", 1)[0]  # '<stem>.<split>[+skipbad]'
+    prefix = prefix.removesuffix(SKIP_TAG)
+    others = [*written.parent.glob(f"{glob_escape(prefix)}.*.resnet-u8.safetensors"),
+              *written.parent.glob(f"{glob_escape(prefix + SKIP_TAG)}.*.resnet-u8.safetensors")]
+    for other in others:
         if other == written:
             continue
         try:
@@ -253,7 +337,8 @@ def _read_cache(path: Path) -> InMemoryDataset | None:
         images = images.permute(0, 3, 1, 2)  # channels_last view, no copy
         return InMemoryDataset(images, labels, json.loads(meta["classes"]),
                                tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"])),
-                               meta.get("name", ""), meta.get("source", ""), {"cache": str(path)})
+                               meta.get("name", ""), meta.get("source", ""),
+                               {"cache": str(path), "skipped": json.loads(meta.get("skipped", "[]"))})
     except Exception as e:  # a damaged cache is rebuilt, not fatal
         warnings.warn(f"ignoring unreadable cache {path}: {e}")
         return None
@@ -268,7 +353,8 @@ def _umask() -> int:
 def _write_cache(folder: Path, name: str, ds: InMemoryDataset) -> Path | None:
     from safetensors.torch import save_file
     meta = {"version": CACHE_VERSION, "layout": "NHWC", "classes": json.dumps(ds.classes), "mean": json.dumps(ds.mean),
-            "std": json.dumps(ds.std), "name": ds.name, "source": ds.source}
+            "std": json.dumps(ds.std), "name": ds.name, "source": ds.source,
+            "skipped": json.dumps(ds.info.get("skipped", []))}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
@@ -287,26 +373,36 @@ def _write_cache(folder: Path, name: str, ds: InMemoryDataset) -> Path | None:
 
 def load_image_folder(source: str | Path, split: str | None = "train",
                       cache_dir: str | Path | None = None, workers: int | None = None,
-                      max_side: int = MAX_SIDE) -> InMemoryDataset:
+                      max_side: int = MAX_SIDE, skip_bad: bool = False) -> InMemoryDataset:
     """A class-per-folder tree (folder or archive) of small images, decoded once and cached.
 
-    Mean/std are computed from the decoded images and stored in the cache."""
+    Mean/std are computed from the decoded images and stored in the cache. With ``skip_bad``,
+    images that cannot be decoded or differ in size from the rest are left out and listed as
+    (path, reason) in ``ds.info["skipped"]`` (also ``ds.skipped``); a cache that left images out
+    is named apart and is never read by a load without ``skip_bad``."""
     source = Path(source).expanduser()
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
-    name = cache_name(source, split)
+    names = [cache_name(source, split)] + ([cache_name(source, split, True)] if skip_bad else [])
     candidates = cache_dirs(source, Path(cache_dir) if cache_dir is not None else None)
-    for folder in candidates:
-        if (folder / name).is_file():
-            ds = _read_cache(folder / name)
-            if ds is not None:
-                return ds
+    for name in names:
+        for folder in candidates:
+            if (folder / name).is_file():
+                ds = _read_cache(folder / name)
+                if ds is not None:
+                    return ds
     t0 = time.perf_counter()
-    index, images, labels = decode_source(source, split, workers=workers, max_side=max_side)
+    index, images, labels = decode_source(source, split, workers=workers, max_side=max_side,
+                                          skip_bad=skip_bad)
     mean, std = channel_stats(images)
     seconds = time.perf_counter() - t0
+    skipped = [list(x) for x in index.skipped]
     ds = InMemoryDataset(images, labels, index.classes, mean, std, _stem(source),
-                         str(source.resolve()), {"decode_seconds": round(seconds, 2)})
+                         str(source.resolve()), {"decode_seconds": round(seconds, 2), "skipped": skipped})
+    if skipped:
+        warnings.warn(f"{source}: left out {len(skipped)} bad file(s) (skip_bad); first: "
+                      f"{skipped[0][0]}: {skipped[0][1]}")
+    name = cache_name(source, split, bool(skipped))
     for folder in candidates:
         written = _write_cache(folder, name, ds)
         if written is not None:
