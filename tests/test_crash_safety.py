@@ -201,3 +201,17 @@ def test_nonpositive_epochs_rejected_by_the_parser(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--data", "x", "--epochs", "0"])
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_skip_bad_lists_left_out_images_in_the_run_folder(tiny_folder, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    (data / "red" / "broken.jpg").write_text("this is not a JPEG")
+    with pytest.raises(ValueError, match="broken.jpg"):
+        Trainer(make_config(None, [f"data.path={data}", "epochs=1", *TINY]), tmp_path / "strict")
+    run = tmp_path / "lenient"
+    train(make_config(None, [f"data.path={data}", "epochs=1", "data.skip_bad=true", *TINY]), run)
+    lines = (run / "skipped.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].split("\t")[0].endswith("broken.jpg")

@@ -149,3 +149,46 @@ def test_trainer_rejects_bad_setups(tiny_folder, tmp_path):
         Trainer(_cfg(tiny_folder, "data.val_size=48"), tmp_path / "a")
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         Trainer(_cfg(tiny_folder), tmp_path / "b", resume=True)
+
+
+def test_precision_auto_says_when_the_cpu_lacks_bf16(monkeypatch):
+    from resnet.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16"):
+        assert precision.resolve_precision("auto", torch.device("cpu")).name == "fp32"
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    assert precision.resolve_precision("auto", torch.device("cpu")).name == "bf16"
+    with pytest.raises(ValueError, match="fp16 is for CUDA"):
+        precision.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_gradient_clipping_changes_the_update(tiny_folder, tmp_path):
+    train(_cfg(tiny_folder, epochs=1), tmp_path / "free")
+    train(_cfg(tiny_folder, "optim.grad_clip=0.01", epochs=1), tmp_path / "clipped")
+    free, clipped = _weights(tmp_path / "free"), _weights(tmp_path / "clipped")
+    moved = {k: (free[k] - clipped[k]).abs().max() for k in free if free[k].is_floating_point()}
+    assert max(moved.values()) > 1e-4
+
+
+def test_tensorboard_events_when_installed(tiny_folder, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    scalars = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    train(_cfg(tiny_folder, epochs=2), tmp_path / "run")
+    assert ("train_loss", 4) in scalars and ("val_err", 8) in scalars

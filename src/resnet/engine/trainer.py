@@ -70,7 +70,7 @@ def split_train_val(cfg: TrainConfig) -> tuple[InMemoryDataset, InMemoryDataset 
     if cfg.data.stream:
         return streaming_split(cfg)
     try:
-        data = load_dataset(cfg.data.path, "train", cache_dir=cfg.data.cache_dir or None)
+        data = load_dataset(cfg.data.path, "train", cache_dir=cfg.data.cache_dir or None, skip_bad=cfg.data.skip_bad)
     except ImagesTooLargeError:
         return streaming_split(cfg)
     size = cfg.data.val_size
@@ -101,6 +101,7 @@ class Trainer:
             from ..weights import apply_preprocess
             apply_preprocess(cfg.weights, self.train_data, self.val_data)  # the pretrained weights' mean/std
         self.classes = self.train_data.classes
+        self._skipped = list(self.train_data.info.get("skipped", []))  # with data.skip_bad: the images left out
         self.train_loader = self.train_data.loader(cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device,
                                                    channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip)
         self.train_loader = distributed.shard_loader(self.train_loader, self.dist)  # this rank's slice of each batch
@@ -130,6 +131,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._skipped:
+            (self.run_dir / "skipped.txt").write_text("".join(f"{path}\t{why}\n" for path, why in self._skipped))
         self.log = MetricsLog(self.run_dir) if self.dist.is_main else distributed.NullLog()
         if resume:
             self._restore()
