@@ -65,6 +65,15 @@ def layer_responses(model: ResNet, loader) -> list[float]:
     return ((sq / n - (s / n).square()).clamp(min=0) * n / (n - 1)).sqrt().tolist()
 
 
+def _layer_report(out_dir: Path, name: str, title: str, intro: str, series: dict, header: list[str],
+                  rows: list[list]) -> dict:
+    """NAME.json with the per-layer values and report.md with the table and NAME.png."""
+    (out_dir / f"{name}.json").write_text(json.dumps(series))
+    table = markdown_table(header, rows)
+    (out_dir / "report.md").write_text(f"# {title}\n\n{intro}\n\n{table}\n\n![{name}]({name}.png)\n")
+    return {"series": series, "out": str(out_dir)}
+
+
 def _label(path: str, meta: dict, taken: dict) -> str:
     """A run folder's name (e.g. plain56-s0), else the model name; unique among those already plotted."""
     label = Path(path).name if Path(path).is_dir() else meta.get("model", Path(path).stem)
@@ -95,14 +104,11 @@ def responses(checkpoints: list[str], data: str, out: str = "experiments/respons
         rows.append([label, len(stds), f"{sum(stds) / len(stds):.3f}", f"{max(stds):.3f}", f"{min(stds):.3f}"])
     plot_layer_values(series, out_dir / "responses.png", "std of response",
                       "layer responses: 3x3 conv outputs after BN, before ReLU/addition")
-    (out_dir / "responses.json").write_text(json.dumps(series))
-    table = markdown_table(["network", "3x3 layers", "mean std", "max std", "min std"], rows)
-    (out_dir / "report.md").write_text(
-        "# Layer responses [ResNet §4.2, Fig. 7]\n\nStandard deviation of each 3x3 layer's output (after BN, "
-        f"before the nonlinearity and the addition) over {split} images of `{data}`. The paper finds residual "
-        "functions respond less than plain layers, and less in deeper ResNets.\n\n"
-        f"{table}\n\n![responses](responses.png)\n")
-    return {"series": series, "out": str(out_dir)}
+    intro = (f"Standard deviation of each 3x3 layer's output (after BN, before the nonlinearity and the addition) "
+             f"over {split} images of `{data}`. The paper finds residual functions respond less than plain layers, "
+             "and less in deeper ResNets.")
+    return _layer_report(out_dir, "responses", "Layer responses [ResNet §4.2, Fig. 7]", intro, series,
+                         ["network", "3x3 layers", "mean std", "max std", "min std"], rows)
 
 
 def gradient_norms(model: ResNet, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, float]]:
@@ -134,11 +140,8 @@ def gradients(checkpoints: list[str], data: str, out: str = "experiments/gradien
                          f"{norms[0] / max(norms[-1], 1e-30):.3g}"])
     plot_layer_values(series, out_dir / "gradients.png", "‖∂loss/∂W‖", "gradient norm by layer (input → output)",
                       sort=False, log=True)
-    (out_dir / "gradients.json").write_text(json.dumps(series))
-    table = markdown_table(["network", "conv layers", "first layer", "last layer", "first / last"], rows)
-    (out_dir / "report.md").write_text(
-        "# Gradient flow\n\nNorm of the loss gradient with respect to each conv layer's weights on one batch of "
-        f"{batch} {split} images, at initialisation (same seed) and after training. In deep plain networks the "
-        "gradient shrinks toward the input; shortcuts carry it through.\n\n"
-        f"{table}\n\n![gradients](gradients.png)\n")
-    return {"series": series, "out": str(out_dir)}
+    intro = (f"Norm of the loss gradient with respect to each conv layer's weights on one batch of {batch} {split} "
+             "images, at initialisation (same seed) and after training. In deep plain networks the gradient shrinks "
+             "toward the input; shortcuts carry it through.")
+    return _layer_report(out_dir, "gradients", "Gradient flow", intro, series,
+                         ["network", "conv layers", "first layer", "last layer", "first / last"], rows)

@@ -81,6 +81,15 @@ def _write_report(exp: Experiment, title: str, body: list[str]) -> Path:
     return path
 
 
+def _bar_report(exp: Experiment, name: str, plot_title: str, title: str, note: str = "") -> dict:
+    """Train every run, then the table, a bar chart of validation error and report.md."""
+    rows = summary_rows(exp.run_all())
+    plot_bars([r["label"] for r in rows], [r["val_err"][0] for r in rows], [r["val_err"][1] for r in rows],
+              exp.out / f"{name}.png", "validation error (%)", plot_title)
+    _write_report(exp, title, [results_table(rows), "", *([note, ""] if note else []), f"![{name}]({name}.png)"])
+    return {"rows": rows, "out": str(exp.out)}
+
+
 def degradation(data: str, depths: list[int], epochs: int, seeds: int = 1, out: str = "experiments/degradation",
                 recipe: str | None = None, overrides: list[str] | None = None, stream=None) -> dict:
     """Plain vs residual at each depth, same recipe: deeper plain nets train worse, deeper ResNets better."""
@@ -117,12 +126,7 @@ def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: 
     specs = [RunSpec(m, s) for m in models for s in range(seeds)]
     exp = Experiment("depth", out, base_config(data, epochs, recipe, overrides), specs, stream)
     exp.describe(models=models)
-    rows = summary_rows(exp.run_all())
-    plot_bars([r["label"] for r in rows], [r["val_err"][0] for r in rows], [r["val_err"][1] for r in rows],
-              exp.out / "depth.png", "validation error (%)", "error by depth")
-    _write_report(exp, "Depth sweep [ResNet Table 6, Identity Mappings Table 3]",
-                  [results_table(rows), "", "![depth](depth.png)"])
-    return {"rows": rows, "out": str(exp.out)}
+    return _bar_report(exp, "depth", "error by depth", "Depth sweep [ResNet Table 6, Identity Mappings Table 3]")
 
 
 def shortcut_options(data: str, depth: int, epochs: int, seeds: int = 1, out: str = "experiments/shortcuts",
@@ -135,13 +139,10 @@ def shortcut_options(data: str, depth: int, epochs: int, seeds: int = 1, out: st
                       label=f"plain{depth}") for s in range(seeds)]
     exp = Experiment("shortcuts", out, base_config(data, epochs, recipe, overrides), specs, stream)
     exp.describe(depth=depth)
-    rows = summary_rows(exp.run_all())
-    plot_bars([r["label"] for r in rows], [r["val_err"][0] for r in rows], [r["val_err"][1] for r in rows],
-              exp.out / "shortcuts.png", "validation error (%)", f"shortcut options at depth {depth}")
-    _write_report(exp, f"Shortcut options A / B / C at depth {depth} [ResNet §3.3, Table 3]",
-                  [results_table(rows), "", "For reference, ImageNet ResNet-34 top-1 error in Table 3: "
-                   "A 25.03, B 24.52, C 24.19; plain-34 28.54.", "", "![shortcuts](shortcuts.png)"])
-    return {"rows": rows, "out": str(exp.out)}
+    return _bar_report(exp, "shortcuts", f"shortcut options at depth {depth}",
+                       f"Shortcut options A / B / C at depth {depth} [ResNet §3.3, Table 3]",
+                       "For reference, ImageNet ResNet-34 top-1 error in Table 3: A 25.03, B 24.52, C 24.19; "
+                       "plain-34 28.54.")
 
 
 def preactivation(data: str, depths: list[int], epochs: int, seeds: int = 1, out: str = "experiments/preact",
@@ -156,9 +157,5 @@ def preactivation(data: str, depths: list[int], epochs: int, seeds: int = 1, out
         specs += [RunSpec(preact, s, {}, label=preact) for s in range(seeds)]
     exp = Experiment("preact", out, base_config(data, epochs, recipe, overrides), specs, stream)
     exp.describe(depths=depths)
-    rows = summary_rows(exp.run_all())
-    plot_bars([r["label"] for r in rows], [r["val_err"][0] for r in rows], [r["val_err"][1] for r in rows],
-              exp.out / "preact.png", "validation error (%)", "original vs pre-activation")
-    _write_report(exp, "Original vs pre-activation residual units [Identity Mappings §4, Table 3]",
-                  [results_table(rows), "", "![preact](preact.png)"])
-    return {"rows": rows, "out": str(exp.out)}
+    return _bar_report(exp, "preact", "original vs pre-activation",
+                       "Original vs pre-activation residual units [Identity Mappings §4, Table 3]")
