@@ -5,7 +5,8 @@ from pathlib import Path
 
 import torch
 
-from .data import MemoryLoader, load_dataset, stratified_split
+from .data import MemoryLoader, load_dataset
+from .data.split import holdout
 from .engine.checkpoint import load_model
 from .engine.evaluate import evaluate
 from .engine.precision import default_device, resolve_precision
@@ -19,12 +20,10 @@ def eval_data(meta: dict, path: str, split: str, cache_dir: str | None = None):
     if split == "train":
         return data
     cfg = meta.get("config", {})
-    size = cfg.get("data", {}).get("val_size", 5000)
-    count = int(round(size * len(data))) if size < 1 else int(size)
-    if count <= 0:
+    _, val = holdout(data, cfg.get("data", {}).get("val_size", 5000), cfg.get("seed", 0))
+    if val is None:
         raise ValueError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
-    _, val_idx = stratified_split(data.labels, count, seed=cfg.get("seed", 0))
-    return data.subset(val_idx)
+    return val
 
 
 def run_eval(checkpoint: str, data: str, split: str = "test", precision: str = "auto", tta_flip: bool = False,

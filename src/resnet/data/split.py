@@ -41,3 +41,15 @@ def stratified_split(labels: torch.Tensor | Sequence[int], val_size: int | float
     mask = torch.ones(n, dtype=torch.bool)
     mask[val] = False
     return torch.nonzero(mask).flatten(), val
+
+
+def holdout(data, val_size: int | float, seed: int = 0):
+    """(train, val or None) subsets of a dataset with `.labels` and `.subset()`: the one place the
+    training set is split, for training, `resnet eval --split val` and the experiments alike."""
+    count = int(round(val_size * len(data))) if val_size < 1 else int(val_size)
+    if count == 0:
+        return data, None
+    if count >= len(data):
+        raise ValueError(f"data.val_size={val_size} leaves no training images out of {len(data)}")
+    train_idx, val_idx = stratified_split(data.labels, count, seed=seed)
+    return data.subset(train_idx), data.subset(val_idx)

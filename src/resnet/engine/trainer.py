@@ -16,7 +16,8 @@ import yaml
 
 from .. import __version__
 from ..config import TrainConfig
-from ..data import InMemoryDataset, load_dataset, stratified_split
+from ..data import InMemoryDataset, load_dataset
+from ..data.split import holdout
 from ..models import create_model, get_entry
 from . import checkpoint, distributed
 from .evaluate import evaluate
@@ -73,14 +74,7 @@ def split_train_val(cfg: TrainConfig) -> tuple[InMemoryDataset, InMemoryDataset 
         data = load_dataset(cfg.data.path, "train", cache_dir=cfg.data.cache_dir or None, skip_bad=cfg.data.skip_bad)
     except ImagesTooLargeError:
         return streaming_split(cfg)
-    size = cfg.data.val_size
-    count = int(round(size * len(data))) if size < 1 else int(size)
-    if count == 0:
-        return data, None
-    if count >= len(data):
-        raise ValueError(f"data.val_size={size} leaves no training images out of {len(data)}")
-    train_idx, val_idx = stratified_split(data.labels, count, seed=cfg.seed)
-    return data.subset(train_idx), data.subset(val_idx)
+    return holdout(data, cfg.data.val_size, cfg.seed)
 
 
 class Trainer:
