@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,8 @@ def cmd_train(args) -> int:
         cli["epochs"] = args.epochs
     if args.precision:
         cli["precision"] = args.precision
+    if args.weights:
+        cli["weights"] = args.weights
     if args.resume:
         run_dir = Path(args.resume)
         saved = run_dir / "config.yaml"
@@ -79,6 +82,8 @@ def cmd_train(args) -> int:
         if (run_dir / "last.state.pt").exists():
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
     history = train(cfg, run_dir, resume=bool(args.resume))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return 0
     last = history[-1] if history else {}
     print(f"run folder: {run_dir}  (last.safetensors, metrics.jsonl, curves.png)")
     if last.get("val_err") is not None:
@@ -93,10 +98,24 @@ def _overrides(items):
 
 
 def cmd_eval(args) -> int:
+    from .data import ImagesTooLargeError
     from .evaluation import run_eval
 
-    result = run_eval(args.checkpoint, args.data, split=args.split, precision=args.precision, tta_flip=args.tta_flip,
-                      batch_size=args.batch_size, plots=args.plots)
+    streamed = dict(checkpoint=args.checkpoint, weights=args.weights, model=args.model, split=args.split,
+                    test=args.test, precision=args.precision, batch_size=args.batch_size or 64, workers=args.workers,
+                    plots=args.plots)
+    if args.weights or args.test != "center":  # image folders of any size, decoded per batch (eval_stream.py)
+        from .eval_stream import run_eval_stream
+        result = run_eval_stream(args.data, **streamed)
+    else:
+        if not args.checkpoint:
+            raise ValueError("give --checkpoint CKPT or --weights SOURCE")
+        try:
+            result = run_eval(args.checkpoint, args.data, split=args.split, precision=args.precision,
+                              tta_flip=args.tta_flip, batch_size=args.batch_size or 1000, plots=args.plots)
+        except ImagesTooLargeError:
+            from .eval_stream import run_eval_stream
+            result = run_eval_stream(args.data, **streamed)
     if args.json:
         print(json.dumps({k: result[k] for k in ("top1_err", "top5_err", "loss", "n")}))
         return 0
@@ -107,6 +126,15 @@ def cmd_eval(args) -> int:
     if "confusion_png" in result:
         print(f"confusion matrix: {result['confusion_png']}")
     return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import run_predict
+
+    failures = run_predict(args.inputs, checkpoint=args.checkpoint, weights=args.weights, model=args.model,
+                           topk=args.topk, as_json=args.json, batch_size=args.batch_size, precision=args.precision,
+                           workers=args.workers)
+    return 1 if failures else 0
 
 
 def cmd_demo(args) -> int:
@@ -253,20 +281,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default auto: bf16 where native")
     p.add_argument("--out", help="run folder (default runs/MODEL-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder exactly where it stopped")
+    p.add_argument("--weights", help="start from these weights: a file or a named source, e.g. "
+                   "torchvision:resnet50.IMAGENET1K_V2 (with model_args.num_classes=N: a new head)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint on a dataset")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint or a run folder (its best, else last)")
+    p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run folder (its best, else last)")
+    p.add_argument("--weights", help="instead of --checkpoint: pretrained weights, e.g. torchvision:resnet50.IMAGENET1K_V2 "
+                   "or a torchvision-layout file (with --model)")
+    p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
     p.add_argument("--data", required=True, help="CIFAR folder or archive, or a class-per-folder image tree")
+    p.add_argument("--test", choices=["center", "ten-crop", "multi-scale"], default="center",
+                   help="single centre crop (default), the paper's 10-crop test, or the fully-convolutional "
+                        "multi-scale test (shorter side 224/256/384/480/640, and mirrored) [ResNet §3.4]")
+    p.add_argument("--workers", type=int, default=-1, help="decoding processes for streamed images (default min(8, CPUs))")
     p.add_argument("--split", choices=["test", "val", "train"], default="test",
                    help="test set (default), the training run's held-out validation images, or the training set")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--tta-flip", action="store_true", help="average over each image and its mirror")
-    p.add_argument("--batch-size", type=_positive_int, default=1000)
+    p.add_argument("--batch-size", type=_positive_int, help="default 1000 (images in memory), 64 (streamed)")
     p.add_argument("--plots", metavar="DIR", help="write a confusion-matrix PNG here")
     p.add_argument("--json", action="store_true", help='print {"top1_err", "top5_err", "loss", "n"}')
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of images (or folders of images) with names and probabilities")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run folder: predicts its training classes")
+    p.add_argument("--weights", help="instead of --checkpoint: e.g. torchvision:resnet50.IMAGENET1K_V2 (ImageNet names)")
+    p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
+    p.add_argument("--topk", type=_positive_int, default=5)
+    p.add_argument("--json", action="store_true", help="one JSON object per image per line (JSON Lines)")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--workers", type=int, help="decoding processes (default: up to 4 for large inputs)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="plain vs residual nets on data that needs no download (about five minutes)")
     p.add_argument("--depths", type=_int_list, default=[20, 56], help="comma-separated CIFAR depths (default 20,56)")

@@ -198,7 +198,7 @@ class StreamLoader:
 class StreamingFolder:
     """A class-per-folder tree of images of any size, decoded per batch: what the Trainer uses when
     images are too large to hold in memory. Mirrors InMemoryDataset's `classes`, `labels`, `mean`,
-    `std`, `name`, `subset` and `loader`.
+    `std`, `name`, `info`, `subset` and `loader`.
 
     `augment` is the training preset (``paper`` | ``rrc``), `image_size` the crop, `resize` the
     shorter side before the centre crop of evaluation (default image_size * 256/224), `test` the
@@ -229,6 +229,7 @@ class StreamingFolder:
         self.workers = default_workers() if workers < 0 else workers
         self.mean, self.std = tuple(mean), tuple(std)
         self.interpolation, self.lighting = interpolation, lighting
+        self.info: dict = {"skipped": list(getattr(self.index, "skipped", None) or [])}  # as InMemoryDataset.info
 
     @property
     def input_size(self) -> int:

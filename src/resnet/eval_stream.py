@@ -1,0 +1,127 @@
+"""`resnet eval` on image folders of any size: single centre crop, the paper's 10-crop test, or the
+fully-convolutional multi-scale test [ResNet §3.4], for checkpoints and pretrained weights.
+
+Scores of several views are averaged as probabilities (softmax), as Krizhevsky et al. and the
+paper do; the reported loss is then the negative log of the averaged probability of the true class.
+An evaluation folder may hold a subset of the model's classes: folders named like the model's
+classes, or ImageNet's WordNet ids (n01440764 ...) for ImageNet weights, are matched by name.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data.split import stratified_split
+from .data.stream import StreamingFolder
+from .engine.evaluate import evaluate
+from .engine.precision import default_device, resolve_precision
+from .predict import load_any
+
+
+class ViewAverage(nn.Module):
+    """Wraps a classifier: B x V x C x H x W (ten-crop) or per-image lists of per-scale V x C x H x W
+    tensors (multi-scale) -> log of the view-averaged softmax, usable wherever logits are."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def _probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.contiguous(memory_format=torch.channels_last)).float().softmax(1)
+
+    def forward(self, x):
+        if isinstance(x, list):
+            probs = [torch.cat([self._probs(v) for v in scales]).mean(0, keepdim=True) for scales in x]
+            return torch.cat(probs).clamp_min(1e-30).log()
+        if x.ndim == 5:
+            b, v = x.shape[:2]
+            return self._probs(x.flatten(0, 1)).view(b, v, -1).mean(1).clamp_min(1e-30).log()
+        return self.model(x)
+
+
+def label_map(data_classes: list[str], model_classes: list[str] | None, num_classes: int) -> list[int]:
+    """Model index of each of the data's classes (by name, by ImageNet WordNet id, or by position)."""
+    if model_classes and all(c in model_classes for c in data_classes):
+        return [model_classes.index(c) for c in data_classes]
+    if num_classes == 1000:
+        from .weights import imagenet_wnids
+
+        wnids = imagenet_wnids()
+        if all(c in wnids for c in data_classes):
+            return [wnids.index(c) for c in data_classes]
+    if len(data_classes) == num_classes:
+        if model_classes:
+            warnings.warn("the data's class folders are named differently from the model's classes; "
+                          "matching them by sorted position", stacklevel=2)
+        return list(range(num_classes))
+    raise ValueError(f"the data has {len(data_classes)} classes ({', '.join(data_classes[:4])} ...) that do not "
+                     f"match the model's {num_classes} by name, and their numbers differ")
+
+
+def eval_folder(meta: dict, data: str, split: str, test: str, workers: int = -1) -> StreamingFolder:
+    """The images to score, with the model's preprocessing; `val` is the training run's hold-out."""
+    size = int(meta["input_size"])
+    opts = dict(image_size=size, resize=int(meta.get("resize") or size), test=test, workers=workers,
+                mean=meta["mean"], std=meta["std"], interpolation=meta.get("interpolation", "bilinear"))
+    if split == "test":
+        return StreamingFolder(data, "test", **opts)
+    ds = StreamingFolder(data, "train", **opts)
+    if split == "train":
+        return ds
+    cfg = meta.get("config")
+    if not cfg:
+        raise ValueError("--split val needs a checkpoint of a training run (it rebuilds that run's hold-out); "
+                         "use --split test")
+    size_v = cfg.get("data", {}).get("val_size", 5000)
+    count = int(round(size_v * len(ds))) if size_v < 1 else int(size_v)
+    if count <= 0:
+        raise ValueError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
+    _, val_idx = stratified_split(ds.labels, count, seed=cfg.get("seed", 0))
+    return ds.subset(val_idx)
+
+
+class _Mapped:
+    def __init__(self, loader, mapping: torch.Tensor):
+        self.loader, self.mapping = loader, mapping
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield x, self.mapping.to(y.device)[y]
+
+
+def run_eval_stream(data: str, checkpoint: str | None = None, weights: str | None = None, model: str | None = None,
+                    split: str = "test", test: str = "center", precision: str = "auto", batch_size: int = 64,
+                    workers: int = -1, plots: str | None = None, device=None) -> dict:
+    """Top-1/top-5 error (%), loss and per-class accuracy of a checkpoint or of pretrained weights on
+    an image folder, with the `test` preset (center | ten-crop | multi-scale)."""
+    net, meta = load_any(checkpoint, weights, model)
+    device = torch.device(device) if device else default_device()
+    net = net.to(device).to(memory_format=torch.channels_last)
+    num_classes = net.fc.out_features
+    ds = eval_folder(meta, data, split, test, workers)
+    mapping = torch.tensor(label_map(ds.classes, meta.get("classes"), num_classes))
+    if test == "multi-scale":
+        batch_size = min(batch_size, 8)  # whole images of different shapes: scored one by one
+    loader = _Mapped(ds.loader(batch_size, train=False, device=device), mapping)
+    scorer = ViewAverage(net) if test != "center" else net
+    result = evaluate(scorer, loader, resolve_precision(precision, device), num_classes)
+    confusion = torch.tensor(result["confusion"])
+    rows = confusion[mapping]
+    per_class = rows.gather(1, mapping.view(-1, 1)).view(-1).double() / rows.sum(1).clamp(min=1).double()
+    result.update(per_class_acc=[100.0 * float(a) for a in per_class], classes=list(ds.classes), split=split,
+                  test=test, checkpoint=str(checkpoint or weights), weights=weights, model=meta.get("model"))
+    if plots:
+        from .plots import plot_confusion
+
+        Path(plots).mkdir(parents=True, exist_ok=True)
+        sub = rows[:, mapping].tolist()
+        result["confusion_png"] = str(plot_confusion(sub, list(ds.classes), Path(plots) / "confusion.png"))
+    del result["confusion"]
+    result["confusion"] = rows[:, mapping].tolist()
+    return result
