@@ -85,7 +85,8 @@ def run_benchmark(model: nn.Module, backends=inf.DEFAULT_BACKENDS, batches=(1, 1
                   images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                   calibration: torch.Tensor | None = None, seconds: float = 3.0, check_batch: int | None = None,
                   log=None, min_iters: int = 10) -> list[dict]:
-    """One row per (backend, batch): the FIELDS plus setup_s, note, skipped/error and accuracy.
+    """One row per (backend, batch): the FIELDS plus setup_s (preparation, calibration and the first
+    call, where compilation happens), note, skipped (why) and accuracy.
 
     `images`: inputs for the agreement check (and the timed batches); random ones when None.
     `calibration`: images for the int8 backends (default: `images`)."""
@@ -104,6 +105,7 @@ def run_benchmark(model: nn.Module, backends=inf.DEFAULT_BACKENDS, batches=(1, 1
             try:
                 t0 = time.perf_counter()
                 predictor = inf.prepare_inference(model, backend, calibration=calibration, example=images[:2])
+                predictor(images[:check_batch])  # compiled backends compile here
                 setup = time.perf_counter() - t0
                 out = predictor.predict(images, check_batch)
                 base.update(agreement=inf.agreement(reference, out), note=predictor.note, setup_s=setup,

@@ -74,7 +74,14 @@ def cache_dir() -> Path:
 def configure_compile_cache() -> Path:
     """Point inductor's on-disk cache (compiled kernels, FX graphs) at the toolkit cache, unless the
     user chose one: a second run of the same model and shapes then skips most of the compilation."""
-    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor")))
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    # inductor writes its default (/tmp/torchinductor_USER) into the environment once used, so
+    # "unset" and "equal to the default" both mean the user did not choose.
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
+    path = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -172,15 +179,31 @@ class Predictor:
     fn: Callable[[torch.Tensor], torch.Tensor]
     note: str = ""
     extra: dict = field(default_factory=dict)
+    chunk: int | None = None  # run larger batches this many images at a time (see auto_chunk)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.fn(x)
+            chunk = self.chunk or x.shape[0]
+            if x.shape[0] <= chunk:
+                return self.fn(x)
+            return torch.cat([self.fn(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Logits of a large tensor, `batch_size` images at a time (compiled backends see one shape)."""
         return torch.cat([self(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+
+
+def auto_chunk(model: nn.Module, image_size: int | None, backend: str) -> int | None:
+    """Sub-batch size for large batches of small images, or None (run the batch whole).
+
+    A CIFAR ResNet's 16-channel 32x32 maps take 32 KB per image in bf16: at batch 256 every
+    layer streams 8 MB through memory, at 32-64 images it stays in the 2 MB L2 cache, and the
+    tiny weights cost nothing to reuse across sub-batches. ImageNet-size maps (800 KB per image
+    in ResNet-50's first stage) never fit, and re-reading 25 M weights per sub-batch would cost."""
+    if backend in ("eager-fp32", "onnxruntime", "onnxruntime-int8") or not image_size or image_size > 64:
+        return None
+    return 64 if backend == "int8" else 32
 
 
 def _bf16_or_warn(backend: str) -> bool:
@@ -216,7 +239,9 @@ def _compile_frozen(module: nn.Module, autocast_bf16: bool = False) -> Callable[
     compiled = torch.compile(module, dynamic=False)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with inductor_config.patch(freezing=True), torch.no_grad():
+        with inductor_config.patch(freezing=True), torch.no_grad(), warnings.catch_warnings():
+            # inductor's int8 lowering warns about its own torch.tensor(tensor) calls while compiling
+            warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
             if autocast_bf16:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     return compiled(x)
@@ -264,8 +289,8 @@ def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
     # int8 convolutions; the few ops left in float (the stem's max-pool, pooling, fc input) run in bf16.
     compiled = _compile_frozen(converted, autocast_bf16=bf16)
 
-    def run(x):
-        return compiled(x.contiguous(memory_format=torch.channels_last)).float()
+    def run(x):  # NCHW in: the graph was captured that way; a channels_last input costs a relayout per call
+        return compiled(x.contiguous()).float()
     return Predictor("int8", run, f"PT2E X86InductorQuantizer, {sum(b.shape[0] for b in batches)} calibration "
                      "images, torch.compile(freezing)" + (", bf16 elsewhere" if bf16 else ""))
 
@@ -321,17 +346,32 @@ def _onnxruntime_int8(model: nn.Module, example: torch.Tensor, calibration, work
 
 
 def prepare_inference(model: nn.Module, backend: str = "compiled-bf16", calibration=None,
-                      example: torch.Tensor | None = None, workdir: str | os.PathLike | None = None) -> Predictor:
+                      example: torch.Tensor | None = None, workdir: str | os.PathLike | None = None,
+                      chunk: int | str | None = "auto") -> Predictor:
     """A `Predictor` running `model` (left untouched) through `backend` (one of BACKENDS).
 
     `calibration`: normalised images (a tensor or an iterable of batches, a few hundred images)
     for the int8 backends. `example`: a batch of the right image size (ONNX export needs one).
-    `workdir`: where ONNX files go (default: a folder in the toolkit cache).
+    `workdir`: where ONNX files are kept (default: a temporary folder, removed). `chunk`: sub-batch
+    size for large batches ("auto": see `auto_chunk`; None: whole batches).
     """
+    predictor = _prepare(model.eval(), backend, calibration, example, workdir)
+    if chunk == "auto":
+        size = example.shape[-1] if example is not None else _native_size(model)
+        chunk = auto_chunk(model, size, backend)
+    predictor.chunk = chunk
+    return predictor
+
+
+def _native_size(model: nn.Module) -> int | None:
+    stem = getattr(getattr(model, "config", None), "stem", None)
+    return {"cifar": 32, "imagenet": 224}.get(stem)
+
+
+def _prepare(model: nn.Module, backend: str, calibration, example, workdir) -> Predictor:
     reason = backend_status(backend)
     if reason:
         raise BackendUnavailable(f"backend {backend}: {reason}")
-    model = model.eval()
     if backend == "eager-fp32":
         return Predictor(backend, model, "the reference: eager fp32, BN as trained")
     if backend == "eager-bf16":
@@ -344,15 +384,12 @@ def prepare_inference(model: nn.Module, backend: str = "compiled-bf16", calibrat
         example = _calibration_batches(calibration)[0] if calibration is not None else None
     if example is None:
         raise ValueError(f"{backend} needs an example batch (example=...) to export the model")
-    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="onnx-", dir=_mkdir(cache_dir() / "onnx")))
+    if workdir is None:  # the session holds the model in memory; the files can go
+        with tempfile.TemporaryDirectory(prefix="resnet-onnx-") as tmp:
+            return _prepare(model, backend, calibration, example, tmp)
     if backend == "onnxruntime":
-        return _onnxruntime(model, example, workdir)
-    return _onnxruntime_int8(model, example, calibration, workdir)
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+        return _onnxruntime(model, example, Path(workdir))
+    return _onnxruntime_int8(model, example, calibration, Path(workdir))
 
 
 # --------------------------------------------------------------------------- checks
