@@ -192,3 +192,46 @@ def test_rrc_option_and_eval_cli_tests(large_folder, tmp_path, capsys):
         text = capsys.readouterr().out
         assert "top-1 error" in text and "top-5 error" in text and "18 images" in text
         assert not math.isnan(float(text.split("loss ")[1].split()[0]))
+
+
+def test_skip_bad_replaces_undecodable_streamed_images(large_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "data"
+    shutil.copytree(large_folder, folder)
+    (folder / "red" / "00.jpg").write_bytes(b"\xff\xd8 truncated")
+    strict = StreamingFolder(folder, "train", image_size=32, workers=0).loader(18, train=True)
+    strict.set_epoch(0)
+    with pytest.raises(ValueError, match="00.jpg"):
+        list(strict)
+    loose = StreamingFolder(folder, "train", image_size=32, workers=0, skip_bad=True).loader(18, train=True)
+    loose.set_epoch(0)
+    with pytest.warns(UserWarning, match="skip_bad"):
+        (x, y), = list(loose)
+    assert x.shape == (18, 3, 32, 32)
+
+
+def test_mid_epoch_resume_skips_done_batches_without_decoding(large_folder, tmp_path, monkeypatch):
+    from resnet.data import stream
+    from resnet.engine.trainer import TrainingInterrupted
+
+    cfg = _cfg(large_folder)
+    train(cfg, tmp_path / "full")
+    trainer = Trainer(cfg, tmp_path / "part")
+    step = trainer._train_step
+
+    def stop_after_two(x, y):
+        out = step(x, y)
+        if trainer.step == 1:  # counted after this returns: stop once two steps are done
+            trainer.stop_signal = "SIGTERM"
+        return out
+    monkeypatch.setattr(trainer, "_train_step", stop_after_two)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    decoded = []
+    get = stream._Decode._get
+    monkeypatch.setattr(stream._Decode, "_get", lambda self, i, seed: decoded.append(i) or get(self, i, seed))
+    train(cfg, tmp_path / "part", resume=True)
+    a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(tmp_path / "part" / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(decoded) == 4 + 12 + 3 * 2  # the rest of epoch 1, epoch 2, and two validations

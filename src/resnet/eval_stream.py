@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data.split import stratified_split
+from .data.split import holdout
 from .data.stream import StreamingFolder
 from .engine.evaluate import evaluate
 from .engine.precision import default_device, resolve_precision
@@ -75,12 +75,10 @@ def eval_folder(meta: dict, data: str, split: str, test: str, workers: int = -1)
     if not cfg:
         raise ValueError("--split val needs a checkpoint of a training run (it rebuilds that run's hold-out); "
                          "use --split test")
-    size_v = cfg.get("data", {}).get("val_size", 5000)
-    count = int(round(size_v * len(ds))) if size_v < 1 else int(size_v)
-    if count <= 0:
+    _, val = holdout(ds, cfg.get("data", {}).get("val_size", 5000), cfg.get("seed", 0))
+    if val is None:
         raise ValueError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
-    _, val_idx = stratified_split(ds.labels, count, seed=cfg.get("seed", 0))
-    return ds.subset(val_idx)
+    return val
 
 
 class _Mapped:

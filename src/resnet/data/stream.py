@@ -23,7 +23,7 @@ from PIL import Image
 
 from .folder import FolderIndex, ImageDecodeError, _member_name, scan
 from .presets import AUGMENTS, TESTS, eval_transform, normalize_batch, train_transform
-from .split import stratified_split
+from .split import holdout
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -59,10 +59,11 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 class _Decode(torch.utils.data.Dataset):
     """dataset[(i, seed)] -> (pixels, lighting offset or None, label): sample i through `transform`
-    with a generator seeded by `seed`. Each worker process opens its own archive handle."""
+    with a generator seeded by `seed`. Each worker process opens its own archive handle. With
+    `skip_bad`, an undecodable image is replaced by the next decodable one (and warned about)."""
 
-    def __init__(self, index: FolderIndex, samples: list[tuple[str, int]], transform):
-        self.index, self.samples, self.transform = index, samples, transform
+    def __init__(self, index: FolderIndex, samples: list[tuple[str, int]], transform, skip_bad: bool = False):
+        self.index, self.samples, self.transform, self.skip_bad = index, samples, transform, skip_bad
         self._tar, self._tar_pid, self._members = None, None, {}
 
     def __len__(self) -> int:
@@ -80,6 +81,16 @@ class _Decode(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         i, seed = item
+        if not self.skip_bad:
+            return self._get(i, seed)
+        for k in range(min(len(self.samples), 100)):
+            try:
+                return self._get((i + k) % len(self.samples), seed)
+            except ImageDecodeError as e:
+                warnings.warn(f"data.skip_bad: {e}; using the next image instead", stacklevel=2)
+        raise ImageDecodeError(f"no decodable image among the 100 after {self.samples[i][0]}")
+
+    def _get(self, i: int, seed: int):
         key, label = self.samples[i]
         img, name = self._open(key)
         with img:
@@ -114,7 +125,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.drop_last = shuffle if drop_last is None else drop_last
-        self.epoch = 0
+        self.epoch, self.start = 0, 0
         self.shard(rank, world_size)
 
     def shard(self, rank: int, world_size: int) -> None:
@@ -137,7 +148,8 @@ class EpochBatchSampler(torch.utils.data.Sampler):
         else:
             order, seeds = list(range(self.n)), [0] * self.n
         per_rank = self.batch_size // self.world_size
-        for b in range(len(self)):
+        start, self.start = self.start, 0
+        for b in range(start, len(self)):
             start = b * self.batch_size
             end = min(start + self.batch_size, self.n)
             if end - start < self.batch_size and self.world_size > 1:  # the last, partial batch
@@ -159,7 +171,7 @@ class StreamLoader:
         self.mean, self.std = tuple(mean), tuple(std)
         self.device, self.channels_last = torch.device(device), channels_last
         self.workers, self.persistent = workers, persistent and workers > 0
-        self._loader = None
+        self._loader, self._skip = None, 0
 
     @property
     def batch_size(self) -> int:
@@ -167,6 +179,11 @@ class StreamLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    def skip_batches(self, count: int) -> None:
+        """The next pass starts with `count` placeholder (None, None) batches that are never decoded
+        (a mid-epoch resume skips the batches done before the interruption)."""
+        self.sampler.start = self._skip = count
 
     def shard(self, rank: int, world_size: int) -> "StreamLoader":
         self.sampler.shard(rank, world_size)
@@ -187,6 +204,9 @@ class StreamLoader:
         return normalize_batch(x, self.mean, self.std, light, self.device, self.channels_last)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        skip, self._skip = self._skip, 0
+        for _ in range(skip):
+            yield None, None
         for x, light, y in self._data_loader():
             if isinstance(x, list):
                 x = [[self._normalize(v) for v in views] for views in x]
@@ -209,13 +229,13 @@ class StreamingFolder:
     def __init__(self, source: str | Path, split: str | None = "train", image_size: int = 224,
                  augment: str = "paper", resize: int = 0, test: str = "center", workers: int = -1,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 interpolation: str = "bilinear", lighting: float | None = None,
+                 interpolation: str = "bilinear", lighting: float | None = None, skip_bad: bool = False,
                  index: FolderIndex | None = None, samples: list[tuple[str, int]] | None = None):
         if augment not in AUGMENTS:
             raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
         if test not in TESTS:
             raise ValueError(f"the test must be one of {', '.join(TESTS)}, got {test!r}")
-        self.index = index if index is not None else scan(source, split)
+        self.index = index if index is not None else scan(source, split, skip_bad=skip_bad)
         if index is None and self.index.is_archive and str(source).lower().endswith((".gz", ".tgz")):
             warnings.warn(f"{source}: streaming from a compressed archive decompresses from its start on every "
                           "random read; extract it (or use an uncompressed .tar) for speed", stacklevel=2)
@@ -228,7 +248,7 @@ class StreamingFolder:
         self.resize = resize or round(image_size * 256 / 224)
         self.workers = default_workers() if workers < 0 else workers
         self.mean, self.std = tuple(mean), tuple(std)
-        self.interpolation, self.lighting = interpolation, lighting
+        self.interpolation, self.lighting, self.skip_bad = interpolation, lighting, skip_bad
         self.info: dict = {"skipped": list(getattr(self.index, "skipped", None) or [])}  # as InMemoryDataset.info
 
     @property
@@ -241,7 +261,7 @@ class StreamingFolder:
     def _options(self) -> dict:
         return dict(image_size=self.image_size, augment=self.augment, resize=self.resize, test=self.test,
                     workers=self.workers, mean=self.mean, std=self.std, interpolation=self.interpolation,
-                    lighting=self.lighting)
+                    lighting=self.lighting, skip_bad=self.skip_bad)
 
     def subset(self, indices) -> "StreamingFolder":
         idx = torch.as_tensor(indices, dtype=torch.long).tolist()
@@ -263,7 +283,7 @@ class StreamingFolder:
             transform = eval_transform(self.test, self.image_size, self.resize, self.interpolation)
         sampler = EpochBatchSampler(len(self), batch_size, shuffle=train, seed=seed, drop_last=drop_last,
                                     rank=rank, world_size=world_size)
-        return StreamLoader(_Decode(self.index, self.samples, transform), sampler, self.mean, self.std, device,
+        return StreamLoader(_Decode(self.index, self.samples, transform, self.skip_bad), sampler, self.mean, self.std, device,
                             channels_last, self.workers, persistent=train)
 
 
@@ -271,15 +291,8 @@ def streaming_split(cfg) -> tuple[StreamingFolder, StreamingFolder | None]:
     """split_train_val for large images: the same seeded, stratified hold-out, streamed."""
     d = cfg.data
     data = StreamingFolder(d.path, "train", image_size=d.image_size, augment=d.augment, resize=d.resize,
-                           workers=d.workers)
-    size = d.val_size
-    count = int(round(size * len(data))) if size < 1 else int(size)
-    if count == 0:
-        return data, None
-    if count >= len(data):
-        raise ValueError(f"data.val_size={size} leaves no training images out of {len(data)}")
-    train_idx, val_idx = stratified_split(data.labels, count, seed=cfg.seed)
-    return data.subset(train_idx), data.subset(val_idx)
+                           workers=d.workers, skip_bad=d.skip_bad)
+    return holdout(data, d.val_size, cfg.seed)
 
 
 def image_channels(data) -> int:

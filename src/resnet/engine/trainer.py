@@ -189,6 +189,8 @@ class Trainer:
         model, opt, cfg, acc = self.model, self.optimizer, self.cfg, self.partial
         model.train()
         self.train_loader.set_epoch(self.epoch)
+        if acc["batches"] and hasattr(self.train_loader, "skip_batches"):
+            self.train_loader.skip_batches(acc["batches"])  # streamed: skip without decoding
         progress = Progress(len(self.train_loader), f"epoch {self.epoch + 1}/{cfg.epochs}", self.stream)
         start, lr = time.perf_counter() - acc["seconds"], None
         for i, (x, y) in enumerate(self.train_loader):
