@@ -59,6 +59,15 @@ def test_onnx_dynamic_batch(tmp_path):
             np.testing.assert_allclose(run_onnx(tmp_path / "d.onnx", x), model(x).numpy(), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_older_opset(tmp_path):
+    """Below opset 18 the TorchScript-based exporter writes the file; the report says what was written."""
+    report = ex.export_onnx(tiny("A"), tmp_path / "o13.onnx", opset=13, dynamic_batch=True,
+                            example=torch.randn(2, 3, 16, 16))
+    assert report["opset"] == 13 and all(c["ok"] for c in report["checks"])
+    assert {i.version for i in onnx.load(str(tmp_path / "o13.onnx")).opset_import if i.domain in ("", "ai.onnx")} == {13}
+
+
 def test_parity_failure_is_an_error(tmp_path, monkeypatch):
     """An export that computes something else (here: one weight perturbed before export) must raise."""
     fold = ex._prepare

@@ -99,6 +99,38 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, example: torch.Tensor,
     return reports
 
 
+def _onnx_write(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool,
+                optimize: bool) -> None:
+    """torch.export-based exporter for opset >= 18; the older TorchScript-based one below that.
+
+    The new exporter emits opset 18 at the least (it silently ignores a lower request) and
+    onnx's version converter cannot take its Pad (option-A shortcuts) further down, so older
+    runtimes get the deprecated exporter, which still writes opsets 9-17."""
+    quiet = quiet_loggers("torch.onnx._internal.exporter._registration")
+    with warnings.catch_warnings(), torch.no_grad(), quiet:
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        if opset >= DEFAULT_OPSET:
+            dynamic = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=dynamic, verbose=False, optimize=optimize)
+            program.save(str(path), external_data=False)
+        else:
+            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                              do_constant_folding=optimize)
+    if _file_opset(path) != opset:
+        raise ValueError(f"asked for ONNX opset {opset}, the exporter wrote {_file_opset(path)}")
+
+
+def _file_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
                 fold_bn: bool = True, example: torch.Tensor | None = None, image_size: int | None = None,
                 real: torch.Tensor | None = None, check: bool = True) -> dict:
@@ -113,14 +145,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
     exported = _prepare(model, fold_bn)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad(), quiet_loggers("torch.onnx._internal.exporter._registration"):
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-        program = torch.onnx.export(exported, (example,), dynamo=True, opset_version=opset,
-                                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                    dynamic_shapes=dynamic, verbose=False, optimize=fold_bn)
-    program.save(str(path), external_data=False)
-    report = {"path": str(path), "format": "onnx", "opset": opset, "dynamic_batch": dynamic_batch,
+    _onnx_write(exported, example, path, opset, dynamic_batch, optimize=fold_bn)
+    report = {"path": str(path), "format": "onnx", "opset": _file_opset(path), "dynamic_batch": dynamic_batch,
               "fold_bn": fold_bn, "input_shape": ["batch" if dynamic_batch else example.shape[0], *example.shape[1:]],
               "size_mb": path.stat().st_size / 2**20, "checks": []}
     if check:
