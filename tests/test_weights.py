@@ -154,3 +154,20 @@ def test_eval_cli_with_weights_matches_wordnet_folders(fake_source, tmp_path, ca
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n"] == 6 and 0 <= out["top1_err"] <= 100
+
+
+def test_train_cli_fine_tunes_from_named_weights(fake_source, tmp_path, capsys):
+    source, _, _, opener, _ = fake_source
+    W.download(source, opener=opener, stream=io.StringIO())
+    folder = make_large_folder(tmp_path / "data")
+    args = ["train", "--weights", source.name, "--model", "resnet18", "--data", str(folder), "--epochs", "1",
+            "model_args.widths=[4,8,8,8]", "data.batch_size=4", "data.val_size=3",
+            *[o for o in TINY_STREAM if "widths" not in o]]
+    assert main([*args, "num_classes=5", "--out", str(tmp_path / "bad")]) == 2
+    assert "the training data has 3 classes" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="fresh"):
+        assert main([*args, "num_classes=3", "--out", str(tmp_path / "run")]) == 0
+    from resnet.engine.checkpoint import load_model
+    model, meta = load_model(tmp_path / "run")
+    assert meta["classes"] == ["blue", "green", "red"] and meta["mean"] == [0.485, 0.456, 0.406]
+    assert meta["config"]["weights"] == source.name and model.fc.out_features == 3

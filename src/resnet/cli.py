@@ -94,7 +94,8 @@ def cmd_train(args) -> int:
 def _overrides(items):
     from .config import parse_overrides
 
-    return parse_overrides(items or [])
+    # `num_classes=N` is shorthand for model_args.num_classes=N (fine-tuning: the new head's size)
+    return parse_overrides([f"model_args.{i}" if i.startswith("num_classes=") else i for i in items or []])
 
 
 def cmd_eval(args) -> int:

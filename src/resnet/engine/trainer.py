@@ -104,6 +104,8 @@ class Trainer:
         self.val_loader = self.val_data.loader(cfg.data.eval_batch_size, train=False, device=self.device,
                                                channels_last=cfg.channels_last) if self.val_data else None
         args = {"num_classes": len(self.classes), "in_chans": image_channels(self.train_data), **cfg.model_args}
+        if args["num_classes"] != len(self.classes):
+            raise ValueError(f"num_classes={args['num_classes']}, but the training data has {len(self.classes)} classes")
         self.model = create_model(cfg.model, **args).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
