@@ -1,0 +1,122 @@
+"""Does the streaming loader keep ResNet-50 busy? Loader images/s against the training step it feeds.
+
+    .venv/bin/python bench/stream_loader.py [--data ../shared/data/cifar10-train-jpg.tar.gz] [--workers 2]
+
+The shared CIFAR-10 JPEGs are extracted to a temporary folder and streamed as a large-image folder:
+each 32x32 JPEG is decoded and upscaled on the fly by the paper's training preset (shorter side to
+a random 256-480, random 224 crop, flip, lighting) or by the random-resized crop. A second folder of
+synthetic 500x375 JPEGs (ImageNet's typical size) shows the cost of decoding real-sized images.
+Rows: the loader alone (batches of normalised 224x224 tensors, as the Trainer receives them), the
+bare bf16 ResNet-50 training step on a ready batch, and the two together (training fed by the
+loader's worker processes on the same CPUs).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_resnet50 import step_rate  # noqa: E402
+
+from resnet import create_model  # noqa: E402
+from resnet.config import make_config  # noqa: E402
+from resnet.data.stream import StreamingFolder  # noqa: E402
+from resnet.engine.optim import make_optimizer  # noqa: E402
+from resnet.engine.precision import Precision  # noqa: E402
+
+
+def extract(archive: Path, dest: Path) -> Path:
+    t = time.perf_counter()
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    print(f"extracted {archive.name} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    return dest
+
+
+def synthetic_imagenet(dest: Path, n: int = 704, classes: int = 10) -> Path:
+    rs = np.random.RandomState(0)
+    base = rs.randint(0, 255, (375, 500, 3)).astype(np.uint8)
+    for i in range(n):
+        d = dest / f"c{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        img = np.roll(base, i * 7, axis=1)  # smooth-ish content varies per image
+        Image.fromarray(img).save(d / f"{i:05d}.jpg", quality=90)
+    return dest
+
+
+def loader_rate(folder: Path, augment: str, batch: int, batches: int, workers: int) -> float:
+    ds = StreamingFolder(folder, "train", image_size=224, augment=augment, workers=workers)
+    loader = ds.loader(batch, train=True, seed=0)
+    loader.set_epoch(0)
+    batches = min(batches, len(loader) - 1)
+    it = iter(loader)
+    next(it)  # worker start-up is not timed
+    start = time.perf_counter()
+    for _ in range(batches):
+        x, y = next(it)
+    seconds = time.perf_counter() - start
+    del it
+    return batch * batches / seconds
+
+
+def fed_rate(folder: Path, batch: int, steps: int, workers: int) -> float:
+    """Training steps (bf16, channels_last) on batches from the streaming loader: end to end."""
+    torch.manual_seed(0)
+    model = create_model("resnet50", num_classes=10).to(memory_format=torch.channels_last).train()
+    opt = make_optimizer(model, make_config().optim)
+    prec = Precision("bf16", torch.device("cpu"))
+    loader = StreamingFolder(folder, "train", image_size=224, workers=workers).loader(batch, train=True, seed=0)
+    loader.set_epoch(0)
+    it = iter(loader)
+    for i in range(steps + 2):
+        if i == 2:
+            start = time.perf_counter()
+        x, y = next(it)
+        with prec.autocast():
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-train-jpg.tar.gz"))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--steps", type=int, default=8, help="timed training steps (bare and fed)")
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cifar = extract(Path(args.data), Path(tmp) / "cifar")
+        big = synthetic_imagenet(Path(tmp) / "imagenet-like")
+        for name, folder in (("CIFAR-10 JPEGs 32x32, upscaled", cifar), ("synthetic 500x375 JPEGs", big)):
+            for augment in ("paper", "rrc"):
+                for workers in sorted({0, args.workers}):
+                    rate = loader_rate(folder, augment, args.batch, args.batches, workers)
+                    rows.append((f"loader: {name}, {augment}", workers, rate))
+                    print(rows[-1], file=sys.stderr)
+        step = step_rate("cpu", args.batch, args.steps, "bf16", True)
+        rows.append(("ResNet-50 bf16 training step alone (synthetic batch)", "-", step))
+        print(rows[-1], file=sys.stderr)
+        fed = fed_rate(cifar, args.batch, args.steps, args.workers)
+        rows.append(("ResNet-50 bf16 training fed by the loader (CIFAR JPEGs, paper)", args.workers, fed))
+    print(f"Streaming loader vs training step, 224x224, batch {args.batch}, {torch.get_num_threads()} threads\n")
+    print("| what | workers | images/s |\n| --- | ---: | ---: |")
+    for what, workers, rate in rows:
+        print(f"| {what} | {workers} | {rate:,.1f} |")
+
+
+if __name__ == "__main__":
+    main()
