@@ -212,6 +212,7 @@ def test_skip_bad_lists_left_out_images_in_the_run_folder(tiny_folder, tmp_path)
     with pytest.raises(ValueError, match="broken.jpg"):
         Trainer(make_config(None, [f"data.path={data}", "epochs=1", *TINY]), tmp_path / "strict")
     run = tmp_path / "lenient"
-    train(make_config(None, [f"data.path={data}", "epochs=1", "data.skip_bad=true", *TINY]), run)
+    assert main(["train", "--model", "resnet20", "--data", str(data), "--epochs", "1", "--out", str(run),
+                 "--skip-bad", *TINY]) == 0
     lines = (run / "skipped.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].split("\t")[0].endswith("broken.jpg")

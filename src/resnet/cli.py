@@ -65,6 +65,8 @@ def cmd_train(args) -> int:
         cli["epochs"] = args.epochs
     if args.precision:
         cli["precision"] = args.precision
+    if args.skip_bad:
+        cli.setdefault("data", {})["skip_bad"] = True
     if args.weights:
         cli["weights"] = args.weights
     if args.resume:
@@ -282,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default auto: bf16 where native")
     p.add_argument("--out", help="run folder (default runs/MODEL-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder exactly where it stopped")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out images that cannot be decoded, listed in RUN_DIR/skipped.txt (default: stop with an error)")
     p.add_argument("--weights", help="start from these weights: a file or a named source, e.g. "
                    "torchvision:resnet50.IMAGENET1K_V2 (with model_args.num_classes=N: a new head)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
