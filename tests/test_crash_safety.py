@@ -216,3 +216,19 @@ def test_skip_bad_lists_left_out_images_in_the_run_folder(tiny_folder, tmp_path)
                  "--skip-bad", *TINY]) == 0
     lines = (run / "skipped.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].split("\t")[0].endswith("broken.jpg")
+
+
+@pytest.mark.parametrize("command", ["predict", "export", "train-weights"])
+def test_predict_export_and_weights_refuse_pickles_that_run_code(tiny_folder, tmp_path, capsys, command):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"fc.weight": _Evil(str(marker))}, f)
+    image = next((tiny_folder / "red").iterdir())
+    argv = {"predict": ["predict", str(image), "--checkpoint", str(evil)],
+            "export": ["export", str(evil), "--format", "onnx", "--out", str(tmp_path / "m.onnx")],
+            "train-weights": ["train", "--model", "resnet20", "--data", str(tiny_folder), "--weights", str(evil),
+                              "--out", str(tmp_path / "run"), *TINY]}[command]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "evil.pt" in err and not marker.exists()
