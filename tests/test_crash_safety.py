@@ -45,6 +45,7 @@ def test_signal_stops_cleanly_mid_epoch_and_resume_is_exact(tiny_folder, tmp_pat
     reference = tmp_path / "reference"
     train(_cfg(tiny_folder), reference)
     run = tmp_path / "run"
+    before = signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
     trainer = Trainer(_cfg(tiny_folder), run)
     # fc runs 4 training steps and 1 validation batch per epoch: its 7th call is epoch 2's second step.
     _on_call(trainer.model.fc, 7, lambda out: os.kill(os.getpid(), sig))
@@ -56,6 +57,7 @@ def test_signal_stops_cleanly_mid_epoch_and_resume_is_exact(tiny_folder, tmp_pat
     assert _same_weights(reference, run)
     assert (run / "metrics.jsonl").read_text().count("\n") == 3
     assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)  # handlers restored
+    signal.signal(sig, before)
 
 
 def test_cli_exit_code_and_message_on_sigterm(tiny_folder, tmp_path, capsys, monkeypatch):
@@ -232,3 +234,15 @@ def test_predict_export_and_weights_refuse_pickles_that_run_code(tiny_folder, tm
     assert main(argv) != 0
     err = capsys.readouterr().err
     assert "evil.pt" in err and not marker.exists()
+
+
+def test_an_ignored_sigint_stays_ignored(tiny_folder, tmp_path):
+    """Background jobs start with SIGINT ignored; training must not start reacting to it."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer = Trainer(_cfg(tiny_folder, epochs=1), tmp_path / "run")
+        _on_call(trainer.model.fc, 2, lambda out: os.kill(os.getpid(), signal.SIGINT))
+        assert trainer.fit()[-1]["epoch"] == 1
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

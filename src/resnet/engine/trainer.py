@@ -54,7 +54,9 @@ def _stop_on_signals(trainer: "Trainer"):
     def handler(signum, frame):
         trainer.stop_signal = signal.Signals(signum).name
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    # A signal the parent set to be ignored (SIGINT for background jobs) stays ignored.
+    wanted = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, handler) for s in wanted}
     try:
         yield
     finally:
