@@ -146,6 +146,22 @@ def test_int8_needs_calibration(trained):
         inf.prepare_inference(trained[0], "int8")
 
 
+def test_chunked_predictor_pads_the_last_chunk():
+    seen = []
+
+    def fn(x):
+        seen.append(x.shape[0])
+        return x.flatten(1)[:, :2] * 2
+
+    x = torch.randn(10, 3, 2, 2)
+    out = inf.Predictor("test", fn, chunk=4, static_shapes=True)(x)
+    torch.testing.assert_close(out, x.flatten(1)[:, :2] * 2)
+    assert seen == [4, 4, 4]  # one compiled shape, the last chunk padded
+    seen.clear()
+    inf.Predictor("test", fn, chunk=4)(x)
+    assert seen == [4, 4, 2]
+
+
 # ----------------------------------------------------------------------------- benchmark
 def test_time_backend_fields():
     row = time_backend(lambda x: x * 2, torch.ones(4, 3), seconds=0.01, min_iters=20)
