@@ -13,6 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+
+import torch
 
 from resnet.benchmark import benchmark, format_table
 from resnet.inference import BACKENDS
@@ -21,6 +24,17 @@ CASES = {
     "resnet50": dict(batches="1,16", image_size=224, check_images=128, calib_images=256),
     "resnet20": dict(batches="256,1", image_size=32, check_images=1024, calib_images=512),
 }
+
+
+def matmul_tflops(n: int = 4096, seconds: float = 2.0) -> float:
+    """bf16 matrix-product speed: how much of the machine this run had (the machines are shared)."""
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    start, k = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds:
+        a @ b
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - start) / 1e12
 
 
 def main() -> int:
@@ -33,6 +47,7 @@ def main() -> int:
     ap.add_argument("--json", help="also write every row to this file")
     args = ap.parse_args()
     all_rows = []
+    print(f"bf16 4096^3 matrix product before: {matmul_tflops():.2f} TFLOP/s", flush=True)
     for name, case in CASES.items():
         if args.only and name != args.only:
             continue
@@ -42,6 +57,7 @@ def main() -> int:
         print(format_table(rows, title), flush=True)
         print(flush=True)
         all_rows += rows
+    print(f"bf16 4096^3 matrix product after: {matmul_tflops():.2f} TFLOP/s", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(all_rows, f, indent=1)

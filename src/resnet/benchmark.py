@@ -97,9 +97,13 @@ def run_benchmark(model: nn.Module, backends=inf.DEFAULT_BACKENDS, batches=(1, 1
     check_batch = check_batch or max(batches)
     with torch.no_grad():
         reference = inf.Predictor(inf.REFERENCE, model).predict(images, check_batch)
+    # Agreement means little when the reference puts every input in one or two classes
+    # (a randomly initialised network often does): the table's title says how many it used.
+    distinct = int(reference.argmax(1).unique().numel())
     rows = []
     for backend in backends:
-        base = {"backend": backend, "image_size": image_size, "threads": torch.get_num_threads()}
+        base = {"backend": backend, "image_size": image_size, "threads": torch.get_num_threads(),
+                "reference_classes": distinct}
         skip = inf.backend_status(backend)
         if skip is None:
             try:
@@ -177,5 +181,6 @@ def benchmark(spec: str, backends=inf.DEFAULT_BACKENDS, batches=(1, 16), image_s
     for r in rows:
         r["model"] = meta.get("model", spec)
     title = (f"{meta.get('model', spec)} at {image_size}x{image_size}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}; agreement = top-1 equal to eager fp32 on {source}")
+             f"torch {torch.__version__}; agreement = top-1 equal to eager fp32 on {source} "
+             f"(eager fp32 predicts {rows[0]['reference_classes'] if rows else '?'} distinct classes on them)")
     return rows, title
