@@ -176,6 +176,9 @@ def benchmark(spec: str, backends=inf.DEFAULT_BACKENDS, batches=(1, 16), image_s
         images = inf.random_images(check_images, image_size, chans, seed=0)
         calibration = inf.random_images(calib_images, image_size, chans, seed=1)
         source = f"{check_images} random inputs"
+    if meta.get("random_init"):
+        inf.reestimate_bn(model, calibration[:64])
+        source += " (random weights, BN statistics re-estimated on 64 calibration inputs)"
     rows = run_benchmark(model, inf.parse_list(backends), inf.parse_list(batches, int), image_size, images, labels,
                          calibration, seconds, log=log, min_iters=min_iters)
     for r in rows:

@@ -447,6 +447,27 @@ def load_for_inference(spec: str, num_classes: int | None = None) -> tuple[nn.Mo
                           "classes": None, "random_init": True}
 
 
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> nn.Module:
+    """Replace every BN's running statistics by those of `images` (cumulative average), in place.
+
+    For randomly initialised networks only: with BN at its initial statistics (mean 0, var 1)
+    a random ResNet-50's activations grow through the residual sums until one class wins for
+    every input, and top-1 agreement with fp32 is then trivially 100%. With statistics matched
+    to the inputs its logits spread over many classes, so agreement measures something."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for b in iter_batches(images, batch_size):
+        model(b)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return model.eval()
+
+
 def real_images(data: str, meta: dict, n: int, image_size: int | None = None, seed: int = 0,
                 split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
     """`n` images of a dataset, normalised with the checkpoint's mean/std and resized to `image_size`.
