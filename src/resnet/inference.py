@@ -22,13 +22,13 @@ from torch import nn
 
 from .engine.precision import cpu_supports_bf16
 
-# Backends. `int8` is PT2E static quantization (torchao's X86InductorQuantizer)
-# compiled by inductor with freezing: quantize/conv/add/ReLU fuse into oneDNN int8 kernels that
-# run on AMX. Measured here it has the best throughput (ResNet-20 at batch 256: 7,100 images/s
-# against 4,100 for onnxruntime's static QDQ quantization, `onnxruntime-int8`; ResNet-50 at
-# batch 16: 101 against 73), so it is the default int8 path. onnxruntime-int8 has far less
-# per-call overhead and wins at batch 1 (ResNet-20: 0.33 ms against 1.6 ms; ResNet-50: 15 ms
-# against 19 ms), so it is kept as the low-latency choice and needs no torchao.
+# Backends. `int8` is PT2E static quantization (torchao's X86InductorQuantizer) compiled by
+# inductor with freezing: quantize/conv/add/ReLU fuse into oneDNN int8 kernels that run on AMX.
+# Measured here (one run, 2 cores) it has the best throughput: ResNet-50 at batch 16, 186
+# images/s against 54 for onnxruntime's static QDQ quantization (`onnxruntime-int8`); ResNet-20
+# at batch 256, 8,700 against 3,800. So it is the default int8 path. onnxruntime-int8 has much
+# less per-call overhead (ResNet-20 at batch 1: 0.34 ms against 1.6 ms; ResNet-50 at batch 1
+# about equal, 15.8 against 15.4 ms), so it stays as the low-latency choice and needs no torchao.
 BACKENDS = ("eager-fp32", "eager-bf16", "compiled-bf16", "int8", "onnxruntime", "onnxruntime-int8")
 DEFAULT_BACKENDS = BACKENDS
 REFERENCE = "eager-fp32"
