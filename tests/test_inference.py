@@ -206,3 +206,46 @@ def test_benchmark_cli_table(capsys):
                  "--seconds", "0", "--min-iters", "2"]) == 0
     out = capsys.readouterr().out
     assert "images/s" in out and "eager-fp32" in out and "resnet20 at 32x32" in out
+
+
+# ----------------------------------------------------------------------------- the path eval and predict run
+@pytest.mark.parametrize("backend", ["auto", "eager-fp32", "eager-bf16", "int8", "onnxruntime-int8"])
+def test_inference_model_runs_the_backend_eval_uses(trained, backend):
+    from resnet.engine.evaluate import evaluate
+    from resnet.engine.precision import Precision, cpu_supports_bf16
+
+    if backend != "auto" and inf.backend_status(backend):
+        pytest.skip(inf.backend_status(backend))
+    model, val_x, val_y, calib = trained
+    calls = []
+
+    def calibration():
+        calls.append(1)
+        return calib
+    net, prec = inf.inference_model(model, backend, "auto", torch.device("cpu"), calibration)
+    expected = {"auto": "eager-bf16" if cpu_supports_bf16() else "eager-fp32"}.get(backend, backend)
+    assert net.predictor.backend == expected
+    assert prec.name == "fp32"  # the backend sets its own precision: no autocast around it
+    assert len(calls) == (1 if "int8" in backend else 0)  # images are decoded only for calibration
+    cpu = Precision("fp32", torch.device("cpu"))
+    ref = evaluate(model, [(val_x, val_y)], cpu, 4)
+    out = evaluate(net, [(val_x, val_y)], prec, 4)
+    assert abs(out["top1_err"] - ref["top1_err"]) <= 2.0 and out["n"] == ref["n"] == 256
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # folding worked on a copy
+    if expected == "eager-bf16":  # BN folded into the convolutions of the module that runs
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in net.predictor.extra["module"].modules())
+
+
+def test_inference_model_rejects_unknown_backends_and_fp32_precision_means_fp32(trained):
+    with pytest.raises(ValueError, match="--backend must be one of"):
+        inf.inference_model(trained[0], "tensorrt", "auto", torch.device("cpu"))
+    net, _ = inf.inference_model(trained[0], "auto", "fp32", torch.device("cpu"))
+    assert net.predictor.backend == "eager-fp32"
+
+
+def test_first_images_takes_batches_and_tuples():
+    batches = [(torch.ones(3, 3, 4, 4), torch.zeros(3)), (torch.zeros(3, 3, 4, 4), torch.zeros(3))]
+    x = inf.first_images(batches, n=4)
+    assert x.shape == (4, 3, 4, 4) and x[:3].eq(1).all() and x[3].eq(0).all()
+    with pytest.raises(ValueError, match="no images"):
+        inf.first_images([], n=4)

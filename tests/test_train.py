@@ -66,6 +66,14 @@ def test_eval_cli_reproduces_the_validation_error(tiny_folder, tmp_path, capsys)
     assert out["n"] == 12 and set(out) == {"top1_err", "top5_err", "loss", "n"}
     assert out["top1_err"] == pytest.approx(history[-1]["val_err"], abs=1e-4)
     assert out["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-4)
+    # the fast inference paths, calibrated on the evaluated images: the same images, (nearly) the same errors
+    from resnet.inference import backend_status
+
+    for backend in [b for b in ("eager-bf16", "int8") if not backend_status(b)]:
+        assert main(["eval", "--checkpoint", str(run), "--data", str(tiny_folder), "--split", "val", "--json",
+                     "--backend", backend]) == 0
+        fast = json.loads(capsys.readouterr().out)
+        assert fast["n"] == 12 and abs(fast["top1_err"] - out["top1_err"]) <= 100 / 12 + 1e-6, (backend, fast, out)
     plots = tmp_path / "plots"
     assert main(["eval", "--checkpoint", str(run), "--data", str(tiny_folder), "--split", "train", "--plots",
                  str(plots), "--precision", "fp32"]) == 0

@@ -141,6 +141,12 @@ def test_predict_with_a_checkpoint_names_its_training_classes(tmp_path, capsys):
                  "--precision", "fp32"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 18 and {r["topk"][0]["name"] for r in rows} <= {"red", "green", "blue"}
+    # the default path folds BN and runs bf16 where it can; the fp32 reference names the same classes
+    assert main(["predict", str(folder), "--checkpoint", str(run), "--json", "--batch-size", "4",
+                 "--backend", "eager-bf16"]) == 0
+    fast = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in fast] == [r["path"] for r in rows]
+    assert sum(a["topk"][0]["name"] == b["topk"][0]["name"] for a, b in zip(fast, rows)) >= 17
 
 
 def test_eval_cli_with_weights_matches_wordnet_folders(fake_source, tmp_path, capsys):

@@ -106,7 +106,7 @@ def cmd_eval(args) -> int:
 
     streamed = dict(checkpoint=args.checkpoint, weights=args.weights, model=args.model, split=args.split,
                     test=args.test, precision=args.precision, batch_size=args.batch_size or 64, workers=args.workers,
-                    plots=args.plots)
+                    plots=args.plots, backend=args.backend)
     if args.weights or args.test != "center":  # image folders of any size, decoded per batch (eval_stream.py)
         from .eval_stream import run_eval_stream
         result = run_eval_stream(args.data, **streamed)
@@ -115,7 +115,8 @@ def cmd_eval(args) -> int:
             raise ValueError("give --checkpoint CKPT or --weights SOURCE")
         try:
             result = run_eval(args.checkpoint, args.data, split=args.split, precision=args.precision,
-                              tta_flip=args.tta_flip, batch_size=args.batch_size or 1000, plots=args.plots)
+                              tta_flip=args.tta_flip, batch_size=args.batch_size or 1000, plots=args.plots,
+                              backend=args.backend)
         except ImagesTooLargeError:
             from .eval_stream import run_eval_stream
             result = run_eval_stream(args.data, **streamed)
@@ -136,7 +137,7 @@ def cmd_predict(args) -> int:
 
     failures = run_predict(args.inputs, checkpoint=args.checkpoint, weights=args.weights, model=args.model,
                            topk=args.topk, as_json=args.json, batch_size=args.batch_size, precision=args.precision,
-                           workers=args.workers)
+                           workers=args.workers, backend=args.backend)
     return 1 if failures else 0
 
 
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test set (default), the training run's held-out validation images, or the training set")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--tta-flip", action="store_true", help="average over each image and its mirror")
+    _backend_argument(p)
     p.add_argument("--batch-size", type=_positive_int, help="default 1000 (images in memory), 64 (streamed)")
     p.add_argument("--plots", metavar="DIR", help="write a confusion-matrix PNG here")
     p.add_argument("--json", action="store_true", help='print {"top1_err", "top5_err", "loss", "n"}')
@@ -320,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--workers", type=int, help="decoding processes (default: up to 4 for large inputs)")
+    _backend_argument(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="plain vs residual nets on data that needs no download (about five minutes)")
@@ -331,6 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_parsers(sub)
     _add_deploy_parsers(sub)
     return parser
+
+
+def _backend_argument(p) -> None:
+    from .inference import CLI_BACKENDS
+
+    p.add_argument("--backend", default="auto", choices=CLI_BACKENDS,
+                   help="how the network runs (CPU): auto = BN folded into the convolutions, channels_last, bf16 "
+                        "where the processor has it (eager-bf16), else fp32; compiled-bf16 = torch.compile with "
+                        "freezing (cached); int8 = PT2E quantization calibrated on the first 256 images; see "
+                        "`resnet benchmark` for their speeds here")
 
 
 def _positive_int(text: str) -> int:

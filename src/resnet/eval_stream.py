@@ -17,7 +17,8 @@ from torch import nn
 from .data.split import holdout
 from .data.stream import StreamingFolder
 from .engine.evaluate import evaluate
-from .engine.precision import default_device, resolve_precision
+from .engine.precision import default_device
+from .inference import first_images, inference_model
 from .predict import load_any
 
 
@@ -95,25 +96,28 @@ class _Mapped:
 
 def run_eval_stream(data: str, checkpoint: str | None = None, weights: str | None = None, model: str | None = None,
                     split: str = "test", test: str = "center", precision: str = "auto", batch_size: int = 64,
-                    workers: int = -1, plots: str | None = None, device=None) -> dict:
+                    workers: int = -1, plots: str | None = None, device=None, backend: str = "auto") -> dict:
     """Top-1/top-5 error (%), loss and per-class accuracy of a checkpoint or of pretrained weights on
     an image folder, with the `test` preset (center | ten-crop | multi-scale)."""
     net, meta = load_any(checkpoint, weights, model)
     device = torch.device(device) if device else default_device()
-    net = net.to(device).to(memory_format=torch.channels_last)
     num_classes = net.fc.out_features
     ds = eval_folder(meta, data, split, test, workers)
     mapping = torch.tensor(label_map(ds.classes, meta.get("classes"), num_classes))
     if test == "multi-scale":
         batch_size = min(batch_size, 8)  # whole images of different shapes: scored one by one
     loader = _Mapped(ds.loader(batch_size, train=False, device=device), mapping)
+    # int8 calibrates on centre crops of the first images (views of one size; labels unused)
+    calibration = lambda: first_images(eval_folder(meta, data, split, "center", workers).loader(  # noqa: E731
+        min(batch_size, 64), train=False, device=device))
+    net, prec = inference_model(net, backend, precision, device, calibration)
     scorer = ViewAverage(net) if test != "center" else net
-    result = evaluate(scorer, loader, resolve_precision(precision, device), num_classes)
+    result = evaluate(scorer, loader, prec, num_classes)
     confusion = torch.tensor(result["confusion"])
     rows = confusion[mapping]
     per_class = rows.gather(1, mapping.view(-1, 1)).view(-1).double() / rows.sum(1).clamp(min=1).double()
     result.update(per_class_acc=[100.0 * float(a) for a in per_class], classes=list(ds.classes), split=split,
-                  test=test, checkpoint=str(checkpoint or weights), weights=weights, model=meta.get("model"))
+                  test=test, backend=backend, checkpoint=str(checkpoint or weights), weights=weights, model=meta.get("model"))
     if plots:
         from .plots import plot_confusion
 

@@ -9,7 +9,8 @@ from .data import MemoryLoader, load_dataset
 from .data.split import holdout
 from .engine.checkpoint import load_model
 from .engine.evaluate import evaluate
-from .engine.precision import default_device, resolve_precision
+from .engine.precision import default_device
+from .inference import first_images, inference_model
 
 
 def eval_data(meta: dict, path: str, split: str, cache_dir: str | None = None):
@@ -27,11 +28,11 @@ def eval_data(meta: dict, path: str, split: str, cache_dir: str | None = None):
 
 
 def run_eval(checkpoint: str, data: str, split: str = "test", precision: str = "auto", tta_flip: bool = False,
-             batch_size: int = 1000, plots: str | None = None, device=None) -> dict:
-    """Top-1/top-5 error, loss and per-class accuracy of a checkpoint on `data`."""
+             batch_size: int = 1000, plots: str | None = None, device=None, backend: str = "auto") -> dict:
+    """Top-1/top-5 error, loss and per-class accuracy of a checkpoint on `data`, run through the
+    inference `backend` (see `inference.inference_model`)."""
     model, meta = load_model(checkpoint)
     device = torch.device(device) if device else default_device()
-    model = model.to(device).to(memory_format=torch.channels_last)
     ds = eval_data(meta, data, split)
     classes = meta.get("classes") or ds.classes
     if len(ds.classes) != len(classes):
@@ -39,8 +40,9 @@ def run_eval(checkpoint: str, data: str, split: str = "test", precision: str = "
     # The checkpoint's normalisation, not the dataset's: a model sees inputs as it was trained.
     loader = MemoryLoader(ds.images, ds.labels, batch_size, train=False, mean=meta["mean"], std=meta["std"],
                           device=device, channels_last=True)
-    result = evaluate(model, loader, resolve_precision(precision, device), len(classes), tta_flip)
-    result.update(classes=classes, split=split, checkpoint=str(checkpoint))
+    net, prec = inference_model(model, backend, precision, device, lambda: first_images(loader))
+    result = evaluate(net, loader, prec, len(classes), tta_flip)
+    result.update(classes=classes, split=split, checkpoint=str(checkpoint), backend=backend)
     if plots:
         from .plots import plot_confusion
 

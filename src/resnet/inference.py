@@ -230,10 +230,11 @@ def _eager_bf16(model: nn.Module) -> Predictor:
     # dominates at batch 1. BN is folded first, in fp32, then the folded weights are rounded.
     m = fold_bn(model).to(memory_format=torch.channels_last)
     if not _bf16_or_warn("eager-bf16"):
-        return Predictor("eager-bf16", lambda x: m(x.contiguous(memory_format=torch.channels_last)), "fp32 (no bf16)")
+        return Predictor("eager-bf16", lambda x: m(x.contiguous(memory_format=torch.channels_last)), "fp32 (no bf16)",
+                         extra={"module": m})
     m = m.to(torch.bfloat16)
     return Predictor("eager-bf16", lambda x: m(x.to(torch.bfloat16, memory_format=torch.channels_last)).float(),
-                     "BN folded, channels_last, bf16 weights")
+                     "BN folded, channels_last, bf16 weights", extra={"module": m})
 
 
 def _compile_frozen(module: nn.Module, autocast_bf16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -402,6 +403,63 @@ def _prepare(model: nn.Module, backend: str, calibration, example, workdir) -> P
     if backend == "onnxruntime":
         return _onnxruntime(model, example, Path(workdir))
     return _onnxruntime_int8(model, example, calibration, Path(workdir))
+
+
+# --------------------------------------------------------------------------- eval and predict
+CLI_BACKENDS = ("auto",) + BACKENDS
+_CALIBRATED = ("int8", "onnxruntime-int8", "onnxruntime")  # need images before the first call
+
+
+class PredictorModule(nn.Module):
+    """A `Predictor` where an `nn.Module` is expected (`evaluate`, `ViewAverage`)."""
+
+    def __init__(self, predictor: Predictor):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predictor(x)
+
+
+def first_images(batches: Iterable, n: int = 256) -> torch.Tensor:
+    """Up to `n` images from an iterable of batches (or of (images, ...) tuples): int8 calibration.
+    The labels are never looked at: calibration only sets the activations' ranges."""
+    taken, count = [], 0
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        taken.append(x.float().cpu().contiguous())
+        count += x.shape[0]
+        if count >= n:
+            break
+    if not taken:
+        raise ValueError("no images to calibrate the int8 backend on")
+    return torch.cat(taken)[:n]
+
+
+def inference_model(model: nn.Module, backend: str, precision: str, device: torch.device,
+                    calibration: Callable[[], torch.Tensor] | None = None):
+    """(module, Precision) that `resnet eval` and `resnet predict` run: the fast CPU paths of
+    `prepare_inference`, or on CUDA the model under bf16/fp16 autocast.
+
+    `backend` "auto": on CPU, BN folded + channels_last + bf16 weights (eager-bf16) where the
+    processor has native bf16 and `precision` allows it, else the fp32 model as trained; on CUDA,
+    autocast at `precision`. `calibration` returns normalised images for the int8/ONNX backends."""
+    from .engine.precision import Precision, resolve_precision
+
+    if backend not in CLI_BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(CLI_BACKENDS)}, got {backend!r}")
+    model = model.eval().to(device)
+    if device.type != "cpu":
+        if backend != "auto":
+            raise ValueError(f"--backend {backend} is a CPU path; on {device.type} use --backend auto")
+        return model.to(memory_format=torch.channels_last), resolve_precision(precision, device)
+    fp32 = Precision("fp32", device)
+    if backend == "auto":
+        backend = "eager-bf16" if resolve_precision(precision, device).name == "bf16" else "eager-fp32"
+    images = calibration() if backend in _CALIBRATED and calibration is not None else None
+    predictor = prepare_inference(model, backend, calibration=images,
+                                  example=images[:2] if images is not None else None)
+    return PredictorModule(predictor), fp32
 
 
 # --------------------------------------------------------------------------- checks

@@ -18,7 +18,8 @@ import torch
 from .data.folder import FolderIndex, ImageDecodeError, is_image_file
 from .data.presets import CenterTest
 from .data.stream import EpochBatchSampler, StreamLoader, _Decode, default_workers
-from .engine.precision import default_device, resolve_precision
+from .engine.precision import default_device
+from .inference import first_images, inference_model
 
 
 def load_any(checkpoint: str | None = None, weights: str | None = None, model: str | None = None,
@@ -96,11 +97,11 @@ class _Bar:
 
 @torch.no_grad()
 def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int = 5, batch_size: int = 32,
-            precision: str = "auto", device=None, workers: int | None = None, progress=None) -> Iterator[dict]:
-    """For each image, in order: {"path", "topk": [{"index", "name", "prob"}, ...]} or {"path", "error"}."""
+            precision: str = "auto", device=None, workers: int | None = None, progress=None,
+            backend: str = "auto") -> Iterator[dict]:
+    """For each image, in order: {"path", "topk": [{"index", "name", "prob"}, ...]} or {"path", "error"}.
+    The model runs through the inference `backend` (see `inference.inference_model`)."""
     device = torch.device(device) if device else default_device()
-    prec = resolve_precision(precision, device)
-    model = model.eval().to(device).to(memory_format=torch.channels_last)
     num_classes = model.fc.out_features if hasattr(model, "fc") else None
     size, resize = int(meta["input_size"]), int(meta.get("resize") or meta["input_size"])
     transform = CenterTest(size, resize, meta.get("interpolation", "bilinear"))
@@ -108,10 +109,14 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
     dataset = _Tolerant(index, index.samples, transform, size=size)
     workers = min(default_workers(), 4) if workers is None else workers
     workers = min(workers, max(0, len(paths) // batch_size))  # a few images: decode them here
-    loader = StreamLoader(dataset, EpochBatchSampler(len(paths), batch_size, shuffle=False), meta["mean"],
-                          meta["std"], device, True, workers)
+    def loader():
+        return StreamLoader(dataset, EpochBatchSampler(len(paths), batch_size, shuffle=False), meta["mean"],
+                            meta["std"], device, True, workers)
+
+    # int8 calibrates on the images it is asked about (their first 256; nothing else is at hand)
+    model, prec = inference_model(model, backend, precision, device, lambda: first_images(loader()))
     done = 0
-    for x, failed in loader:
+    for x, failed in loader():
         with prec.autocast():
             logits = model(x).float()
         names = class_names(meta, num_classes or logits.shape[1])
@@ -150,14 +155,16 @@ def format_text(result: dict) -> str:
 
 def run_predict(inputs: Sequence[str], checkpoint: str | None = None, weights: str | None = None,
                 model: str | None = None, topk: int = 5, as_json: bool = False, batch_size: int = 32,
-                precision: str = "auto", workers: int | None = None, out=None, err=None) -> int:
+                precision: str = "auto", workers: int | None = None, out=None, err=None,
+                backend: str = "auto") -> int:
     """Print the top-k of every image (text, or one JSON object per line); returns the number of failures."""
     out, err = out or sys.stdout, err or sys.stderr
     net, meta = load_any(checkpoint, weights, model)
     paths, any_folder = list_images(inputs)
     bar = _Bar(len(paths), err) if any_folder and len(paths) > batch_size else None
     failures = 0
-    for result in predict(paths, net, meta, topk, batch_size, precision, workers=workers, progress=bar):
+    for result in predict(paths, net, meta, topk, batch_size, precision, workers=workers, progress=bar,
+                          backend=backend):
         failures += "error" in result
         out.write((json.dumps(result) if as_json else format_text(result)) + "\n")
     out.flush()
