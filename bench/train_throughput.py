@@ -1,6 +1,6 @@
 """Training throughput of a CIFAR ResNet on this machine: the bare step vs the whole loop.
 
-    .venv/bin/python bench/train_throughput.py [--model resnet20] [--steps 60] [--repeats 3]
+    .venv/bin/python bench/train_throughput.py [--model resnet20] [--steps 60] [--repeats 3] [--device cuda]
 
 Rows: the bare SGD step (forward, backward, update on one pre-made batch) in fp32 NCHW, fp32
 channels_last and bf16 autocast + channels_last; then `Trainer.train_epoch` (augmentation on
@@ -27,14 +27,16 @@ from resnet.engine.precision import Precision, cpu_supports_bf16
 from resnet.engine.trainer import Trainer
 
 
-def bare_step(model_name: str, batch: int, steps: int, precision: str, channels_last: bool) -> float:
+def bare_step(model_name: str, batch: int, steps: int, precision: str, channels_last: bool,
+              device: str = "cpu") -> float:
     torch.manual_seed(0)
+    dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(model_name).to(memory_format=fmt).train()
+    model = create_model(model_name).to(dev).to(memory_format=fmt).train()
     opt = make_optimizer(model, make_config().optim)
-    prec = Precision(precision, torch.device("cpu"))
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch,))
+    prec = Precision(precision, dev)
+    x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=dev)
 
     def step():
         with prec.autocast():
@@ -44,15 +46,22 @@ def bare_step(model_name: str, batch: int, steps: int, precision: str, channels_
         loss.backward()
         opt.step()
 
-    for _ in range(5):  # oneDNN builds its kernels on the first calls
+    for _ in range(5):  # oneDNN (cuDNN) builds (picks) its kernels on the first calls
         step()
+    _sync(dev)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync(dev)
     return batch * steps / (time.perf_counter() - start)
 
 
-def whole_loop(model_name: str, batch: int, steps: int) -> float:
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def whole_loop(model_name: str, batch: int, steps: int, device: str = "cpu") -> float:
     g = torch.Generator().manual_seed(0)
     n = batch * steps
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
@@ -60,7 +69,7 @@ def whole_loop(model_name: str, batch: int, steps: int) -> float:
     data = InMemoryDataset(images, labels, [str(i) for i in range(10)], (0.5,) * 3, (0.25,) * 3, "random")
     cfg = make_config(None, [f"model={model_name}", "epochs=2", f"data.batch_size={batch}", "data.val_size=0"])
     with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(cfg, run_dir, data=(data.subset(range(n)), None), stream=io.StringIO())
+        trainer = Trainer(cfg, run_dir, data=(data.subset(range(n)), None), stream=io.StringIO(), device=device)
         trainer.train_epoch()  # warm-up epoch: kernel creation
         trainer.epoch = 1
         return trainer.train_epoch()["images_per_sec"]
@@ -72,12 +81,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_supports_bf16()}")
-    rows = [("bare step fp32 NCHW", lambda: bare_step(args.model, args.batch, args.steps, "fp32", False)),
-            ("bare step fp32 channels_last", lambda: bare_step(args.model, args.batch, args.steps, "fp32", True)),
-            ("bare step bf16 channels_last", lambda: bare_step(args.model, args.batch, args.steps, "bf16", True)),
-            ("training loop (default: bf16 channels_last)", lambda: whole_loop(args.model, args.batch, args.steps))]
+    where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+             else f"{torch.get_num_threads()} threads, native bf16: {cpu_supports_bf16()}")
+    print(f"torch {torch.__version__}, {args.device}: {where}")
+    m, b, n, d = args.model, args.batch, args.steps, args.device
+    rows = [("bare step fp32 NCHW", lambda: bare_step(m, b, n, "fp32", False, d)),
+            ("bare step fp32 channels_last", lambda: bare_step(m, b, n, "fp32", True, d)),
+            ("bare step bf16 channels_last", lambda: bare_step(m, b, n, "bf16", True, d)),
+            ("training loop (default: bf16 channels_last)", lambda: whole_loop(m, b, n, d))]
     results = {}
     for _ in range(args.repeats):  # interleave repeats so drift hits every row alike
         for name, fn in rows:

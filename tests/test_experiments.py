@@ -114,3 +114,19 @@ def test_cli_degradation_and_bad_depth(tiny_folder, tmp_path, capsys):
     assert main(["experiment", "degradation", "--depths", "9", "--data", str(tiny_folder), "--epochs", "1",
                  "--out", str(tmp_path / "e"), *TINY]) == 2
     assert "6n+2" in capsys.readouterr().err
+
+
+def test_runs_side_by_side_match_one_after_another(tiny_folder, tmp_path):
+    """--jobs 2 trains the runs in worker processes: the same runs, numbers and report as one by one."""
+    torch.set_num_threads(1)  # the workers get cpu_count // jobs threads; 1 on the 2-core CI machine
+    one = papers.degradation(str(tiny_folder), [8], epochs=1, out=str(tmp_path / "one"), overrides=TINY)
+    two = papers.degradation(str(tiny_folder), [8], epochs=1, out=str(tmp_path / "two"), overrides=TINY, jobs=2)
+    assert [r["label"] for r in two["rows"]] == ["plain8", "resnet8"]
+    for name in ("plain8-s0", "resnet8-s0"):
+        a, b = (_metrics(tmp_path / d / "runs" / name / "metrics.jsonl") for d in ("one", "two"))
+        assert len(b) == 1 and (tmp_path / "two" / "runs" / name / "last.safetensors").is_file()
+        assert {k: b[0][k] for k in ("train_loss", "val_err")} == pytest.approx(
+            {k: a[0][k] for k in ("train_loss", "val_err")}, rel=1e-4)
+    assert two["gaps"] == pytest.approx(one["gaps"], rel=1e-4)
+    with pytest.raises(ValueError, match="jobs"):
+        papers.degradation(str(tiny_folder), [8], epochs=1, out=str(tmp_path / "bad"), overrides=TINY, jobs=0)

@@ -164,7 +164,7 @@ def cmd_experiment(args) -> int:
         result = fn(args.checkpoints, args.data, split=args.split, **out)
     else:
         train = dict(epochs=args.epochs, seeds=args.seeds, recipe=args.recipe, overrides=args.overrides,
-                     stream=sys.stderr, **out)
+                     stream=sys.stderr, jobs=args.jobs, **out)
         if args.kind == "degradation":
             result = papers.degradation(args.data, args.depths, **train)
         elif args.kind == "depth":
@@ -200,6 +200,8 @@ def _add_experiment_parsers(sub) -> None:
             k.add_argument("--epochs", type=_positive_int, default=20, help="epochs per run (default 20)")
             k.add_argument("--seeds", type=_positive_int, default=1, help="runs per network (default 1)")
             k.add_argument("--recipe", help="default cifar10_paper, its lr steps at 50%% and 75%% of the epochs")
+            k.add_argument("--jobs", type=_positive_int, default=1,
+                           help="runs trained side by side (default 1; on a GPU 4-8 keep it busy with small nets)")
             k.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
         if kind == "degradation":
             k.add_argument("--depths", type=_int_list, default=[20, 32, 44, 56], help="comma-separated (default 20,32,44,56)")

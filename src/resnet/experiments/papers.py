@@ -91,10 +91,10 @@ def _bar_report(exp: Experiment, name: str, plot_title: str, title: str, note: s
 
 
 def degradation(data: str, depths: list[int], epochs: int, seeds: int = 1, out: str = "experiments/degradation",
-                recipe: str | None = None, overrides: list[str] | None = None, stream=None) -> dict:
+                recipe: str | None = None, overrides: list[str] | None = None, stream=None, jobs: int = 1) -> dict:
     """Plain vs residual at each depth, same recipe: deeper plain nets train worse, deeper ResNets better."""
     specs = [cifar_spec(f, d, s) for d in depths for f in ("plain", "resnet") for s in range(seeds)]
-    exp = Experiment("degradation", out, base_config(data, epochs, recipe, overrides), specs, stream)
+    exp = Experiment("degradation", out, base_config(data, epochs, recipe, overrides), specs, stream, jobs)
     exp.describe(depths=depths)
     results = exp.run_all()
     curves: dict[str, dict[int, list[dict]]] = {"plain": {}, "resnet": {}}
@@ -119,25 +119,25 @@ def degradation(data: str, depths: list[int], epochs: int, seeds: int = 1, out: 
 
 
 def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: str = "experiments/depth",
-                recipe: str | None = None, overrides: list[str] | None = None, stream=None) -> dict:
+                recipe: str | None = None, overrides: list[str] | None = None, stream=None, jobs: int = 1) -> dict:
     """Error against depth, mean ± std over seeds, next to the papers' numbers [ResNet Table 6]."""
     for name in models:
         get_entry(name)  # clear error with suggestions for a typo
     specs = [RunSpec(m, s) for m in models for s in range(seeds)]
-    exp = Experiment("depth", out, base_config(data, epochs, recipe, overrides), specs, stream)
+    exp = Experiment("depth", out, base_config(data, epochs, recipe, overrides), specs, stream, jobs)
     exp.describe(models=models)
     return _bar_report(exp, "depth", "error by depth", "Depth sweep [ResNet Table 6, Identity Mappings Table 3]")
 
 
 def shortcut_options(data: str, depth: int, epochs: int, seeds: int = 1, out: str = "experiments/shortcuts",
-                     recipe: str | None = None, overrides: list[str] | None = None, stream=None) -> dict:
+                     recipe: str | None = None, overrides: list[str] | None = None, stream=None, jobs: int = 1) -> dict:
     """Options A (zero-pad), B (projection when dimensions change), C (projection everywhere), and plain."""
     specs = [RunSpec(cifar_spec("resnet", depth, s).model, s,
                      {**cifar_spec("resnet", depth, s).model_args, "shortcut": opt}, label=f"option {opt}")
              for opt in ("A", "B", "C") for s in range(seeds)]
     specs += [RunSpec(cifar_spec("plain", depth, s).model, s, cifar_spec("plain", depth, s).model_args,
                       label=f"plain{depth}") for s in range(seeds)]
-    exp = Experiment("shortcuts", out, base_config(data, epochs, recipe, overrides), specs, stream)
+    exp = Experiment("shortcuts", out, base_config(data, epochs, recipe, overrides), specs, stream, jobs)
     exp.describe(depth=depth)
     return _bar_report(exp, "shortcuts", f"shortcut options at depth {depth}",
                        f"Shortcut options A / B / C at depth {depth} [ResNet §3.3, Table 3]",
@@ -146,7 +146,7 @@ def shortcut_options(data: str, depth: int, epochs: int, seeds: int = 1, out: st
 
 
 def preactivation(data: str, depths: list[int], epochs: int, seeds: int = 1, out: str = "experiments/preact",
-                  recipe: str | None = None, overrides: list[str] | None = None, stream=None) -> dict:
+                  recipe: str | None = None, overrides: list[str] | None = None, stream=None, jobs: int = 1) -> dict:
     """Original (post-activation) vs pre-activation units at the same depth [Identity Mappings Fig. 6, Table 3]."""
     specs = []
     for depth in depths:
@@ -155,7 +155,7 @@ def preactivation(data: str, depths: list[int], epochs: int, seeds: int = 1, out
         original = {"block": ORIGINAL_BLOCK[entry.config.block]}
         specs += [RunSpec(preact, s, original, label=f"original-{depth}") for s in range(seeds)]
         specs += [RunSpec(preact, s, {}, label=preact) for s in range(seeds)]
-    exp = Experiment("preact", out, base_config(data, epochs, recipe, overrides), specs, stream)
+    exp = Experiment("preact", out, base_config(data, epochs, recipe, overrides), specs, stream, jobs)
     exp.describe(depths=depths)
     return _bar_report(exp, "preact", "original vs pre-activation",
                        "Original vs pre-activation residual units [Identity Mappings §4, Table 3]")

@@ -4,14 +4,18 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import multiprocessing
+import os
 import re
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 
 from .. import __version__
@@ -67,8 +71,11 @@ def rescale_paper_milestones(cfg: TrainConfig, steps_per_epoch: int) -> TrainCon
 class Experiment:
     """A report folder: experiment.yaml (config, seeds, version, commit), runs/<name>/, plots, report.md."""
 
-    def __init__(self, kind: str, out: str | Path, cfg: TrainConfig, specs: list[RunSpec], stream=None):
-        self.kind, self.out, self.cfg, self.specs = kind, Path(out), cfg, specs
+    def __init__(self, kind: str, out: str | Path, cfg: TrainConfig, specs: list[RunSpec], stream=None,
+                 jobs: int = 1):
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, got {jobs}")
+        self.kind, self.out, self.cfg, self.specs, self.jobs = kind, Path(out), cfg, specs, jobs
         self.stream = stream or sys.stderr
         self.out.mkdir(parents=True, exist_ok=True)
         self._data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None
@@ -104,7 +111,25 @@ class Experiment:
         return history
 
     def run_all(self) -> list[tuple[RunSpec, list[dict]]]:
-        return [(spec, self.run(spec)) for spec in self.specs]
+        """Every run, in order; with jobs > 1 up to that many train side by side in worker processes
+        (small networks leave a GPU mostly idle, so several at once keep it busy)."""
+        if self.jobs == 1 or len(self.specs) == 1:
+            return [(spec, self.run(spec)) for spec in self.specs]
+        self.data()  # decode (and cache) the images once, before the workers read the cache
+        workers = min(self.jobs, len(self.specs))
+        # Share the cores instead of oversubscribing them (busy OpenMP threads of several processes on the
+        # same cores slow small-tensor work many times over); never more than this process was given.
+        threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // workers))
+        context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA or OpenMP threads exist
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_run_in_worker, self.kind, str(self.out), self.cfg, spec, threads)
+                       for spec in self.specs]
+            return [(spec, future.result()) for spec, future in zip(self.specs, futures)]
+
+
+def _run_in_worker(kind: str, out: str, cfg: TrainConfig, spec: RunSpec, threads: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    return Experiment(kind, out, cfg, [spec], stream=sys.stderr).run(spec)
 
 
 def _completed_epochs(run_dir: Path) -> int:
