@@ -246,3 +246,23 @@ def test_an_ignored_sigint_stays_ignored(tiny_folder, tmp_path):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_deferred_checks_as_on_a_gpu_give_the_same_run_and_still_stop_at_a_nan(tiny_folder, tmp_path, monkeypatch):
+    """On CUDA the loop reads its totals only at progress lines, checkpoints and the epoch's end (no sync
+    per step); forced here on the CPU: the same numbers, and a NaN still stops naming its step, with a
+    good checkpoint left on disk."""
+    checked = train(_cfg(tiny_folder), tmp_path / "checked")
+    monkeypatch.setattr("resnet.engine.trainer._syncs_are_costly", lambda device: True)
+    deferred = train(_cfg(tiny_folder), tmp_path / "deferred")
+    keys = ("train_loss", "train_err", "val_err", "step")
+    assert [{k: r[k] for k in keys} for r in deferred] == [{k: r[k] for k in keys} for r in checked]
+    a, b = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("checked", "deferred"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    run = tmp_path / "nan"
+    trainer = Trainer(_cfg(tiny_folder), run)
+    _on_call(trainer.model.fc, 7, _nan)  # epoch 2's second step, 0-based step 5
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 5 .*epoch 2"):
+        trainer.fit()
+    state, weights = checkpoint.load_training_state(run)
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())

@@ -220,8 +220,8 @@ def test_mid_epoch_resume_skips_done_batches_without_decoding(large_folder, tmp_
     trainer = Trainer(cfg, tmp_path / "part")
     step = trainer._train_step
 
-    def stop_after_two(x, y):
-        out = step(x, y)
+    def stop_after_two(x, y, *args):
+        out = step(x, y, *args)
         if trainer.step == 1:  # counted after this returns: stop once two steps are done
             trainer.stop_signal = "SIGTERM"
         return out
