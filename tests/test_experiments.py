@@ -1,6 +1,10 @@
 """The papers' experiments on tiny generated data: report files and the numbers in them."""
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -130,3 +134,25 @@ def test_runs_side_by_side_match_one_after_another(tiny_folder, tmp_path):
     assert two["gaps"] == pytest.approx(one["gaps"], rel=1e-4)
     with pytest.raises(ValueError, match="jobs"):
         papers.degradation(str(tiny_folder), [8], epochs=1, out=str(tmp_path / "bad"), overrides=TINY, jobs=0)
+
+
+def test_sigterm_with_jobs_stops_the_workers_after_a_checkpoint(tiny_folder, tmp_path):
+    """`kill` of an experiment training side by side: the workers checkpoint and stop with it (not
+    orphaned, training on), and the same command resumes them."""
+    out = tmp_path / "deg"
+    cmd = [sys.executable, "-m", "resnet", "experiment", "degradation", "--depths", "8", "--epochs", "300",
+           "--jobs", "2", "--data", str(tiny_folder), "--out", str(out), *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = [out / "runs" / name for name in ("plain8-s0", "resnet8-s0")]
+    deadline = time.time() + 180
+    while not all((r / "metrics.jsonl").is_file() and (r / "metrics.jsonl").read_text().strip() for r in runs):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "SIGTERM: stopped at step" in err
+    done = [len(_metrics(r / "metrics.jsonl")) for r in runs]
+    time.sleep(2)
+    assert [len(_metrics(r / "metrics.jsonl")) for r in runs] == done and max(done) < 300
+    assert all((r / "last.state.pt").is_file() for r in runs)

@@ -1,15 +1,18 @@
 """Shared machinery of the papers' experiments: one data split, many runs, resumable, self-describing."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import multiprocessing
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -124,7 +127,30 @@ class Experiment:
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = [pool.submit(_run_in_worker, self.kind, str(self.out), self.cfg, spec, threads)
                        for spec in self.specs]
-            return [(spec, future.result()) for spec, future in zip(self.specs, futures)]
+            with _forward_sigterm(pool):
+                return [(spec, future.result()) for spec, future in zip(self.specs, futures)]
+
+
+@contextlib.contextmanager
+def _forward_sigterm(pool: ProcessPoolExecutor):
+    """SIGTERM to this process goes on to the workers, which checkpoint and stop (their runs resume
+    on the next call); without it they would train on, orphaned. Ctrl-C reaches them by itself."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def forward(signum, frame):
+        for process in list(getattr(pool, "_processes", {}).values()):
+            try:
+                os.kill(process.pid, signal.SIGTERM)
+            except (ProcessLookupError, OSError):
+                pass
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_in_worker(kind: str, out: str, cfg: TrainConfig, spec: RunSpec, threads: int) -> list[dict]:
