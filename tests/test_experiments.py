@@ -12,7 +12,6 @@ import yaml
 
 from resnet.cli import main
 from resnet.experiments import analysis, papers
-from resnet.experiments.runner import Experiment
 
 TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12",
         "data.eval_batch_size=12", "precision=fp32", "optim.lr=0.05"]
