@@ -138,14 +138,17 @@ def _nan(out):
     return out * float("nan")
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path):
-    run = tmp_path / "run"
+def _assert_nan_at_step_5_stops_with_a_good_checkpoint(tiny_folder, run):
     trainer = Trainer(_cfg(tiny_folder), run)
     _on_call(trainer.model.fc, 7, _nan)  # epoch 2's second step, 0-based step 5
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 5 .*epoch 2"):
         trainer.fit()
     state, weights = checkpoint.load_training_state(run)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path):
+    _assert_nan_at_step_5_stops_with_a_good_checkpoint(tiny_folder, tmp_path / "run")
 
 
 def test_nan_loss_skipped_on_request(tiny_folder, tmp_path):
@@ -259,10 +262,4 @@ def test_deferred_checks_as_on_a_gpu_give_the_same_run_and_still_stop_at_a_nan(t
     assert [{k: r[k] for k in keys} for r in deferred] == [{k: r[k] for k in keys} for r in checked]
     a, b = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("checked", "deferred"))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    run = tmp_path / "nan"
-    trainer = Trainer(_cfg(tiny_folder), run)
-    _on_call(trainer.model.fc, 7, _nan)  # epoch 2's second step, 0-based step 5
-    with pytest.raises(NonFiniteLossError, match="loss became nan at step 5 .*epoch 2"):
-        trainer.fit()
-    state, weights = checkpoint.load_training_state(run)
-    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    _assert_nan_at_step_5_stops_with_a_good_checkpoint(tiny_folder, tmp_path / "nan")
