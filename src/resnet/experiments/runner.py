@@ -140,10 +140,10 @@ def _forward_sigterm(pool: ProcessPoolExecutor):
         return
 
     def forward(signum, frame):
-        for process in list(getattr(pool, "_processes", {}).values()):
+        for process in list((getattr(pool, "_processes", None) or {}).values()):  # None once shut down
             try:
                 os.kill(process.pid, signal.SIGTERM)
-            except (ProcessLookupError, OSError):
+            except OSError:  # already gone
                 pass
 
     previous = signal.signal(signal.SIGTERM, forward)
