@@ -164,11 +164,18 @@ def cmd_experiment(args) -> int:
         result = fn(args.checkpoints, args.data, split=args.split, **out)
     else:
         train = dict(epochs=args.epochs, seeds=args.seeds, recipe=args.recipe, overrides=args.overrides,
-                     stream=sys.stderr, jobs=args.jobs, **out)
+                     stream=sys.stderr, jobs=getattr(args, "jobs", 1), **out)
         if args.kind == "degradation":
             result = papers.degradation(args.data, args.depths, **train)
         elif args.kind == "depth":
-            result = papers.depth_sweep(args.data, args.models.split(","), **train)
+            result = papers.depth_sweep(args.data, args.models.split(","), protocol=args.protocol, **train)
+        elif args.kind == "jpeg-quality":
+            from .experiments.jpeg_quality import jpeg_quality
+            result = jpeg_quality(args.data, args.qualities, model=args.model, **train)
+        elif args.kind == "pretrained":
+            from .experiments.pretrained import pretrained
+            train.pop("jobs")
+            result = pretrained(args.data, args.weights.split(","), **train)
         elif args.kind == "shortcuts":
             result = papers.shortcut_options(args.data, args.depth, **train)
         else:
@@ -188,7 +195,13 @@ def _add_experiment_parsers(sub) -> None:
         "preact": "original vs pre-activation units at the same depth [Identity Mappings Table 3]",
         "responses": "std of each 3x3 layer's response in trained networks [ResNet Fig. 7]",
         "gradients": "per-layer gradient norms at initialisation and after training, plain vs residual",
+        "jpeg-quality": "error against JPEG quality (images re-encoded, 4:2:0): the JPEG share of the gap, as a slope",
+        "pretrained": "pretrained weights on the hold-out as they are, then fine-tuned on the training part",
     }
+    # Each kind's own defaults for the shared options: (epochs, seeds, recipe help)
+    defaults = {"jpeg-quality": (None, 3, "default cifar10_fast"),
+                "pretrained": (3, 1, "default cifar10_paper, fine-tuning at lr 0.01 with a cosine decay "
+                                     "(experiments/pretrained.py FINETUNE) unless overridden")}
     for kind, text in specs.items():
         k = kinds.add_parser(kind, help=text, description=text)
         k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, or 'digits'")
@@ -197,16 +210,30 @@ def _add_experiment_parsers(sub) -> None:
             k.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints or run folders")
             k.add_argument("--split", choices=["val", "test", "train"], default="val")
         else:
-            k.add_argument("--epochs", type=_positive_int, default=20, help="epochs per run (default 20)")
-            k.add_argument("--seeds", type=_positive_int, default=1, help="runs per network (default 1)")
-            k.add_argument("--recipe", help="default cifar10_paper, its lr steps at 50%% and 75%% of the epochs")
-            k.add_argument("--jobs", type=_positive_int, default=1,
-                           help="runs trained side by side (default 1; on a GPU 4-8 keep it busy with small nets)")
+            epochs, seeds, recipe = defaults.get(kind, (20, 1, "default cifar10_paper, its lr steps at 50%% and 75%% "
+                                                                "of the epochs"))
+            k.add_argument("--epochs", type=_positive_int, default=epochs,
+                           help=f"epochs per run (default {epochs or 'the recipe’s'})")
+            k.add_argument("--seeds", type=_positive_int, default=seeds, help=f"runs per network (default {seeds})")
+            k.add_argument("--recipe", help=recipe)
+            if kind != "pretrained":
+                k.add_argument("--jobs", type=_positive_int, default=1,
+                               help="runs trained side by side (default 1; on a GPU 4-8 keep it busy with small nets)")
             k.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
         if kind == "degradation":
             k.add_argument("--depths", type=_int_list, default=[20, 32, 44, 56], help="comma-separated (default 20,32,44,56)")
         elif kind == "depth":
             k.add_argument("--models", default="resnet20,resnet32,resnet44,resnet56", help="comma-separated model names")
+            k.add_argument("--protocol", choices=["val", "final", "both"], default="val",
+                           help="val: 45k/5k, validation error (default); final: the same schedule on all training "
+                                "images (data.val_size=0), test error where the data has a test split; both")
+        elif kind == "jpeg-quality":
+            k.add_argument("--qualities", type=_int_list, default=[75, 50, 35, 25],
+                           help="comma-separated JPEG qualities 1-100 (default 75,50,35,25; the data's own is used as is)")
+            k.add_argument("--model", default="resnet20", help="the network trained at each quality (default resnet20)")
+        elif kind == "pretrained":
+            k.add_argument("--weights", required=True,
+                           help="comma-separated: named sources (akamaster:resnet20, ...) or MODEL=FILE (resnet20=r20.pth)")
         elif kind == "shortcuts":
             k.add_argument("--depth", type=_positive_int, default=20, help="CIFAR depth 6n+2 (default 20)")
         elif kind == "preact":

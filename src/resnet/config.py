@@ -31,6 +31,9 @@ class DataConfig:
     augment: str = "paper"  # paper: scale 256-480, crop, flip, PCA lighting [ResNet §3.4] | rrc: random-resized crop, flip
     workers: int = -1  # DataLoader worker processes for streamed images; -1 = min(8, CPUs)
     stream: bool = False  # stream even images small enough to be held in memory
+    # Seed of the train/val hold-out; -1 = the run's seed. Experiments fix it, so that every seed of a
+    # network validates on the same images and `resnet eval --split val` finds them again.
+    split_seed: int = -1
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,11 @@ class TrainConfig:
                             (self.data.image_size >= 8, "data.image_size must be >= 8")]:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def holdout_seed(self) -> int:
+        """The seed that picks the validation images (data.split_seed, else the run's seed)."""
+        return self.data.split_seed if self.data.split_seed >= 0 else self.seed
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data.split import holdout
+from .data.split import holdout, holdout_seed
 from .data.stream import StreamingFolder
 from .engine.evaluate import evaluate
 from .engine.precision import default_device
@@ -76,7 +76,7 @@ def eval_folder(meta: dict, data: str, split: str, test: str, workers: int = -1)
     if not cfg:
         raise ValueError("--split val needs a checkpoint of a training run (it rebuilds that run's hold-out); "
                          "use --split test")
-    _, val = holdout(ds, cfg.get("data", {}).get("val_size", 5000), cfg.get("seed", 0))
+    _, val = holdout(ds, cfg.get("data", {}).get("val_size", 5000), holdout_seed(cfg))
     if val is None:
         raise ValueError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
     return val

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from .data import MemoryLoader, load_dataset
-from .data.split import holdout
+from .data.split import holdout, holdout_seed
 from .engine.checkpoint import load_model
 from .engine.evaluate import evaluate
 from .engine.precision import default_device
@@ -21,7 +21,7 @@ def eval_data(meta: dict, path: str, split: str, cache_dir: str | None = None):
     if split == "train":
         return data
     cfg = meta.get("config", {})
-    _, val = holdout(data, cfg.get("data", {}).get("val_size", 5000), cfg.get("seed", 0))
+    _, val = holdout(data, cfg.get("data", {}).get("val_size", 5000), holdout_seed(cfg))
     if val is None:
         raise ValueError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
     return val

@@ -20,7 +20,7 @@ __all__ = [
     "load_dataset", "InMemoryDataset", "MemoryLoader", "ImageFolderDataset", "stratified_split",
     "load_cifar", "load_image_folder", "scan", "train_preset", "eval_preset", "STATS",
     "default_cache_dir", "CifarFormatError", "DatasetLayoutError", "ImageDecodeError",
-    "ImagesTooLargeError",
+    "ImagesTooLargeError", "has_test_split",
 ]
 
 
@@ -71,6 +71,21 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
     if len(ds) == 0:
         raise DatasetLayoutError(f"{p}: no images found")
     return ds
+
+
+def has_test_split(path: str | Path) -> bool:
+    """Whether ``load_dataset(path, "test")`` gives a test set of its own: CIFAR (the test batch),
+    'digits', or an image tree with a ``test/`` (or ``val/``) folder beside ``train/``. A tree without
+    split folders is not one (``load_dataset`` would return its training images for "test")."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        return str(path) == "digits" or str(path) in SPECS
+    if p.is_dir() and detect_cifar_folder(p) is not None or p.is_file() and cifar_archive_spec(p):
+        return True
+    try:
+        return scan(p, "test").prefix != scan(p, "train").prefix
+    except DatasetLayoutError:  # split folders without a test one (the shared CIFAR-10 JPEGs: train/ only)
+        return False
 
 
 def _from_cifar(data, source: str) -> InMemoryDataset:

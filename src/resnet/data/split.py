@@ -53,3 +53,15 @@ def holdout(data, val_size: int | float, seed: int = 0):
         raise ValueError(f"data.val_size={val_size} leaves no training images out of {len(data)}")
     train_idx, val_idx = stratified_split(data.labels, count, seed=seed)
     return data.subset(train_idx), data.subset(val_idx)
+
+
+def holdout_seed(cfg: dict) -> int:
+    """The hold-out seed of a saved run's config (a dict): data.split_seed, else the run's seed
+    (runs saved before split_seed existed used their own seed)."""
+    seed = (cfg.get("data") or {}).get("split_seed", -1)
+    return seed if seed is not None and seed >= 0 else cfg.get("seed", 0)
+
+
+def holdout_count(val_size: int | float, n: int) -> int:
+    """How many of `n` images `holdout` sets aside for `val_size` (a fraction below 1, else a count)."""
+    return int(round(val_size * n)) if val_size < 1 else int(val_size)

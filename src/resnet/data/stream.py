@@ -292,7 +292,7 @@ def streaming_split(cfg) -> tuple[StreamingFolder, StreamingFolder | None]:
     d = cfg.data
     data = StreamingFolder(d.path, "train", image_size=d.image_size, augment=d.augment, resize=d.resize,
                            workers=d.workers, skip_bad=d.skip_bad)
-    return holdout(data, d.val_size, cfg.seed)
+    return holdout(data, d.val_size, cfg.holdout_seed)
 
 
 def image_channels(data) -> int:

@@ -113,7 +113,7 @@ def split_train_val(cfg: TrainConfig) -> tuple[InMemoryDataset, InMemoryDataset 
         data = load_dataset(cfg.data.path, "train", cache_dir=cfg.data.cache_dir or None, skip_bad=cfg.data.skip_bad)
     except ImagesTooLargeError:
         return streaming_split(cfg)
-    return holdout(data, cfg.data.val_size, cfg.seed)
+    return holdout(data, cfg.data.val_size, cfg.holdout_seed)
 
 
 class Trainer:

@@ -67,3 +67,40 @@ def plot_bars(labels: list[str], values: list[float], errors: list[float], path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_quality_slope(points: list[dict], fit: dict, path: Path, line_se) -> Path:
+    """Validation error against the JPEG quantiser scale: every seed (dots), mean ± std (bars), the fitted
+    line (solid over the measured range, dashed where it is extrapolated to scale 0) and its 95% band.
+
+    `points`: {'scale', 'quality', 'errors'} per quality; `line_se(fit, x)`: the line's standard error."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for p in points:
+        ax.plot([p["scale"]] * len(p["errors"]), p["errors"], "o", color="C0", alpha=0.35, markersize=4)
+        mean = sum(p["errors"]) / len(p["errors"])
+        spread = (sum((e - mean) ** 2 for e in p["errors"]) / (len(p["errors"]) - 1)) ** 0.5 if len(p["errors"]) > 1 else 0
+        ax.errorbar([p["scale"]], [mean], yerr=[spread], fmt="s", color="C0", capsize=4)
+    lo, hi = min(p["scale"] for p in points), max(p["scale"] for p in points)
+    grid = [hi * i / 100 for i in range(101)]
+    line = [fit["intercept"] + fit["slope"] * x for x in grid]
+    inside = [(x, y) for x, y in zip(grid, line) if x >= lo]
+    ax.plot(*zip(*inside), "-", color="C1", label=f"fit: {fit['slope']:+.4f} points per unit of scale")
+    ax.plot([0, lo], [fit["intercept"], fit["intercept"] + fit["slope"] * lo], "--", color="C1",
+            label="extrapolation (not measured)")
+    if fit.get("t975") is not None:
+        band = [fit["t975"] * line_se(fit, x) for x in grid]
+        ax.fill_between(grid, [y - b for y, b in zip(line, band)], [y + b for y, b in zip(line, band)],
+                        color="C1", alpha=0.15, label="95% band of the line")
+        ax.errorbar([0], [fit["intercept"]], yerr=[band[0]], fmt="D", color="C3", capsize=4,
+                    label=f"scale 0 (no quantisation): {fit['intercept']:.2f}%")
+    ax.set(xlabel="IJG quantiser scale (% of the base tables; quality 75 = 50, 50 = 100, 25 = 200)",
+           ylabel="validation error (%)", title="error against JPEG quality")
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([p["scale"] for p in points], [f"q{p['quality']}" for p in points])
+    ax.set_xlim(left=-5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

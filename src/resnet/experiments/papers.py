@@ -8,12 +8,18 @@ import torch
 
 from ..models import create_model, get_entry, list_models
 from .figures import plot_bars, plot_degradation
+from .protocol import PROTOCOLS, describe_protocol, final_experiment, test_errors
 from .runner import Experiment, RunSpec, base_config, markdown_table, mean_std
 
 # CIFAR-10 test error (%) reported by the papers: ResNet Table 6, Identity Mappings Table 3.
 PAPER_ERR = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43,
              "resnet1202": 7.93, "preact_resnet110": 6.37, "original-110": 6.61, "preact_resnet164": 5.46,
              "original-164": 5.93, "preact_resnet1001": 4.92, "original-1001": 7.61}
+# The published CIFAR-10 test error (%) of akamaster/pytorch_resnet_cifar10 (its README table), the
+# reimplementation most users compare against: 200 epochs on all 50k lossless images (lr steps at 100
+# and 150), the best of the per-epoch test evaluations (its trainer.py keeps best_prec1); no 45k/5k split.
+AKAMASTER_ERR = {"resnet20": 8.27, "resnet32": 7.37, "resnet44": 6.90, "resnet56": 6.61, "resnet110": 6.32,
+                 "resnet1202": 6.18}
 ORIGINAL_BLOCK = {"preact_basic": "basic", "preact_bottleneck": "bottleneck"}
 
 
@@ -119,14 +125,89 @@ def degradation(data: str, depths: list[int], epochs: int, seeds: int = 1, out: 
 
 
 def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: str = "experiments/depth",
-                recipe: str | None = None, overrides: list[str] | None = None, stream=None, jobs: int = 1) -> dict:
-    """Error against depth, mean ± std over seeds, next to the papers' numbers [ResNet Table 6]."""
+                recipe: str | None = None, overrides: list[str] | None = None, stream=None, jobs: int = 1,
+                protocol: str = "val") -> dict:
+    """Error against depth, mean ± std over seeds and every seed's number, next to the papers' Table 6 and
+    akamaster's published errors. `protocol` (see protocol.py): 'val' (45k/5k, validation error; runs in
+    out/runs), 'final' (all training images, test error where the data has a test split; out/final/runs)
+    or 'both'. The report says which protocol produced each number."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for name in models:
         get_entry(name)  # clear error with suggestions for a typo
     specs = [RunSpec(m, s) for m in models for s in range(seeds)]
-    exp = Experiment("depth", out, base_config(data, epochs, recipe, overrides), specs, stream, jobs)
-    exp.describe(models=models)
-    return _bar_report(exp, "depth", "error by depth", "Depth sweep [ResNet Table 6, Identity Mappings Table 3]")
+    cfg = base_config(data, epochs, recipe, overrides)
+    if protocol != "final" and cfg.data.val_size == 0:
+        raise ValueError("--protocol val needs a hold-out, and data.val_size=0 leaves none: use --protocol final")
+    rows, notes = [], []
+    for p in (("val", "final") if protocol == "both" else (protocol,)):
+        if p == "val":
+            exp, info = Experiment("depth", out, cfg, specs, stream, jobs), {"protocol": "val"}
+            train, val = exp.data()
+            info.update(train_images=len(train), val_images=len(val), split_seed=cfg.holdout_seed)
+        else:
+            exp, info = final_experiment("depth-final", Path(out) / "final", cfg, specs, stream, jobs)
+        exp.describe(models=models, protocol=info)
+        results = exp.run_all()
+        info["iterations"] = results[0][1][-1]["step"]
+        tests = test_errors(exp, results) if p == "final" else {}
+        if tests:
+            info["test_images"] = next(iter(tests.values()))["n"]
+        rows += protocol_rows(results, p, tests)
+        notes.append(describe_protocol(info, data))
+    report = Experiment("depth", out, cfg, specs, stream, jobs)  # the report folder (its runs: 'val')
+    scored = [r for r in rows if r["err"] is not None]
+    figure = []
+    if scored:
+        plot_bars([f"{r['label']} ({r['protocol']})" for r in scored], [r["err"][0] for r in scored],
+                  [r["err"][1] for r in scored], report.out / "depth.png", "error (%)",
+                  "error by depth: val = 45k/5k validation, final = test")
+        figure = ["![depth](depth.png)"]
+    _write_report(report, "Depth sweep [ResNet Table 6, Identity Mappings Table 3]",
+                  [depth_table(rows), "", "Protocols:", "", *[f"- {n}" for n in notes], "", AKAMASTER_NOTE, "", *figure])
+    return {"rows": rows, "out": str(report.out)}
+
+
+AKAMASTER_NOTE = ("Paper: He et al. 2015, Table 6, test error of the final networks (trained on all 50k "
+                  "lossless images, 64k iterations). akamaster: the published test error of "
+                  "akamaster/pytorch_resnet_cifar10 (all 50k lossless images, 200 epochs, the best epoch "
+                  "picked on the test set itself).")
+
+
+def protocol_rows(results: list[tuple[RunSpec, list[dict]]], protocol: str, tests: dict[str, dict]) -> list[dict]:
+    """Per network: the error of every seed (validation error for 'val', test error for 'final', None
+    where there is no test split), their mean and std, and the references."""
+    groups: dict[str, list[tuple[RunSpec, list[dict]]]] = {}
+    for spec, records in results:
+        groups.setdefault(spec.title, []).append((spec, records))
+    rows = []
+    for label, runs in groups.items():
+        if protocol == "val":
+            per_seed = [(spec.seed, _final(r, "val_err")) for spec, r in runs]
+        else:
+            per_seed = [(spec.seed, tests[spec.name]["top1_err"] if spec.name in tests else None) for spec, _ in runs]
+        errs = [e for _, e in per_seed if e is not None]
+        err = mean_std(errs) if errs else None
+        rows.append({"label": label, "model": runs[0][0].model, "params": params_of(runs[0][0]), "protocol": protocol,
+                     "seeds": len(runs), "steps": runs[0][1][-1]["step"],
+                     "train_err": mean_std([_final(r, "train_err") for _, r in runs]), "err": err,
+                     "per_seed": per_seed, "best_err": min(errs) if errs else None,
+                     "val_err": err if protocol == "val" else None, "best_val_err": min(errs) if protocol == "val" and errs else None,
+                     "paper_err": PAPER_ERR.get(label), "akamaster_err": AKAMASTER_ERR.get(label)})
+    return rows
+
+
+def depth_table(rows: list[dict]) -> str:
+    def ref(v):
+        return "–" if v is None else f"{v:.2f}"
+
+    return markdown_table(
+        ["network", "params", "seeds", "protocol", "iterations", "train err (%)", "error (%), mean ± std",
+         "each seed (%)", "paper test err (%)", "akamaster test err (%)"],
+        [[r["label"], f"{r['params'] / 1e6:.2f}M", r["seeds"], "val (45k/5k)" if r["protocol"] == "val" else "final (test)",
+          r["steps"], _fmt(r["train_err"]), "–" if r["err"] is None else _fmt(r["err"]),
+          ", ".join(f"s{s}: {'–' if e is None else f'{e:.2f}'}" for s, e in r["per_seed"]),
+          ref(r["paper_err"]), ref(r["akamaster_err"])] for r in rows])
 
 
 def shortcut_options(data: str, depth: int, epochs: int, seeds: int = 1, out: str = "experiments/shortcuts",

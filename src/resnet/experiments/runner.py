@@ -75,13 +75,15 @@ class Experiment:
     """A report folder: experiment.yaml (config, seeds, version, commit), runs/<name>/, plots, report.md."""
 
     def __init__(self, kind: str, out: str | Path, cfg: TrainConfig, specs: list[RunSpec], stream=None,
-                 jobs: int = 1):
+                 jobs: int = 1, data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None):
+        """`data`: (train, val) already prepared (e.g. normalised for pretrained weights); runs then train
+        in this process, whatever `jobs` says (worker processes would load cfg.data.path afresh)."""
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
         self.kind, self.out, self.cfg, self.specs, self.jobs = kind, Path(out), cfg, specs, jobs
         self.stream = stream or sys.stderr
         self.out.mkdir(parents=True, exist_ok=True)
-        self._data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None
+        self._data, self._given = data, data is not None
 
     def describe(self, **extra) -> None:
         info = {"experiment": self.kind, "version": __version__, "git_commit": git_commit(),
@@ -99,8 +101,11 @@ class Experiment:
         """Train one run, or resume it, or read it back when it is complete (experiments are resumable)."""
         run_dir = self.out / "runs" / spec.name
         steps = len(self.data()[0]) // self.cfg.data.batch_size
+        # The run's config records the experiment's hold-out seed: its own seed differs, its validation images do not.
+        data = dataclasses.replace(self.cfg.data, split_seed=self.cfg.holdout_seed)
         cfg = rescale_paper_milestones(dataclasses.replace(
-            self.cfg, model=spec.model, seed=spec.seed, model_args={**self.cfg.model_args, **spec.model_args}), steps)
+            self.cfg, model=spec.model, seed=spec.seed, model_args={**self.cfg.model_args, **spec.model_args},
+            data=data), steps)
         done = _completed_epochs(run_dir)
         if done >= cfg.epochs:
             return _read_metrics(run_dir)
@@ -116,7 +121,7 @@ class Experiment:
     def run_all(self) -> list[tuple[RunSpec, list[dict]]]:
         """Every run, in order; with jobs > 1 up to that many train side by side in worker processes
         (small networks leave a GPU mostly idle, so several at once keep it busy)."""
-        if self.jobs == 1 or len(self.specs) == 1:
+        if self.jobs == 1 or len(self.specs) == 1 or self._given:
             return [(spec, self.run(spec)) for spec in self.specs]
         self.data()  # decode (and cache) the images once, before the workers read the cache
         workers = min(self.jobs, len(self.specs))
