@@ -132,7 +132,7 @@ def write_reencoded(ds, quality: int, folder: str | Path) -> dict:
         mse = sq_err / max(pixels, 1)
         record = {"version": FORMAT_VERSION, "quality": quality, "subsampling": "4:2:0", "images": len(ds),
                   "classes": list(ds.classes), "mean_bytes": nbytes / max(len(ds), 1),
-                  "psnr_db": float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse),
+                  "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse)),
                   "from": ds.source, "pillow": PIL.__version__}
         (tmp / ENCODING_FILE).write_text(json.dumps(record, indent=1))
         if folder.exists():

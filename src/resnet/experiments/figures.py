@@ -92,7 +92,7 @@ def plot_quality_slope(points: list[dict], fit: dict, path: Path, line_se) -> Pa
         ax.fill_between(grid, [y - b for y, b in zip(line, band)], [y + b for y, b in zip(line, band)],
                         color="C1", alpha=0.15, label="95% band of the line")
         ax.errorbar([0], [fit["intercept"]], yerr=[band[0]], fmt="D", color="C3", capsize=4,
-                    label=f"scale 0 (no quantisation): {fit['intercept']:.2f}%")
+                    label=f"extrapolated to scale 0 (no quantisation): {fit['intercept']:.2f}%")
     ax.set(xlabel="IJG quantiser scale (% of the base tables; quality 75 = 50, 50 = 100, 25 = 200)",
            ylabel="validation error (%)", title="error against JPEG quality")
     top = ax.secondary_xaxis("top")

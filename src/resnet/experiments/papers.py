@@ -204,7 +204,7 @@ def depth_table(rows: list[dict]) -> str:
     return markdown_table(
         ["network", "params", "seeds", "protocol", "iterations", "train err (%)", "error (%), mean ± std",
          "each seed (%)", "paper test err (%)", "akamaster test err (%)"],
-        [[r["label"], f"{r['params'] / 1e6:.2f}M", r["seeds"], "val (45k/5k)" if r["protocol"] == "val" else "final (test)",
+        [[r["label"], f"{r['params'] / 1e6:.2f}M", r["seeds"], "val (hold-out)" if r["protocol"] == "val" else "final (test)",
           r["steps"], _fmt(r["train_err"]), "–" if r["err"] is None else _fmt(r["err"]),
           ", ".join(f"s{s}: {'–' if e is None else f'{e:.2f}'}" for s, e in r["per_seed"]),
           ref(r["paper_err"]), ref(r["akamaster_err"])] for r in rows])
