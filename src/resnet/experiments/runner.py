@@ -183,3 +183,8 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def count(n: int, word: str) -> str:
+    """'1 epoch', '3 epochs', '63,882 iterations': numbers in reports read as words."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
