@@ -82,8 +82,15 @@ def has_test_split(path: str | Path) -> bool:
         return str(path) == "digits" or str(path) in SPECS
     if p.is_dir() and detect_cifar_folder(p) is not None or p.is_file() and cifar_archive_spec(p):
         return True
+    from .folder import index_from_names, walk_archive
+
+    if is_archive(p):
+        names = walk_archive(p)  # one pass over the archive for both looks
+        index = lambda split: index_from_names(p, *names, split)  # noqa: E731
+    else:
+        index = lambda split: scan(p, split)  # noqa: E731
     try:
-        return scan(p, "test").prefix != scan(p, "train").prefix
+        return index("test").prefix != index("train").prefix
     except DatasetLayoutError:  # split folders without a test one (the shared CIFAR-10 JPEGs: train/ only)
         return False
 

@@ -150,7 +150,7 @@ def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: 
         exp.describe(models=models, protocol=info)
         results = exp.run_all()
         info["iterations"] = results[0][1][-1]["step"]
-        tests = test_errors(exp, results) if p == "final" else {}
+        tests = test_errors(exp, results) if p == "final" and info["test_split"] else {}
         if tests:
             info["test_images"] = next(iter(tests.values()))["n"]
         rows += protocol_rows(results, p, tests)
