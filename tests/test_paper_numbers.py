@@ -123,6 +123,10 @@ def test_final_protocol_without_a_test_split(tiny_folder, tmp_path):
 
 
 def test_has_test_split(split_tree, tmp_path):
+    from test_data import make_cifar10
+
+    cifar = make_cifar10(tmp_path / "c")
+    assert has_test_split(cifar) and has_test_split(cifar.parent)  # the pickles' test_batch
     assert has_test_split(split_tree) and has_test_split("digits")
     assert not has_test_split(split_tree / "train")  # a tree without split folders: its images are all 'train'
     only_train = tmp_path / "only"

@@ -55,8 +55,9 @@ def jpeg_quality(data: str, qualities: list[int] | tuple[int, ...] = DEFAULT_QUA
     qualities = list(dict.fromkeys(qualities))
     if len(qualities) < 2:
         raise ValueError(f"--qualities: give at least two JPEG qualities for a slope, got {qualities}")
-    for q in qualities:
-        ijg_scale(q)  # 1-100
+    bad = [q for q in qualities if not 1 <= q <= 100]
+    if bad:
+        raise ValueError(f"--qualities: JPEG qualities are 1-100, got {', '.join(map(str, bad))}")
     get_entry(model)
     cfg = _config(data, epochs, recipe, overrides)
     if cfg.data.val_size == 0:
