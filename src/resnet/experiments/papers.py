@@ -8,7 +8,7 @@ import torch
 
 from ..models import create_model, get_entry, list_models
 from .figures import plot_bars, plot_degradation
-from .protocol import PROTOCOLS, describe_protocol, final_experiment, test_errors
+from .protocol import PROTOCOLS, describe_protocol, final_experiment, score_on_test
 from .runner import Experiment, RunSpec, base_config, markdown_table, mean_std
 
 # CIFAR-10 test error (%) reported by the papers: ResNet Table 6, Identity Mappings Table 3.
@@ -150,7 +150,7 @@ def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: 
         exp.describe(models=models, protocol=info)
         results = exp.run_all()
         info["iterations"] = results[0][1][-1]["step"]
-        tests = test_errors(exp, results) if p == "final" and info["test_split"] else {}
+        tests = score_on_test(exp, results) if p == "final" and info["test_split"] else {}
         if tests:
             info["test_images"] = next(iter(tests.values()))["n"]
         rows += protocol_rows(results, p, tests)
