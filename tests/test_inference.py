@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import resnet
-from resnet import inference as inf
-from resnet.benchmark import FIELDS, run_benchmark, time_backend
+from resnet.deploy import backends as inf
+from resnet.deploy import fold
+from resnet.deploy.benchmark import FIELDS, run_benchmark, time_backend
 from resnet.cli import main
 
 
@@ -57,7 +58,7 @@ def test_fold_bn_is_exact(name):
     torch.manual_seed(0)
     model = randomize_bn(TINY[name]())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    folded = inf.fold_bn(model)
+    folded = fold.fold_bn(model)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         ref, out = model(x), folded(x)
@@ -78,7 +79,7 @@ def test_fold_conv_bn_math():
     x = torch.randn(1, 2, 5, 5)
     with torch.no_grad():
         ref = bn(conv(x))
-        inf.fold_conv_bn(conv, bn)
+        fold.fold_conv_bn(conv, bn)
         torch.testing.assert_close(conv(x), ref, rtol=1e-6, atol=1e-6)
 
 

@@ -67,7 +67,7 @@ def test_eval_cli_reproduces_the_validation_error(tiny_folder, tmp_path, capsys)
     assert out["top1_err"] == pytest.approx(history[-1]["val_err"], abs=1e-4)
     assert out["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-4)
     # the fast inference paths, calibrated on the evaluated images: the same images, (nearly) the same errors
-    from resnet.inference import backend_status
+    from resnet.deploy.backends import backend_status
 
     for backend in [b for b in ("eager-bf16", "int8") if not backend_status(b)]:
         assert main(["eval", "--checkpoint", str(run), "--data", str(tiny_folder), "--split", "val", "--json",

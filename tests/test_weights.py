@@ -13,8 +13,8 @@ from resnet import create_model
 from resnet.cli import main
 from resnet.config import make_config
 from resnet.engine.trainer import Trainer, train
-from resnet.models.interop import WeightsError
-from resnet import weights as W
+from resnet.weights.state_dict import WeightsError
+from resnet.weights import sources as W
 
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 TINY18 = {"widths": [4, 8, 8, 8], "stem_width": 4}

@@ -102,13 +102,13 @@ def _overrides(items):
 
 def cmd_eval(args) -> int:
     from .data import ImagesTooLargeError
-    from .evaluation import run_eval
+    from .serve.evaluate import run_eval
 
     streamed = dict(checkpoint=args.checkpoint, weights=args.weights, model=args.model, split=args.split,
                     test=args.test, precision=args.precision, batch_size=args.batch_size or 64, workers=args.workers,
                     plots=args.plots, backend=args.backend)
     if args.weights or args.test != "center":  # image folders of any size, decoded per batch (eval_stream.py)
-        from .eval_stream import run_eval_stream
+        from .serve.evaluate import run_eval_stream
         result = run_eval_stream(args.data, **streamed)
     else:
         if not args.checkpoint:
@@ -118,7 +118,7 @@ def cmd_eval(args) -> int:
                               tta_flip=args.tta_flip, batch_size=args.batch_size or 1000, plots=args.plots,
                               backend=args.backend)
         except ImagesTooLargeError:
-            from .eval_stream import run_eval_stream
+            from .serve.evaluate import run_eval_stream
             result = run_eval_stream(args.data, **streamed)
     if args.json:
         print(json.dumps({k: result[k] for k in ("top1_err", "top5_err", "loss", "n")}))
@@ -133,7 +133,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import run_predict
+    from .serve.predict import run_predict
 
     failures = run_predict(args.inputs, checkpoint=args.checkpoint, weights=args.weights, model=args.model,
                            topk=args.topk, as_json=args.json, batch_size=args.batch_size, precision=args.precision,
@@ -142,7 +142,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     run_demo(args.out, tuple(args.depths), args.epochs)
     return 0
@@ -215,7 +215,7 @@ def _add_experiment_parsers(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from .export import export_model, format_report
+    from .deploy.export import export_model, format_report
 
     report = export_model(args.model, args.format, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
                           fold_bn=not args.no_fold_bn, batch=args.batch, image_size=args.image_size, data=args.data)
@@ -224,7 +224,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import benchmark, format_table
+    from .deploy.benchmark import benchmark, format_table
 
     log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     rows, title = benchmark(args.model, args.backends, args.batch, args.image_size, args.data, args.check_images,
@@ -234,7 +234,7 @@ def cmd_benchmark(args) -> int:
 
 
 def _add_deploy_parsers(sub) -> None:
-    from .inference import BACKENDS, DEFAULT_BACKENDS
+    from .deploy.backends import BACKENDS, DEFAULT_BACKENDS
 
     p = sub.add_parser("export", help="export to ONNX or TorchScript, then check it against PyTorch")
     p.add_argument("model", metavar="CKPT_OR_NAME", help="a checkpoint (.safetensors or run folder) or a registered name")
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backend_argument(p) -> None:
-    from .inference import CLI_BACKENDS
+    from .deploy.backends import CLI_BACKENDS
 
     p.add_argument("--backend", default="auto", choices=CLI_BACKENDS,
                    help="how the network runs (CPU): auto = BN folded into the convolutions, channels_last, bf16 "
