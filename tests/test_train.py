@@ -153,10 +153,37 @@ def test_recipes_and_overrides():
 
 
 def test_trainer_rejects_bad_setups(tiny_folder, tmp_path):
-    with pytest.raises(ValueError, match="leaves no training images"):
+    with pytest.raises(ValueError, match=r"data.val_size=48 \(a count\) holds out 48 of the 48 .* a count below 48"):
         Trainer(_cfg(tiny_folder, "data.val_size=48"), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"data.val_size=0.99 \(a fraction\)"):
+        Trainer(_cfg(tiny_folder, "data.val_size=0.99"), tmp_path / "a")
+    with pytest.raises(ConfigError, match="data.val_size must be a fraction below 1 or a whole count, got 2.5"):
+        _cfg(tiny_folder, "data.val_size=2.5")
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         Trainer(_cfg(tiny_folder), tmp_path / "b", resume=True)
+
+
+def test_default_holdout_is_a_tenth_of_any_training_set(tiny_folder, tmp_path, capsys):
+    """No data.val_size: 10% is held out, so a folder of 48 images trains (a fixed 5,000 did not), and
+    CIFAR-10's 50,000 still give the paper's 5,000 (500 per class)."""
+    from resnet.data import InMemoryDataset
+    from resnet.data.split import holdout
+
+    assert make_config(None, []).data.val_size == 0.1
+    assert make_config("cifar10_paper", []).data.val_size == make_config("cifar10_fast", []).data.val_size == 0.1
+    labels = torch.arange(50_000) % 10
+    cifar = InMemoryDataset(torch.zeros(50_000, 3, 1, 1, dtype=torch.uint8), labels, [str(i) for i in range(10)],
+                            (0.5,) * 3, (0.5,) * 3, "fake")
+    train_part, val = holdout(cifar, make_config(None, []).data.val_size)
+    assert len(val) == 5_000 and len(train_part) == 45_000 and torch.bincount(val.labels).tolist() == [500] * 10
+    run = tmp_path / "run"
+    args = ["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "1", "--out", str(run),
+            *[o for o in TINY if not o.startswith("data.val_size")]]
+    assert main(args) == 0, capsys.readouterr().err
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["val_size"] == 0.1
+    record = json.loads((run / "metrics.jsonl").read_text())
+    assert record["step"] == 43 // 8  # 48 images, 5 held out
+    assert record["val_err"] in [100 * k / 5 for k in range(6)]
 
 
 def test_precision_auto_says_when_the_cpu_lacks_bf16(monkeypatch):

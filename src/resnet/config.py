@@ -18,7 +18,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     path: str = ""  # CIFAR folder or archive, or a class-per-folder image tree (or its .tar.gz)
-    val_size: float = 5000  # held out from the training set: a count, or a fraction when < 1 [ResNet §4.2: 45k/5k]
+    # Held out from the training set: a fraction when < 1, else a count. 10% gives the paper's 45k/5k
+    # split of CIFAR-10 [ResNet §4.2] and works on a folder of any size, where a fixed count would not.
+    val_size: float = 0.1
     batch_size: int = 128
     eval_batch_size: int = 1000
     pad: int = 4  # zero padding before the random crop [ResNet §4.2]
@@ -92,7 +94,9 @@ class TrainConfig:
                 raise ConfigError(message)
         for ok, message in [(self.accum_steps >= 1, "accum_steps must be >= 1"),
                             (self.data.augment in ("paper", "rrc"), "data.augment must be paper or rrc"),
-                            (self.data.image_size >= 8, "data.image_size must be >= 8")]:
+                            (self.data.image_size >= 8, "data.image_size must be >= 8"),
+                            (self.data.val_size < 1 or float(self.data.val_size).is_integer(),
+                             f"data.val_size must be a fraction below 1 or a whole count, got {self.data.val_size:g}")]:
             if not ok:
                 raise ConfigError(message)
 
