@@ -152,6 +152,28 @@ def test_recipes_and_overrides():
         make_config(None, ["optim.lr"])
 
 
+def test_numeric_overrides_parse_as_users_type_them(tmp_path, capsys):
+    """YAML 1.1 reads `1e-3` and `5E-4` as strings; every spelling of a number reaches the config as one."""
+    cfg = make_config(None, ["optim.lr=1e-3", "optim.weight_decay=5E-4", "schedule.gamma=.1", "epochs=1_000",
+                             "data.batch_size=2e2", "schedule.milestones=[1e3,2_000]", "model_args.drop_path_rate=1e-1",
+                             "optim.grad_clip=-1.5E+0"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.gamma) == (1e-3, 5e-4, 0.1)
+    assert cfg.epochs == 1000 and cfg.data.batch_size == 200 and cfg.schedule.milestones == (1000, 2000)
+    assert cfg.model_args == {"drop_path_rate": 0.1} and cfg.optim.grad_clip == -1.5
+    assert type(cfg.epochs) is int and type(cfg.optim.lr) is float
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim: {lr: 3e-2}\nschedule: {milestones: [1e2]}\n")
+    assert make_config(str(recipe)).optim.lr == 0.03 and make_config(str(recipe)).schedule.milestones == (100,)
+    for bad, message in [("optim.lr=1e-3x", "optim.lr: expected float, got '1e-3x'"),
+                         ("optim.lr=nan", "optim.lr: expected float, got 'nan'"),
+                         ("epochs=1.5", "epochs: expected int, got 1.5"), ("epochs=1e", "epochs: expected int")]:
+        with pytest.raises(ConfigError, match=message):
+            make_config(None, [bad])
+    assert main(["train", "--data", str(tmp_path), "optim.lr=1e-3x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "optim.lr: expected float, got '1e-3x'" in err
+
+
 def test_trainer_rejects_bad_setups(tiny_folder, tmp_path):
     with pytest.raises(ValueError, match=r"data.val_size=48 \(a count\) holds out 48 of the 48 .* a count below 48"):
         Trainer(_cfg(tiny_folder, "data.val_size=48"), tmp_path / "a")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -135,9 +136,24 @@ def load_recipe(name_or_path: str) -> dict:
     return data
 
 
+# A number as a user types it: YAML 1.1 (PyYAML) reads `1e-3`, `5E-4` and `1e3` as strings (its floats
+# need a dot and a signed exponent), so numeric fields and model_args convert such strings themselves.
+_NUMBER = re.compile(r"[-+]?(?=\.?\d)(\d(_?\d)*)?(\.(\d(_?\d)*)?)?([eE][-+]?\d+)?")
+
+
+def _number(text: str):
+    """int or float for a string that spells a number (`1e-3`, `.1`, `1_000`), else None."""
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
 def _coerce(value, annotation, key: str):
     """Check (and gently convert) a YAML value against a field's annotated type."""
     origin = typing.get_origin(annotation)
+    if isinstance(value, str) and annotation in (int, float) and _number(value) is not None:
+        value = _number(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -156,8 +172,8 @@ def _coerce(value, annotation, key: str):
         items = value if isinstance(value, (list, tuple)) else [value]
         return tuple(_coerce(v, typing.get_args(annotation)[0], key) for v in items)
     elif annotation is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
+        if isinstance(value, dict):  # model_args: `drop_path_rate=1e-1` is a number, not a string
+            return {k: _number(v) if isinstance(v, str) and _number(v) is not None else v for k, v in value.items()}
     type_name = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(f"{key}: expected {type_name}, got {value!r}")
 
