@@ -21,6 +21,15 @@ def _metrics(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def test_experiment_model_args_are_checked_before_the_data(tmp_path):
+    missing = str(tmp_path / "no-such-data")
+    with pytest.raises(ValueError, match="plain8: plain20 is a plain network"):
+        papers.degradation(missing, [8], epochs=1, out=str(tmp_path / "deg"), overrides=["model_args.drop_path_rate=0.1"])
+    with pytest.raises(TypeError, match="did you mean stem_width"):
+        papers.depth_sweep(missing, ["resnet20"], epochs=1, out=str(tmp_path / "dep"), overrides=["model_args.stemwidth=4"])
+    assert not (tmp_path / "deg").exists() and not (tmp_path / "dep").exists()
+
+
 def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
     out = tmp_path / "deg"
     result = papers.degradation(str(tiny_folder), [8, 14], epochs=1, out=str(out), overrides=TINY)

@@ -174,6 +174,23 @@ def test_numeric_overrides_parse_as_users_type_them(tmp_path, capsys):
     assert err.count("\n") == 1 and "optim.lr: expected float, got '1e-3x'" in err
 
 
+def test_model_args_are_checked_before_any_data_is_read(tmp_path, monkeypatch, capsys):
+    import resnet.engine.trainer as trainer_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the model arguments were checked")
+    monkeypatch.setattr(trainer_module, "split_train_val", no_data)
+    monkeypatch.setattr(trainer_module, "load_dataset", no_data)
+    with pytest.raises(TypeError, match="did you mean widths"):
+        Trainer(_cfg(tmp_path, "model_args.widht=[4,8,8]"), tmp_path / "a")
+    with pytest.raises(ValueError, match="plain nets have no shortcuts"):
+        Trainer(_cfg(tmp_path, "model=plain20", "model_args.shortcut=C"), tmp_path / "b")
+    # the command line: a folder that does not exist is never reached either
+    assert main(["train", "--model", "plain20", "--data", str(tmp_path / "missing"), "model_args.drop_path_rate=0.1",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "plain20 is a plain network" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
 def test_trainer_rejects_bad_setups(tiny_folder, tmp_path):
     with pytest.raises(ValueError, match=r"data.val_size=48 \(a count\) holds out 48 of the 48 .* a count below 48"):
         Trainer(_cfg(tiny_folder, "data.val_size=48"), tmp_path / "a")

@@ -18,7 +18,7 @@ from .. import __version__
 from ..config import TrainConfig
 from ..data import InMemoryDataset, load_dataset
 from ..data.split import holdout
-from ..models import create_model, get_entry
+from ..models import check_model_args, create_model
 from . import checkpoint, distributed
 from .evaluate import evaluate
 from .logger import MetricsLog, Progress
@@ -123,7 +123,8 @@ class Trainer:
                  data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None):
         """`data` = (train, val) already in memory skips loading cfg.data.path (benchmarks, experiments)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        get_entry(cfg.model)  # an unknown name fails here, with suggestions, before any data is read
+        # An unknown name or model_args key, or shortcut= on a plain net, fails here, before any data is read.
+        check_model_args(cfg.model, **cfg.model_args)
         self.dist = distributed.setup(device)  # torchrun: join the process group; rank 0 alone reports
         self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
         self.device = torch.device(device) if device else (self.dist.device or default_device())

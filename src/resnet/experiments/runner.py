@@ -25,6 +25,7 @@ from .. import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
 from ..engine.trainer import Trainer, split_train_val
+from ..models import check_model_args
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ class Experiment:
                  jobs: int = 1):
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
+        for spec in specs:  # a typo in model_args fails now, not after the data is read
+            try:
+                check_model_args(spec.model, **{**cfg.model_args, **spec.model_args})
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{spec.title}: {e}") from None
         self.kind, self.out, self.cfg, self.specs, self.jobs = kind, Path(out), cfg, specs, jobs
         self.stream = stream or sys.stderr
         self.out.mkdir(parents=True, exist_ok=True)
