@@ -30,6 +30,21 @@ def test_experiment_model_args_are_checked_before_the_data(tmp_path):
     assert not (tmp_path / "deg").exists() and not (tmp_path / "dep").exists()
 
 
+def test_experiment_without_a_validation_set(tiny_folder, tmp_path, capsys):
+    """data.val_size=0: no val_err to format; the tables say so, the bars show training error."""
+    no_val = [o for o in TINY if not o.startswith("data.val_size")] + ["data.val_size=0"]
+    out = tmp_path / "deg"
+    assert main(["experiment", "degradation", "--data", str(tiny_folder), "--depths", "8", "--epochs", "1",
+                 "--out", str(out), *no_val]) == 0
+    captured = capsys.readouterr()
+    assert "(no validation set)" in captured.err
+    rows = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("| plain8")]
+    assert len(rows) == 1 and rows[0].split(" | ")[6:8] == ["–", "–"]  # val err, best val err
+    result = papers.shortcut_options(str(tiny_folder), 8, epochs=1, out=str(tmp_path / "sc"), overrides=no_val)
+    assert all(r["val_err"] is None and r["best_val_err"] is None for r in result["rows"])
+    assert (tmp_path / "sc" / "shortcuts.png").stat().st_size > 1000
+
+
 def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
     out = tmp_path / "deg"
     result = papers.degradation(str(tiny_folder), [8, 14], epochs=1, out=str(out), overrides=TINY)

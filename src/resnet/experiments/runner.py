@@ -115,8 +115,8 @@ class Experiment:
         trainer = Trainer(cfg, run_dir, resume=done > 0, data=self.data(), stream=io.StringIO())
         history = trainer.fit()
         last = history[-1]
-        print(f"[{self.kind}] {spec.name}: train err {last['train_err']:.2f}% val err {last['val_err']:.2f}%",
-              file=self.stream)
+        val = f" val err {last['val_err']:.2f}%" if last.get("val_err") is not None else " (no validation set)"
+        print(f"[{self.kind}] {spec.name}: train err {last['train_err']:.2f}%{val}", file=self.stream)
         return history
 
     def run_all(self) -> list[tuple[RunSpec, list[dict]]]:
