@@ -166,7 +166,8 @@ def cmd_experiment(args) -> int:
         train = dict(epochs=args.epochs, seeds=args.seeds, recipe=args.recipe, overrides=args.overrides,
                      stream=sys.stderr, jobs=args.jobs, **out)
         if args.kind == "degradation":
-            result = papers.degradation(args.data, args.depths, **train)
+            tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
+            result = papers.degradation(args.data, args.depths, **tolerance, **train)
         elif args.kind == "depth":
             result = papers.depth_sweep(args.data, args.models.split(","), **train)
         elif args.kind == "shortcuts":
@@ -205,6 +206,8 @@ def _add_experiment_parsers(sub) -> None:
             k.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
         if kind == "degradation":
             k.add_argument("--depths", type=_int_list, default=[20, 32, 44, 56], help="comma-separated (default 20,32,44,56)")
+            k.add_argument("--tolerance", type=float, help="points of final training error within which the deeper "
+                           "net counts as training no worse, for the verdict (default 1)")
         elif kind == "depth":
             k.add_argument("--models", default="resnet20,resnet32,resnet44,resnet56", help="comma-separated model names")
         elif kind == "shortcuts":

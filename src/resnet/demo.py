@@ -31,6 +31,7 @@ def run_demo(out: str | None = None, depths: tuple[int, ...] = (20, 56), epochs:
               f"{row['val_err'][0] if row['val_err'] else float('nan'):>8.2f}%{test['top1_err']:>9.2f}%")
     gaps, lo, hi = result["mean_gaps"], min(depths), max(depths)
     print(f"\ntraining error averaged over the run, {hi} minus {lo} layers: plain {gaps['plain']:+.2f} points, "
-          f"ResNet {gaps['resnet']:+.2f} points: the degradation problem is {result['verdict']}")
+          f"ResNet {gaps['resnet']:+.2f} points")
+    print(f"the degradation finding is {result['verdict']}: {result['verdict_reason']} (final training errors)")
     print(f"report: {out_dir / 'report.md'}  figure: {out_dir / 'degradation.png'}")
     return {**result, "test_err": tests}
