@@ -4,6 +4,7 @@ Everything is built in tmp_path; no network."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import tarfile
@@ -317,10 +318,11 @@ def test_train_preset_is_seeded():
 
 # --------------------------------------------------------------------------- cache
 def test_cache_reused_without_decoding(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
     make_tree(tmp_path / "d" / "imgs")
-    first = load_dataset(tmp_path / "d" / "imgs")  # tmp is writable: cache next to the data
+    first = load_dataset(tmp_path / "d" / "imgs")
     cache_file = Path(first.info["cache"])
-    assert cache_file.parent == tmp_path / "d" and cache_file.suffix == ".safetensors"
+    assert cache_file.parent == tmp_path / "cache" and cache_file.suffix == ".safetensors"
 
     def boom(*a, **k):
         raise AssertionError("decoded again")
@@ -333,21 +335,64 @@ def test_cache_reused_without_decoding(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="decoded again"):
         load_dataset(tmp_path / "d" / "imgs")
     monkeypatch.undo()
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
     third = load_dataset(tmp_path / "d" / "imgs")
-    assert len(third) == 13 and list((tmp_path / "d").glob("*.safetensors")) == [Path(third.info["cache"])]
+    assert len(third) == 13 and list((tmp_path / "cache").glob("*.safetensors")) == [Path(third.info["cache"])]
 
 
-def test_cache_falls_back_when_data_folder_read_only(tmp_path, monkeypatch):
-    make_tree(tmp_path / "ro" / "imgs")
-    archive = make_tar(tmp_path / "ro" / "imgs", tmp_path / "ro" / "imgs.tar.gz", "imgs")
-    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "user-cache"))
-    os.chmod(tmp_path / "ro", 0o555)
-    try:
-        ds = load_dataset(archive)
-    finally:
-        os.chmod(tmp_path / "ro", 0o755)
-    assert Path(ds.info["cache"]).parent == tmp_path / "user-cache"
-    assert not list((tmp_path / "ro").glob("*.safetensors"))
+def test_caches_go_to_the_cache_folder_never_next_to_the_data(tmp_path, monkeypatch):
+    """A writable data folder (a shared data set, a git checkout) gets no 150 MB file beside the data."""
+    make_tree(tmp_path / "data" / "imgs")
+    archive = make_tar(tmp_path / "data" / "imgs", tmp_path / "data" / "imgs.tar.gz", "imgs")
+    home = tmp_path / "home"
+    monkeypatch.delenv("RESNET_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    assert cifar.default_cache_dir() == home / ".cache" / "resnet"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cifar.default_cache_dir() == tmp_path / "xdg" / "resnet"
+    ds = load_dataset(archive)
+    assert Path(ds.info["cache"]).parent == tmp_path / "xdg" / "resnet"
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "mine"))  # $RESNET_CACHE wins over XDG
+    assert Path(load_dataset(tmp_path / "data" / "imgs").info["cache"]).parent == tmp_path / "mine"
+    asked = load_dataset(archive, cache_dir=tmp_path / "asked")  # data.cache_dir: where the user asks
+    assert Path(asked.info["cache"]).parent == tmp_path / "asked"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["imgs", "imgs.tar.gz"]
+
+
+def test_cache_list_and_clear(tmp_path, monkeypatch, capsys):
+    from resnet.cli import main
+    from resnet.data.cache_folder import clear_cache, list_cache
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RESNET_CACHE", str(cache))
+    make_tree(tmp_path / "d" / "imgs")
+    decoded = Path(load_dataset(tmp_path / "d" / "imgs").info["cache"])
+    (cache / "cifar-10-python.tar.gz").write_bytes(b"x" * 10)
+    (cache / "inductor").mkdir()
+    (cache / "inductor" / "k.so").write_bytes(b"y" * 5)
+    (cache / "notes.txt").write_text("mine")
+    kinds = {e.path.name: (e.kind, e.source) for e in list_cache()}
+    assert kinds == {decoded.name: ("decoded", str((tmp_path / "d" / "imgs").resolve())),
+                     "cifar-10-python.tar.gz": ("download", ""), "inductor": ("compiled", ""), "notes.txt": ("other", "")}
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert str(cache) in out and decoded.name in out and "from " + str((tmp_path / "d" / "imgs").resolve()) in out
+    assert main(["cache", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["folder"] == str(cache) and {e["kind"] for e in listed["entries"]} == {"decoded", "download",
+                                                                                         "compiled", "other"}
+    assert main(["cache", "clear"]) == 0  # default: the decoded images only
+    assert f"removed decoded {decoded}" in capsys.readouterr().out and not decoded.exists()
+    assert (cache / "cifar-10-python.tar.gz").exists() and (cache / "inductor").exists()
+    assert main(["cache", "clear", "--all"]) == 0
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]  # what the toolkit did not make stays
+    assert main(["cache", "clear", "--kind", "decodde"]) == 2
+    assert "unknown cache kind(s) decodde" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.train.0123.resnet-u8.safetensors").write_bytes(b"z")
+    assert [e.kind for e in clear_cache(other)] == ["decoded"] and not any(other.iterdir())
 
 
 # --------------------------------------------------------------------------- split

@@ -191,6 +191,21 @@ def test_model_args_are_checked_before_any_data_is_read(tmp_path, monkeypatch, c
     assert "plain20 is a plain network" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
+def test_the_log_says_where_the_decoded_cache_is(tiny_folder, tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
+    lines = []
+    for run in ("a", "b"):
+        buf = io.StringIO()
+        train(_cfg(tiny_folder, epochs=1), tmp_path / run, stream=buf)
+        lines.append(buf.getvalue().splitlines()[0])
+    cache = next((tmp_path / "cache").glob("*.resnet-u8.safetensors"))
+    assert lines[0].startswith("data: tiny") and "(36 training, 12 validation images)" in lines[0]
+    assert "; decoded in " in lines[0] and f"s into the cache {cache} (see `resnet cache list`" in lines[0]
+    assert f"; read from the cache {cache} (see" in lines[1]
+
+
 def test_trainer_rejects_bad_setups(tiny_folder, tmp_path):
     with pytest.raises(ValueError, match=r"data.val_size=48 \(a count\) holds out 48 of the 48 .* a count below 48"):
         Trainer(_cfg(tiny_folder, "data.val_size=48"), tmp_path / "a")

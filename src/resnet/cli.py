@@ -141,6 +141,20 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_cache(args) -> int:
+    from .data.cache_folder import KINDS, clear_cache, format_listing, human, list_cache
+
+    if args.action == "list":
+        print(format_listing(list_cache(args.dir), args.dir, args.json))
+        return 0
+    kinds = tuple(KINDS) if args.all else tuple(k.strip() for k in args.kind.split(","))
+    removed = clear_cache(args.dir, kinds)
+    for entry in removed:
+        print(f"removed {entry.kind} {entry.path} ({human(entry.size)})")
+    print(f"{len(removed)} entries, {human(sum(e.size for e in removed))} freed")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -335,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=20, help="epochs per network (default 20)")
     p.add_argument("--out", help="report folder (default runs/demo-TIME)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("cache", help="list or clear the cache folder (decoded images, downloads, compiled kernels)",
+                       description="The cache folder is $RESNET_CACHE, else $XDG_CACHE_HOME/resnet, else "
+                                   "~/.cache/resnet; everything in it is rebuilt when missing.")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--dir", help="another cache folder (what data.cache_dir named; default: the cache folder)")
+    p.add_argument("--kind", default="decoded", help="clear: comma-separated kinds, from decoded, download, cifar, "
+                   "compiled (default decoded)")
+    p.add_argument("--all", action="store_true", help="clear: every kind the toolkit made")
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+    p.set_defaults(func=cmd_cache)
 
     _add_experiment_parsers(sub)
     _add_deploy_parsers(sub)

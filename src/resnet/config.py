@@ -26,7 +26,7 @@ class DataConfig:
     eval_batch_size: int = 1000
     pad: int = 4  # zero padding before the random crop [ResNet §4.2]
     flip: bool = True
-    cache_dir: str = ""  # where decoded images are cached when the data folder is read-only
+    cache_dir: str = ""  # where decoded images are cached; "" = the cache folder ($RESNET_CACHE, $XDG_CACHE_HOME/resnet, ~/.cache/resnet)
     skip_bad: bool = False  # leave out undecodable images (listed in RUN_DIR/skipped.txt) instead of stopping
     # Images over 64x64 (all images, with stream=true) are streamed through DataLoader workers:
     image_size: int = 224  # the training and evaluation crop of streamed images

@@ -69,8 +69,10 @@ def quiet_loggers(*names: str, level: int = logging.ERROR):
 
 
 def cache_dir() -> Path:
-    """The toolkit's cache: $RESNET_CACHE, else ~/.cache/resnet."""
-    return Path(os.environ.get("RESNET_CACHE") or Path.home() / ".cache" / "resnet").expanduser()
+    """The toolkit's cache folder (one definition: data.cifar.default_cache_dir)."""
+    from .data.cifar import default_cache_dir
+
+    return default_cache_dir()
 
 
 def configure_compile_cache() -> Path:

@@ -116,6 +116,17 @@ def split_train_val(cfg: TrainConfig) -> tuple[InMemoryDataset, InMemoryDataset 
     return holdout(data, cfg.data.val_size, cfg.seed)
 
 
+def describe_data(train, val) -> str:
+    """The log line of the data a run uses: sizes, and where its decoded cache was read or written."""
+    sizes = f"{len(train)} training, {len(val) if val is not None else 0} validation images"
+    info, line = getattr(train, "info", {}), f"data: {train.name} ({sizes})"
+    if info.get("cache"):
+        done = f"decoded in {info['decode_seconds']:.1f}s into the cache" if "decode_seconds" in info else \
+            "read from the cache"
+        line += f"; {done} {info['cache']} (see `resnet cache list`, `resnet cache clear`)"
+    return line
+
+
 class Trainer:
     """Trains `cfg.model` on `cfg.data.path` into `run_dir`; `resume=True` continues that folder exactly."""
 
@@ -131,6 +142,8 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.train_data, self.val_data = data or split_train_val(cfg)
+        if data is None:
+            print(describe_data(self.train_data, self.val_data), file=self.stream)
         if cfg.weights:
             from ..weights import apply_preprocess
             apply_preprocess(cfg.weights, self.train_data, self.val_data)  # the pretrained weights' mean/std

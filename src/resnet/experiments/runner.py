@@ -24,7 +24,7 @@ import yaml
 from .. import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
-from ..engine.trainer import Trainer, split_train_val
+from ..engine.trainer import Trainer, describe_data, split_train_val
 from ..models import check_model_args
 
 
@@ -99,6 +99,7 @@ class Experiment:
         """Loaded and split once: every run sees the same training and validation images."""
         if self._data is None:
             self._data = split_train_val(self.cfg)
+            print(f"[{self.kind}] {describe_data(*self._data)}", file=self.stream)
         return self._data
 
     def run(self, spec: RunSpec) -> list[dict]:
