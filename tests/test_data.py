@@ -4,11 +4,15 @@ Everything is built in tmp_path; no network."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
+import re
 import tarfile
+import time
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +187,7 @@ def test_download_verifies_md5(tmp_path):
 
 
 def test_download_offline_says_where_to_put_the_file(tmp_path):
-    def offline(url):
+    def offline(url, timeout):
         raise urllib.error.URLError("no network")
     with pytest.raises(ConnectionError) as e:
         cifar.download_cifar("cifar100", tmp_path, opener=offline)
@@ -192,13 +196,13 @@ def test_download_offline_says_where_to_put_the_file(tmp_path):
 
 
 def test_cifar_by_name(tmp_path):
-    with pytest.raises(FileNotFoundError, match="download=True.*cifar-10-python.tar.gz"):
+    with pytest.raises(FileNotFoundError, match="download=True .*cifar-10-python.tar.gz"):
         load_dataset("cifar10", cache_dir=tmp_path)
     src = make_cifar10(tmp_path / "src")
     archive = make_tar(src, tmp_path / "a.tar.gz", "cifar-10-batches-py")
 
-    def opener(url):
-        assert url == cifar.CIFAR10.url
+    def opener(url, timeout):
+        assert url == cifar.CIFAR10.url and timeout == cifar.DOWNLOAD_TIMEOUT
         return open(archive, "rb")
     monkey_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     spec = cifar.CIFAR10
@@ -209,6 +213,116 @@ def test_cifar_by_name(tmp_path):
         object.__setattr__(spec, "md5", "c58f30108f718f92721af3b95e74349a")
     assert path.name == "cifar-10-python.tar.gz"
     assert len(load_dataset("cifar10", "test", cache_dir=tmp_path / "cache")) == 20
+
+
+class _Server:
+    """An HTTP server on 127.0.0.1 standing in for the CIFAR host: serves `body` at any path, or
+    sends the headers and the first `stall_after` bytes, then stops sending (a stalled connection)."""
+
+    def __init__(self, body: bytes, stall_after: int | None = None):
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if stall_after is None:
+                    self.wfile.write(body)
+                    return
+                self.wfile.write(body[:stall_after])
+                self.wfile.flush()
+                server.release.wait(10)  # hold the connection open, sending nothing
+
+            def log_message(self, *args):
+                pass
+
+        self.requests, self.release = [], threading.Event()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/~kriz/cifar-10-python.tar.gz"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_cifar_keeps_the_official_urls_and_md5():
+    assert (cifar.CIFAR10.url, cifar.CIFAR10.md5) == ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                                      "c58f30108f718f92721af3b95e74349a")
+    assert (cifar.CIFAR100.url, cifar.CIFAR100.md5) == ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                                                        "eb9058c3a382ffc7106e4002c42a8d85")
+    assert cifar.download_file.__defaults__[0] is urllib.request.urlopen
+
+
+def test_train_and_eval_download_a_named_dataset(tmp_path, monkeypatch, capsys):
+    """`resnet train --data cifar10` fetches the archive into the cache (a local stand-in for the official
+    host, with that archive's md5), with a progress bar; `resnet eval --data cifar10` then finds it there."""
+    import dataclasses
+
+    from resnet.cli import main
+
+    archive = make_tar(make_cifar10(tmp_path / "src"), tmp_path / "a.tar.gz", "cifar-10-batches-py")
+    body = archive.read_bytes()
+    server = _Server(body)
+    monkeypatch.setitem(cifar.SPECS, "cifar10", dataclasses.replace(
+        cifar.CIFAR10, url=server.url, md5=hashlib.md5(body).hexdigest()))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RESNET_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    tiny = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=30", "precision=fp32"]
+    try:
+        assert main(["train", "--model", "resnet20", "--data", "cifar10", "--epochs", "1", "--out", "run", *tiny]) == 0
+        err = capsys.readouterr().err
+        assert (cache / "cifar-10-python.tar.gz").read_bytes() == body and server.requests == ["/~kriz/cifar-10-python.tar.gz"]
+        mb = f"{len(body) / 1e6:.1f}"
+        assert f"downloading cifar-10-python.tar.gz [########################] {mb}/{mb} MB" in err
+        assert err.count("downloading") == 1  # not a terminal: one line per tenth, and the file is small
+        assert "data: cifar10 (90 training, 10 validation images)" in err
+        assert main(["eval", "--checkpoint", "run", "--data", "cifar10", "--precision", "fp32", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["n"] == 20  # the test batch, from the cache
+        assert len(server.requests) == 1  # nothing downloaded again
+    finally:
+        server.close()
+
+
+def test_download_times_out_on_a_stalled_server(tmp_path):
+    body = os.urandom(1 << 16)
+    server = _Server(body, stall_after=1000)
+    dest = tmp_path / "cache" / "cifar-10-python.tar.gz"
+    try:
+        start = time.perf_counter()
+        with pytest.raises(ConnectionError, match=r"\(timed out.*\). Offline\? .* put it at " + re.escape(str(dest))):
+            cifar.download_file(server.url, dest, hashlib.md5(body).hexdigest(), timeout=0.5, stream=io.StringIO())
+        assert time.perf_counter() - start < 5
+    finally:
+        server.close()
+    assert list(dest.parent.iterdir()) == []  # the partial file is gone
+
+
+def test_train_offline_says_which_file_to_put_where(tmp_path, monkeypatch, capsys):
+    import dataclasses
+    import socket
+
+    from resnet.cli import main
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/cifar-100-python.tar.gz"
+    monkeypatch.setitem(cifar.SPECS, "cifar100", dataclasses.replace(cifar.CIFAR100, url=url))
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "--data", "cifar100", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    dest = tmp_path / "cache" / "cifar-100-python.tar.gz"
+    assert err.count("\n") == 1 and f"could not download {url}" in err and f"put it at {dest}" in err
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------- image folders

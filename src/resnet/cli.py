@@ -11,6 +11,9 @@ from pathlib import Path
 import torch
 
 
+NAMED_DATA = ", or cifar10 / cifar100 (downloaded into the cache folder when absent)"
+
+
 def _meta_model(name: str, **kwargs):
     """Build on the meta device: sizes and MACs need shapes, not memory or initialisation."""
     from .models import create_model
@@ -83,6 +86,7 @@ def cmd_train(args) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "last.state.pt").exists():
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
+    _fetch_named(cfg.data.path, cfg.data.cache_dir)
     history = train(cfg, run_dir, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
@@ -91,6 +95,13 @@ def cmd_train(args) -> int:
     if last.get("val_err") is not None:
         print(f"final validation error {last['val_err']:.2f}% (top-5 {last['val_top5_err']:.2f}%)")
     return 0
+
+
+def _fetch_named(data: str, cache_dir: str = "") -> None:
+    """`--data cifar10` / `cifar100`: download the official archive into the cache when it is not there."""
+    from .data.cifar import fetch_named
+
+    fetch_named(data, cache_dir or None)
 
 
 def _overrides(items):
@@ -104,6 +115,7 @@ def cmd_eval(args) -> int:
     from .data import ImagesTooLargeError
     from .evaluation import run_eval
 
+    _fetch_named(args.data)
     streamed = dict(checkpoint=args.checkpoint, weights=args.weights, model=args.model, split=args.split,
                     test=args.test, precision=args.precision, batch_size=args.batch_size or 64, workers=args.workers,
                     plots=args.plots, backend=args.backend)
@@ -173,6 +185,7 @@ def cmd_experiment(args) -> int:
     from .experiments import analysis, papers
 
     out = {"out": args.out} if args.out else {}
+    _fetch_named(args.data, _overrides(getattr(args, "overrides", [])).get("data", {}).get("cache_dir", ""))
     if args.kind in ("responses", "gradients"):
         fn = analysis.responses if args.kind == "responses" else analysis.gradients
         result = fn(args.checkpoints, args.data, split=args.split, **out)
@@ -206,7 +219,8 @@ def _add_experiment_parsers(sub) -> None:
     }
     for kind, text in specs.items():
         k = kinds.add_parser(kind, help=text, description=text)
-        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, or 'digits'")
+        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, 'digits'"
+                       f"{NAMED_DATA}")
         k.add_argument("--out", help=f"report folder (default experiments/{kind}); rerun to resume")
         if kind in ("responses", "gradients"):
             k.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints or run folders")
@@ -298,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on CIFAR or an image folder",
                        description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
-    p.add_argument("--data", help="CIFAR folder or archive, or a class-per-folder image tree (or its .tar.gz)")
+    p.add_argument("--data", help=f"CIFAR folder or archive, a class-per-folder image tree (or its .tar.gz){NAMED_DATA}")
     p.add_argument("--recipe", default=None, help="a shipped recipe (cifar10_paper, cifar10_fast) or a YAML file")
     p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default auto: bf16 where native")
@@ -316,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="instead of --checkpoint: pretrained weights, e.g. torchvision:resnet50.IMAGENET1K_V2 "
                    "or a torchvision-layout file (with --model)")
     p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
-    p.add_argument("--data", required=True, help="CIFAR folder or archive, or a class-per-folder image tree")
+    p.add_argument("--data", required=True, help=f"CIFAR folder or archive, a class-per-folder image tree{NAMED_DATA}")
     p.add_argument("--test", choices=["center", "ten-crop", "multi-scale"], default="center",
                    help="single centre crop (default), the paper's 10-crop test, or the fully-convolutional "
                         "multi-scale test (shorter side 224/256/384/480/640, and mirrored) [ResNet §3.4]")
