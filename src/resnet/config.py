@@ -53,8 +53,8 @@ class ScheduleConfig:
     gamma: float = 0.1
     warmup_steps: int = 0  # linear warm-up from warmup_start * lr (cosine, step, onecycle)
     warmup_start: float = 0.1
-    warmup_lr: float = 0.0  # ResNet-110 [§4.2]: train at this lr until the running training error ...
-    warmup_until_err: float = 0.0  # ... falls below this (%), then use lr
+    warmup_lr: float = 0.0  # ResNet-110 [§4.2]: train at this lr until the training error of a global batch ...
+    warmup_until_err: float = 0.0  # ... falls below this (%), then use lr (decided alike on every process)
     final_lr: float = 0.0  # fraction of lr reached at the end (cosine, onecycle)
 
 

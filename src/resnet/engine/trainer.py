@@ -54,24 +54,31 @@ def _syncs_are_costly(device: torch.device) -> bool:
 
 class _DeviceTotals:
     """An epoch's summed loss and wrong predictions kept on the training device, and the first
-    non-finite loss since the last check (its value and step), so that a step needs no host sync."""
+    non-finite loss since the last check (its value and step), so that a step needs no host sync.
+    Under torchrun the sums are those of the global batch (one all-reduce of three numbers a step),
+    the same on every process: metrics, the ResNet-110 warm-up and mid-epoch checkpoints agree."""
 
-    def __init__(self, partial: dict, device: torch.device, check_each_step: bool):
+    def __init__(self, partial: dict, device: torch.device, check_each_step: bool,
+                 dist_ctx: distributed.DistContext | None = None):
         self.partial, self.check_each_step = partial, check_each_step
+        self.dist = dist_ctx or distributed.DistContext()
         self.loss_sum = torch.tensor(float(partial["loss_sum"]), dtype=torch.float64, device=device)
-        self.wrong = torch.tensor(int(partial["wrong"]), dtype=torch.int64, device=device)
+        self.wrong = torch.tensor(float(partial["wrong"]), dtype=torch.float64, device=device)
         self.bad_step = torch.tensor(-1, dtype=torch.int64, device=device)
         self.bad_value = torch.tensor(0.0, dtype=torch.float32, device=device)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        batch_wrong = (logits.argmax(1) != y).sum()
-        self.loss_sum += loss.double() * y.numel()
-        self.wrong += batch_wrong
+        """Count this step's batch; returns (wrong, images) of the global batch as a float64 tensor."""
+        images = torch.full((), float(y.numel()), dtype=torch.float64, device=loss.device)
+        stats = torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) != y).sum().double(), images])
+        stats = distributed.all_sum(stats, self.dist)
+        self.loss_sum += stats[0]
+        self.wrong += stats[1]
         if not self.check_each_step:  # remember the first non-finite loss, for the next settle()
             newly = ~torch.isfinite(loss) & (self.bad_step < 0)
             self.bad_step = torch.where(newly, step, self.bad_step)
             self.bad_value = torch.where(newly, loss.float(), self.bad_value)
-        return batch_wrong
+        return stats[1:]
 
     def settle(self) -> tuple[float, int] | None:
         """Copy the totals into the epoch's partial record (a host sync); (value, step) of a non-finite loss."""
@@ -256,7 +263,7 @@ class Trainer:
         # Deferred checks need no sync; with several processes every one must stop at the same step, and
         # nonfinite=skip must know before the update: those (and CPUs, where it is free) check every step.
         check_each_step = not _syncs_are_costly(self.device) or cfg.nonfinite == "skip" or self.dist.world_size > 1
-        totals = _DeviceTotals(acc, self.device, check_each_step)
+        totals = _DeviceTotals(acc, self.device, check_each_step, self.dist)
         for i, (x, y) in enumerate(self.train_loader):
             if i < acc["batches"]:
                 continue  # done before the interruption; the epoch's batches are a function of (seed, epoch)
@@ -267,10 +274,10 @@ class Trainer:
                     group["lr"] = lr
             logits, loss, finite = self._train_step(x, y, totals.check_each_step)
             if finite:
-                batch_wrong = totals.add(loss, logits, y, self.step)
-                acc["seen"] += y.numel()
-                if not self.schedule.warmup_done:
-                    self.schedule.observe_train_error(100.0 * float(batch_wrong) / y.numel())
+                wrong, images = totals.add(loss, logits, y, self.step)
+                acc["seen"] += int(images) if self.dist.enabled else y.numel()  # (synced anyway under torchrun)
+                if not self.schedule.warmup_done:  # the global batch's error: every process switches together
+                    self.schedule.observe_train_error(100.0 * float(wrong) / float(images))
             self.step += 1
             acc["batches"] = i + 1
             acc["seconds"] = time.perf_counter() - start
