@@ -281,3 +281,20 @@ def test_tensorboard_events_when_installed(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
     train(_cfg(tiny_folder, epochs=2), tmp_path / "run")
     assert ("train_loss", 4) in scalars and ("val_err", 8) in scalars
+
+
+def test_tensorboard_real_writer_mirrors_metrics(tiny_folder, tmp_path):
+    """With the `tensorboard` extra installed (CI installs it), the event files hold every number of metrics.jsonl."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'resnet[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    history = train(_cfg(tiny_folder, epochs=2), run)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"lr", "train_loss", "train_err", "val_loss", "val_err", "images_per_sec", "seconds"} <= tags
+    for tag in ("train_loss", "val_err", "lr"):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [r["step"] for r in history] == [4, 8]
+        assert [s.value for s in scalars] == pytest.approx([r[tag] for r in history], rel=1e-6)
