@@ -25,7 +25,6 @@ from resnet.data import (CifarFormatError, DatasetLayoutError, ImageDecodeError,
                          stratified_split)
 from resnet.data import cifar, memory
 from resnet.data.folder import decode_image, scan
-from resnet.data.memory import crop_flip
 from resnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_preset, train_preset
 
 RNG = np.random.default_rng(0)
@@ -539,37 +538,45 @@ def _images(n=16, size=32):
                          generator=torch.Generator().manual_seed(n))
 
 
-def test_crop_identity_flip_and_zero_padding():
+def test_crop_identity_and_zero_padding():
+    """The loader's crop (_crop_nhwc, on B x H x W x C batches) at fixed offsets."""
     x = _images(6)
-    four = torch.full((6,), 4)
-    no = torch.zeros(6, dtype=torch.bool)
-    assert torch.equal(crop_flip(x, four, four, no, 4), x)
-    assert torch.equal(crop_flip(x, four, four, ~no, 4), x.flip(-1))
-    zero = torch.zeros(6, dtype=torch.long)
-    out = crop_flip(x, zero, zero, no, 4)
+    nhwc = x.permute(0, 2, 3, 1).contiguous()
+    crop = lambda oy, ox: memory._crop_nhwc(nhwc, torch.full((6,), oy), torch.full((6,), ox), 4).permute(0, 3, 1, 2)
+    assert torch.equal(crop(4, 4), x)
+    out = crop(0, 0)
     assert (out[:, :, :4] == 0).all() and (out[:, :, :, :4] == 0).all()
     assert torch.equal(out[:, :, 4:, 4:], x[:, :, :28, :28])
-    eight = torch.full((6,), 8)
-    out = crop_flip(x, eight, zero, no, 4)  # 4 down (rows), 4 left (cols)
+    out = crop(8, 0)  # 4 down (rows), 4 left (cols)
     assert torch.equal(out[:, :, :28, 4:], x[:, :, 4:, :28]) and (out[:, :, 28:] == 0).all()
 
 
-def test_crop_flip_matches_per_image_reference():
+def test_loader_batches_match_a_per_image_reference():
+    """What MemoryLoader yields in training (its gather, padded crop and batched flip) is, image by image,
+    the padded image cropped at its planned offset and mirrored where planned, with its own label."""
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
-    @hypothesis.settings(max_examples=40, deadline=None)
-    @hypothesis.given(st.integers(0, 3), st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6),
-                                                            st.booleans()), min_size=1, max_size=5))
-    def check(pad, params):
-        params = [(min(a, 2 * pad), min(b, 2 * pad), f) for a, b, f in params]
-        x = _images(len(params), size=5)[:, :, :, :4].contiguous()  # non-square on purpose
-        oy, ox, fl = (torch.tensor(v) for v in zip(*params))
-        got = crop_flip(x, oy, ox, fl, pad)
+    @hypothesis.settings(max_examples=30, deadline=None)
+    @hypothesis.given(st.integers(0, 3), st.integers(1, 9), st.integers(1, 4), st.integers(0, 99), st.booleans())
+    def check(pad, n, batch, seed, flip):
+        x = _images(n, size=5)[:, :, :, :4].contiguous()  # non-square on purpose
+        y = torch.arange(n)
+        loader = MemoryLoader(x, y, batch, train=True, mean=(0, 0, 0), std=(1 / 255,) * 3, pad=pad, flip=flip,
+                              seed=seed, drop_last=False)
+        loader.set_epoch(seed % 3)
+        order, oy, ox, fl = loader.epoch_plan()
         xp = torch.nn.functional.pad(x, (pad,) * 4)
-        for i, (a, b, f) in enumerate(params):
-            ref = xp[i, :, a:a + 5, b:b + 4]
-            assert torch.equal(got[i], ref.flip(-1) if f else ref)
+        p = 0
+        for xb, yb in loader:
+            for img, label in zip(xb.round().to(torch.uint8), yb):
+                assert label == order[p]
+                a, b = int(oy[p]), int(ox[p])
+                assert 0 <= a <= 2 * pad and 0 <= b <= 2 * pad
+                ref = xp[label, :, a:a + 5, b:b + 4]
+                assert torch.equal(img, ref.flip(-1) if fl[p] else ref)
+                p += 1
+        assert p == n and (flip or not fl.any())
     check()
 
 

@@ -418,19 +418,6 @@ def _crop_nhwc(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, pad: int) ->
     return rows.index_select(0, start.view(-1)).view(b, h, w, c)
 
 
-def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor,
-              pad: int) -> torch.Tensor:
-    """Zero-pad uint8 images (B x C x H x W) by ``pad``, crop H x W at per-image offsets
-    (oy, ox) in [0, 2*pad] and mirror the images where ``flip``; vectorised over the batch.
-    Returns B x C x H x W in channels_last memory."""
-    nhwc = x.permute(0, 2, 3, 1).contiguous()
-    out = _crop_nhwc(nhwc, oy, ox, pad) if pad else nhwc
-    which = torch.nonzero(flip.to(out.device)).view(-1)
-    if which.numel():
-        out.index_copy_(0, which, out.index_select(0, which).flip(2))
-    return out.permute(0, 3, 1, 2)
-
-
 class MemoryLoader:
     """Batches of (normalised float images, int64 labels) from uint8 images in memory.
 
