@@ -217,6 +217,80 @@ def test_the_log_says_where_the_decoded_cache_is(tiny_folder, tmp_path, monkeypa
     assert f"; read from the cache {cache} (see" in lines[1]
 
 
+def test_ema_weights_are_the_ones_published_and_validated(tiny_folder, tmp_path):
+    from resnet.engine.evaluate import evaluate
+    from resnet.engine.optim import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(net, 0.9)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+        net[1].num_batches_tracked += 5
+    ema.update(net)
+    torch.testing.assert_close(ema.shadow["0.weight"], 0.9 * before["0.weight"] + 0.1 * net[0].weight)
+    assert int(ema.shadow["1.num_batches_tracked"]) == 5  # integer buffers are copied, not averaged
+    trainer = Trainer(_cfg(tiny_folder, "ema_decay=0.9", epochs=1), tmp_path / "run")
+    history = trainer.fit()
+    saved, raw = _weights(tmp_path / "run"), trainer.model.state_dict()
+    assert all(torch.equal(saved[k], trainer.ema.shadow[k]) for k in saved)
+    assert any(not torch.equal(saved[k], raw[k]) for k in saved if raw[k].is_floating_point())
+    ema_val = evaluate(trainer.eval_model(), trainer.val_loader, trainer.precision, 3)
+    raw_val = evaluate(trainer.model, trainer.val_loader, trainer.precision, 3)
+    assert history[-1]["val_loss"] == pytest.approx(ema_val["loss"], rel=1e-5)
+    assert history[-1]["val_loss"] != pytest.approx(raw_val["loss"], rel=1e-5)
+
+
+def test_nesterov_momentum_is_the_update_asked_for():
+    from resnet.config import OptimConfig
+    from resnet.engine.optim import make_optimizer
+
+    def step(**kw):
+        net = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.ones_(net.weight)
+        opt = make_optimizer(net, OptimConfig(lr=0.1, weight_decay=0.0, **kw))
+        net(torch.ones(1, 1)).sum().backward()  # gradient 1
+        opt.step()
+        return float(net.weight.detach())
+    assert step(momentum=0.9, nesterov=False) == pytest.approx(1 - 0.1)  # heavy ball: the buffer is the gradient
+    assert step(momentum=0.9, nesterov=True) == pytest.approx(1 - 0.1 * (1 + 0.9))  # Nesterov looks ahead
+    assert step(momentum=0.0, nesterov=True) == pytest.approx(1 - 0.1)  # no momentum: no Nesterov either
+
+
+def test_label_smoothing_is_the_training_loss(tiny_folder, tmp_path):
+    import torch.nn.functional as F
+
+    for smoothing in (0.0, 0.2):
+        trainer = Trainer(_cfg(tiny_folder, f"label_smoothing={smoothing}", epochs=1), tmp_path / f"s{smoothing}")
+        trainer.train_loader.set_epoch(0)
+        x, y = next(iter(trainer.train_loader))
+        logits, loss, _ = trainer._train_step(x, y)
+        plain = F.cross_entropy(logits.float(), y)
+        torch.testing.assert_close(loss, F.cross_entropy(logits.float(), y, label_smoothing=smoothing))
+        assert (smoothing == 0) == bool(torch.isclose(loss, plain))
+
+
+def test_tta_flip_averages_each_image_with_its_mirror(tiny_folder, tmp_path):
+    import torch.nn.functional as F
+
+    trainer = Trainer(_cfg(tiny_folder, "tta_flip=true", epochs=1), tmp_path / "run")
+    trainer.fit()
+    xs, ys = zip(*trainer.val_loader)
+    x, y = torch.cat(xs), torch.cat(ys)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        single, mirrored = model(x), model(x.flip(3))
+    got = trainer.validate()
+    assert got["loss"] == pytest.approx(float(F.cross_entropy((single + mirrored) / 2, y)), rel=1e-5)
+    assert got["loss"] != pytest.approx(float(F.cross_entropy(single, y)), rel=1e-5)
+
+
+def test_eval_every_validates_those_epochs_and_the_last(tiny_folder, tmp_path):
+    history = train(_cfg(tiny_folder, "eval_every=2", epochs=5), tmp_path / "run")
+    assert [r["val_err"] is not None for r in history] == [False, True, False, True, True]
+    assert [r["val_loss"] is not None for r in history] == [False, True, False, True, True]
+
+
 def test_trainer_rejects_bad_setups(tiny_folder, tmp_path):
     with pytest.raises(ValueError, match=r"data.val_size=48 \(a count\) holds out 48 of the 48 .* a count below 48"):
         Trainer(_cfg(tiny_folder, "data.val_size=48"), tmp_path / "a")
