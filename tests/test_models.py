@@ -29,7 +29,13 @@ def test_list_models_pattern_and_natural_order():
 
 @pytest.mark.parametrize("name", ALL)
 def test_model(name):
-    """Native-size forward, one backward at a small size, sizes and seed-0 outputs vs the reference."""
+    """Native-size forward, one backward at a small size, sizes and seed-0 outputs vs the reference.
+
+    tests/fixtures/model_reference.json was written by this code itself (tools/make_model_fixtures.py):
+    it guards against change only, not for correctness. A change to an architecture or to the
+    initialisation fails here, but the numbers were never checked against the papers or another
+    implementation; that is what test_interop.py (torchvision/timm state dicts and outputs) and
+    test_complexity.py (torchvision's and the papers' parameter counts and MACs) do."""
     ref = REFERENCE[name]
     torch.manual_seed(0)
     model = resnet.create_model(name)
