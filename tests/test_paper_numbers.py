@@ -21,7 +21,7 @@ from resnet.data.jpeg import ijg_scale, jpeg_encoding, source_encoding
 from resnet.data.split import holdout
 from resnet.engine.evaluate import evaluate
 from resnet.engine.precision import resolve_precision
-from resnet.evaluation import run_eval
+from resnet.serve.evaluate import run_eval
 from resnet.experiments import papers
 from resnet.experiments.jpeg_quality import jpeg_quality
 from resnet.experiments.pretrained import pretrained
@@ -203,10 +203,15 @@ def test_jpeg_quality_slope(tmp_path, monkeypatch):
     assert f"JPEG share of their error at {50 * fit['slope']:.2f}" in report and "two JPEG encodings" in report
     assert (out / "jpeg-quality.png").stat().st_size > 10_000
     assert json.loads((out / "jpeg-quality.json").read_text())["fit"]["slope"] == pytest.approx(fit["slope"])
+    from resnet.data.cache_folder import clear_cache, list_cache
+
+    assert [e.kind for e in list_cache(tmp_path / "cache") if e.path.name == "jpeg-quality"] == ["jpeg"]
     # A second call reuses the copies and the finished runs.
     monkeypatch.setattr("resnet.data.jpeg.write_reencoded", lambda *a: pytest.fail("re-encoded again"))
     monkeypatch.setattr("resnet.engine.trainer.Trainer.fit", lambda self: pytest.fail("retrained a finished run"))
     assert jpeg_quality(str(tree), [75, 50, 25], epochs=1, seeds=2, out=str(out), overrides=TINY)["fit"] == fit
+    assert [e.kind for e in clear_cache(tmp_path / "cache", ("jpeg",))] == ["jpeg"]
+    assert not (tmp_path / "cache" / "jpeg-quality").exists()
 
 
 def _reencode(chw: torch.Tensor, quality: int) -> bytes:

@@ -24,6 +24,7 @@ from .folder import _hidden, is_archive, is_image_file
 
 SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}  # PIL's codes (JpegImagePlugin.get_sampling)
 ENCODING_FILE = "encoding.json"  # written last: a folder without it is an unfinished copy
+JPEG_FOLDER = "jpeg-quality"  # the copies' folder in the cache folder (`resnet cache list` kind "jpeg")
 FORMAT_VERSION = 1
 
 
@@ -162,7 +163,7 @@ def reencoded_copy(ds, quality: int, cache_root: str | Path) -> tuple[Path, dict
     source = Path(ds.source) if ds.source else None
     tag = fingerprint(source) if source is not None and source.exists() else _safe(ds.source or ds.name)
     name = _safe(_stem(source) if source is not None else ds.name)
-    folder = Path(cache_root) / "jpeg-quality" / f"{name}-{tag}" / f"q{quality}"
+    folder = Path(cache_root) / JPEG_FOLDER / f"{name}-{tag}" / f"q{quality}"
     record = read_encoding(folder)
     if record is None or record.get("quality") != quality or record.get("images") != len(ds):
         record = write_reencoded(ds, quality, folder)

@@ -44,7 +44,7 @@ def final_experiment(kind: str, out: Path, cfg: TrainConfig, specs: list[RunSpec
 def score_on_test(exp: Experiment, results: list[tuple[RunSpec, list[dict]]]) -> dict[str, dict]:
     """Each final run's last weights on the data's test split (it must have one): {run name: {'top1_err',
     'n', ...}}, also written to runs/<name>/test.json."""
-    from ..evaluation import run_eval
+    from ..serve.evaluate import run_eval
 
     out = {}
     for spec, _ in results:

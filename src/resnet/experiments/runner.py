@@ -24,7 +24,8 @@ import yaml
 from .. import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
-from ..engine.trainer import Trainer, split_train_val
+from ..engine.trainer import Trainer, describe_data, split_train_val
+from ..models import check_model_args
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,11 @@ class Experiment:
         in this process, whatever `jobs` says (worker processes would load cfg.data.path afresh)."""
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
+        for spec in specs:  # a typo in model_args fails now, not after the data is read
+            try:
+                check_model_args(spec.model, **{**cfg.model_args, **spec.model_args})
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{spec.title}: {e}") from None
         self.kind, self.out, self.cfg, self.specs, self.jobs = kind, Path(out), cfg, specs, jobs
         self.stream = stream or sys.stderr
         self.out.mkdir(parents=True, exist_ok=True)
@@ -95,6 +101,7 @@ class Experiment:
         """Loaded and split once: every run sees the same training and validation images."""
         if self._data is None:
             self._data = split_train_val(self.cfg)
+            print(f"[{self.kind}] {describe_data(*self._data)}", file=self.stream)
         return self._data
 
     def run(self, spec: RunSpec) -> list[dict]:
