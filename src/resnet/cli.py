@@ -93,6 +93,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    from .config import recipe_info, recipe_names
+
+    rows = [recipe_info(n) for n in recipe_names()]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['summary']}\n{'':<{width}}  published: {r['published']}")
+    print("\nuse one: resnet train --recipe NAME --data PATH [key=value ...]; the YAML files give the source of "
+          "every number (src/resnet/recipes/)")
+    return 0
+
+
 def _overrides(items):
     from .config import parse_overrides
 
@@ -282,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
     p.add_argument("--data", help="CIFAR folder or archive, or a class-per-folder image tree (or its .tar.gz)")
-    p.add_argument("--recipe", default=None, help="a shipped recipe (cifar10_paper, cifar10_fast) or a YAML file")
+    p.add_argument("--recipe", default=None, help="a shipped recipe (see `resnet recipes`) or a YAML file")
     p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default auto: bf16 where native")
     p.add_argument("--out", help="run folder (default runs/MODEL-TIME)")
@@ -293,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "torchvision:resnet50.IMAGENET1K_V2 (with model_args.num_classes=N: a new head)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("recipes", help="the shipped training recipes, each with the accuracy its source publishes")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {name, summary, description, published}")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint on a dataset")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run folder (its best, else last)")

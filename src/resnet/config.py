@@ -72,6 +72,7 @@ class ScheduleConfig:
     warmup_until_err: float = 0.0  # ... falls below this (%), then use lr
     final_lr: float = 0.0  # fraction of lr reached at the end (cosine, onecycle)
     warmup_epochs: float = 0.0  # warm-up length in epochs instead of warmup_steps
+    warmup_method: str = "linear"  # linear: warmup_start * lr up to lr | constant: warmup_start * lr throughout (torchvision)
     warmup_prefix: bool = False  # the cosine starts where the warm-up ends (torchvision's SequentialLR), not at step 0
     milestone_epochs: tuple[float, ...] = ()  # step schedule: milestones in epochs, instead of milestones (iterations)
 
@@ -138,7 +139,6 @@ def _check_modern(cfg: TrainConfig) -> None:
         (d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "data.mixup_alpha and data.cutmix_alpha must be >= 0"),
         (0 <= d.mixup_prob <= 1 and 0 <= d.switch_prob <= 1, "data.mixup_prob and data.switch_prob must be in [0, 1]"),
         (d.repeated_aug >= 1, "data.repeated_aug must be >= 1"),
-        (d.batch_size % d.repeated_aug == 0, "data.repeated_aug must divide data.batch_size"),
         (cfg.loss in ("ce", "bce"), "loss must be ce or bce"),
         (0 <= cfg.bce_target_thresh < 1, "bce_target_thresh must be in [0, 1)"),
         (cfg.ema_steps >= 1, "ema_steps must be >= 1"),
@@ -146,6 +146,7 @@ def _check_modern(cfg: TrainConfig) -> None:
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1)"),
         (o.eps >= 0, "optim.eps must be >= 0"),
         (s.warmup_epochs >= 0, "schedule.warmup_epochs must be >= 0"),
+        (s.warmup_method in ("linear", "constant"), "schedule.warmup_method must be linear or constant"),
         (not (s.warmup_epochs and s.warmup_steps), "give schedule.warmup_epochs or schedule.warmup_steps, not both"),
     ]
     for ok, message in checks:
@@ -186,8 +187,8 @@ def load_recipe(name_or_path: str) -> dict:
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {name_or_path} must be a YAML mapping")
-    data.pop("description", None)
-    data.pop("published", None)
+    for key in ("summary", "description", "published"):  # documentation, not configuration
+        data.pop(key, None)
     return data
 
 
@@ -197,9 +198,9 @@ def recipe_info(name: str) -> dict:
     if not ref.is_file():
         raise ConfigError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
     data = yaml.safe_load(ref.read_text()) or {}
-    text = " ".join(str(data.get("description", "")).split())
-    first = text.split(". ")[0].rstrip(".")
-    return {"name": name, "description": first, "published": " ".join(str(data.get("published", "-")).split())}
+    one_line = lambda key: " ".join(str(data.get(key, "-")).split())  # noqa: E731
+    return {"name": name, "summary": one_line("summary"), "description": one_line("description"),
+            "published": one_line("published")}
 
 
 def _coerce(value, annotation, key: str):

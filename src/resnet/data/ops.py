@@ -40,6 +40,11 @@ def _per_image(arg: torch.Tensor) -> torch.Tensor:
 def _affine(x: torch.Tensor, theta: torch.Tensor, fill: torch.Tensor, mode: str) -> torch.Tensor:
     """Resample with per-image 2x3 matrices mapping normalised output to input coordinates."""
     b, c, h, w = x.shape
+    theta = theta.clone()
+    # A thousandth of a pixel: where the source point falls exactly between two pixels, PIL's nearest
+    # takes floor() and grid_sample rounds half to even; the nudge makes both pick the same pixel.
+    theta[:, 0, 2] += 2e-3 / w
+    theta[:, 1, 2] += 2e-3 / h
     grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
     src = torch.cat([_unit(x), torch.ones(b, 1, h, w, device=x.device)], 1)  # + a coverage channel
     out = F.grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=False)
@@ -93,7 +98,7 @@ def rotate(x, arg, fill, mode="nearest"):
 # --------------------------------------------------------------------------- colour
 def _blend(x: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     f = _per_image(factor).to(x.device)
-    return _to_u8(degenerate + f * (_unit(x) - degenerate))
+    return (degenerate + f * (_unit(x) - degenerate)).trunc_().clamp_(0, 255).to(torch.uint8)  # PIL: (int) temp
 
 
 def grey(x: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,8 @@ class Schedule:
     """Learning rate at each iteration: step (the paper's), cosine, one-cycle or constant, with warm-ups.
 
     Warm-up and milestones may be given in epochs (`warmup_epochs`, `milestone_epochs`), turned into
-    steps with `steps_per_epoch`. The linear warm-up multiplies the schedule from `warmup_start` to 1;
+    steps with `steps_per_epoch`. The warm-up multiplies the schedule by `warmup_start` rising linearly to
+    1 (or by `warmup_start` throughout, `warmup_method: constant`: Identity Mappings' 400 steps at 0.01);
     with `warmup_prefix` the cosine begins where the warm-up ends (torchvision's recipe: SequentialLR of
     LinearLR and CosineAnnealingLR over the remaining epochs), else it spans the whole run.
     The only state is `warmup_done`, for the ResNet-110 rule: lr `warmup_lr` until the training
@@ -68,7 +69,10 @@ class Schedule:
         cfg, warm = self.cfg, self.warmup_steps
         if not self.warmup_done:
             return cfg.warmup_lr
-        ramp = cfg.warmup_start + (1 - cfg.warmup_start) * step / warm if warm and step < warm else 1.0
+        ramp = 1.0
+        if warm and step < warm:  # torchvision's LinearLR / ConstantLR warm-ups (start factor warmup_start)
+            ramp = cfg.warmup_start if cfg.warmup_method == "constant" else \
+                cfg.warmup_start + (1 - cfg.warmup_start) * step / warm
         if cfg.name == "onecycle":
             return self.base_lr * self._factor(step)
         if cfg.warmup_prefix and cfg.name == "cosine" and warm:
