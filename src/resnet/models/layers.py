@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .onednn_guard import NCHWConv2d, hits_onednn_6035, onednn_avx2_path
+
 SHORTCUT_OPTIONS = ("A", "B", "C")
 
 
@@ -14,7 +16,9 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
-    """1x1 convolution, no bias."""
+    """1x1 convolution, no bias; in NCHW where oneDNN#6035 would break its backward pass (onednn_guard)."""
+    if hits_onednn_6035(in_planes, 1, stride) and onednn_avx2_path():
+        return NCHWConv2d(in_planes, out_planes, 1, stride=stride, bias=False)
     return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
