@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -51,43 +50,18 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import yaml
+    from .api import train
 
-    from .config import make_config, merge
-    from .engine.trainer import train
-
-    cli = {}
-    if args.model:
-        cli["model"] = args.model
-    if args.data:
-        cli.setdefault("data", {})["path"] = args.data
-    if args.epochs is not None:
-        cli["epochs"] = args.epochs
-    if args.precision:
-        cli["precision"] = args.precision
+    kwargs = {k: v for k, v in (("precision", args.precision), ("weights", args.weights)) if v}
     if args.skip_bad:
-        cli.setdefault("data", {})["skip_bad"] = True
-    if args.weights:
-        cli["weights"] = args.weights
-    if args.resume:
-        run_dir = Path(args.resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a run folder of `resnet train`?")
-        base = yaml.safe_load(saved.read_text())
-        cfg = make_config(None, merge(merge(base, cli), _overrides(args.overrides)))
-    else:
-        if not args.data:
-            raise ValueError("--data PATH is required (a CIFAR folder or archive, or a class-per-folder image tree)")
-        cfg = make_config(args.recipe, merge(cli, _overrides(args.overrides)))
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run_dir / "last.state.pt").exists():
-            raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
-    history = train(cfg, run_dir, resume=bool(args.resume))
+        kwargs["data__skip_bad"] = True
+    run = train(model=args.model, data=args.data, recipe=None if args.resume else args.recipe, epochs=args.epochs,
+                out=args.resume or args.out, resume=bool(args.resume), overrides=_override_items(args.overrides),
+                **kwargs)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
-    last = history[-1] if history else {}
-    print(f"run folder: {run_dir}  (last.safetensors, metrics.jsonl, curves.png)")
+    last = run.metrics
+    print(f"run folder: {run.dir}  (last.safetensors, metrics.jsonl, curves.png)")
     if last.get("val_err") is not None:
         print(f"final validation error {last['val_err']:.2f}% (top-5 {last['val_top5_err']:.2f}%)")
     return 0
@@ -108,11 +82,9 @@ def cmd_recipes(args) -> int:
     return 0
 
 
-def _overrides(items):
-    from .config import parse_overrides
-
+def _override_items(items) -> list[str]:
     # `num_classes=N` is shorthand for model_args.num_classes=N (fine-tuning: the new head's size)
-    return parse_overrides([f"model_args.{i}" if i.startswith("num_classes=") else i for i in items or []])
+    return [f"model_args.{i}" if i.startswith("num_classes=") else i for i in items or []]
 
 
 def cmd_eval(args) -> int:

@@ -122,9 +122,11 @@ class Trainer:
     """Trains `cfg.model` on `cfg.data.path` into `run_dir`; `resume=True` continues that folder exactly."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=None, stream=None,
-                 data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None):
-        """`data` = (train, val) already in memory skips loading cfg.data.path (benchmarks, experiments)."""
+                 data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None, callbacks=()):
+        """`data` = (train, val) already in memory skips loading cfg.data.path (benchmarks, experiments).
+        Each of `callbacks` is called as fn(record, trainer) after every epoch (rank 0 only)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.callbacks = list(callbacks)
         get_entry(cfg.model)  # an unknown name fails here, with suggestions, before any data is read
         self.dist = distributed.setup(device)  # torchrun: join the process group; rank 0 alone reports
         self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
@@ -415,6 +417,9 @@ class Trainer:
         self.save(best=best)
         self.log.append(record)
         self._report(record)
+        if self.dist.is_main:
+            for fn in self.callbacks:
+                fn(record, self)
 
     def _report(self, r: dict) -> None:
         val = f" val loss {r['val_loss']:.4f} err {r['val_err']:.2f}%" if r.get("val_err") is not None else ""
@@ -422,11 +427,12 @@ class Trainer:
               f"err {r['train_err']:.2f}%{val} {r['images_per_sec']:,.0f} img/s {r['seconds']:.1f}s", file=self.stream)
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=None, stream=None) -> list[dict]:
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=None, stream=None,
+          callbacks=()) -> list[dict]:
     """Train (or continue) a run and draw its curves; returns the per-epoch records."""
     from ..plots import plot_training_curves
 
-    trainer = Trainer(cfg, run_dir, resume=resume, device=device, stream=stream)
+    trainer = Trainer(cfg, run_dir, resume=resume, device=device, stream=stream, callbacks=callbacks)
     history = trainer.fit()
     if history and trainer.dist.is_main:
         plot_training_curves(history, Path(run_dir) / "curves.png", title=f"{cfg.model} on {trainer.train_data.name}")
