@@ -10,8 +10,9 @@
     resnet.predict(["cat.jpg"], weights="torchvision:resnet50.IMAGENET1K_V2", topk=3)
 
 Overrides are config keys: top-level ones by name (``label_smoothing=0.1``), a section as a mapping
-(``optim={"lr": 0.05}``) or ``section__key`` (``optim__lr=0.05``); ``overrides=["optim.lr=0.05"]``
-takes the command line's ``key=value`` strings. A callback is called after every epoch with that
+(``optim={"lr": 0.05}``) or ``section__key`` (``optim__lr=0.05``, ``data__batch_size=256``: ``data``
+itself is the path, or the whole data section as a mapping); ``overrides=["optim.lr=0.05"]`` takes the
+command line's ``key=value`` strings. A callback is called after every epoch with that
 epoch's record (what metrics.jsonl gets) and the Trainer, so it can log to any tracker.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _nest(overrides: dict) -> dict:
     return out
 
 
-def resolve_config(model: str | None = None, data: str | None = None, recipe: str | None = None,
+def resolve_config(model: str | None = None, data: str | Path | dict | None = None, recipe: str | None = None,
                    epochs: int | None = None, out: str | Path | None = None, resume: bool = False,
                    overrides: Sequence[str] = (), **kwargs):
     """(TrainConfig, run folder) from defaults < recipe (or, with resume, the run's config.yaml) < arguments."""
@@ -62,7 +63,9 @@ def resolve_config(model: str | None = None, data: str | None = None, recipe: st
 
     given = {"model": model, "epochs": epochs}
     cli = {k: v for k, v in given.items() if v is not None}
-    if data:
+    if isinstance(data, dict):  # the data section itself: {"path": ..., "batch_size": ...}
+        cli["data"] = dict(data)
+    elif data:
         cli["data"] = {"path": str(data)}
     cli = merge(merge(cli, _nest(kwargs)), parse_overrides(list(overrides)))
     if resume:
@@ -81,7 +84,7 @@ def resolve_config(model: str | None = None, data: str | None = None, recipe: st
     return cfg, run_dir
 
 
-def train(model: str | None = None, data: str | None = None, recipe: str | None = None, epochs: int | None = None,
+def train(model: str | None = None, data: str | Path | dict | None = None, recipe: str | None = None, epochs: int | None = None,
           out: str | Path | None = None, *, resume: bool = False, callbacks: Iterable[Callback] = (),
           overrides: Sequence[str] = (), device=None, stream=None, **kwargs) -> Run:
     """Train (or, with resume=True, continue the run in `out`) and return the Run: its folder, per-epoch
@@ -95,3 +98,46 @@ def train(model: str | None = None, data: str | None = None, recipe: str | None 
     if history and trainer.dist.is_main:
         plot_training_curves(history, run_dir / "curves.png", title=f"{cfg.model} on {trainer.train_data.name}")
     return Run(run_dir, cfg, history, trainer.eval_model().eval())
+
+
+def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = None, split: str = "test", *,
+             weights: str | None = None, model: str | None = None, test: str = "center", tta_flip: bool = False,
+             precision: str = "auto", batch_size: int | None = None, workers: int = -1, plots: str | None = None,
+             backend: str = "auto", device=None) -> dict:
+    """`resnet eval`: top-1/top-5 error (%), loss, per-class accuracy and confusion matrix of a checkpoint
+    (a .safetensors file, a run folder, or a Run) or of pretrained `weights` on `data`'s `split`
+    (test | val: the training run's hold-out | train), with the `test` preset (center | ten-crop | multi-scale)."""
+    from .data import ImagesTooLargeError
+    from .eval_stream import run_eval_stream
+    from .evaluation import run_eval
+
+    if data is None:
+        raise ValueError("give data=PATH, the images to evaluate on")
+    checkpoint = str(checkpoint.dir if isinstance(checkpoint, Run) else checkpoint) if checkpoint else None
+    streamed = dict(checkpoint=checkpoint, weights=weights, model=model, split=split, test=test, precision=precision,
+                    batch_size=batch_size or 64, workers=workers, plots=plots, backend=backend, device=device)
+    if weights or test != "center":  # image folders of any size, decoded per batch
+        return run_eval_stream(str(data), **streamed)
+    if not checkpoint:
+        raise ValueError("give --checkpoint CKPT or --weights SOURCE")
+    try:
+        return run_eval(checkpoint, str(data), split=split, precision=precision, tta_flip=tta_flip,
+                        batch_size=batch_size or 1000, plots=plots, backend=backend, device=device)
+    except ImagesTooLargeError:
+        return run_eval_stream(str(data), **streamed)
+
+
+def predict(inputs: Sequence[str | Path] | str | Path, checkpoint: str | Path | None = None, *,
+            weights: str | None = None, model: str | None = None, topk: int = 5, batch_size: int = 32,
+            precision: str = "auto", workers: int | None = None, backend: str = "auto", device=None) -> list[dict]:
+    """`resnet predict`: for every image (files, or folders read recursively), in order,
+    {"path", "topk": [{"index", "name", "prob"}, ...]} or {"path", "error"} for one that cannot be read."""
+    from .predict import list_images, load_any
+    from .predict import predict as predict_images
+
+    inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    checkpoint = str(checkpoint.dir if isinstance(checkpoint, Run) else checkpoint) if checkpoint else None
+    paths, _ = list_images(inputs)  # FileNotFoundError naming the inputs when there are none
+    net, meta = load_any(checkpoint, weights, model)
+    return list(predict_images(paths, net, meta, topk=topk, batch_size=batch_size, precision=precision,
+                               device=device, workers=workers, backend=backend))
