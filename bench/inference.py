@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from resnet.benchmark import benchmark, format_table
-from resnet.inference import BACKENDS
+from resnet.deploy.benchmark import benchmark, format_table
+from resnet.deploy.backends import BACKENDS
 
 CASES = {
     "resnet50": dict(batches="1,16", image_size=224, check_images=128, calib_images=256),

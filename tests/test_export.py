@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import resnet
-from resnet import export as ex
+from resnet.deploy import export as ex
 from resnet.cli import main
 from resnet.engine.checkpoint import save_weights
 

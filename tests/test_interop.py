@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 import resnet
-from resnet.models.interop import WeightsError
+from resnet.weights.state_dict import WeightsError
 from interop_utils import deterministic_input, deterministic_state_dict
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -1,6 +1,6 @@
 """Deep residual networks (He et al. 2015, 2016) on PyTorch."""
 from .models import ResNet, ResNetConfig, build_resnet, create_model, list_models
-from .models.interop import load_weights
+from .weights.state_dict import load_weights
 from .api import Run, evaluate, predict, train  # the Python API (its imports are deferred to the call)
 
 __version__ = "0.1.0"

@@ -89,10 +89,12 @@ def train(model: str | None = None, data: str | Path | dict | None = None, recip
           overrides: Sequence[str] = (), device=None, stream=None, **kwargs) -> Run:
     """Train (or, with resume=True, continue the run in `out`) and return the Run: its folder, per-epoch
     metrics and final model. The arguments are those of `resnet train`; see the module docstring."""
+    from .data.cifar import fetch_named
+    from .engine.plots import plot_training_curves
     from .engine.trainer import Trainer
-    from .plots import plot_training_curves
 
     cfg, run_dir = resolve_config(model, data, recipe, epochs, out, resume, overrides, **kwargs)
+    fetch_named(cfg.data.path, cfg.data.cache_dir or None)  # data="cifar10": the official archive, once
     trainer = Trainer(cfg, run_dir, resume=resume, device=device, stream=stream, callbacks=list(callbacks))
     history = trainer.fit()
     if history and trainer.dist.is_main:
@@ -108,11 +110,12 @@ def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = Non
     (a .safetensors file, a run folder, or a Run) or of pretrained `weights` on `data`'s `split`
     (test | val: the training run's hold-out | train), with the `test` preset (center | ten-crop | multi-scale)."""
     from .data import ImagesTooLargeError
-    from .eval_stream import run_eval_stream
-    from .evaluation import run_eval
+    from .data.cifar import fetch_named
+    from .serve.evaluate import run_eval, run_eval_stream
 
     if data is None:
         raise ValueError("give data=PATH, the images to evaluate on")
+    fetch_named(str(data))
     checkpoint = str(checkpoint.dir if isinstance(checkpoint, Run) else checkpoint) if checkpoint else None
     streamed = dict(checkpoint=checkpoint, weights=weights, model=model, split=split, test=test, precision=precision,
                     batch_size=batch_size or 64, workers=workers, plots=plots, backend=backend, device=device)
@@ -132,8 +135,8 @@ def predict(inputs: Sequence[str | Path] | str | Path, checkpoint: str | Path | 
             precision: str = "auto", workers: int | None = None, backend: str = "auto", device=None) -> list[dict]:
     """`resnet predict`: for every image (files, or folders read recursively), in order,
     {"path", "topk": [{"index", "name", "prob"}, ...]} or {"path", "error"} for one that cannot be read."""
-    from .predict import list_images, load_any
-    from .predict import predict as predict_images
+    from .serve.predict import list_images, load_any
+    from .serve.predict import predict as predict_images
 
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     checkpoint = str(checkpoint.dir if isinstance(checkpoint, Run) else checkpoint) if checkpoint else None

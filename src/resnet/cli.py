@@ -10,6 +10,9 @@ from pathlib import Path
 import torch
 
 
+NAMED_DATA = ", or cifar10 / cifar100 (downloaded into the cache folder when absent)"
+
+
 def _meta_model(name: str, **kwargs):
     """Build on the meta device: sizes and MACs need shapes, not memory or initialisation."""
     from .models import create_model
@@ -67,6 +70,13 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _fetch_named(data: str, cache_dir: str = "") -> None:
+    """`--data cifar10` / `cifar100`: download the official archive into the cache when it is not there."""
+    from .data.cifar import fetch_named
+
+    fetch_named(data, cache_dir or None)
+
+
 def cmd_recipes(args) -> int:
     from .config import recipe_info, recipe_names
 
@@ -87,26 +97,18 @@ def _override_items(items) -> list[str]:
     return [f"model_args.{i}" if i.startswith("num_classes=") else i for i in items or []]
 
 
-def cmd_eval(args) -> int:
-    from .data import ImagesTooLargeError
-    from .evaluation import run_eval
+def _overrides(items) -> dict:
+    from .config import parse_overrides
 
-    streamed = dict(checkpoint=args.checkpoint, weights=args.weights, model=args.model, split=args.split,
-                    test=args.test, precision=args.precision, batch_size=args.batch_size or 64, workers=args.workers,
-                    plots=args.plots, backend=args.backend)
-    if args.weights or args.test != "center":  # image folders of any size, decoded per batch (eval_stream.py)
-        from .eval_stream import run_eval_stream
-        result = run_eval_stream(args.data, **streamed)
-    else:
-        if not args.checkpoint:
-            raise ValueError("give --checkpoint CKPT or --weights SOURCE")
-        try:
-            result = run_eval(args.checkpoint, args.data, split=args.split, precision=args.precision,
-                              tta_flip=args.tta_flip, batch_size=args.batch_size or 1000, plots=args.plots,
-                              backend=args.backend)
-        except ImagesTooLargeError:
-            from .eval_stream import run_eval_stream
-            result = run_eval_stream(args.data, **streamed)
+    return parse_overrides(_override_items(items))
+
+
+def cmd_eval(args) -> int:
+    from .api import evaluate
+
+    result = evaluate(args.checkpoint, args.data, args.split, weights=args.weights, model=args.model, test=args.test,
+                      tta_flip=args.tta_flip, precision=args.precision, batch_size=args.batch_size,
+                      workers=args.workers, plots=args.plots, backend=args.backend)
     if args.json:
         print(json.dumps({k: result[k] for k in ("top1_err", "top5_err", "loss", "n")}))
         return 0
@@ -120,7 +122,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import run_predict
+    from .serve.predict import run_predict
 
     failures = run_predict(args.inputs, checkpoint=args.checkpoint, weights=args.weights, model=args.model,
                            topk=args.topk, as_json=args.json, batch_size=args.batch_size, precision=args.precision,
@@ -128,8 +130,22 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_cache(args) -> int:
+    from .data.cache_folder import KINDS, clear_cache, format_listing, human, list_cache
+
+    if args.action == "list":
+        print(format_listing(list_cache(args.dir), args.dir, args.json))
+        return 0
+    kinds = tuple(KINDS) if args.all else tuple(k.strip() for k in args.kind.split(","))
+    removed = clear_cache(args.dir, kinds)
+    for entry in removed:
+        print(f"removed {entry.kind} {entry.path} ({human(entry.size)})")
+    print(f"{len(removed)} entries, {human(sum(e.size for e in removed))} freed")
+    return 0
+
+
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     run_demo(args.out, tuple(args.depths), args.epochs)
     return 0
@@ -146,6 +162,7 @@ def cmd_experiment(args) -> int:
     from .experiments import analysis, papers
 
     out = {"out": args.out} if args.out else {}
+    _fetch_named(args.data, _overrides(getattr(args, "overrides", [])).get("data", {}).get("cache_dir", ""))
     if args.kind in ("responses", "gradients"):
         fn = analysis.responses if args.kind == "responses" else analysis.gradients
         result = fn(args.checkpoints, args.data, split=args.split, **out)
@@ -153,7 +170,8 @@ def cmd_experiment(args) -> int:
         train = dict(epochs=args.epochs, seeds=args.seeds, recipe=args.recipe, overrides=args.overrides,
                      stream=sys.stderr, jobs=args.jobs, **out)
         if args.kind == "degradation":
-            result = papers.degradation(args.data, args.depths, **train)
+            tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
+            result = papers.degradation(args.data, args.depths, **tolerance, **train)
         elif args.kind == "depth":
             result = papers.depth_sweep(args.data, args.models.split(","), **train)
         elif args.kind == "shortcuts":
@@ -178,7 +196,8 @@ def _add_experiment_parsers(sub) -> None:
     }
     for kind, text in specs.items():
         k = kinds.add_parser(kind, help=text, description=text)
-        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, or 'digits'")
+        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, 'digits'"
+                       f"{NAMED_DATA}")
         k.add_argument("--out", help=f"report folder (default experiments/{kind}); rerun to resume")
         if kind in ("responses", "gradients"):
             k.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints or run folders")
@@ -192,6 +211,8 @@ def _add_experiment_parsers(sub) -> None:
             k.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
         if kind == "degradation":
             k.add_argument("--depths", type=_int_list, default=[20, 32, 44, 56], help="comma-separated (default 20,32,44,56)")
+            k.add_argument("--tolerance", type=float, help="points of final training error within which the deeper "
+                           "net counts as training no worse, for the verdict (default 1)")
         elif kind == "depth":
             k.add_argument("--models", default="resnet20,resnet32,resnet44,resnet56", help="comma-separated model names")
         elif kind == "shortcuts":
@@ -202,7 +223,7 @@ def _add_experiment_parsers(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from .export import export_model, format_report
+    from .deploy.export import export_model, format_report
 
     report = export_model(args.model, args.format, args.out, opset=args.opset, dynamic_batch=args.dynamic_batch,
                           fold_bn=not args.no_fold_bn, batch=args.batch, image_size=args.image_size, data=args.data)
@@ -211,7 +232,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import benchmark, format_table
+    from .deploy.benchmark import benchmark, format_table
 
     log = None if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     rows, title = benchmark(args.model, args.backends, args.batch, args.image_size, args.data, args.check_images,
@@ -221,7 +242,7 @@ def cmd_benchmark(args) -> int:
 
 
 def _add_deploy_parsers(sub) -> None:
-    from .inference import BACKENDS, DEFAULT_BACKENDS
+    from .deploy.backends import BACKENDS, DEFAULT_BACKENDS
 
     p = sub.add_parser("export", help="export to ONNX or TorchScript, then check it against PyTorch")
     p.add_argument("model", metavar="CKPT_OR_NAME", help="a checkpoint (.safetensors or run folder) or a registered name")
@@ -268,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on CIFAR or an image folder",
                        description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
-    p.add_argument("--data", help="CIFAR folder or archive, or a class-per-folder image tree (or its .tar.gz)")
+    p.add_argument("--data", help=f"CIFAR folder or archive, a class-per-folder image tree (or its .tar.gz){NAMED_DATA}")
     p.add_argument("--recipe", default=None, help="a shipped recipe (see `resnet recipes`) or a YAML file")
     p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default auto: bf16 where native")
@@ -290,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="instead of --checkpoint: pretrained weights, e.g. torchvision:resnet50.IMAGENET1K_V2 "
                    "or a torchvision-layout file (with --model)")
     p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
-    p.add_argument("--data", required=True, help="CIFAR folder or archive, or a class-per-folder image tree")
+    p.add_argument("--data", required=True, help=f"CIFAR folder or archive, a class-per-folder image tree{NAMED_DATA}")
     p.add_argument("--test", choices=["center", "ten-crop", "multi-scale"], default="center",
                    help="single centre crop (default), the paper's 10-crop test, or the fully-convolutional "
                         "multi-scale test (shorter side 224/256/384/480/640, and mirrored) [ResNet §3.4]")
@@ -324,13 +345,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default runs/demo-TIME)")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("cache", help="list or clear the cache folder (decoded images, downloads, compiled kernels)",
+                       description="The cache folder is $RESNET_CACHE, else $XDG_CACHE_HOME/resnet, else "
+                                   "~/.cache/resnet; everything in it is rebuilt when missing.")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--dir", help="another cache folder (what data.cache_dir named; default: the cache folder)")
+    p.add_argument("--kind", default="decoded", help="clear: comma-separated kinds, from decoded, download, cifar, "
+                   "compiled (default decoded)")
+    p.add_argument("--all", action="store_true", help="clear: every kind the toolkit made")
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+    p.set_defaults(func=cmd_cache)
+
     _add_experiment_parsers(sub)
     _add_deploy_parsers(sub)
     return parser
 
 
 def _backend_argument(p) -> None:
-    from .inference import CLI_BACKENDS
+    from .deploy.backends import CLI_BACKENDS
 
     p.add_argument("--backend", default="auto", choices=CLI_BACKENDS,
                    help="how the network runs (CPU): auto = BN folded into the convolutions, channels_last, bf16 "

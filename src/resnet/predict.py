@@ -1,175 +1,18 @@
-"""`resnet predict`: load a checkpoint or pretrained weights, preprocess as the model expects, top-k.
+"""Moved to resnet.serve.predict; this name keeps old imports working for one release."""
+import warnings as _warnings
 
-Images are decoded in DataLoader workers with the model's own evaluation preprocessing (shorter
-side to `resize`, centre crop, its mean/std), batched, and scored; each image gives its top-k class
-names and probabilities. A model trained on an image folder names that folder's classes; ImageNet
-weights name the 1,000 ImageNet classes shipped with the package.
-"""
-from __future__ import annotations
+from .serve.predict import *  # noqa: F401,F403
 
-import json
-import os
-import sys
-from pathlib import Path
-from typing import Iterable, Iterator, Sequence
-
-import torch
-
-from .data.folder import FolderIndex, ImageDecodeError, is_image_file
-from .data.presets import CenterTest
-from .data.stream import EpochBatchSampler, StreamLoader, _Decode, default_workers
-from .engine.precision import default_device
-from .inference import first_images, inference_model
+_warnings.warn("resnet.predict moved to resnet.serve.predict", DeprecationWarning, stacklevel=2)
 
 
-def load_any(checkpoint: str | None = None, weights: str | None = None, model: str | None = None,
-             num_classes: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, description with classes, mean, std, input_size, resize) from a toolkit
-    checkpoint (file or run folder) or from `weights` (a named source or a torchvision-layout file)."""
-    if bool(checkpoint) == bool(weights):
-        raise ValueError("give exactly one of --checkpoint CKPT and --weights SOURCE")
-    if checkpoint:
-        from .engine.checkpoint import load_model
+# `resnet.predict` is also the Python API's function (resnet/api.py); importing this old module name
+# rebinds the package attribute to the module, so the module itself calls that function.
+class _CallableModule(__import__("types").ModuleType):
+    def __call__(self, *args, **kwargs):
+        from .api import predict
 
-        net, meta = load_model(checkpoint)
-        meta = dict(meta)
-        size = int(meta.get("input_size") or (32 if net.config.stem == "cifar" else 224))
-        meta.setdefault("input_size", size)
-        meta.setdefault("resize", size)  # trained on whole images held in memory: no crop to undo
-        return net, meta
-    from .weights import model_from_weights
-
-    return model_from_weights(weights, model_name=model, num_classes=num_classes)
+        return predict(*args, **kwargs)
 
 
-def class_names(meta: dict, num_classes: int) -> list[str]:
-    names = meta.get("classes")
-    if names and len(names) == num_classes:
-        return list(names)
-    return [f"class {i}" for i in range(num_classes)]
-
-
-def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], bool]:
-    """Image files named directly, and those under named folders (recursively, sorted); and whether
-    any folder was named."""
-    out, any_folder = [], False
-    for item in inputs:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            any_folder = True
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f.name)
-                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such image or folder")
-    if not out:
-        raise FileNotFoundError(f"no images ({', '.join(('.jpg', '.png', '...'))}) in {', '.join(map(str, inputs))}")
-    return out, any_folder
-
-
-class _Tolerant(_Decode):
-    """An unreadable image becomes a blank one plus its error, instead of stopping the run."""
-
-    def __init__(self, *args, size: int = 224, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.size = size
-
-    def __getitem__(self, item):
-        try:
-            pixels, _, _ = super().__getitem__(item)
-            return pixels, None, -1
-        except (ImageDecodeError, OSError):
-            return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), None, item[0]
-
-
-class _Bar:
-    def __init__(self, total: int, stream):
-        self.total, self.stream = total, stream
-
-    def update(self, done: int) -> None:
-        width = 24
-        bar = "#" * int(width * done / max(self.total, 1))
-        end = "\n" if done == self.total else ""
-        self.stream.write(f"\rpredict [{bar:<{width}}] {done}/{self.total} images{end}")
-        self.stream.flush()
-
-
-@torch.no_grad()
-def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int = 5, batch_size: int = 32,
-            precision: str = "auto", device=None, workers: int | None = None, progress=None,
-            backend: str = "auto") -> Iterator[dict]:
-    """For each image, in order: {"path", "topk": [{"index", "name", "prob"}, ...]} or {"path", "error"}.
-    The model runs through the inference `backend` (see `inference.inference_model`)."""
-    device = torch.device(device) if device else default_device()
-    num_classes = model.fc.out_features if hasattr(model, "fc") else None
-    size, resize = int(meta["input_size"]), int(meta.get("resize") or meta["input_size"])
-    transform = CenterTest(size, resize, meta.get("interpolation", "bilinear"))
-    index = FolderIndex(source=Path("."), prefix="", classes=[], samples=[(str(p), 0) for p in paths])
-    dataset = _Tolerant(index, index.samples, transform, size=size)
-    workers = min(default_workers(), 4) if workers is None else workers
-    workers = min(workers, max(0, len(paths) // batch_size))  # a few images: decode them here
-    def loader():
-        return StreamLoader(dataset, EpochBatchSampler(len(paths), batch_size, shuffle=False), meta["mean"],
-                            meta["std"], device, True, workers)
-
-    # int8 calibrates on the images it is asked about (their first 256; nothing else is at hand)
-    model, prec = inference_model(model, backend, precision, device, lambda: first_images(loader()))
-    done = 0
-    for x, failed in loader():
-        with prec.autocast():
-            logits = model(x).float()
-        names = class_names(meta, num_classes or logits.shape[1])
-        probs = logits.softmax(1)
-        k = min(topk, probs.shape[1])
-        top_p, top_i = probs.topk(k, dim=1)
-        for row in range(x.shape[0]):
-            path = str(paths[done + row])
-            if int(failed[row]) >= 0:
-                yield {"path": path, "error": _decode_error(path)}
-                continue
-            yield {"path": path, "topk": [{"index": int(i), "name": names[int(i)], "prob": round(float(p), 6)}
-                                          for p, i in zip(top_p[row], top_i[row])]}
-        done += x.shape[0]
-        if progress is not None:
-            progress.update(done)
-
-
-def _decode_error(path: str) -> str:
-    from .data.folder import decode_image
-
-    try:
-        decode_image(path)
-    except (ImageDecodeError, OSError) as e:
-        return str(e)
-    return f"{path}: cannot decode image"
-
-
-def format_text(result: dict) -> str:
-    if "error" in result:
-        return f"error: {result['error']}"
-    lines = [result["path"]]
-    lines += [f"  {r['prob'] * 100:6.2f}%  {r['name']} ({r['index']})" for r in result["topk"]]
-    return "\n".join(lines)
-
-
-def run_predict(inputs: Sequence[str], checkpoint: str | None = None, weights: str | None = None,
-                model: str | None = None, topk: int = 5, as_json: bool = False, batch_size: int = 32,
-                precision: str = "auto", workers: int | None = None, out=None, err=None,
-                backend: str = "auto") -> int:
-    """Print the top-k of every image (text, or one JSON object per line); returns the number of failures."""
-    out, err = out or sys.stdout, err or sys.stderr
-    net, meta = load_any(checkpoint, weights, model)
-    paths, any_folder = list_images(inputs)
-    bar = _Bar(len(paths), err) if any_folder and len(paths) > batch_size else None
-    failures = 0
-    for result in predict(paths, net, meta, topk, batch_size, precision, workers=workers, progress=bar,
-                          backend=backend):
-        failures += "error" in result
-        out.write((json.dumps(result) if as_json else format_text(result)) + "\n")
-    out.flush()
-    return failures
-
-
-def iter_jsonl(text: str) -> Iterable[dict]:
-    return (json.loads(line) for line in text.splitlines() if line.strip())
+__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..models import ResNet, ResNetConfig
-from ..models.interop import WeightsError, read_state_dict
+from ..weights.state_dict import WeightsError, read_state_dict
 
 META_KEY = "resnet"
 KEEP = 2  # versioned checkpoints kept in ckpt/

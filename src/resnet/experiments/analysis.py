@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data import MemoryLoader
 from ..engine.checkpoint import load_model
-from ..evaluation import eval_data
+from ..serve.evaluate import eval_data
 from ..models import ResNet, ResNetConfig
 from ..models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
 from .figures import plot_layer_values

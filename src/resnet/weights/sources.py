@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .models.interop import WeightsError, load_weights
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .state_dict import WeightsError, load_weights
 
 SCHEMES = ("torchvision",)
 
@@ -219,8 +219,8 @@ def model_from_weights(spec: str, model_name: str | None = None, num_classes: in
                        opener=None) -> tuple[nn.Module, dict]:
     """(model in eval mode, description) for a named source, or for a local torchvision-layout file
     with `model_name` given (the classifier size is read from the file when `num_classes` is not)."""
-    from .models import create_model
-    from .models.interop import clean_keys, read_state_dict
+    from ..models import create_model
+    from .state_dict import clean_keys, read_state_dict
 
     path, source = resolve(spec, opener=opener)
     name = model_name or (source.model if source else None)

@@ -1,0 +1,208 @@
+"""ONNX and TorchScript export, each followed by a parity check against the PyTorch model.
+
+A failed parity check raises `ExportParityError`: an export that computes something else is an
+error, not a warning.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .fold import fold_bn as _fold_bn
+from .backends import quiet_loggers
+
+DEFAULT_OPSET = 18  # the lowest opset torch.onnx's exporter (torch.export based) emits natively
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# Parity: |onnx - torch| <= ATOL + RTOL * max|torch| over every logit. Folding BN and the
+# runtimes' different summation orders move fp32 logits by ~1e-6 relative; a wrong graph by >1%.
+ATOL, RTOL = 1e-4, 1e-3
+
+
+class ExportParityError(RuntimeError):
+    """The exported model does not compute what the PyTorch model computes."""
+
+
+def _prepare(model: nn.Module, fold_bn: bool) -> nn.Module:
+    model = model.eval()
+    return _fold_bn(model) if fold_bn else model
+
+
+def _example(model: nn.Module, example: torch.Tensor | None, image_size: int | None) -> torch.Tensor:
+    if example is not None:
+        return example.float()
+    if image_size is None:
+        image_size = 32 if getattr(getattr(model, "config", None), "stem", "") == "cifar" else 224
+    chans = getattr(getattr(model, "config", None), "in_chans", 3)
+    return torch.randn(2, chans, image_size, image_size, generator=torch.Generator().manual_seed(0))
+
+
+def compare_outputs(reference: torch.Tensor, output: torch.Tensor, what: str, atol: float = ATOL,
+                    rtol: float = RTOL) -> dict:
+    """Max abs / relative difference and top-1 agreement; raises ExportParityError past tolerance."""
+    reference, output = reference.float(), torch.as_tensor(output).float()
+    if reference.shape != output.shape:
+        raise ExportParityError(f"{what}: output shape {tuple(output.shape)} != PyTorch's {tuple(reference.shape)}")
+    scale = float(reference.abs().max())
+    max_abs = float((reference - output).abs().max())
+    rel = max_abs / max(scale, 1e-12)
+    top1 = float((reference.argmax(1) == output.argmax(1)).float().mean())
+    ok = bool(torch.isfinite(output).all()) and max_abs <= atol + rtol * scale
+    report = {"inputs": what, "n": reference.shape[0], "max_abs_diff": max_abs, "max_rel_diff": rel,
+              "top1_agreement": top1, "ok": ok}
+    if not ok:
+        raise ExportParityError(f"{what}: exported model differs from PyTorch: max abs diff {max_abs:.3g}, "
+                                f"relative {rel:.3g} (allowed {atol:g} + {rtol:g} x {scale:.3g}), "
+                                f"top-1 agreement {100 * top1:.1f}%")
+    return report
+
+
+def _check_inputs(example: torch.Tensor, real: torch.Tensor | None, dynamic_batch: bool) -> list[tuple[str, torch.Tensor]]:
+    """Random inputs (at the exported batch, and at another batch size when it is dynamic) and real ones."""
+    g = torch.Generator().manual_seed(1)
+    shape = tuple(example.shape)
+    checks = [("random", torch.randn(shape, generator=g))]
+    if dynamic_batch:
+        checks.append(("random, batch 5", torch.randn((5,) + shape[1:], generator=g)))
+    if real is not None:
+        if not dynamic_batch:  # a fixed-batch graph only takes its own batch size
+            real = real[: shape[0] * max(1, real.shape[0] // shape[0])]
+        checks.append(("real images", real.float()))
+    return checks
+
+
+def _run_in_batches(fn, x: torch.Tensor, batch: int | None) -> torch.Tensor:
+    if batch is None:
+        return torch.as_tensor(fn(x))
+    return torch.cat([torch.as_tensor(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])
+
+
+def check_onnx(path: str | os.PathLike, model: nn.Module, example: torch.Tensor, real: torch.Tensor | None = None,
+               dynamic_batch: bool = False, atol: float = ATOL, rtol: float = RTOL) -> list[dict]:
+    """Run the ONNX file in onnxruntime next to `model` (fp32 eager, BN as trained) and compare."""
+    import onnx
+    import onnxruntime as ort
+
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    run = lambda x: session.run(None, {name: x.contiguous().numpy()})[0]  # noqa: E731
+    reports = []
+    with torch.no_grad():
+        for what, x in _check_inputs(example, real, dynamic_batch):
+            fixed = None if dynamic_batch else example.shape[0]
+            reports.append(compare_outputs(_run_in_batches(model, x, fixed), _run_in_batches(run, x, fixed),
+                                           what, atol, rtol))
+    return reports
+
+
+def _onnx_write(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool,
+                optimize: bool) -> None:
+    """torch.export-based exporter for opset >= 18; the older TorchScript-based one below that.
+
+    The new exporter emits opset 18 at the least (it silently ignores a lower request) and
+    onnx's version converter cannot take its Pad (option-A shortcuts) further down, so older
+    runtimes get the deprecated exporter, which still writes opsets 9-17."""
+    quiet = quiet_loggers("torch.onnx._internal.exporter._registration")
+    with warnings.catch_warnings(), torch.no_grad(), quiet:
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        if opset >= DEFAULT_OPSET:
+            dynamic = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
+            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=dynamic, verbose=False, optimize=optimize)
+            program.save(str(path), external_data=False)
+        else:
+            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                              do_constant_folding=optimize)
+    if _file_opset(path) != opset:
+        raise ValueError(f"asked for ONNX opset {opset}, the exporter wrote {_file_opset(path)}")
+
+
+def _file_opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+                fold_bn: bool = True, example: torch.Tensor | None = None, image_size: int | None = None,
+                real: torch.Tensor | None = None, check: bool = True) -> dict:
+    """Export to ONNX (one self-contained file), then check it in onnxruntime (unless check=False).
+
+    `example` fixes the input shape (its batch is the fixed batch); `real`: real images for the
+    check. `fold_bn=False` keeps the BatchNormalization nodes, so it also skips the exporter's graph
+    optimizer (which would fold them). Returns {"path", "opset", "dynamic_batch", "fold_bn",
+    "checks": [...]}; raises ExportParityError when onnxruntime's output differs from PyTorch's."""
+    model = model.eval()
+    example = _example(model, example, image_size)
+    exported = _prepare(model, fold_bn)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _onnx_write(exported, example, path, opset, dynamic_batch, optimize=fold_bn)
+    report = {"path": str(path), "format": "onnx", "opset": _file_opset(path), "dynamic_batch": dynamic_batch,
+              "fold_bn": fold_bn, "input_shape": ["batch" if dynamic_batch else example.shape[0], *example.shape[1:]],
+              "size_mb": path.stat().st_size / 2**20, "checks": []}
+    if check:
+        report["checks"] = check_onnx(path, model, example, real, dynamic_batch)
+    return report
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, fold_bn: bool = True,
+                       example: torch.Tensor | None = None, image_size: int | None = None,
+                       real: torch.Tensor | None = None, check: bool = True) -> dict:
+    """Trace to TorchScript (batch stays dynamic), save, load it back and compare with `model`."""
+    model = model.eval()
+    example = _example(model, example, image_size)
+    exported = _prepare(model, fold_bn)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+        traced = torch.jit.trace(exported, example, check_trace=False)
+        traced = torch.jit.freeze(traced)
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path), map_location="cpu")  # our own file, written just above
+    report = {"path": str(path), "format": "torchscript", "fold_bn": fold_bn, "dynamic_batch": True,
+              "size_mb": path.stat().st_size / 2**20, "checks": []}
+    if check:
+        with torch.no_grad():
+            for what, x in _check_inputs(example, real, dynamic_batch=True):
+                report["checks"].append(compare_outputs(model(x), loaded(x), what))
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"wrote {report['path']} ({report['format']}, {report['size_mb']:.1f} MB"
+             + (f", opset {report['opset']}" if "opset" in report else "")
+             + f", batch {'dynamic' if report['dynamic_batch'] else 'fixed'}, BN {'folded' if report['fold_bn'] else 'kept'})"]
+    for c in report["checks"]:
+        lines.append(f"  parity on {c['inputs']:<16} n={c['n']:<4} max abs diff {c['max_abs_diff']:.2e}  "
+                     f"max rel diff {c['max_rel_diff']:.2e}  top-1 agreement {100 * c['top1_agreement']:.1f}%  OK")
+    return "\n".join(lines)
+
+
+def export_model(spec: str, fmt: str, out: str | os.PathLike, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
+                 fold_bn: bool = True, batch: int = 1, image_size: int | None = None, data: str | None = None,
+                 real_images: int = 64) -> dict:
+    """`resnet export`: a checkpoint (file or run folder) or a registered name -> ONNX or TorchScript, checked.
+
+    Parity is checked on random inputs and, with `data`, on `real_images` real images as well."""
+    from .backends import load_for_inference, random_images
+    from .backends import real_images as load_real
+
+    model, meta = load_for_inference(spec)
+    image_size = image_size or meta["input_size"]
+    example = random_images(batch, image_size, model.config.in_chans, seed=0)
+    real = load_real(data, meta, real_images, image_size, split="val")[0] if data else None
+    if fmt == "onnx":
+        return export_onnx(model, out, opset, dynamic_batch, fold_bn, example, real=real)
+    if fmt == "torchscript":
+        return export_torchscript(model, out, fold_bn, example, real=real)
+    raise ValueError(f"--format must be onnx or torchscript, got {fmt!r}")

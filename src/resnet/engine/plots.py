@@ -1,0 +1,56 @@
+"""Figures: training curves (as in ResNet Fig. 6) and confusion matrices. Agg backend, PNG files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_training_curves(records: list[dict], path: Path, title: str = "") -> Path:
+    """Training error (dashed) and validation error (bold) against iterations, and the losses."""
+    steps = [r["step"] for r in records]
+    fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_err.plot(steps, [r["train_err"] for r in records], "--", label="train error")
+    val = [(r["step"], r["val_err"]) for r in records if r.get("val_err") is not None]
+    if val:
+        ax_err.plot(*zip(*val), "-", linewidth=2, label="validation error")
+    ax_err.set(xlabel="iterations", ylabel="error (%)", title=title or "error")
+    ax_err.legend()
+    ax_loss.plot(steps, [r["train_loss"] for r in records], "--", label="train loss")
+    val_loss = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
+    if val_loss:
+        ax_loss.plot(*zip(*val_loss), "-", linewidth=2, label="validation loss")
+    ax_loss.set(xlabel="iterations", ylabel="loss", title="loss")
+    ax_loss.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
+    """Row-normalised confusion matrix (true class down, predicted across)."""
+    import numpy as np
+
+    m = np.asarray(confusion, dtype=float)
+    m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(classes))
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    if len(classes) <= 30:
+        ax.set_xticks(range(len(classes)), classes, rotation=90)
+        ax.set_yticks(range(len(classes)), classes)
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if m[i, j] >= 0.01:
+                    ax.text(j, i, f"{100 * m[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if m[i, j] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,129 @@
+"""Load torchvision / timm / our own state dicts into a model, safely and with clear errors."""
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
+HEAD_PREFIX = "fc."
+
+
+class WeightsError(ValueError):
+    """A weights file or state dict that does not fit the model."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from `.safetensors`, or from `.pt/.pth/.bin` through `torch.load(weights_only=True)`.
+
+    Never unpickles arbitrary objects: a file that needs that is refused with a clear error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise WeightsError(f"{path} is not a valid safetensors file ({e})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"refusing to load {path}: it holds Python objects beyond tensors, and unpickling them "
+            f"could run arbitrary code. Re-save it as tensors only (or .safetensors). Detail: {str(e)[:200]}"
+        ) from None
+    except Exception as e:
+        raise WeightsError(f"cannot read {path} as a PyTorch weights file ({type(e).__name__}: {e})") from None
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj, origin) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict or the common wrappers {'state_dict': ...}, {'model': ...}."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise WeightsError(f"{origin} holds no state dict of tensors")
+
+
+def clean_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Strip the `module.` and `_orig_mod.` prefixes that DDP and torch.compile add."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def compare_state_dicts(model_sd: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]):
+    """(missing, unexpected, shape mismatches as (key, expected, given))."""
+    missing = [k for k in model_sd if k not in given and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in given if k not in model_sd]
+    mismatched = [(k, tuple(model_sd[k].shape), tuple(v.shape)) for k, v in given.items()
+                  if k in model_sd and model_sd[k].shape != v.shape]
+    return missing, unexpected, mismatched
+
+
+def _format_problems(missing, unexpected, mismatched, origin: str) -> str:
+    def show(items, limit=12):
+        items = [str(i) for i in items]
+        more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + more
+
+    lines = [f"weights from {origin} do not fit the model:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {show(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
+    if mismatched:
+        lines.append(f"  shape mismatches ({len(mismatched)}): "
+                     + show(f"{k} model {m} vs file {g}" for k, m, g in mismatched))
+    lines.append("  Check the model name and its arguments (block, shortcut, num_classes) against those the weights were trained with.")
+    return "\n".join(lines)
+
+
+def load_weights(model: nn.Module, source, strict: bool = True) -> nn.Module:
+    """Load a state dict, or a `.safetensors` / `.pt` / `.pth` file, into `model` (in place).
+
+    Prefixes from DDP/compile are stripped. On any mismatch one error lists missing keys,
+    unexpected keys and shape mismatches. When only the classifier differs in size
+    (fine-tuning to a new `num_classes`), the rest loads and the head keeps its fresh
+    initialisation, with a warning. `strict=False` loads what fits and warns about the rest.
+    """
+    origin = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
+    given = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else _unwrap(source, origin)
+    given = clean_keys(given)
+    model_sd = model.state_dict()
+    missing, unexpected, mismatched = compare_state_dicts(model_sd, given)
+    head_only = (not missing and not unexpected and mismatched
+                 and all(k.startswith(HEAD_PREFIX) for k, _, _ in mismatched))
+    if head_only:
+        warnings.warn(f"{origin}: classifier shape differs ({mismatched[0][2]} in the file, {mismatched[0][1]} in the model); "
+                      "loaded everything else and kept a freshly initialised head", stacklevel=2)
+        if hasattr(model, "reset_classifier"):
+            model.reset_classifier(model.fc.out_features)
+    elif (missing or unexpected or mismatched) and strict:
+        raise WeightsError(_format_problems(missing, unexpected, mismatched, origin))
+    elif missing or unexpected or mismatched:
+        warnings.warn(_format_problems(missing, unexpected, mismatched, origin), stacklevel=2)
+    bad = {k for k, _, _ in mismatched}
+    loadable = {k: v for k, v in given.items() if k in model_sd and k not in bad}
+    model.load_state_dict(loadable, strict=False)
+    return model
