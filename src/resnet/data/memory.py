@@ -474,7 +474,11 @@ class MemoryLoader:
         key = hashlib.sha256(f"{self.seed}:{self.epoch}".encode()).digest()
         return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
 
-    def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict | None]:
+    def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(order, oy, ox, flip) for every position of this epoch (see `plan`)."""
+        return self.plan()[:4]
+
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict | None]:
         """(order, oy, ox, flip, augment choices) for every position of this epoch, drawn up front.
         Within each batch the images to mirror come first (batch order is immaterial to training), so a
         batch is mirrored with one slice instead of a scatter."""
@@ -507,7 +511,7 @@ class MemoryLoader:
         mirror = flip[sl]
         k = int(mirror.sum())
         if k and bool(mirror[:k].all()):
-            x[:k] = x[:k].flip(2)  # the flipped ones come first (epoch_plan)
+            x[:k] = x[:k].flip(2)  # the flipped ones come first (plan)
         elif k:
             which = torch.nonzero(mirror).view(-1).to(x.device)
             x.index_copy_(0, which, x.index_select(0, which).flip(2))
@@ -525,6 +529,6 @@ class MemoryLoader:
         return torch.addcmul(self._shift, x.view(b, h, w * c), self._scale).view(b, h, w, c).permute(0, 3, 1, 2)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        plan = self.epoch_plan()
+        plan = self.plan()
         for i in range(len(self)):
             yield self.batch(plan, slice(i * self.batch_size, (i + 1) * self.batch_size))

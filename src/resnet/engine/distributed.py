@@ -97,7 +97,7 @@ class ShardedMemoryLoader:
 
     def __iter__(self):
         inner = self.inner
-        plan = inner.epoch_plan()
+        plan = inner.plan()
         per_rank = inner.batch_size // self.world_size
         n = plan[0].numel()
         for i in range(len(inner)):
