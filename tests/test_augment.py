@@ -12,7 +12,7 @@ from imagenet_utils import make_large_folder, one_thread
 from resnet.config import ConfigError, make_config
 from resnet.data import load_dataset
 from resnet.data import ops
-from resnet.data.augment import (AutoAugment, ImageAugment, RandAugment, TimmRandAugment, TrivialAugmentWide,
+from resnet.data.augment import (AutoAugment, ImageAugment, RandAugment, TrivialAugmentWide,
                                  _AA_POLICIES, make_policy, parse_timm_spec)
 from resnet.data.erasing import Cutout, RandomErasing
 from resnet.data.mixing import Mixer, partners

@@ -5,7 +5,6 @@ import re
 from importlib import resources
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import save_file
 
