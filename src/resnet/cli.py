@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -54,44 +53,18 @@ def cmd_models(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import yaml
+    from .api import train
 
-    from .config import make_config, merge
-    from .engine.trainer import train
-
-    cli = {}
-    if args.model:
-        cli["model"] = args.model
-    if args.data:
-        cli.setdefault("data", {})["path"] = args.data
-    if args.epochs is not None:
-        cli["epochs"] = args.epochs
-    if args.precision:
-        cli["precision"] = args.precision
+    kwargs = {k: v for k, v in (("precision", args.precision), ("weights", args.weights)) if v}
     if args.skip_bad:
-        cli.setdefault("data", {})["skip_bad"] = True
-    if args.weights:
-        cli["weights"] = args.weights
-    if args.resume:
-        run_dir = Path(args.resume)
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; is it a run folder of `resnet train`?")
-        base = yaml.safe_load(saved.read_text())
-        cfg = make_config(None, merge(merge(base, cli), _overrides(args.overrides)))
-    else:
-        if not args.data:
-            raise ValueError("--data PATH is required (a CIFAR folder or archive, or a class-per-folder image tree)")
-        cfg = make_config(args.recipe, merge(cli, _overrides(args.overrides)))
-        run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run_dir / "last.state.pt").exists():
-            raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
-    _fetch_named(cfg.data.path, cfg.data.cache_dir)
-    history = train(cfg, run_dir, resume=bool(args.resume))
+        kwargs["data__skip_bad"] = True
+    run = train(model=args.model, data=args.data, recipe=None if args.resume else args.recipe, epochs=args.epochs,
+                out=args.resume or args.out, resume=bool(args.resume), overrides=_override_items(args.overrides),
+                **kwargs)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
-    last = history[-1] if history else {}
-    print(f"run folder: {run_dir}  (last.safetensors, metrics.jsonl, curves.png)")
+    last = run.metrics
+    print(f"run folder: {run.dir}  (last.safetensors, metrics.jsonl, curves.png)")
     if last.get("val_err") is not None:
         print(f"final validation error {last['val_err']:.2f}% (top-5 {last['val_top5_err']:.2f}%)")
     return 0
@@ -104,34 +77,38 @@ def _fetch_named(data: str, cache_dir: str = "") -> None:
     fetch_named(data, cache_dir or None)
 
 
-def _overrides(items):
+def cmd_recipes(args) -> int:
+    from .config import recipe_info, recipe_names
+
+    rows = [recipe_info(n) for n in recipe_names()]
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['summary']}\n{'':<{width}}  published: {r['published']}")
+    print("\nuse one: resnet train --recipe NAME --data PATH [key=value ...]; the YAML files give the source of "
+          "every number (src/resnet/recipes/)")
+    return 0
+
+
+def _override_items(items) -> list[str]:
+    # `num_classes=N` is shorthand for model_args.num_classes=N (fine-tuning: the new head's size)
+    return [f"model_args.{i}" if i.startswith("num_classes=") else i for i in items or []]
+
+
+def _overrides(items) -> dict:
     from .config import parse_overrides
 
-    # `num_classes=N` is shorthand for model_args.num_classes=N (fine-tuning: the new head's size)
-    return parse_overrides([f"model_args.{i}" if i.startswith("num_classes=") else i for i in items or []])
+    return parse_overrides(_override_items(items))
 
 
 def cmd_eval(args) -> int:
-    from .data import ImagesTooLargeError
-    from .serve.evaluate import run_eval
+    from .api import evaluate
 
-    _fetch_named(args.data)
-    streamed = dict(checkpoint=args.checkpoint, weights=args.weights, model=args.model, split=args.split,
-                    test=args.test, precision=args.precision, batch_size=args.batch_size or 64, workers=args.workers,
-                    plots=args.plots, backend=args.backend)
-    if args.weights or args.test != "center":  # image folders of any size, decoded per batch (eval_stream.py)
-        from .serve.evaluate import run_eval_stream
-        result = run_eval_stream(args.data, **streamed)
-    else:
-        if not args.checkpoint:
-            raise ValueError("give --checkpoint CKPT or --weights SOURCE")
-        try:
-            result = run_eval(args.checkpoint, args.data, split=args.split, precision=args.precision,
-                              tta_flip=args.tta_flip, batch_size=args.batch_size or 1000, plots=args.plots,
-                              backend=args.backend)
-        except ImagesTooLargeError:
-            from .serve.evaluate import run_eval_stream
-            result = run_eval_stream(args.data, **streamed)
+    result = evaluate(args.checkpoint, args.data, args.split, weights=args.weights, model=args.model, test=args.test,
+                      tta_flip=args.tta_flip, precision=args.precision, batch_size=args.batch_size,
+                      workers=args.workers, plots=args.plots, backend=args.backend)
     if args.json:
         print(json.dumps({k: result[k] for k in ("top1_err", "top5_err", "loss", "n")}))
         return 0
@@ -340,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
     p.add_argument("--data", help=f"CIFAR folder or archive, a class-per-folder image tree (or its .tar.gz){NAMED_DATA}")
-    p.add_argument("--recipe", default=None, help="a shipped recipe (cifar10_paper, cifar10_fast) or a YAML file")
+    p.add_argument("--recipe", default=None, help="a shipped recipe (see `resnet recipes`) or a YAML file")
     p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default auto: bf16 where native")
     p.add_argument("--out", help="run folder (default runs/MODEL-TIME)")
@@ -351,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "torchvision:resnet50.IMAGENET1K_V2 (with model_args.num_classes=N: a new head)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("recipes", help="the shipped training recipes, each with the accuracy its source publishes")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {name, summary, description, published}")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint on a dataset")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run folder (its best, else last)")

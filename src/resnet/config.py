@@ -37,6 +37,21 @@ class DataConfig:
     # Seed of the train/val hold-out; -1 = the run's seed. Experiments fix it, so that every seed of a
     # network validates on the same images and `resnet eval --split val` finds them again.
     split_seed: int = -1
+    # Train and test at different sizes (streamed images): torchvision v2 trains at 176 and tests at 224, RSB A3 160/224
+    val_image_size: int = 0  # the evaluation crop; 0 = image_size (resize then defaults to val_image_size * 256/224)
+    interpolation: str = "bilinear"  # bilinear | bicubic | nearest: resizing streamed images, the policies' geometric ops
+    # Per-image augmentation after crop and flip (data/augment.py), in memory as batch ops, streamed in the workers:
+    auto_augment: str = ""  # ra | ta_wide | imagenet | cifar10 (torchvision --auto-augment) | rand-m7-mstd0.5-inc1 (timm --aa)
+    ra_magnitude: int = 9  # ra: the magnitude bin, of 31 (torchvision --ra-magnitude)
+    random_erase: float = 0.0  # probability of erasing a box (torchvision --random-erase, timm --reprob)
+    erase_mode: str = "const"  # const: the mean colour (torchvision) | pixel: per-pixel noise (timm --remode pixel)
+    cutout: int = 0  # side of the square cut out of every image, pixels (DeVries & Taylor 2017: 16 on CIFAR-10)
+    # Batch mixing (data/mixing.py), as timm's Mixup; label_smoothing applies to the mixed targets
+    mixup_alpha: float = 0.0  # timm --mixup, torchvision --mixup-alpha
+    cutmix_alpha: float = 0.0  # timm --cutmix, torchvision --cutmix-alpha
+    mixup_prob: float = 1.0  # probability that a batch is mixed at all (timm --mixup-prob)
+    switch_prob: float = 0.5  # with both alphas: probability of CutMix instead of mixup (timm --mixup-switch-prob)
+    repeated_aug: int = 1  # each image this many times an epoch, augmented apart (torchvision --ra-reps, timm --aug-repeats)
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,9 @@ class OptimConfig:
     weight_decay: float = 1e-4
     no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
     grad_clip: float = 0.0  # max gradient norm; 0 = off
+    name: str = "sgd"  # sgd | adamw | lamb (timm's, with its global gradient-norm clip at 1.0)
+    betas: tuple[float, ...] = (0.9, 0.999)  # adamw, lamb
+    eps: float = 0.0  # adamw, lamb; 0 = the optimizer's default (adamw 1e-8, lamb 1e-6)
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,10 @@ class ScheduleConfig:
     warmup_lr: float = 0.0  # ResNet-110 [§4.2]: train at this lr until the training error of a global batch ...
     warmup_until_err: float = 0.0  # ... falls below this (%), then use lr (decided alike on every process)
     final_lr: float = 0.0  # fraction of lr reached at the end (cosine, onecycle)
+    warmup_epochs: float = 0.0  # warm-up length in epochs instead of warmup_steps
+    warmup_method: str = "linear"  # linear: warmup_start * lr up to lr | constant: warmup_start * lr throughout (torchvision)
+    warmup_prefix: bool = False  # the cosine starts where the warm-up ends (torchvision's SequentialLR), not at step 0
+    milestone_epochs: tuple[float, ...] = ()  # step schedule: milestones in epochs, instead of milestones (iterations)
 
 
 @dataclass(frozen=True)
@@ -78,6 +100,10 @@ class TrainConfig:
     eval_every: int = 1  # epochs between validations (the last epoch is always validated)
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0 = only at epoch ends)
     nonfinite: str = "stop"  # a NaN/inf loss: stop (keeping the last good checkpoint) or skip the step
+    loss: str = "ce"  # ce: cross-entropy, soft targets when mixing | bce: binary cross-entropy ("ResNet strikes back")
+    bce_target_thresh: float = 0.0  # bce: targets above this become 1, the rest 0 (timm --bce-target-thresh); 0 = off
+    ema_steps: int = 1  # update the EMA every this many steps (torchvision --model-ema-steps)
+    ema_adjust: bool = False  # torchvision's EMA: decay for the global batch, ema_steps, epochs; a copy during warm-up
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -103,6 +129,7 @@ class TrainConfig:
                              f"data.val_size must be a fraction below 1 or a whole count, got {self.data.val_size:g}")]:
             if not ok:
                 raise ConfigError(message)
+        _check_modern(self)
 
     @property
     def holdout_seed(self) -> int:
@@ -111,6 +138,39 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
+
+
+def _check_modern(cfg: TrainConfig) -> None:
+    """Augmentation, mixing, loss, optimizer, EMA and warm-up settings (issue 14's additions)."""
+    d, o, s = cfg.data, cfg.optim, cfg.schedule
+    checks = [
+        (d.interpolation in ("bilinear", "bicubic", "nearest"), "data.interpolation must be bilinear, bicubic or nearest"),
+        (d.val_image_size == 0 or d.val_image_size >= 8, "data.val_image_size must be 0 (= image_size) or >= 8"),
+        (0 <= d.random_erase <= 1, "data.random_erase must be a probability in [0, 1]"),
+        (d.erase_mode in ("const", "pixel"), "data.erase_mode must be const or pixel"),
+        (d.cutout >= 0, "data.cutout must be >= 0"),
+        (d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "data.mixup_alpha and data.cutmix_alpha must be >= 0"),
+        (0 <= d.mixup_prob <= 1 and 0 <= d.switch_prob <= 1, "data.mixup_prob and data.switch_prob must be in [0, 1]"),
+        (d.repeated_aug >= 1, "data.repeated_aug must be >= 1"),
+        (cfg.loss in ("ce", "bce"), "loss must be ce or bce"),
+        (0 <= cfg.bce_target_thresh < 1, "bce_target_thresh must be in [0, 1)"),
+        (cfg.ema_steps >= 1, "ema_steps must be >= 1"),
+        (o.name in ("sgd", "adamw", "lamb"), "optim.name must be sgd, adamw or lamb"),
+        (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1)"),
+        (o.eps >= 0, "optim.eps must be >= 0"),
+        (s.warmup_epochs >= 0, "schedule.warmup_epochs must be >= 0"),
+        (s.warmup_method in ("linear", "constant"), "schedule.warmup_method must be linear or constant"),
+        (not (s.warmup_epochs and s.warmup_steps), "give schedule.warmup_epochs or schedule.warmup_steps, not both"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    from .data.augment import make_policy
+
+    try:
+        make_policy(d.auto_augment, d.ra_magnitude)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _plain(value):
@@ -140,8 +200,20 @@ def load_recipe(name_or_path: str) -> dict:
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {name_or_path} must be a YAML mapping")
-    data.pop("description", None)
+    for key in ("summary", "description", "published"):  # documentation, not configuration
+        data.pop(key, None)
     return data
+
+
+def recipe_info(name: str) -> dict:
+    """A shipped recipe's one-line description and the accuracy its source publishes (for `resnet recipes`)."""
+    ref = resources.files("resnet.recipes") / f"{name}.yaml"
+    if not ref.is_file():
+        raise ConfigError(f"unknown recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
+    data = yaml.safe_load(ref.read_text()) or {}
+    one_line = lambda key: " ".join(str(data.get(key, "-")).split())  # noqa: E731
+    return {"name": name, "summary": one_line("summary"), "description": one_line("description"),
+            "published": one_line("published")}
 
 
 # A number as a user types it: YAML 1.1 (PyYAML) reads `1e-3`, `5E-4` and `1e3` as strings (its floats

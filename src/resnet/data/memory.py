@@ -429,7 +429,7 @@ class MemoryLoader:
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool,
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, drop_last: bool | None = None,
                  device: str | torch.device = "cpu", channels_last: bool = True, pad: int = 4,
-                 flip: bool = True):
+                 flip: bool = True, augment=None, repeats: int = 1):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {images_u8.dtype} "
                              f"{tuple(images_u8.shape)}")
@@ -445,6 +445,8 @@ class MemoryLoader:
         self.drop_last = train if drop_last is None else drop_last
         self.device = torch.device(device)
         self.channels_last, self.pad, self.flip = channels_last, pad if train else 0, flip and train
+        # after crop and flip: a policy, erasing, Cutout (data/augment.py); repeated augmentation (data/sampling.py)
+        self.augment, self.repeats = (augment, repeats) if train else (None, 1)
         _, c, _, w = images_u8.shape
         mean_t = torch.as_tensor(mean, dtype=torch.float32)
         std_t = torch.as_tensor(std, dtype=torch.float32)
@@ -473,21 +475,50 @@ class MemoryLoader:
         return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
 
     def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(order, oy, ox, flip) for every position of this epoch, drawn up front. Within each
-        batch the images to mirror come first (batch order is immaterial to training), so a
+        """(order, oy, ox, flip) for every position of this epoch (see `plan`)."""
+        return self.plan()[:4]
+
+    def plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict | None]:
+        """(order, oy, ox, flip, augment choices) for every position of this epoch, drawn up front.
+        Within each batch the images to mirror come first (batch order is immaterial to training), so a
         batch is mirrored with one slice instead of a scatter."""
+        from .augment import slice_params
+        from .sampling import epoch_order
+
         n = self.nhwc.shape[0]
         if not self.train:
             z = torch.zeros(n, dtype=torch.long)
-            return torch.arange(n), z, z, torch.zeros(n, dtype=torch.bool)
+            return torch.arange(n), z, z, torch.zeros(n, dtype=torch.bool), None
         g = self._generator()
-        order = torch.randperm(n, generator=g)
+        order = epoch_order(n, g, self.repeats, self.batch_size)
         oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
         ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
         flip = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        aug = self.augment.sample(n, g, tuple(self.nhwc.shape[1:3])) if self.augment is not None else None
         key = torch.arange(n) // self.batch_size * 2 + (~flip).long()
         group = torch.argsort(key, stable=True)
-        return order[group], oy[group], ox[group], flip[group]
+        return order[group], oy[group], ox[group], flip[group], None if aug is None else slice_params(aug, group)
+
+    def batch(self, plan, sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """The normalised (x, y) of the plan's positions `sl` (a whole batch, or a process's slice of one)."""
+        from .augment import slice_params
+
+        order, oy, ox, flip, aug = plan
+        idx = order[sl]
+        x = self.nhwc.index_select(0, idx.to(self.nhwc.device))
+        if self.pad:
+            x = _crop_nhwc(x, oy[sl], ox[sl], self.pad)
+        mirror = flip[sl]
+        k = int(mirror.sum())
+        if k and bool(mirror[:k].all()):
+            x[:k] = x[:k].flip(2)  # the flipped ones come first (plan)
+        elif k:
+            which = torch.nonzero(mirror).view(-1).to(x.device)
+            x.index_copy_(0, which, x.index_select(0, which).flip(2))
+        if aug is not None:
+            x = self.augment.apply_nhwc(x, slice_params(aug, sl))
+        return self.normalize(x), self.labels.index_select(0, idx.to(self.labels.device)).to(
+            self.device, non_blocking=True)
 
     def normalize(self, x_nhwc: torch.Tensor) -> torch.Tensor:
         """uint8 B x H x W x C -> float B x C x H x W on the device, (x/255 - mean)/std."""
@@ -498,16 +529,6 @@ class MemoryLoader:
         return torch.addcmul(self._shift, x.view(b, h, w * c), self._scale).view(b, h, w, c).permute(0, 3, 1, 2)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, oy, ox, flip = self.epoch_plan()
-        dev = self.nhwc.device
+        plan = self.plan()
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            idx = order[sl]
-            x = self.nhwc.index_select(0, idx.to(dev))
-            if self.pad:
-                x = _crop_nhwc(x, oy[sl], ox[sl], self.pad)
-            k = int(flip[sl].sum())
-            if k:
-                x[:k] = x[:k].flip(2)  # the flipped ones come first (epoch_plan)
-            yield self.normalize(x), self.labels.index_select(0, idx.to(self.labels.device)).to(
-                self.device, non_blocking=True)
+            yield self.batch(plan, slice(i * self.batch_size, (i + 1) * self.batch_size))

@@ -168,6 +168,25 @@ def train_transform(augment: str = "paper", size: int = 224, flip: bool = True, 
     raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
 
 
+class _Augmented:
+    """A training preset followed by a per-image ImageAugment (data/augment.py) on its uint8 output,
+    drawing from the same per-image generator (so the choices are a function of the image's seed)."""
+
+    def __init__(self, base, augment):
+        self.base, self.augment = base, augment
+
+    def __call__(self, img: Image.Image, g: torch.Generator):
+        out = self.base(img, g)
+        pixels, light = out if isinstance(out, tuple) else (out, None)
+        pixels = self.augment(pixels, g)
+        return pixels if light is None else (pixels, light)
+
+
+def with_augment(transform, augment):
+    """`transform`, then `augment` on each image (the transform itself when augment is None)."""
+    return transform if augment is None else _Augmented(transform, augment)
+
+
 # --------------------------------------------------------------------------- testing
 def _center_crop(img: Image.Image, size: int) -> Image.Image:
     w, h = img.size

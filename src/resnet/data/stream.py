@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 
 from .folder import FolderIndex, ImageDecodeError, _member_name, scan
-from .presets import AUGMENTS, TESTS, eval_transform, normalize_batch, train_transform
+from .presets import AUGMENTS, TESTS, eval_transform, normalize_batch, train_transform, with_augment
+from .sampling import epoch_order
 from .split import holdout
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -120,10 +121,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     (seed, epoch)-seeded permutation; per-image seeds belong to positions in the global order."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, repeats: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.n, self.batch_size, self.shuffle, self.seed, self.repeats = n, batch_size, shuffle, seed, repeats
         self.drop_last = shuffle if drop_last is None else drop_last
         self.epoch, self.start = 0, 0
         self.shard(rank, world_size)
@@ -143,7 +144,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         if self.shuffle:
             g = epoch_generator(self.seed, self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
+            order = epoch_order(self.n, g, self.repeats, self.batch_size).tolist()  # data/sampling.py
             seeds = torch.randint(0, 2 ** 62, (self.n,), generator=g).tolist()
         else:
             order, seeds = list(range(self.n)), [0] * self.n
@@ -220,9 +221,11 @@ class StreamingFolder:
     images are too large to hold in memory. Mirrors InMemoryDataset's `classes`, `labels`, `mean`,
     `std`, `name`, `info`, `subset` and `loader`.
 
-    `augment` is the training preset (``paper`` | ``rrc``), `image_size` the crop, `resize` the
-    shorter side before the centre crop of evaluation (default image_size * 256/224), `test` the
-    evaluation preset (``center`` | ``ten-crop`` | ``multi-scale``)."""
+    `augment` is the training preset (``paper`` | ``rrc``), `image_size` the training crop,
+    `val_image_size` the evaluation crop (default image_size: train and test at different sizes, as
+    FixRes, torchvision's 176/224 and RSB A3's 160/224), `resize` the shorter side before the centre
+    crop of evaluation (default val_image_size * 256/224), `test` the evaluation preset (``center`` |
+    ``ten-crop`` | ``multi-scale``)."""
 
     in_chans = 3
 
@@ -230,7 +233,8 @@ class StreamingFolder:
                  augment: str = "paper", resize: int = 0, test: str = "center", workers: int = -1,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  interpolation: str = "bilinear", lighting: float | None = None, skip_bad: bool = False,
-                 index: FolderIndex | None = None, samples: list[tuple[str, int]] | None = None):
+                 index: FolderIndex | None = None, samples: list[tuple[str, int]] | None = None,
+                 val_image_size: int = 0):
         if augment not in AUGMENTS:
             raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
         if test not in TESTS:
@@ -245,7 +249,8 @@ class StreamingFolder:
         self.source, self.split = str(source), split
         self.name = Path(str(source).rstrip("/")).name.split(".tar")[0].split(".tgz")[0]
         self.image_size, self.augment, self.test = image_size, augment, test
-        self.resize = resize or round(image_size * 256 / 224)
+        self.val_image_size = val_image_size or image_size
+        self.resize = resize or round(self.val_image_size * 256 / 224)
         self.workers = default_workers() if workers < 0 else workers
         self.mean, self.std = tuple(mean), tuple(std)
         self.interpolation, self.lighting, self.skip_bad = interpolation, lighting, skip_bad
@@ -253,7 +258,8 @@ class StreamingFolder:
 
     @property
     def input_size(self) -> int:
-        return self.image_size
+        """The side the model is evaluated (and should be used) at."""
+        return self.val_image_size
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -261,7 +267,7 @@ class StreamingFolder:
     def _options(self) -> dict:
         return dict(image_size=self.image_size, augment=self.augment, resize=self.resize, test=self.test,
                     workers=self.workers, mean=self.mean, std=self.std, interpolation=self.interpolation,
-                    lighting=self.lighting, skip_bad=self.skip_bad)
+                    lighting=self.lighting, skip_bad=self.skip_bad, val_image_size=self.val_image_size)
 
     def subset(self, indices) -> "StreamingFolder":
         idx = torch.as_tensor(indices, dtype=torch.long).tolist()
@@ -274,15 +280,18 @@ class StreamingFolder:
 
     def loader(self, batch_size: int, train: bool, seed: int = 0, device="cpu", channels_last: bool = True,
                flip: bool = True, drop_last: bool | None = None, rank: int = 0, world_size: int = 1,
-               **_ignored) -> StreamLoader:
+               augment=None, repeats: int = 1, **_ignored) -> StreamLoader:
         """Training batches (shuffled, augmented, drop_last) or evaluation batches (in order, the test
-        preset). Keywords of MemoryLoader that do not apply here (pad) are ignored."""
+        preset). `augment` (data/augment.py ImageAugment) runs per image in the workers after crop and
+        flip; `repeats` > 1 is repeated augmentation. Keywords of MemoryLoader that do not apply here
+        (pad) are ignored."""
         if train:
-            transform = train_transform(self.augment, self.image_size, flip, self.lighting, self.interpolation)
+            transform = with_augment(train_transform(self.augment, self.image_size, flip, self.lighting,
+                                                     self.interpolation), augment)
         else:
-            transform = eval_transform(self.test, self.image_size, self.resize, self.interpolation)
+            transform = eval_transform(self.test, self.val_image_size, self.resize, self.interpolation)
         sampler = EpochBatchSampler(len(self), batch_size, shuffle=train, seed=seed, drop_last=drop_last,
-                                    rank=rank, world_size=world_size)
+                                    rank=rank, world_size=world_size, repeats=repeats if train else 1)
         return StreamLoader(_Decode(self.index, self.samples, transform, self.skip_bad), sampler, self.mean, self.std, device,
                             channels_last, self.workers, persistent=train)
 
@@ -291,7 +300,8 @@ def streaming_split(cfg) -> tuple[StreamingFolder, StreamingFolder | None]:
     """split_train_val for large images: the same seeded, stratified hold-out, streamed."""
     d = cfg.data
     data = StreamingFolder(d.path, "train", image_size=d.image_size, augment=d.augment, resize=d.resize,
-                           workers=d.workers, skip_bad=d.skip_bad)
+                           workers=d.workers, skip_bad=d.skip_bad, val_image_size=d.val_image_size,
+                           interpolation=d.interpolation)
     return holdout(data, d.val_size, cfg.holdout_seed)
 
 

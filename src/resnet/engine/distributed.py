@@ -76,7 +76,7 @@ def barrier(ctx: DistContext) -> None:
 # --------------------------------------------------------------------------- data
 class ShardedMemoryLoader:
     """This rank's slice of every global batch of a MemoryLoader: the epoch plan (order, crops,
-    flips) is drawn for the global batch on every rank, so the union of step i's slices over the
+    flips, augmentation) is drawn for the global batch on every rank, so the union of step i's slices over the
     ranks is exactly the single-process batch i."""
 
     def __init__(self, loader, rank: int, world_size: int):
@@ -96,24 +96,13 @@ class ShardedMemoryLoader:
         return len(self.inner)
 
     def __iter__(self):
-        from ..data.memory import _crop_nhwc
-
         inner = self.inner
-        order, oy, ox, flip = inner.epoch_plan()
+        plan = inner.plan()
         per_rank = inner.batch_size // self.world_size
-        n = order.numel()
+        n = plan[0].numel()
         for i in range(len(inner)):
             lo = min(i * inner.batch_size + self.rank * per_rank, n)
-            sl = slice(lo, min(lo + per_rank, n, (i + 1) * inner.batch_size))
-            idx = order[sl]
-            x = inner.nhwc.index_select(0, idx.to(inner.nhwc.device))
-            if inner.pad:
-                x = _crop_nhwc(x, oy[sl], ox[sl], inner.pad)
-            which = torch.nonzero(flip[sl]).view(-1).to(x.device)
-            if which.numel():
-                x.index_copy_(0, which, x.index_select(0, which).flip(2))
-            yield inner.normalize(x), inner.labels.index_select(0, idx.to(inner.labels.device)).to(
-                inner.device, non_blocking=True)
+            yield inner.batch(plan, slice(lo, min(lo + per_rank, n, (i + 1) * inner.batch_size)))
 
 
 def shard_loader(loader, ctx: DistContext):

@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedules; the schedule is a pure function of the step (exact resume)."""
+"""Optimizers (SGD, AdamW, LAMB), learning-rate schedules and the EMA of weights; the schedule is a pure
+function of the step (exact resume)."""
 from __future__ import annotations
 
 import math
@@ -19,41 +20,77 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
+def _sgd(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD with momentum [ResNet §3.4, §4.2]; Nesterov optional."""
-    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+def _adamw(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019): decoupled weight decay."""
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps or 1e-8)
+
+
+def _lamb(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
+    from .lamb import Lamb
+
+    return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps or 1e-6)
+
+
+OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw, "lamb": _lamb}
+
+
+def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer `cfg.name` over `model`'s parameters; with no_decay_bn_bias, BN parameters and biases
+    (every 1-D tensor) are in a group of their own without weight decay, whichever the optimizer."""
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {cfg.name!r}")
+    return OPTIMIZERS[cfg.name](param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias), cfg)
 
 
 class Schedule:
     """Learning rate at each iteration: step (the paper's), cosine, one-cycle or constant, with warm-ups.
 
+    Warm-up and milestones may be given in epochs (`warmup_epochs`, `milestone_epochs`), turned into
+    steps with `steps_per_epoch`. The warm-up multiplies the schedule by `warmup_start` rising linearly to
+    1 (or by `warmup_start` throughout, `warmup_method: constant`: Identity Mappings' 400 steps at 0.01);
+    with `warmup_prefix` the cosine begins where the warm-up ends (torchvision's recipe: SequentialLR of
+    LinearLR and CosineAnnealingLR over the remaining epochs), else it spans the whole run.
     The only state is `warmup_done`, for the ResNet-110 rule: lr `warmup_lr` until the training
     error falls below `warmup_until_err` percent, then the base schedule [ResNet §4.2].
     """
 
-    def __init__(self, cfg: ScheduleConfig, base_lr: float, total_steps: int):
+    def __init__(self, cfg: ScheduleConfig, base_lr: float, total_steps: int, steps_per_epoch: int = 1):
         self.cfg, self.base_lr, self.total_steps = cfg, base_lr, max(total_steps, 1)
+        self.warmup_steps = round(cfg.warmup_epochs * steps_per_epoch) if cfg.warmup_epochs else cfg.warmup_steps
+        self.milestones = tuple(round(e * steps_per_epoch) for e in cfg.milestone_epochs) or tuple(cfg.milestones)
         self.warmup_done = not (cfg.warmup_lr > 0 and cfg.warmup_until_err > 0)
 
     def lr(self, step: int) -> float:
-        cfg = self.cfg
+        cfg, warm = self.cfg, self.warmup_steps
         if not self.warmup_done:
             return cfg.warmup_lr
-        factor = self._factor(step)
-        if cfg.warmup_steps and step < cfg.warmup_steps and cfg.name != "onecycle":
-            factor *= cfg.warmup_start + (1 - cfg.warmup_start) * step / cfg.warmup_steps
-        return self.base_lr * factor
+        ramp = 1.0
+        if warm and step < warm:  # torchvision's LinearLR / ConstantLR warm-ups (start factor warmup_start)
+            ramp = cfg.warmup_start if cfg.warmup_method == "constant" else \
+                cfg.warmup_start + (1 - cfg.warmup_start) * step / warm
+        if cfg.name == "onecycle":
+            return self.base_lr * self._factor(step)
+        if cfg.warmup_prefix and cfg.name == "cosine" and warm:
+            return self.base_lr * (ramp if step < warm else self._cosine((step - warm) / max(self.total_steps - warm, 1)))
+        return self.base_lr * self._factor(step) * ramp
+
+    def _cosine(self, t: float) -> float:
+        t = min(t, 1.0)
+        return self.cfg.final_lr + (1 - self.cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * t))
 
     def _factor(self, step: int) -> float:
         cfg, total = self.cfg, self.total_steps
         if cfg.name == "step":
-            return cfg.gamma ** sum(step >= m for m in cfg.milestones)
+            return cfg.gamma ** sum(step >= m for m in self.milestones)
         if cfg.name == "cosine":
-            t = min(step / total, 1.0)
-            return cfg.final_lr + (1 - cfg.final_lr) * 0.5 * (1 + math.cos(math.pi * t))
+            return self._cosine(step / total)
         if cfg.name == "onecycle":  # linear up over warmup_steps, then linear down to final_lr
-            up = max(cfg.warmup_steps, 1)
+            up = max(self.warmup_steps, 1)
             if step < up:
                 return cfg.warmup_start + (1 - cfg.warmup_start) * step / up
             t = min((step - up) / max(total - up, 1), 1.0)
@@ -71,12 +108,34 @@ class Schedule:
         self.warmup_done = bool(state["warmup_done"])
 
 
-class EMA:
-    """Exponential moving average of weights (and a copy of BN statistics), for evaluation."""
+def ema_decay(decay: float, ema_steps: int = 1, adjust: bool = False, global_batch: int = 1, epochs: int = 1) -> float:
+    """The decay per EMA update. With `adjust`, torchvision's recipe (references/classification/train.py,
+    after pycls): alpha = 1 - decay scaled by global_batch * ema_steps / epochs, so the average spans
+    the same share of the run whatever the batch, the update interval and the length."""
+    if not adjust:
+        return decay
+    return 1.0 - min(1.0, (1.0 - decay) * global_batch * ema_steps / epochs)
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+
+class EMA:
+    """Exponential moving average of weights and BN statistics (torchvision's ExponentialMovingAverage
+    with use_buffers=True), for evaluation: updated every `every` steps; until step `copy_until` each
+    update copies the weights instead (torchvision's recipe restarts the average through the warm-up)."""
+
+    def __init__(self, model: nn.Module, decay: float, every: int = 1, copy_until: int = 0):
+        self.decay, self.every, self.copy_until = decay, max(1, every), copy_until
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, step: int) -> None:
+        """After optimizer step `step` (0-based): torchvision updates at steps 0, k, 2k, ..."""
+        if step % self.every:
+            return
+        if step < self.copy_until:
+            for k, v in model.state_dict().items():
+                self.shadow[k].copy_(v)
+        else:
+            self.update(model)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import yaml
 
 from .. import __version__
@@ -22,8 +21,11 @@ from ..models import check_model_args, create_model
 from . import checkpoint, distributed
 from .evaluate import evaluate
 from .logger import MetricsLog, Progress
-from .optim import EMA, Schedule, make_optimizer
+from .losses import make_loss
+from .optim import EMA, Schedule, ema_decay, make_optimizer
 from .precision import default_device, resolve_precision
+from ..data.augment import build_image_augment
+from ..data.mixing import Mixer
 from ..data.stream import image_channels, input_size, preprocess_meta
 
 
@@ -138,9 +140,11 @@ class Trainer:
     """Trains `cfg.model` on `cfg.data.path` into `run_dir`; `resume=True` continues that folder exactly."""
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=None, stream=None,
-                 data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None):
-        """`data` = (train, val) already in memory skips loading cfg.data.path (benchmarks, experiments)."""
+                 data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None, callbacks=()):
+        """`data` = (train, val) already in memory skips loading cfg.data.path (benchmarks, experiments).
+        Each of `callbacks` is called as fn(record, trainer) after every epoch (rank 0 only)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.callbacks = list(callbacks)
         # An unknown name or model_args key, or shortcut= on a plain net, fails here, before any data is read.
         check_model_args(cfg.model, **cfg.model_args)
         self.dist = distributed.setup(device)  # torchrun: join the process group; rank 0 alone reports
@@ -156,8 +160,10 @@ class Trainer:
             apply_preprocess(cfg.weights, self.train_data, self.val_data)  # the pretrained weights' mean/std
         self.classes = self.train_data.classes
         self._skipped = list(self.train_data.info.get("skipped", []))  # with data.skip_bad: the images left out
+        augment = build_image_augment(cfg.data, self.train_data.mean, self.train_data.std)
         self.train_loader = self.train_data.loader(cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device,
-                                                   channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip)
+                                                   channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip,
+                                                   augment=augment, repeats=cfg.data.repeated_aug)
         self.train_loader = distributed.shard_loader(self.train_loader, self.dist)  # this rank's slice of each batch
         if len(self.train_loader) == 0:
             raise ValueError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
@@ -176,8 +182,8 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.scaler = self.precision.grad_scaler()
         self.total_steps = cfg.epochs * len(self.train_loader)
-        self.schedule = Schedule(cfg.schedule, cfg.optim.lr, self.total_steps)
-        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+        self.schedule = Schedule(cfg.schedule, cfg.optim.lr, self.total_steps, len(self.train_loader))
+        self._setup_loss_and_ema()
         self.epoch = self.step = 0
         self.best_val_err = math.inf
         self.history: list[dict] = []
@@ -196,6 +202,24 @@ class Trainer:
             self.log.rewrite([])
         if self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def _setup_loss_and_ema(self) -> None:
+        """The loss, batch mixing (mixup/CutMix) and the EMA the config asks for (engine/losses.py,
+        data/mixing.py, engine/optim.py)."""
+        cfg, d = self.cfg, self.cfg.data
+        self.mixer = Mixer(len(self.classes), d.mixup_alpha, d.cutmix_alpha, d.mixup_prob, d.switch_prob,
+                           cfg.label_smoothing, cfg.seed)
+        if not self.mixer.enabled:
+            self.mixer = None
+        elif self.dist.enabled and (d.batch_size // self.dist.world_size) % 2:
+            raise ValueError(f"mixup/CutMix pair neighbouring images: data.batch_size={d.batch_size} must give each of "
+                             f"the {self.dist.world_size} processes an even number of images")
+        self.criterion = make_loss(cfg.loss, len(self.classes), cfg.label_smoothing, cfg.bce_target_thresh)
+        self.ema = None
+        if cfg.ema_decay > 0:
+            decay = ema_decay(cfg.ema_decay, cfg.ema_steps, cfg.ema_adjust, d.batch_size, cfg.epochs)
+            copy_until = self.schedule.warmup_steps + cfg.ema_steps if cfg.ema_adjust else 0
+            self.ema = EMA(self.model, decay, cfg.ema_steps, copy_until)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
@@ -272,7 +296,11 @@ class Trainer:
                 lr = new_lr
                 for group in opt.param_groups:
                     group["lr"] = lr
-            logits, loss, finite = self._train_step(x, y, totals.check_each_step)
+            if self.mixer is not None:  # mixed images and soft targets; metrics keep each image's own label
+                x, target, _ = self.mixer(x, y, self.epoch, i)
+            else:
+                target = y
+            logits, loss, finite = self._train_step(x, y, totals.check_each_step, target)
             if finite:
                 wrong, images = totals.add(loss, logits, y, self.step)
                 acc["seen"] += int(images) if self.dist.enabled else y.numel()  # (synced anyway under torchrun)
@@ -303,22 +331,24 @@ class Trainer:
         if bad is not None:
             raise self._nonfinite_error(*bad)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor,
-                    check: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, check: bool = True,
+                    target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """Forward, backward and update on this process's batch: (logits, loss, whether it was finite).
+        `target` is what the loss compares with: y itself, or mixed soft targets (B x classes).
         With accum_steps > 1 the batch goes through in chunks whose gradients add up, and DDP
         all-reduces them once, with the last chunk. Every process agrees on skipping a non-finite step.
         With check=False the loss is not read (no host sync): the caller checks it later."""
         n, module = self.cfg.accum_steps, self.train_module
+        target = y if target is None else target
         self.optimizer.zero_grad(set_to_none=True)
-        chunks = [(x, y)] if n == 1 else list(zip(x.chunk(n), y.chunk(n)))
+        chunks = [(x, y, target)] if n == 1 else list(zip(x.chunk(n), y.chunk(n), target.chunk(n)))
         outputs, total = [], 0.0
-        for j, (xc, yc) in enumerate(chunks):
+        for j, (xc, yc, tc) in enumerate(chunks):
             last = j + 1 == len(chunks)
             with distributed.no_sync(module, sync=last):
                 with self.precision.autocast():
                     logits = module(xc)
-                part = F.cross_entropy(logits.float(), yc, label_smoothing=self.cfg.label_smoothing)
+                part = self.criterion(logits, tc)
                 if len(chunks) > 1:
                     part = part * (yc.numel() / y.numel())
                     if not last:
@@ -371,7 +401,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             self.optimizer.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.step(self.model, self.step)
 
     def validate(self) -> dict | None:
         if self.val_loader is None or not self.dist.is_main:  # rank 0 validates for all
@@ -408,6 +438,9 @@ class Trainer:
         self.save(best=best)
         self.log.append(record)
         self._report(record)
+        if self.dist.is_main:
+            for fn in self.callbacks:
+                fn(record, self)
 
     def _report(self, r: dict) -> None:
         val = f" val loss {r['val_loss']:.4f} err {r['val_err']:.2f}%" if r.get("val_err") is not None else ""
@@ -415,11 +448,12 @@ class Trainer:
               f"err {r['train_err']:.2f}%{val} {r['images_per_sec']:,.0f} img/s {r['seconds']:.1f}s", file=self.stream)
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=None, stream=None) -> list[dict]:
+def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=None, stream=None,
+          callbacks=()) -> list[dict]:
     """Train (or continue) a run and draw its curves; returns the per-epoch records."""
     from .plots import plot_training_curves
 
-    trainer = Trainer(cfg, run_dir, resume=resume, device=device, stream=stream)
+    trainer = Trainer(cfg, run_dir, resume=resume, device=device, stream=stream, callbacks=callbacks)
     history = trainer.fit()
     if history and trainer.dist.is_main:
         plot_training_curves(history, Path(run_dir) / "curves.png", title=f"{cfg.model} on {trainer.train_data.name}")

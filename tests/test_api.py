@@ -1,0 +1,56 @@
+"""The Python API: resnet.train (with overrides and an epoch callback), resnet.evaluate, resnet.predict,
+on tiny data; the same functions the command line calls."""
+import json
+
+import pytest
+import torch
+
+import resnet
+from resnet.cli import main
+
+TINY = dict(model_args={"widths": [4, 8, 8], "stem_width": 4}, precision="fp32",
+            data__batch_size=8, data__val_size=12, data__eval_batch_size=12)
+
+
+def test_train_evaluate_predict(tiny_folder, tmp_path, capsys):
+    seen = []
+
+    def log(record, trainer):
+        seen.append((record["epoch"], record["val_err"], trainer.epoch))
+    run = resnet.train(model="resnet20", data=str(tiny_folder), recipe="cifar10_modern", epochs=3,
+                       out=tmp_path / "run", callbacks=[log], optim__lr=0.05, label_smoothing=0.0,
+                       overrides=["data.cutout=4"], **TINY)
+    assert [s[0] for s in seen] == [1, 2, 3] and [s[2] for s in seen] == [1, 2, 3]  # every epoch, in order
+    assert run.dir == tmp_path / "run" and len(run.history) == 3 and run.metrics["epoch"] == 3
+    assert run.config.optim.lr == 0.05 and run.config.data.cutout == 4 and run.config.label_smoothing == 0.0
+    assert run.config.data.auto_augment == "cifar10"  # the rest from the recipe
+    assert isinstance(run.model, torch.nn.Module) and not run.model.training
+    assert seen[-1][1] == pytest.approx(run.metrics["val_err"])
+
+    result = resnet.evaluate(run, data=tiny_folder, split="val", precision="fp32")
+    assert result["n"] == 12 and result["top1_err"] == pytest.approx(run.metrics["val_err"], abs=1e-4)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run.dir), "--data", str(tiny_folder), "--split", "val",
+                 "--precision", "fp32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1_err"] == pytest.approx(result["top1_err"])
+
+    images = sorted((tiny_folder / "red").glob("*.png"))[:3]
+    preds = resnet.predict(images, run, topk=2, precision="fp32")
+    assert [p["path"] for p in preds] == [str(p) for p in images]
+    assert all(len(p["topk"]) == 2 and p["topk"][0]["name"] in ("red", "green", "blue") for p in preds)
+    assert resnet.predict(tiny_folder / "red", run.dir / "last.safetensors", topk=1)[0]["topk"][0]["prob"] > 0
+
+
+def test_resume_through_the_api_and_bad_arguments(tiny_folder, tmp_path):
+    calls = []
+    resnet.train(model="resnet20", data=str(tiny_folder), epochs=1, out=tmp_path / "r", **TINY)
+    run = resnet.train(out=tmp_path / "r", epochs=2, resume=True, callbacks=[lambda r, t: calls.append(r["epoch"])])
+    assert calls == [2] and [r["epoch"] for r in run.history] == [1, 2]
+    with pytest.raises(ValueError, match="already holds a run"):
+        resnet.train(model="resnet20", data=str(tiny_folder), epochs=1, out=tmp_path / "r", **TINY)
+    with pytest.raises(ValueError, match="--data PATH is required"):
+        resnet.train(model="resnet20", epochs=1, out=tmp_path / "nodata")
+    with pytest.raises(ValueError, match="resume=True needs out"):
+        resnet.train(resume=True)
+    with pytest.raises(ValueError, match="give data=PATH"):
+        resnet.evaluate(tmp_path / "r")
