@@ -11,7 +11,7 @@ from torch import nn
 
 import resnet
 from resnet.deploy import backends as inf
-from resnet.deploy import fold
+from resnet.deploy import fold, parity
 from resnet.deploy.benchmark import FIELDS, run_benchmark, time_backend
 from resnet.cli import main
 
@@ -134,7 +134,7 @@ def test_fast_paths_agree_with_fp32(trained, backend, threshold, tmp_path):
         pytest.skip(reason)
     model, val_x, val_y, calib = trained
     pred = inf.prepare_inference(model, backend, calibration=calib, example=val_x[:2], workdir=tmp_path)
-    r = inf.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
+    r = parity.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
     assert r["agreement"] >= threshold, r
     assert abs(r["accuracy"] - r["accuracy_fp32"]) <= 2.0, r
     assert pred(val_x[:1]).shape == (1, 4) and pred(val_x[:1]).dtype == torch.float32

@@ -11,6 +11,7 @@ numpy arrays, so a tampered file cannot run code.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import os
@@ -25,7 +26,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+try:
+    from numpy._core import multiarray, numeric  # numpy >= 2
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray, numeric  # type: ignore[no-redef]
 import torch
+
+from ..errors import ConfigError, DataError
+from ..files import cache_root
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -70,7 +79,7 @@ CIFAR100 = CifarSpec(
 SPECS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
 
 
-class CifarFormatError(ValueError):
+class CifarFormatError(DataError):
     """A CIFAR file is missing, unsafe or not in the official layout."""
 
 
@@ -82,18 +91,11 @@ class CifarData:
     name: str
 
 
-def default_cache_dir() -> Path:
-    """``$RESNET_CACHE`` if set, else ``~/.cache/resnet``."""
-    env = os.environ.get("RESNET_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "resnet"
+default_cache_dir = cache_root  # the toolkit's one cache root (resnet.files)
 
 
 # --------------------------------------------------------------------------- safe unpickling
 def _numpy_globals() -> dict[tuple[str, str], object]:
-    try:
-        from numpy._core import multiarray, numeric  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
     allowed: dict[tuple[str, str], object] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -124,7 +126,6 @@ class _SafeUnpickler(pickle.Unpickler):
         if module in ("builtins", "__builtin__") and name in _BUILTINS:
             return _BUILTINS[name]
         if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
-            import codecs
             return codecs.encode
         obj = self._allowed.get((module, name))
         if obj is None:
@@ -220,7 +221,7 @@ def detect_cifar_folder(path: Path) -> tuple[CifarSpec, Path] | None:
 def read_cifar_folder(folder: Path, spec: CifarSpec, split: str = "train") -> CifarData:
     """Read the official batch files of one split from ``folder``."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     files = spec.train_files if split == "train" else spec.test_files
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
 from ..engine.trainer import Trainer, split_train_val
+from ..errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class Experiment:
     def __init__(self, kind: str, out: str | Path, cfg: TrainConfig, specs: list[RunSpec], stream=None,
                  jobs: int = 1):
         if jobs < 1:
-            raise ValueError(f"jobs must be at least 1, got {jobs}")
+            raise ConfigError(f"jobs must be at least 1, got {jobs}")
         self.kind, self.out, self.cfg, self.specs, self.jobs = kind, Path(out), cfg, specs, jobs
         self.stream = stream or sys.stderr
         self.out.mkdir(parents=True, exist_ok=True)

@@ -16,34 +16,19 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .state_dict import WeightsError, load_weights
+from ..errors import ConfigError, WeightsError, WeightsUnavailableError
+from ..models import create_model
+from .preprocess import Preprocess
+from .state_dict import clean_keys, load_weights, read_state_dict
 
 SCHEMES = ("torchvision",)
-
-
-class WeightsUnavailableError(RuntimeError):
-    """A named source is neither cached nor downloadable (offline)."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Evaluation preprocessing: shorter side to `resize`, centre crop `crop`, (x/255 - mean)/std."""
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -112,7 +97,7 @@ def get_source(spec: str) -> WeightSource:
         tag = DEFAULTS[model]
     source = SOURCES.get(f"{scheme}:{model}.{tag}")
     if source is None:
-        raise ValueError(f"unknown weights {spec!r}; named sources: {', '.join(SOURCES)} "
+        raise ConfigError(f"unknown weights {spec!r}; named sources: {', '.join(SOURCES)} "
                          "(or pass a local .pth/.safetensors file)")
     return source
 
@@ -219,13 +204,10 @@ def model_from_weights(spec: str, model_name: str | None = None, num_classes: in
                        opener=None) -> tuple[nn.Module, dict]:
     """(model in eval mode, description) for a named source, or for a local torchvision-layout file
     with `model_name` given (the classifier size is read from the file when `num_classes` is not)."""
-    from ..models import create_model
-    from .state_dict import clean_keys, read_state_dict
-
     path, source = resolve(spec, opener=opener)
     name = model_name or (source.model if source else None)
     if name is None:
-        raise ValueError(f"--weights {spec} is a file: say which network it holds with --model (e.g. resnet50)")
+        raise ConfigError(f"--weights {spec} is a file: say which network it holds with --model (e.g. resnet50)")
     if num_classes is None:
         fc = clean_keys(read_state_dict(path)).get("fc.weight")
         num_classes = int(fc.shape[0]) if fc is not None else 1000
