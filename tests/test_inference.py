@@ -250,3 +250,30 @@ def test_first_images_takes_batches_and_tuples():
     assert x.shape == (4, 3, 4, 4) and x[:3].eq(1).all() and x[3].eq(0).all()
     with pytest.raises(ValueError, match="no images"):
         inf.first_images([], n=4)
+
+
+# ----------------------------------------------------------------------------- the time budget (issue 18, item 5)
+def test_benchmark_budget_skips_what_would_start_late_and_says_what_is_left(trained):
+    model, val_x, _, _ = trained
+    now, lines = [0.0], []
+
+    def log(msg):  # every timed row "takes" six seconds of a ten-second budget
+        lines.append(msg)
+        now[0] += 6.0
+    rows = run_benchmark(model, ["eager-fp32", "eager-bf16"], [1, 2], 16, images=val_x[:8], seconds=5, min_iters=1,
+                         log=log, budget=10, clock=lambda: now[0])
+    assert [r.get("skipped") is None for r in rows] == [True, True, False, False]
+    assert all("--budget" in r["skipped"] for r in rows[2:])
+    assert "s of the 10 s budget left" in lines[0] and len(lines) == 2
+
+
+def test_benchmark_default_budget_and_how_to_ask_for_more(capsys):
+    from resnet.cli import build_parser
+    from resnet.deploy.benchmark import DEFAULT_BUDGET
+
+    args = build_parser().parse_args(["benchmark", "resnet50"])
+    assert args.budget == DEFAULT_BUDGET == 120 and args.check_images == 64 and args.min_iters == 3
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "within --budget 120 seconds" in text and "Ask for more with" in text and "--budget 0 for no limit" in text

@@ -95,7 +95,7 @@ class Decode(torch.utils.data.Dataset):
         key, label = self.samples[i]
         img, name = self.reader.open(key)
         with img:
-            if img.filename in ("", None):
+            if getattr(img, "filename", None) in ("", None):
                 img.filename = name  # for error messages
             out = self.transform(img, torch.Generator().manual_seed(seed))
         pixels, light = out if isinstance(out, tuple) else (out, None)

@@ -54,9 +54,10 @@ class ViewAverage(nn.Module):
 
 
 def class_mapping(data_classes: list[str], model_classes: list[str] | None, num_classes: int,
-                  by_position: bool = False) -> list[int]:
+                  by_position: bool = False, data: str = "the data", head: str = "the model's") -> list[int]:
     """Model index of each of the data's classes: by name, by ImageNet WordNet id, or (only when
-    the model has no class names, or with `by_position`) by sorted position."""
+    the model has no class names, or with `by_position`) by sorted position. `data` and `head`
+    name the two sides in the errors."""
     if model_classes and all(c in model_classes for c in data_classes):
         return [list(model_classes).index(c) for c in data_classes]
     if num_classes == 1000:
@@ -68,8 +69,8 @@ def class_mapping(data_classes: list[str], model_classes: list[str] | None, num_
     if len(data_classes) == num_classes:
         raise DataError(f"the data's classes ({_names(data_classes)}) are not the model's ({_names(model_classes)}); "
                         "rename the folders, or pass --map-classes-by-position to pair them in sorted order")
-    raise DataError(f"the data has {len(data_classes)} classes ({_names(data_classes)}) that do not match the "
-                    f"model's {num_classes} by name, and their numbers differ")
+    raise DataError(f"{data} has {len(data_classes)} classes but {head} head has {num_classes}, and their names "
+                    f"do not match ({_names(data_classes)})")
 
 
 def _names(names, shown: int = 10) -> str:
@@ -99,7 +100,7 @@ def eval_loader(ds, meta: dict, test: str, batch_size: int, device, workers: int
     """Normalised batches of `ds` under the `test` preset, with the model's mean/std (a model sees
     its inputs as it was trained, whatever the data's own statistics)."""
     if isinstance(ds, StreamingFolder):
-        return ds.loader(batch_size, train=False, device=device)
+        return (ds if ds.test == test else ds.with_options(test=test)).loader(batch_size, train=False, device=device)
     if test == "center":
         return MemoryLoader(ds.images, ds.labels, batch_size, train=False, mean=meta["mean"], std=meta["std"],
                             device=device, channels_last=True)
@@ -137,7 +138,8 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
     device = torch.device(device) if device else default_device()
     num_classes = num_outputs(net)
     ds = eval_dataset(meta, data, split, workers, test)
-    mapping = torch.tensor(class_mapping(list(ds.classes), meta.get("classes"), num_classes, map_classes_by_position))
+    mapping = torch.tensor(class_mapping(list(ds.classes), meta.get("classes"), num_classes, map_classes_by_position,
+                                         data, "the checkpoint's" if checkpoint else "the weights'"))
     streamed = isinstance(ds, StreamingFolder)
     batch_size = batch_size or (64 if streamed or test != "center" else 1000)
     if test == "multi-scale":
