@@ -7,6 +7,9 @@ from pathlib import Path
 
 
 def cache_root() -> Path:
-    """``$RESNET_CACHE`` if set, else ``~/.cache/resnet``."""
+    """``$RESNET_CACHE`` if set, else ``$XDG_CACHE_HOME/resnet``, else ``~/.cache/resnet``."""
     env = os.environ.get("RESNET_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "resnet"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnet"
