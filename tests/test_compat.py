@@ -22,7 +22,8 @@ def test_old_module_paths_re_export_with_a_warning(name, monkeypatch):
     assert all(callable(getattr(module, attr)) for attr in OLD[name])
 
 
-def test_old_entry_points_still_take_their_old_arguments(tmp_path):
+def test_old_entry_points_still_take_their_old_arguments(monkeypatch):
+    monkeypatch.delitem(sys.modules, "resnet.inference", raising=False)
     with pytest.warns(DeprecationWarning):
         inference = importlib.import_module("resnet.inference")
     model, meta = inference.load_for_inference("resnet20")
