@@ -16,14 +16,7 @@ from resnet.deploy.benchmark import FIELDS, run_benchmark, time_backend
 from resnet.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    """Compiled artefacts and ONNX files go to a temporary cache, not the user's ~/.cache/resnet."""
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESNET_CACHE", str(root))
-        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
-        yield root
+pytestmark = pytest.mark.usefixtures("private_cache")  # compiled artefacts go to a temporary cache
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

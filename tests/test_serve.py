@@ -2,7 +2,6 @@
 on every kind of data (in memory, streamed, named weights) and with every backend."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 
@@ -26,13 +25,7 @@ from resnet.weights import sources as W
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESNET_CACHE", str(root))
-        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
-        yield root
+pytestmark = pytest.mark.usefixtures("private_cache")  # ONNX files go to a temporary cache
 
 
 def tiny(num_classes: int = 3) -> resnet.ResNet:
@@ -76,19 +69,10 @@ def stream_ckpt(tmp_path_factory):
 
 
 @pytest.fixture
-def named_weights(tmp_path, monkeypatch):
-    """A tiny 'resnet18' published under a torchvision-style name, already in the weights cache."""
-    args = {"widths": [4, 8, 8, 8], "stem_width": 4}
-    torch.manual_seed(0)
-    buf = io.BytesIO()
-    torch.save(resnet.create_model("resnet18", **args).state_dict(), buf)
-    blob = buf.getvalue()
-    prefix = hashlib.sha256(blob).hexdigest()[:8]
-    source = W.WeightSource("torchvision:resnet18.TEST", "resnet18",
-                            f"https://download.pytorch.org/models/resnet18-{prefix}.pth", model_args=args)
-    monkeypatch.setitem(W.SOURCES, source.name, source)
-    monkeypatch.setenv("RESNET_WEIGHTS", str(tmp_path / "cache"))
-    W.download(source, opener=lambda url, timeout: io.BytesIO(blob), stream=io.StringIO())
+def named_weights(fake_source):
+    """The name of a tiny 'resnet18' published under a torchvision-style name, already in the weights cache."""
+    source, _, _, opener, _ = fake_source
+    W.download(source, opener=opener, stream=io.StringIO())
     return source.name
 
 

@@ -1,6 +1,5 @@
 """Pretrained weights by name (download once, hash check, cache, offline message, preprocessing),
 fine-tuning with a new head, the shipped ImageNet class names, and `resnet predict`."""
-import hashlib
 import io
 import json
 import urllib.error
@@ -17,7 +16,7 @@ from resnet.weights.state_dict import WeightsError
 from resnet.weights import sources as W
 
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
-TINY18 = {"widths": [4, 8, 8, 8], "stem_width": 4}
+
 
 
 def test_imagenet_class_names_ship_with_the_package():
@@ -40,27 +39,6 @@ def test_named_sources_use_official_addresses_and_carry_preprocessing():
     assert v1.sha256_prefix == "f37072fd" and v1.preprocess.resize == 256 and v1.preprocess.interpolation == "bilinear"
     with pytest.raises(ValueError, match="IMAGENET1K_V2"):
         W.get_source("torchvision:resnet50.IMAGENET1K_V9")
-
-
-@pytest.fixture
-def fake_source(tmp_path, monkeypatch):
-    """A tiny 'resnet18' state dict published under a torchvision-style name whose hash prefix is right."""
-    torch.manual_seed(0)
-    model = create_model("resnet18", **TINY18)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    blob = buf.getvalue()
-    prefix = hashlib.sha256(blob).hexdigest()[:8]
-    source = W.WeightSource("torchvision:resnet18.TEST", "resnet18",
-                            f"https://download.pytorch.org/models/resnet18-{prefix}.pth", model_args=TINY18)
-    monkeypatch.setitem(W.SOURCES, source.name, source)
-    monkeypatch.setenv("RESNET_WEIGHTS", str(tmp_path / "cache"))
-    calls = []
-
-    def opener(url, timeout):
-        calls.append(url)
-        return io.BytesIO(blob)
-    return source, blob, model, opener, calls
 
 
 def test_download_once_verify_and_cache(fake_source, tmp_path):
