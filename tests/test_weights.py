@@ -18,7 +18,6 @@ from resnet.weights import sources as W
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
 
 
-
 def test_imagenet_class_names_ship_with_the_package():
     names, wnids = W.imagenet_classes(), W.imagenet_wnids()
     assert len(names) == len(set(names)) == 1000 and len(wnids) == len(set(wnids)) == 1000

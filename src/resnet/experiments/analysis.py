@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import MemoryLoader, load_split
-from ..engine.checkpoint import load_model
 from ..models import ResNet, ResNetConfig
+from ..serve.load import load
 from .figures import plot_layer_values
 from .runner import markdown_table
 
@@ -82,7 +82,7 @@ def responses(checkpoints: list[str], data: str, out: str = "experiments/respons
     out_dir.mkdir(parents=True, exist_ok=True)
     series, rows = {}, []
     for path in checkpoints:
-        model, meta = load_model(path)
+        model, meta = load(checkpoint=path)
         label = _label(path, meta, series)
         stds = layer_responses(model, _loader(meta, data, split, limit))
         series[label] = stds
@@ -112,7 +112,7 @@ def gradients(checkpoints: list[str], data: str, out: str = "experiments/gradien
     out_dir.mkdir(parents=True, exist_ok=True)
     series, rows = {}, []
     for path in checkpoints:
-        trained, meta = load_model(path)
+        trained, meta = load(checkpoint=path)
         x, y = next(iter(_loader(meta, data, split, batch, batch)))
         torch.manual_seed(seed)
         fresh = ResNet(ResNetConfig(**meta["model_config"]))
