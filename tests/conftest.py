@@ -1,15 +1,30 @@
-import hashlib
-import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from imagenet_utils import TINY18, publish_weights
 from resnet import create_model
-from resnet.weights import sources as W
+from resnet.files import cache_root
 
-TINY18 = {"widths": [4, 8, 8, 8], "stem_width": 4}
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_folder(tmp_path_factory):
+    """Decoded images and downloads go to the cache folder: a fresh one per test session, never the user's
+    (subprocesses inherit it). Compiled kernels keep the user's inductor cache: recompiling every session
+    would only cost time."""
+    saved = {k: os.environ.get(k) for k in ("RESNET_CACHE", "TORCHINDUCTOR_CACHE_DIR")}
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    os.environ["RESNET_CACHE"] = str(tmp_path_factory.mktemp("resnet-cache"))
+    yield Path(os.environ["RESNET_CACHE"])
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
@@ -41,18 +56,4 @@ def fake_source(tmp_path, monkeypatch):
     """A tiny 'resnet18' state dict published under a torchvision-style name whose hash prefix is right:
     (source, file bytes, model, an opener that serves the file, the URLs it was asked for)."""
     torch.manual_seed(0)
-    model = create_model("resnet18", **TINY18)
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    blob = buf.getvalue()
-    prefix = hashlib.sha256(blob).hexdigest()[:8]
-    source = W.WeightSource("torchvision:resnet18.TEST", "resnet18",
-                            f"https://download.pytorch.org/models/resnet18-{prefix}.pth", model_args=TINY18)
-    monkeypatch.setitem(W.SOURCES, source.name, source)
-    monkeypatch.setenv("RESNET_WEIGHTS", str(tmp_path / "cache"))
-    calls = []
-
-    def opener(url, timeout):
-        calls.append(url)
-        return io.BytesIO(blob)
-    return source, blob, model, opener, calls
+    return publish_weights(create_model("resnet18", **TINY18), tmp_path, monkeypatch)

@@ -15,10 +15,13 @@ import traceback
 from pathlib import Path
 
 from .config import INFERENCE_PRECISIONS, PRECISIONS
+from .data.cache_folder import KINDS, clear_cache, format_listing, human, list_cache
+from .data.cifar import fetch_named
+from .data.transforms import TESTS
 from .deploy.backends import BACKENDS, CLI_BACKENDS
 from .deploy.benchmark import DEFAULT_BACKENDS, DEFAULT_BUDGET, benchmark, format_table as format_benchmark
 from .deploy.export import DEFAULT_OPSET, FORMATS, export_model, format_report
-from .engine.runs import train_run
+from .engine.runs import expand_overrides, train_run
 from .engine.trainer import TrainingInterrupted
 from .errors import ResNetError
 from .experiments import analysis, papers
@@ -27,7 +30,8 @@ from .models.complexity import format_rows, format_table, measure_registered, mo
 from .serve.evaluate import run_eval
 from .serve.load import load_spec
 from .serve.predict import run_predict
-from .data.transforms import TESTS
+
+NAMED_DATA = ", or cifar10 / cifar100 (downloaded into the cache folder when absent)"
 
 
 def cmd_summary(args) -> int:
@@ -86,6 +90,18 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_cache(args) -> int:
+    if args.action == "list":
+        print(format_listing(list_cache(args.dir), args.dir, args.json))
+        return 0
+    kinds = tuple(KINDS) if args.all else tuple(k.strip() for k in args.kind.split(","))
+    removed = clear_cache(args.dir, kinds)
+    for entry in removed:
+        print(f"removed {entry.kind} {entry.path} ({human(entry.size)})")
+    print(f"{len(removed)} entries, {human(sum(e.size for e in removed))} freed")
+    return 0
+
+
 def cmd_demo(args) -> int:
     run_demo(args.out, tuple(args.depths), args.epochs)
     return 0
@@ -100,6 +116,8 @@ def _int_list(text: str) -> list[int]:
 
 def cmd_experiment(args) -> int:
     out = {"out": args.out} if args.out else {}
+    # `--data cifar10`: fetched once here, before any run starts (the runs share it)
+    fetch_named(args.data, expand_overrides(getattr(args, "overrides", [])).get("data", {}).get("cache_dir") or None)
     if args.kind in ("responses", "gradients"):
         fn = analysis.responses if args.kind == "responses" else analysis.gradients
         result = fn(args.checkpoints, args.data, split=args.split, **out)
@@ -107,7 +125,8 @@ def cmd_experiment(args) -> int:
         train = dict(epochs=args.epochs, seeds=args.seeds, recipe=args.recipe, overrides=args.overrides,
                      stream=sys.stderr, jobs=args.jobs, **out)
         if args.kind == "degradation":
-            result = papers.degradation(args.data, args.depths, **train)
+            tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
+            result = papers.degradation(args.data, args.depths, **tolerance, **train)
         elif args.kind == "depth":
             result = papers.depth_sweep(args.data, args.models.split(","), **train)
         elif args.kind == "shortcuts":
@@ -132,7 +151,8 @@ def _add_experiment_parsers(sub) -> None:
     }
     for kind, text in specs.items():
         k = kinds.add_parser(kind, help=text, description=text)
-        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, or 'digits'")
+        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, 'digits'"
+                       f"{NAMED_DATA}")
         k.add_argument("--out", help=f"report folder (default experiments/{kind}); rerun to resume")
         if kind in ("responses", "gradients"):
             k.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints or run folders")
@@ -146,6 +166,8 @@ def _add_experiment_parsers(sub) -> None:
             k.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
         if kind == "degradation":
             k.add_argument("--depths", type=_int_list, default=[20, 32, 44, 56], help="comma-separated (default 20,32,44,56)")
+            k.add_argument("--tolerance", type=float, help="points of final training error within which the deeper "
+                           "net counts as training no worse, for the verdict (default 1)")
         elif kind == "depth":
             k.add_argument("--models", default="resnet20,resnet32,resnet44,resnet56", help="comma-separated model names")
         elif kind == "shortcuts":
@@ -229,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on CIFAR or an image folder",
                        description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
-    p.add_argument("--data", help="CIFAR folder or archive, or a class-per-folder image tree (or its .tar.gz)")
+    p.add_argument("--data", help=f"CIFAR folder or archive, a class-per-folder image tree (or its .tar.gz){NAMED_DATA}")
     p.add_argument("--recipe", default=None, help="a shipped recipe (cifar10_paper, cifar10_fast) or a YAML file")
     p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
     p.add_argument("--precision", choices=PRECISIONS, help="default auto: bf16 where native")
@@ -247,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="instead of --checkpoint: pretrained weights, e.g. torchvision:resnet50.IMAGENET1K_V2 "
                    "or a torchvision-layout file (with --model)")
     p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
-    p.add_argument("--data", required=True, help="CIFAR folder or archive, or a class-per-folder image tree")
+    p.add_argument("--data", required=True, help=f"CIFAR folder or archive, a class-per-folder image tree{NAMED_DATA}")
     p.add_argument("--test", choices=TESTS, default="center",
                    help="single centre crop (default), the paper's 10-crop test, or the fully-convolutional "
                         "multi-scale test (shorter side 224/256/384/480/640, and mirrored) [ResNet §3.4]")
@@ -284,6 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=20, help="epochs per network (default 20)")
     p.add_argument("--out", help="report folder (default runs/demo-TIME)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("cache", help="list or clear the cache folder (decoded images, downloads, compiled kernels)",
+                       description="The cache folder is $RESNET_CACHE, else $XDG_CACHE_HOME/resnet, else "
+                                   "~/.cache/resnet; everything in it is rebuilt when missing.")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--dir", help="another cache folder (what data.cache_dir named; default: the cache folder)")
+    p.add_argument("--kind", default="decoded", help="clear: comma-separated kinds, from decoded, download, cifar, "
+                   "compiled (default decoded)")
+    p.add_argument("--all", action="store_true", help="clear: every kind the toolkit made")
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+    p.set_defaults(func=cmd_cache)
 
     _add_experiment_parsers(sub)
     _add_deploy_parsers(sub)

@@ -12,14 +12,12 @@ numpy arrays, so a tampered file cannot run code.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import io
 import os
 import pickle
 import shutil
 import tarfile
 import tempfile
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
 import torch
 
 from ..errors import ConfigError, DataError
+from .. import files
 from ..files import cache_root
 
 CIFAR10_CLASSES = (
@@ -294,54 +293,55 @@ def extract_cifar_archive(archive: Path, cache_dir: Path | None = None) -> tuple
 
 
 # --------------------------------------------------------------------------- download
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+DOWNLOAD_TIMEOUT = files.DOWNLOAD_TIMEOUT
 
 
-def download_file(url: str, dest: Path, md5: str,
-                  opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen) -> Path:
-    """Stream ``url`` to a temporary file next to ``dest``, check its md5, then rename.
+def md5sum(path: Path) -> str:
+    return files.file_hash(path, "md5")
 
-    On a checksum mismatch the partial file is deleted and an error says so."""
+
+def _offline(url: str, dest: Path, reason) -> ConnectionError:
+    return ConnectionError(
+        f"could not download {url} ({reason}). Offline? Download that file by hand and put it at {dest} "
+        f"(or extract it there, so that its folder sits in {dest.parent}), then run again.")
+
+
+def download_file(url: str, dest: Path, md5: str, opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen,
+                  stream=None, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+    """Stream ``url`` to a temporary file next to ``dest``, check its md5, then rename (`files.download`).
+
+    A stalled server or no network ends in a ConnectionError that says which file to put where;
+    on a checksum mismatch the partial file is deleted."""
     dest = Path(dest)
-    if dest.is_file() and md5sum(dest) == md5:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    h = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with opener(url) as resp:
-                    for block in iter(lambda: resp.read(1 << 20), b""):
-                        h.update(block)
-                        out.write(block)
-            except (urllib.error.URLError, OSError) as e:
-                raise ConnectionError(
-                    f"could not download {url} ({e}). Offline? Download that file by hand and "
-                    f"put it at {dest} (or extract it there), then run again.") from e
-        got = h.hexdigest()
-        if got != md5:
-            raise CifarFormatError(
-                f"checksum mismatch for {url}: md5 {got}, expected {md5}; the partial download "
-                f"was deleted. Try again, or put the official file at {dest} by hand.")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+
+    def corrupt(got: str) -> CifarFormatError:
+        return CifarFormatError(f"checksum mismatch for {url}: md5 {got}, expected {md5}; the partial download "
+                                f"was deleted. Try again, or put the official file at {dest} by hand.")
+    return files.download(url, dest, "md5", md5, lambda reason: _offline(url, dest, reason), corrupt, opener=opener,
+                          stream=stream, timeout=timeout)
 
 
 def download_cifar(name: str, cache_dir: Path | None = None,
-                   opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen) -> Path:
+                   opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen, stream=None,
+                   timeout: float = DOWNLOAD_TIMEOUT) -> Path:
     """Download the official archive of ``name`` ('cifar10' or 'cifar100') into the cache."""
     spec = SPECS[name]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return download_file(spec.url, cache_dir / spec.archive_name, spec.md5, opener=opener)
+    return download_file(spec.url, cache_dir / spec.archive_name, spec.md5, opener=opener, stream=stream,
+                         timeout=timeout)
+
+
+def fetch_named(name: str, cache_dir: str | Path | None = None, stream=None,
+                opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen) -> Path | None:
+    """For a data set name ('cifar10', 'cifar100') whose files are not in the cache yet: download the
+    official archive there (what `--data cifar10` does); None for anything else (a path, 'digits')."""
+    if name not in SPECS or Path(name).expanduser().exists():
+        return None
+    spec = SPECS[name]
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if (cache / spec.folder / spec.test_files[0]).is_file():
+        return cache / spec.folder
+    return download_cifar(name, cache, opener=opener, stream=stream)
 
 
 def load_cifar(path: str | Path, split: str = "train", cache_dir: Path | None = None,
@@ -360,9 +360,9 @@ def load_cifar(path: str | Path, split: str = "train", cache_dir: Path | None = 
             p = download_cifar(spec.name, cache) if download else cache / spec.archive_name
         else:
             raise FileNotFoundError(
-                f"{spec.name} not found in {cache}. Pass download=True, or download {spec.url} "
-                f"and put it at {cache / spec.archive_name} (or extract it so that "
-                f"{cache / spec.folder / spec.test_files[0]} exists).")
+                f"{spec.name} not found in {cache}. Pass download=True (the `resnet` commands download "
+                f"it themselves), or download {spec.url} and put it at {cache / spec.archive_name} (or "
+                f"extract it so that {cache / spec.folder / spec.test_files[0]} exists).")
     if p.is_file():
         spec, folder = extract_cifar_archive(p, cache_dir)
         return read_cifar_folder(folder, spec, split)

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from ..config import TrainConfig, make_config, merge, parse_overrides
+from ..data.cifar import fetch_named
 from ..errors import CheckpointError, ConfigError
 from .trainer import train
 
@@ -49,4 +50,5 @@ def train_run(settings: dict | None = None, overrides=None, recipe: str | None =
               resume: str | None = None, stream=None) -> tuple[list[dict], Path]:
     """`resnet train`: plan the run (see `plan_run`), train it: (history, run folder)."""
     cfg, run_dir = plan_run(settings, overrides, recipe, out, resume)
+    fetch_named(cfg.data.path, cfg.data.cache_dir or None)  # `--data cifar10`: download it when absent
     return train(cfg, run_dir, resume=bool(resume), stream=stream), run_dir

@@ -3,10 +3,11 @@
 Every block takes (in_planes, planes, stride, shortcut, drop_path) and exposes `expansion`
 (output channels = planes * expansion) and `zero_init_last()`. Each block class also declares its
 traits, so nothing else reads them from its name: `preact` (BN-ReLU before each conv, nothing after
-the addition), `plain` (no shortcut), `bottleneck` (1x1-3x3-1x1, three convs a block),
-`response_layers` (the modules whose outputs ResNet Fig. 7 measures: each 3x3 conv after its BN,
-before ReLU or the addition) and `original_unit` (for a pre-activation block, the block name of the
-original unit it is compared with [Identity Mappings Table 3]). A new block type declares them too.
+the addition), `plain` (no shortcut: `shortcut` and `drop_path` have nothing to act on),
+`bottleneck` (1x1-3x3-1x1, three convs a block), `response_layers` (the modules whose outputs
+ResNet Fig. 7 measures: each 3x3 conv after its BN, before ReLU or the addition) and
+`original_unit` (for a pre-activation block, the block name of the original unit it is compared
+with [Identity Mappings Table 3]). A new block type declares them too.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    has_shortcut = True
     stride_on_1x1 = False
     preact = plain = False
     bottleneck = True
@@ -162,7 +164,7 @@ class PreActBottleneck(nn.Module):
 class PlainBasicBlock(BasicBlock):
     """BasicBlock without the shortcut: the paper's plain baseline [ResNet §4.1, Fig. 3 middle]."""
 
-    plain = True
+    plain = True  # no identity path: `shortcut` and `drop_path` would have nothing to act on
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__(in_planes, planes, stride, shortcut=None)  # `shortcut`, `drop_path`: no branch to apply them to
@@ -177,7 +179,7 @@ class PlainBasicBlock(BasicBlock):
 class PlainBottleneck(Bottleneck):
     """Bottleneck without the shortcut, for plain nets of any depth."""
 
-    plain = True
+    plain = True  # no identity path: `shortcut` and `drop_path` would have nothing to act on
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__(in_planes, planes, stride, shortcut=None)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..data import ImagesTooLargeError, MemoryLoader, StreamingFolder, load_split
+from ..data.cifar import fetch_named
 from ..data.split import run_holdout
 from ..data.stream import tensor_view_loader
 from ..data.transforms import eval_transform
@@ -132,6 +133,7 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
     `weights`) on `data`, through the inference `backend` (see `deploy.backends.inference_model`)."""
     if data is None:
         raise DataError("give the data to evaluate on (--data)")
+    fetch_named(data)  # `--data cifar10`: download it when absent
     if test == "multi-scale":
         require_dynamic_sizes(backend, "--test multi-scale")
     net, meta = load(checkpoint, weights, model)
