@@ -294,3 +294,10 @@ def test_benchmark_default_budget_and_how_to_ask_for_more(capsys):
         main(["benchmark", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "within --budget 120 seconds" in text and "Ask for more with" in text and "--budget 0 for no limit" in text
+
+
+def test_time_backend_stops_at_one_call_once_the_budget_is_spent():
+    calls = []
+    row = time_backend(lambda x: calls.append(1), torch.ones(2, 3), seconds=10, min_iters=50, warmup=3,
+                       spent=lambda: True)
+    assert len(calls) == 2 and row["iters"] == 1 and "budget" in row["note_timing"]  # one warm-up, one timed

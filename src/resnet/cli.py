@@ -233,37 +233,7 @@ def _add_deploy_parsers(sub) -> None:
     p.set_defaults(func=cmd_benchmark)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet", description="Deep residual networks: models, training, experiments.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("summary", help="per-stage table of a model: output size, blocks, parameters, MACs")
-    p.add_argument("name", help="a registered model name (see `resnet models`)")
-    p.add_argument("--image-size", type=_positive_int, default=None, help="input side in pixels (default: the model's native size)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_summary)
-
-    p = sub.add_parser("models", help="list every registered model with its parameters and MACs")
-    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("train", help="train a model on CIFAR or an image folder",
-                       description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
-    p.add_argument("--model", help="registered model name (default: the recipe's)")
-    p.add_argument("--data", help=f"CIFAR folder or archive, a class-per-folder image tree (or its .tar.gz){NAMED_DATA}")
-    p.add_argument("--recipe", default=None, help="a shipped recipe (cifar10_paper, cifar10_fast) or a YAML file")
-    p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
-    p.add_argument("--precision", choices=PRECISIONS, help="default auto: bf16 where native")
-    p.add_argument("--out", help="run folder (default runs/MODEL-TIME)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder exactly where it stopped")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave out images that cannot be decoded, listed in RUN_DIR/skipped.txt (default: stop with an error)")
-    p.add_argument("--weights", help="start from these weights: a file or a named source, e.g. "
-                   "torchvision:resnet50.IMAGENET1K_V2 (with model_args.num_classes=N: a new head)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
-    p.set_defaults(func=cmd_train)
-
+def _add_serve_parsers(sub) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint on a dataset")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run folder (its best, else last)")
     p.add_argument("--weights", help="instead of --checkpoint: pretrained weights, e.g. torchvision:resnet50.IMAGENET1K_V2 "
@@ -300,6 +270,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decoding processes (default: up to 4 for large inputs)")
     _backend_argument(p)
     p.set_defaults(func=cmd_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resnet", description="Deep residual networks: models, training, experiments.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("summary", help="per-stage table of a model: output size, blocks, parameters, MACs")
+    p.add_argument("name", help="a registered model name (see `resnet models`)")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="input side in pixels (default: the model's native size)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("models", help="list every registered model with its parameters and MACs")
+    p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'resnet*'")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a model on CIFAR or an image folder",
+                       description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
+    p.add_argument("--model", help="registered model name (default: the recipe's)")
+    p.add_argument("--data", help=f"CIFAR folder or archive, a class-per-folder image tree (or its .tar.gz){NAMED_DATA}")
+    p.add_argument("--recipe", default=None, help="a shipped recipe (cifar10_paper, cifar10_fast) or a YAML file")
+    p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
+    p.add_argument("--precision", choices=PRECISIONS, help="default auto: bf16 where native")
+    p.add_argument("--out", help="run folder (default runs/MODEL-TIME)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder exactly where it stopped")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out images that cannot be decoded, listed in RUN_DIR/skipped.txt (default: stop with an error)")
+    p.add_argument("--weights", help="start from these weights: a file or a named source, e.g. "
+                   "torchvision:resnet50.IMAGENET1K_V2 (with model_args.num_classes=N: a new head)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
+    p.set_defaults(func=cmd_train)
+
+    _add_serve_parsers(sub)
 
     p = sub.add_parser("demo", help="plain vs residual nets on data that needs no download (about five minutes)")
     p.add_argument("--depths", type=_int_list, default=[20, 56], help="comma-separated CIFAR depths (default 20,56)")

@@ -11,8 +11,8 @@ added during the loop. Where the reset is not possible the field is the lifetime
 (ru_maxrss) and `peak_mem_note` says so.
 
 A time budget (default two minutes) bounds the whole run: each timed loop gets its share of what
-is left (and at least `min_iters` calls), and a backend that would start after the budget is spent
-is listed as skipped, saying how to ask for more. Backends run cheapest to prepare first, so the
+is left (and at least `min_iters` calls while budget is left, one once it is spent), and a backend
+that would start after the budget is spent is listed as skipped, saying how to ask for more. Backends run cheapest to prepare first, so the
 budget cuts those that compile.
 """
 from __future__ import annotations
@@ -72,16 +72,23 @@ def _reset_peak_rss() -> bool:
 
 
 def time_backend(predictor, x: torch.Tensor, seconds: float = 3.0, min_iters: int = 10, max_iters: int = 2000,
-                 warmup: int = 3) -> dict:
-    """Latency of `predictor(x)` over a timed loop of at least `min_iters` calls and `seconds`."""
-    for _ in range(warmup):
+                 warmup: int = 3, spent=None) -> dict:
+    """Latency of `predictor(x)` over a timed loop of at least `min_iters` calls and `seconds`.
+
+    `spent()` True (the time budget is used up) ends the warm-up and the loop early, after one call
+    of each: a slow model on a busy machine must not run past the budget by min_iters calls."""
+    spent = spent or (lambda: False)
+    for i in range(warmup):
+        if i and spent():
+            break
         predictor(x)
     gc.collect()
     reset = _reset_peak_rss()
     rss0 = _rss_mb("VmRSS")
     times = []
     start = time.perf_counter()
-    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < seconds):
+    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < seconds) \
+            and not (times and spent()):
         t0 = time.perf_counter()
         predictor(x)
         times.append(time.perf_counter() - t0)
@@ -94,6 +101,8 @@ def time_backend(predictor, x: torch.Tensor, seconds: float = 3.0, min_iters: in
            "mem_delta_mb": (peak - rss0) if reset and peak is not None and rss0 is not None else None}
     if not reset:
         row["peak_mem_note"] = "lifetime maximum RSS (could not reset the high-water mark)"
+    if len(times) < min_iters:
+        row["note_timing"] = f"{len(times)} timed call(s): the time budget was spent"
     return row
 
 
@@ -139,7 +148,7 @@ def run_benchmark(model: nn.Module, backends=DEFAULT_BACKENDS, batches=(1, 16), 
                 t0 = clock()
                 loops_left = (len(backends) - k) * len(batches) - j
                 row.update(time_backend(predictor, _inputs(images, batch), clock_budget.share(loops_left, seconds),
-                                        min_iters))
+                                        min_iters, spent=lambda: clock_budget.left() <= 0))
                 if log:
                     log(f"{backend} batch {batch}: {row['images_per_sec']:.1f} img/s "
                         f"({clock() - t0:.0f} s{clock_budget.status()})")
