@@ -150,7 +150,7 @@ def test_bf16_arithmetic_on_any_cpu(trained, monkeypatch):
         out, ref = pred(val_x), model(val_x)
     assert out.dtype == torch.float32 and not torch.equal(out, ref)  # bf16 rounding shows ...
     assert float((out - ref).abs().max()) < 0.1 * float(ref.abs().max())  # ... and stays small
-    r = inf.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
+    r = parity.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
     assert r["agreement"] >= 0.98, r
 
 
