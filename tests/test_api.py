@@ -52,5 +52,5 @@ def test_resume_through_the_api_and_bad_arguments(tiny_folder, tmp_path):
         resnet.train(model="resnet20", epochs=1, out=tmp_path / "nodata")
     with pytest.raises(ValueError, match="resume=True needs out"):
         resnet.train(resume=True)
-    with pytest.raises(ValueError, match="give data=PATH"):
+    with pytest.raises(ValueError, match="give the data to evaluate on"):
         resnet.evaluate(tmp_path / "r")

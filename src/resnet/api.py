@@ -17,10 +17,16 @@ epoch's record (what metrics.jsonl gets) and the Trainer, so it can log to any t
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+
+from .config import merge
+from .engine.runs import plan_run, train_run
+from .serve.evaluate import run_eval
+from .serve.load import load
+from .serve.predict import list_images
+from .serve.predict import predict as predict_images
 
 Callback = Callable[[dict, object], None]
 
@@ -28,6 +34,7 @@ Callback = Callable[[dict, object], None]
 @dataclass
 class Run:
     """A finished (or interrupted and resumable) training run."""
+
     dir: Path
     config: object  # resnet.config.TrainConfig
     history: list[dict] = field(default_factory=list)  # one record per epoch, as metrics.jsonl
@@ -41,8 +48,6 @@ class Run:
 
 def _nest(overrides: dict) -> dict:
     """{'optim__lr': 0.1, 'data': {'pad': 2}} -> {'optim': {'lr': 0.1}, 'data': {'pad': 2}}."""
-    from .config import merge
-
     out: dict = {}
     for key, value in overrides.items():
         parts = key.split("__")
@@ -53,35 +58,22 @@ def _nest(overrides: dict) -> dict:
     return out
 
 
+def _settings(model, data, epochs, kwargs) -> dict:
+    """The keyword arguments as nested config values (what the command line's flags give engine.runs)."""
+    settings = {k: v for k, v in (("model", model), ("epochs", epochs)) if v is not None}
+    if isinstance(data, dict):  # the data section itself: {"path": ..., "batch_size": ...}
+        settings["data"] = dict(data)
+    elif data:
+        settings["data"] = {"path": str(data)}
+    return merge(settings, _nest(kwargs))
+
+
 def resolve_config(model: str | None = None, data: str | Path | dict | None = None, recipe: str | None = None,
                    epochs: int | None = None, out: str | Path | None = None, resume: bool = False,
                    overrides: Sequence[str] = (), **kwargs):
-    """(TrainConfig, run folder) from defaults < recipe (or, with resume, the run's config.yaml) < arguments."""
-    import yaml
-
-    from .config import make_config, merge, parse_overrides
-
-    given = {"model": model, "epochs": epochs}
-    cli = {k: v for k, v in given.items() if v is not None}
-    if isinstance(data, dict):  # the data section itself: {"path": ..., "batch_size": ...}
-        cli["data"] = dict(data)
-    elif data:
-        cli["data"] = {"path": str(data)}
-    cli = merge(merge(cli, _nest(kwargs)), parse_overrides(list(overrides)))
-    if resume:
-        if out is None:
-            raise ValueError("resume=True needs out=RUN_DIR, the folder of the run to continue")
-        saved = Path(out) / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume {out}: no config.yaml there; is it a run folder of `resnet train`?")
-        return make_config(None, merge(yaml.safe_load(saved.read_text()), cli)), Path(out)
-    cfg = make_config(recipe, cli)
-    if not cfg.data.path:
-        raise ValueError("--data PATH is required (a CIFAR folder or archive, or a class-per-folder image tree)")
-    run_dir = Path(out) if out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / "last.state.pt").exists():
-        raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
-    return cfg, run_dir
+    """(TrainConfig, run folder) as `train` would use them (engine.runs.plan_run), without training."""
+    return plan_run(_settings(model, data, epochs, kwargs), list(overrides), recipe,
+                    None if resume else out, str(out) if resume else None)
 
 
 def train(model: str | None = None, data: str | Path | dict | None = None, recipe: str | None = None, epochs: int | None = None,
@@ -89,58 +81,32 @@ def train(model: str | None = None, data: str | Path | dict | None = None, recip
           overrides: Sequence[str] = (), device=None, stream=None, **kwargs) -> Run:
     """Train (or, with resume=True, continue the run in `out`) and return the Run: its folder, per-epoch
     metrics and final model. The arguments are those of `resnet train`; see the module docstring."""
-    from .data.cifar import fetch_named
-    from .engine.plots import plot_training_curves
-    from .engine.trainer import Trainer
-
-    cfg, run_dir = resolve_config(model, data, recipe, epochs, out, resume, overrides, **kwargs)
-    fetch_named(cfg.data.path, cfg.data.cache_dir or None)  # data="cifar10": the official archive, once
-    trainer = Trainer(cfg, run_dir, resume=resume, device=device, stream=stream, callbacks=list(callbacks))
-    history = trainer.fit()
-    if history and trainer.dist.is_main:
-        plot_training_curves(history, run_dir / "curves.png", title=f"{cfg.model} on {trainer.train_data.name}")
-    return Run(run_dir, cfg, history, trainer.eval_model().eval())
+    if resume and out is None:
+        raise ValueError("resume=True needs out=RUN_DIR, the folder of the run to continue")
+    history, run_dir, trainer = train_run(_settings(model, data, epochs, kwargs), list(overrides), recipe,
+                                          None if resume else out, str(out) if resume else None, stream=stream,
+                                          device=device, callbacks=list(callbacks))
+    return Run(run_dir, trainer.cfg, history, trainer.eval_model().eval())
 
 
-def evaluate(checkpoint: str | Path | None = None, data: str | Path | None = None, split: str = "test", *,
-             weights: str | None = None, model: str | None = None, test: str = "center", tta_flip: bool = False,
-             precision: str = "auto", batch_size: int | None = None, workers: int = -1, plots: str | None = None,
-             backend: str = "auto", device=None) -> dict:
+def evaluate(checkpoint: str | Path | Run | None = None, data: str | Path | None = None, split: str = "test",
+             **options) -> dict:
     """`resnet eval`: top-1/top-5 error (%), loss, per-class accuracy and confusion matrix of a checkpoint
-    (a .safetensors file, a run folder, or a Run) or of pretrained `weights` on `data`'s `split`
-    (test | val: the training run's hold-out | train), with the `test` preset (center | ten-crop | multi-scale)."""
-    from .data import ImagesTooLargeError
-    from .data.cifar import fetch_named
-    from .serve.evaluate import run_eval, run_eval_stream
-
-    if data is None:
-        raise ValueError("give data=PATH, the images to evaluate on")
-    fetch_named(str(data))
+    (a .safetensors file, a run folder, or a Run) or of pretrained `weights=` on `data`'s `split`
+    (test | val: the training run's hold-out | train); the other options are serve.evaluate.run_eval's
+    (test=center|ten-crop|multi-scale, tta_flip, precision, batch_size, workers, plots, backend, device)."""
     checkpoint = str(checkpoint.dir if isinstance(checkpoint, Run) else checkpoint) if checkpoint else None
-    streamed = dict(checkpoint=checkpoint, weights=weights, model=model, split=split, test=test, precision=precision,
-                    batch_size=batch_size or 64, workers=workers, plots=plots, backend=backend, device=device)
-    if weights or test != "center":  # image folders of any size, decoded per batch
-        return run_eval_stream(str(data), **streamed)
-    if not checkpoint:
-        raise ValueError("give --checkpoint CKPT or --weights SOURCE")
-    try:
-        return run_eval(checkpoint, str(data), split=split, precision=precision, tta_flip=tta_flip,
-                        batch_size=batch_size or 1000, plots=plots, backend=backend, device=device)
-    except ImagesTooLargeError:
-        return run_eval_stream(str(data), **streamed)
+    return run_eval(checkpoint, None if data is None else str(data), split=split, **options)
 
 
-def predict(inputs: Sequence[str | Path] | str | Path, checkpoint: str | Path | None = None, *,
+def predict(inputs: Sequence[str | Path] | str | Path, checkpoint: str | Path | Run | None = None, *,
             weights: str | None = None, model: str | None = None, topk: int = 5, batch_size: int = 32,
             precision: str = "auto", workers: int | None = None, backend: str = "auto", device=None) -> list[dict]:
     """`resnet predict`: for every image (files, or folders read recursively), in order,
     {"path", "topk": [{"index", "name", "prob"}, ...]} or {"path", "error"} for one that cannot be read."""
-    from .serve.predict import list_images, load_any
-    from .serve.predict import predict as predict_images
-
     inputs = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     checkpoint = str(checkpoint.dir if isinstance(checkpoint, Run) else checkpoint) if checkpoint else None
     paths, _ = list_images(inputs)  # FileNotFoundError naming the inputs when there are none
-    net, meta = load_any(checkpoint, weights, model)
+    net, meta = load(checkpoint, weights, model)
     return list(predict_images(paths, net, meta, topk=topk, batch_size=batch_size, precision=precision,
                                device=device, workers=workers, backend=backend))

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    """An unknown or ill-typed configuration key or value."""
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 where the hardware runs it natively
+INFERENCE_PRECISIONS = ("auto", "bf16", "fp32")  # eval/predict: fp16 only ever trained (CUDA loss scaling)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class TrainConfig:
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
                   (self.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
                   (self.optim.lr > 0, "optim.lr must be > 0"), (self.data.val_size >= 0, "data.val_size must be >= 0"),
-                  (self.precision in ("auto", "bf16", "fp16", "fp32"), "precision must be auto, bf16, fp16 or fp32"),
+                  (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
                   (self.schedule.name in ("step", "cosine", "onecycle", "constant"),
                    "schedule.name must be step, cosine, onecycle or constant"),
                   (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
@@ -140,6 +141,17 @@ class TrainConfig:
         return _plain(dataclasses.asdict(self))
 
 
+# Checks that need a parser from a layer above config (data/augment.py's policy names) register here
+# when their module is imported (the package imports it), so config never imports upwards.
+EXTRA_CHECKS: list = []
+
+
+def register_check(fn):
+    """Add `fn(cfg)` (raising ConfigError) to what every TrainConfig is checked with."""
+    EXTRA_CHECKS.append(fn)
+    return fn
+
+
 def _check_modern(cfg: TrainConfig) -> None:
     """Augmentation, mixing, loss, optimizer, EMA and warm-up settings (issue 14's additions)."""
     d, o, s = cfg.data, cfg.optim, cfg.schedule
@@ -165,12 +177,8 @@ def _check_modern(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from .data.augment import make_policy
-
-    try:
-        make_policy(d.auto_augment, d.ra_magnitude)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    for check in EXTRA_CHECKS:
+        check(cfg)
 
 
 def _plain(value):

@@ -11,13 +11,16 @@ import torch
 
 from .cifar import CifarFormatError, default_cache_dir, detect_cifar_folder, load_cifar, SPECS, \
     cifar_archive_spec
-from .folder import DatasetLayoutError, ImageDecodeError, ImageFolderDataset, is_archive, scan
+from .folder import DatasetLayoutError, ImageDecodeError, index_from_names, is_archive, scan, walk_archive
 from .memory import ImagesTooLargeError, InMemoryDataset, MemoryLoader, load_image_folder
-from .split import stratified_split
+from .digits import load_digits
+from .split import run_holdout, stratified_split
+from .stream import ImageFolderDataset, StreamingFolder
 from .transforms import STATS, eval_preset, train_preset
+from ..errors import ConfigError
 
 __all__ = [
-    "load_dataset", "InMemoryDataset", "MemoryLoader", "ImageFolderDataset", "stratified_split",
+    "load_dataset", "load_split", "InMemoryDataset", "MemoryLoader", "ImageFolderDataset", "StreamingFolder", "stratified_split",
     "load_cifar", "load_image_folder", "scan", "train_preset", "eval_preset", "STATS",
     "default_cache_dir", "CifarFormatError", "DatasetLayoutError", "ImageDecodeError",
     "ImagesTooLargeError", "has_test_split",
@@ -48,13 +51,11 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
     errors and CIFAR errors are raised either way.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     p = Path(path).expanduser()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     if not p.exists():
         if str(path) == "digits":
-            from .digits import load_digits
-
             return load_digits(split)
         if str(path) in SPECS:
             return _from_cifar(load_cifar(str(path), split, cache, download), str(path))
@@ -82,8 +83,6 @@ def has_test_split(path: str | Path) -> bool:
         return str(path) == "digits" or str(path) in SPECS
     if p.is_dir() and detect_cifar_folder(p) is not None or p.is_file() and cifar_archive_spec(p):
         return True
-    from .folder import index_from_names, walk_archive
-
     if is_archive(p):
         names = walk_archive(p)  # one pass over the archive for both looks
         index = lambda split: index_from_names(p, *names, split)  # noqa: E731
@@ -93,6 +92,15 @@ def has_test_split(path: str | Path) -> bool:
         return index("test").prefix != index("train").prefix
     except DatasetLayoutError:  # split folders without a test one (the shared CIFAR-10 JPEGs: train/ only)
         return False
+
+
+def load_split(path: str | Path, split: str, run_config: dict | None = None,
+               cache_dir: str | Path | None = None) -> InMemoryDataset:
+    """`split` of a dataset in memory: 'train', 'test', or 'val' (the hold-out of the training run
+    whose saved configuration is `run_config`, rebuilt from its seed and data.val_size)."""
+    if split == "val":
+        return run_holdout(load_dataset(path, "train", cache_dir=cache_dir), run_config)
+    return load_dataset(path, split, cache_dir=cache_dir)
 
 
 def _from_cifar(data, source: str) -> InMemoryDataset:

@@ -23,6 +23,8 @@ from typing import Sequence
 
 import torch
 
+from ..config import register_check
+from ..errors import ConfigError
 from .erasing import Cutout, RandomErasing
 from .ops import OP_INDEX, apply_ops
 
@@ -316,3 +318,12 @@ def build_image_augment(data_cfg, mean: Sequence[float], std: Sequence[float]) -
     if policy is None and erasing is None and cutout is None:
         return None
     return ImageAugment(policy, erasing, cutout, mean, data_cfg.interpolation)
+
+
+@register_check
+def _check_policy(cfg) -> None:
+    """data.auto_augment and data.ra_magnitude name a policy (checked with the rest of the config)."""
+    try:
+        make_policy(cfg.data.auto_augment, cfg.data.ra_magnitude)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

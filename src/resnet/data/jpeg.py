@@ -21,6 +21,7 @@ import PIL
 from PIL import Image, JpegImagePlugin
 
 from .folder import _hidden, is_archive, is_image_file
+from .memory import _stem, fingerprint
 
 SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}  # PIL's codes (JpegImagePlugin.get_sampling)
 ENCODING_FILE = "encoding.json"  # written last: a folder without it is an unfinished copy
@@ -158,8 +159,6 @@ def read_encoding(folder: str | Path) -> dict | None:
 def reencoded_copy(ds, quality: int, cache_root: str | Path) -> tuple[Path, dict]:
     """(folder, encoding record) of `ds` re-encoded at `quality` under
     `cache_root/jpeg-quality/<name>-<fingerprint of the source>/q<quality>/`, made once and reused."""
-    from .memory import _stem, fingerprint
-
     source = Path(ds.source) if ds.source else None
     tag = fingerprint(source) if source is not None and source.exists() else _safe(ds.source or ds.name)
     name = _safe(_stem(source) if source is not None else ds.name)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import OptimConfig, ScheduleConfig
+from .lamb import Lamb
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
@@ -31,8 +32,6 @@ def _adamw(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def _lamb(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
-    from .lamb import Lamb
-
     return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps or 1e-6)
 
 

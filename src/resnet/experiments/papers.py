@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 
 from ..models import create_model, get_entry, list_models
+from ..models.blocks import block_class
 from .figures import plot_bars, plot_degradation
 from .protocol import PROTOCOLS, describe_protocol, final_experiment, score_on_test
 from .runner import Experiment, RunSpec, base_config, markdown_table, mean_std
+from ..errors import ConfigError
 
 # CIFAR-10 test error (%) reported by the papers: ResNet Table 6, Identity Mappings Table 3.
 PAPER_ERR = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43,
@@ -20,7 +22,6 @@ PAPER_ERR = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6
 # and 150), the best of the per-epoch test evaluations (its trainer.py keeps best_prec1); no 45k/5k split.
 AKAMASTER_ERR = {"resnet20": 8.27, "resnet32": 7.37, "resnet44": 6.90, "resnet56": 6.61, "resnet110": 6.32,
                  "resnet1202": 6.18}
-ORIGINAL_BLOCK = {"preact_basic": "basic", "preact_bottleneck": "bottleneck"}
 
 
 def cifar_spec(family: str, depth: int, seed: int, **model_args) -> RunSpec:
@@ -30,7 +31,7 @@ def cifar_spec(family: str, depth: int, seed: int, **model_args) -> RunSpec:
         return RunSpec(name, seed, model_args)
     n, rest = divmod(depth - 2, 6)
     if rest or n < 1:
-        raise ValueError(f"--depths: a CIFAR {family} net has depth 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
+        raise ConfigError(f"--depths: a CIFAR {family} net has depth 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
     return RunSpec(f"{family}20", seed, {"layers": [n, n, n], **model_args}, label=name)
 
 
@@ -258,7 +259,7 @@ def preactivation(data: str, depths: list[int], epochs: int, seeds: int = 1, out
     for depth in depths:
         preact = f"preact_resnet{depth}"
         entry = get_entry(preact)
-        original = {"block": ORIGINAL_BLOCK[entry.config.block]}
+        original = {"block": block_class(entry.config.block).original_unit}
         specs += [RunSpec(preact, s, original, label=f"original-{depth}") for s in range(seeds)]
         specs += [RunSpec(preact, s, {}, label=preact) for s in range(seeds)]
     exp = Experiment("preact", out, base_config(data, epochs, recipe, overrides), specs, stream, jobs)

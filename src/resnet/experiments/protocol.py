@@ -10,6 +10,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..data import has_test_split
 from ..data.split import holdout_count
+from ..serve.evaluate import run_eval
 from .runner import Experiment, RunSpec, count
 
 PROTOCOLS = ("val", "final", "both")
@@ -44,8 +45,6 @@ def final_experiment(kind: str, out: Path, cfg: TrainConfig, specs: list[RunSpec
 def score_on_test(exp: Experiment, results: list[tuple[RunSpec, list[dict]]]) -> dict[str, dict]:
     """Each final run's last weights on the data's test split (it must have one): {run name: {'top1_err',
     'n', ...}}, also written to runs/<name>/test.json."""
-    from ..serve.evaluate import run_eval
-
     out = {}
     for spec, _ in results:
         run_dir = exp.out / "runs" / spec.name

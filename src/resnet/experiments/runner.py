@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
 from ..engine.trainer import Trainer, describe_data, split_train_val
+from ..errors import ConfigError
 from ..models import check_model_args
 
 
@@ -80,7 +81,7 @@ class Experiment:
         """`data`: (train, val) already prepared (e.g. normalised for pretrained weights); runs then train
         in this process, whatever `jobs` says (worker processes would load cfg.data.path afresh)."""
         if jobs < 1:
-            raise ValueError(f"jobs must be at least 1, got {jobs}")
+            raise ConfigError(f"jobs must be at least 1, got {jobs}")
         for spec in specs:  # a typo in model_args fails now, not after the data is read
             try:
                 check_model_args(spec.model, **{**cfg.model_args, **spec.model_args})

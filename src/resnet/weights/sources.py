@@ -10,40 +10,22 @@ ResNets score badly.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
-import sys
-import tempfile
-import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from .state_dict import WeightsError, load_weights
+from .. import files
+from ..errors import ConfigError, WeightsError, WeightsUnavailableError
+from ..models import create_model
+from .preprocess import Preprocess
+from .state_dict import clean_keys, load_weights, read_state_dict
 
 SCHEMES = ("torchvision",)
-
-
-class WeightsUnavailableError(RuntimeError):
-    """A named source is neither cached nor downloadable (offline)."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Evaluation preprocessing: shorter side to `resize`, centre crop `crop`, (x/255 - mean)/std."""
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -112,7 +94,7 @@ def get_source(spec: str) -> WeightSource:
         tag = DEFAULTS[model]
     source = SOURCES.get(f"{scheme}:{model}.{tag}")
     if source is None:
-        raise ValueError(f"unknown weights {spec!r}; named sources: {', '.join(SOURCES)} "
+        raise ConfigError(f"unknown weights {spec!r}; named sources: {', '.join(SOURCES)} "
                          "(or pass a local .pth/.safetensors file)")
     return source
 
@@ -124,12 +106,8 @@ def weights_dir() -> Path:
     return Path(env).expanduser() if env else Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_of(path: Path) -> str:
+    return files.file_hash(path, "sha256")
 
 
 def _offline_message(source: WeightSource, dest: Path, reason: str) -> str:
@@ -139,7 +117,7 @@ def _offline_message(source: WeightSource, dest: Path, reason: str) -> str:
 
 
 def download(source: WeightSource, folder: Path | None = None, opener=None, stream=None) -> Path:
-    """The cached file of `source`, downloading and verifying it first when absent.
+    """The cached file of `source`, downloading and verifying it first when absent (`files.download`).
 
     `opener(url, timeout=...)` returns a file-like response (urllib's `urlopen` by default;
     tests pass their own). The file appears in the cache only once its hash has been checked."""
@@ -150,38 +128,17 @@ def download(source: WeightSource, folder: Path | None = None, opener=None, stre
             raise WeightsError(f"{dest} does not match {source.name} (sha256 should start with "
                                f"{source.sha256_prefix}): delete it and try again")
         return dest
-    opener = opener or urllib.request.urlopen
-    stream = stream if stream is not None else sys.stderr
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WeightsUnavailableError(f"cannot create the weights cache {folder} ({e}); set $RESNET_WEIGHTS") from None
-    try:
-        response = opener(source.url, timeout=30)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise WeightsUnavailableError(_offline_message(source, dest, str(getattr(e, "reason", e)))) from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{source.filename}.", suffix=".part", dir=folder)
-    h, done = hashlib.sha256(), 0
-    total = int(getattr(response, "headers", {}).get("Content-Length", 0) or 0)
-    try:
-        with os.fdopen(fd, "wb") as out, response:
-            while block := response.read(1 << 20):
-                out.write(block)
-                h.update(block)
-                done += len(block)
-                if total:
-                    stream.write(f"\rdownloading {source.filename}: {done / 1e6:.1f}/{total / 1e6:.1f} MB")
-        if total:
-            stream.write("\n")
-        if not h.hexdigest().startswith(source.sha256_prefix):
-            raise WeightsError(f"the download of {source.url} is corrupt (sha256 {h.hexdigest()[:16]}..., expected "
-                               f"{source.sha256_prefix}...); nothing was cached, try again")
-        os.replace(tmp, dest)
-    except (OSError, urllib.error.URLError) as e:
-        raise WeightsUnavailableError(_offline_message(source, dest, f"interrupted: {e}")) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return dest
+
+    def corrupt(got: str) -> WeightsError:
+        return WeightsError(f"the download of {source.url} is corrupt (sha256 {got[:16]}..., expected "
+                            f"{source.sha256_prefix}...); nothing was cached, try again")
+    return files.download(source.url, dest, "sha256", source.sha256_prefix,
+                          lambda reason: WeightsUnavailableError(_offline_message(source, dest, reason)), corrupt,
+                          opener=opener or urllib.request.urlopen, stream=stream)
 
 
 def resolve(spec: str, opener=None) -> tuple[Path, WeightSource | None]:
@@ -219,13 +176,10 @@ def model_from_weights(spec: str, model_name: str | None = None, num_classes: in
                        opener=None) -> tuple[nn.Module, dict]:
     """(model in eval mode, description) for a named source, or for a local torchvision-layout file
     with `model_name` given (the classifier size is read from the file when `num_classes` is not)."""
-    from ..models import create_model
-    from .state_dict import clean_keys, read_state_dict
-
     path, source = resolve(spec, opener=opener)
     name = model_name or (source.model if source else None)
     if name is None:
-        raise ValueError(f"--weights {spec} is a file: say which network it holds with --model (e.g. resnet50)")
+        raise ConfigError(f"--weights {spec} is a file: say which network it holds with --model (e.g. resnet50)")
     if num_classes is None:
         fc = clean_keys(read_state_dict(path)).get("fc.weight")
         num_classes = int(fc.shape[0]) if fc is not None else 1000
