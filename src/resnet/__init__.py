@@ -1,6 +1,7 @@
 """Deep residual networks (He et al. 2015, 2016) on PyTorch."""
+from ._version import __version__
 from .models import ResNet, ResNetConfig, build_resnet, create_model, list_models
+from .weights.pretrained import from_pretrained
 from .weights.state_dict import load_weights
 
-__version__ = "0.1.0"
-__all__ = ["ResNet", "ResNetConfig", "build_resnet", "create_model", "list_models", "load_weights", "__version__"]
+__all__ = ["ResNet", "ResNetConfig", "build_resnet", "create_model", "from_pretrained", "list_models", "load_weights", "__version__"]

@@ -102,13 +102,18 @@ def _overrides(items):
 
 def cmd_eval(args) -> int:
     from .data import ImagesTooLargeError
-    from .serve.evaluate import run_eval
+    from .serve.evaluate import evaluate_weights, run_eval, run_eval_stream
 
     streamed = dict(checkpoint=args.checkpoint, weights=args.weights, model=args.model, split=args.split,
                     test=args.test, precision=args.precision, batch_size=args.batch_size or 64, workers=args.workers,
                     plots=args.plots, backend=args.backend)
-    if args.weights or args.test != "center":  # image folders of any size, decoded per batch (eval_stream.py)
-        from .serve.evaluate import run_eval_stream
+    if args.weights and args.checkpoint:
+        raise ValueError("give exactly one of --checkpoint CKPT and --weights SOURCE")
+    if args.weights:  # in memory for small-image nets on images of their size, else streamed
+        result = evaluate_weights(args.data, args.weights, model=args.model, split=args.split, test=args.test,
+                                  precision=args.precision, tta_flip=args.tta_flip, batch_size=args.batch_size,
+                                  workers=args.workers, plots=args.plots, backend=args.backend)
+    elif args.test != "center":  # image folders of any size, decoded per batch
         result = run_eval_stream(args.data, **streamed)
     else:
         if not args.checkpoint:
@@ -118,12 +123,11 @@ def cmd_eval(args) -> int:
                               tta_flip=args.tta_flip, batch_size=args.batch_size or 1000, plots=args.plots,
                               backend=args.backend)
         except ImagesTooLargeError:
-            from .serve.evaluate import run_eval_stream
             result = run_eval_stream(args.data, **streamed)
     if args.json:
         print(json.dumps({k: result[k] for k in ("top1_err", "top5_err", "loss", "n")}))
         return 0
-    print(f"{result['checkpoint']} on {args.data} ({args.split}, {result['n']} images)")
+    print(f"{result['checkpoint']} on {args.data} ({result.get('split', args.split)}, {result['n']} images)")
     print(f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%  loss {result['loss']:.4f}")
     for name, acc in zip(result["classes"], result["per_class_acc"]):
         print(f"  {name:<20} {acc:6.2f}%")

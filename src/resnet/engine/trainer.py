@@ -131,7 +131,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.train_data, self.val_data = data or split_train_val(cfg)
         if cfg.weights:
-            from ..weights.sources import apply_preprocess
+            from ..weights import apply_preprocess
             apply_preprocess(cfg.weights, self.train_data, self.val_data)  # the pretrained weights' mean/std
         self.classes = self.train_data.classes
         self._skipped = list(self.train_data.info.get("skipped", []))  # with data.skip_bad: the images left out
@@ -149,7 +149,7 @@ class Trainer:
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.weights and not resume and self.dist.is_main:  # DDP copies rank 0's weights to the others
-            from ..weights.sources import load_pretrained
+            from ..weights import load_pretrained
             load_pretrained(self.model, cfg.weights)
         self.train_module = distributed.wrap_model(self.model, self.dist, self.device, cfg.sync_bn)
         self.optimizer = make_optimizer(self.model, cfg.optim)

@@ -11,58 +11,103 @@ classes, or ImageNet's WordNet ids (n01440764 ...) for ImageNet weights, are mat
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data import MemoryLoader, load_dataset
+from ..data import DatasetLayoutError, ImagesTooLargeError, MemoryLoader, load_dataset
 from ..data.split import holdout
 from ..data.stream import StreamingFolder
 from ..deploy.backends import first_images, inference_model
-from ..engine.checkpoint import load_model
 from ..engine.evaluate import evaluate
 from ..engine.precision import default_device
 from .predict import load_any
 
 
+def _whole_if_no_test(meta: dict, load_test, load_train, data: str):
+    """The test split; for pretrained weights (no training run to hold images out of) on data with
+    no test split, all of the data's images instead, said on stderr. Returns (images, split scored)."""
+    try:
+        return load_test(), "test"
+    except DatasetLayoutError:
+        if meta.get("config"):
+            raise
+    ds = load_train()
+    print(f"note: {data} has no test split; scoring all {len(ds)} of its images", file=sys.stderr)
+    return ds, "train"
+
+
 def eval_data(meta: dict, path: str, split: str, cache_dir: str | None = None):
     """The images to evaluate on. `val` rebuilds the training run's hold-out from its seed and size."""
+    return _eval_data(meta, path, split, cache_dir)[0]
+
+
+def _eval_data(meta: dict, path: str, split: str, cache_dir: str | None = None):
     if split == "test":
-        return load_dataset(path, "test", cache_dir=cache_dir)
+        return _whole_if_no_test(meta, lambda: load_dataset(path, "test", cache_dir=cache_dir),
+                                 lambda: load_dataset(path, "train", cache_dir=cache_dir), path)
     data = load_dataset(path, "train", cache_dir=cache_dir)
     if split == "train":
-        return data
+        return data, split
     cfg = meta.get("config", {})
     _, val = holdout(data, cfg.get("data", {}).get("val_size", 5000), cfg.get("seed", 0))
     if val is None:
         raise ValueError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
-    return val
+    return val, split
 
 
-def run_eval(checkpoint: str, data: str, split: str = "test", precision: str = "auto", tta_flip: bool = False,
-             batch_size: int = 1000, plots: str | None = None, device=None, backend: str = "auto") -> dict:
-    """Top-1/top-5 error, loss and per-class accuracy of a checkpoint on `data`, run through the
-    inference `backend` (see `inference.inference_model`)."""
-    model, meta = load_model(checkpoint)
+def run_eval(checkpoint: str | None, data: str, split: str = "test", precision: str = "auto", tta_flip: bool = False,
+             batch_size: int = 1000, plots: str | None = None, device=None, backend: str = "auto",
+             weights: str | None = None, model: str | None = None) -> dict:
+    """Top-1/top-5 error, loss and per-class accuracy of a checkpoint (or of `weights`) on `data`
+    held in memory, run through the inference `backend` (see `inference.inference_model`)."""
+    net, meta = load_any(checkpoint, weights, model)
+    ds, split = _eval_data(meta, data, split)
+    return _score_in_memory(net, meta, ds, dict(split=split, checkpoint=str(checkpoint or weights), data=data),
+                            precision, tta_flip, batch_size, plots, device, backend)
+
+
+def _score_in_memory(net, meta: dict, ds, info: dict, precision: str, tta_flip: bool, batch_size: int,
+                     plots: str | None, device, backend: str) -> dict:
     device = torch.device(device) if device else default_device()
-    ds = eval_data(meta, data, split)
     classes = meta.get("classes") or ds.classes
     if len(ds.classes) != len(classes):
-        raise ValueError(f"{data} has {len(ds.classes)} classes but the checkpoint's head has {len(classes)}")
+        raise ValueError(f"{info['data']} has {len(ds.classes)} classes but the model's head has {len(classes)}")
     # The checkpoint's normalisation, not the dataset's: a model sees inputs as it was trained.
     loader = MemoryLoader(ds.images, ds.labels, batch_size, train=False, mean=meta["mean"], std=meta["std"],
                           device=device, channels_last=True)
-    net, prec = inference_model(model, backend, precision, device, lambda: first_images(loader))
+    net, prec = inference_model(net, backend, precision, device, lambda: first_images(loader))
     result = evaluate(net, loader, prec, len(classes), tta_flip)
-    result.update(classes=classes, split=split, checkpoint=str(checkpoint), backend=backend)
+    result.update(classes=classes, split=info["split"], checkpoint=info["checkpoint"], backend=backend)
     if plots:
         from ..engine.plots import plot_confusion
 
         Path(plots).mkdir(parents=True, exist_ok=True)
         result["confusion_png"] = str(plot_confusion(result["confusion"], classes, Path(plots) / "confusion.png"))
     return result
+
+
+def evaluate_weights(data: str, weights: str, model: str | None = None, split: str = "test", test: str = "center",
+                     precision: str = "auto", tta_flip: bool = False, batch_size: int | None = None, workers: int = -1,
+                     plots: str | None = None, device=None, backend: str = "auto") -> dict:
+    """`resnet eval --weights`: a small-image network (CIFAR's 32x32) on images of its input size is
+    scored in memory (decoded once and cached); anything else is streamed with the weights' resize and crop."""
+    net, meta = load_any(None, weights, model)
+    size = int(meta.get("input_size") or 224)
+    if test == "center" and size <= 64 and int(meta.get("resize") or size) == size:
+        try:
+            ds, used = _eval_data(meta, data, split)
+        except ImagesTooLargeError:
+            ds = None
+        if ds is not None and int(ds.images.shape[-1]) == size:
+            return _score_in_memory(net, meta, ds, dict(split=used, checkpoint=weights, data=data), precision,
+                                    tta_flip, batch_size or 1000, plots, device, backend)
+    return run_eval_stream(data, weights=weights, model=model, split=split, test=test, precision=precision,
+                           batch_size=batch_size or 64, workers=workers, plots=plots, device=device, backend=backend,
+                           loaded=(net, meta))
 
 
 class ViewAverage(nn.Module):
@@ -111,7 +156,8 @@ def eval_folder(meta: dict, data: str, split: str, test: str, workers: int = -1)
     opts = dict(image_size=size, resize=int(meta.get("resize") or size), test=test, workers=workers,
                 mean=meta["mean"], std=meta["std"], interpolation=meta.get("interpolation", "bilinear"))
     if split == "test":
-        return StreamingFolder(data, "test", **opts)
+        return _whole_if_no_test(meta, lambda: StreamingFolder(data, "test", **opts),
+                                 lambda: StreamingFolder(data, "train", **opts), data)[0]
     ds = StreamingFolder(data, "train", **opts)
     if split == "train":
         return ds
@@ -139,10 +185,11 @@ class _Mapped:
 
 def run_eval_stream(data: str, checkpoint: str | None = None, weights: str | None = None, model: str | None = None,
                     split: str = "test", test: str = "center", precision: str = "auto", batch_size: int = 64,
-                    workers: int = -1, plots: str | None = None, device=None, backend: str = "auto") -> dict:
+                    workers: int = -1, plots: str | None = None, device=None, backend: str = "auto",
+                    loaded=None) -> dict:
     """Top-1/top-5 error (%), loss and per-class accuracy of a checkpoint or of pretrained weights on
     an image folder, with the `test` preset (center | ten-crop | multi-scale)."""
-    net, meta = load_any(checkpoint, weights, model)
+    net, meta = loaded or load_any(checkpoint, weights, model)
     device = torch.device(device) if device else default_device()
     num_classes = net.fc.out_features
     ds = eval_folder(meta, data, split, test, workers)

@@ -18,6 +18,10 @@ class WeightsError(ValueError):
     """A weights file or state dict that does not fit the model."""
 
 
+class WeightsUnavailableError(RuntimeError):
+    """Named or hub weights that are neither cached nor downloadable (offline)."""
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors from `.safetensors`, or from `.pt/.pth/.bin` through `torch.load(weights_only=True)`.
 
@@ -32,7 +36,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise WeightsError(f"{path} is not a valid safetensors file ({e})") from None
+            detail = (str(e).strip().splitlines() or [""])[0][:200]
+            raise WeightsError(f"{path} is not a valid safetensors file ({detail})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -41,7 +46,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"could run arbitrary code. Re-save it as tensors only (or .safetensors). Detail: {str(e)[:200]}"
         ) from None
     except Exception as e:
-        raise WeightsError(f"cannot read {path} as a PyTorch weights file ({type(e).__name__}: {e})") from None
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise WeightsError(f"cannot read {path} as a PyTorch weights file ({type(e).__name__}: {detail})") from None
     return _unwrap(obj, path)
 
 
@@ -81,7 +87,7 @@ def compare_state_dicts(model_sd: Mapping[str, torch.Tensor], given: Mapping[str
     return missing, unexpected, mismatched
 
 
-def _format_problems(missing, unexpected, mismatched, origin: str) -> str:
+def format_problems(missing, unexpected, mismatched, origin: str) -> str:
     def show(items, limit=12):
         items = [str(i) for i in items]
         more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
@@ -120,10 +126,21 @@ def load_weights(model: nn.Module, source, strict: bool = True) -> nn.Module:
         if hasattr(model, "reset_classifier"):
             model.reset_classifier(model.fc.out_features)
     elif (missing or unexpected or mismatched) and strict:
-        raise WeightsError(_format_problems(missing, unexpected, mismatched, origin))
+        raise WeightsError(format_problems(missing, unexpected, mismatched, origin))
     elif missing or unexpected or mismatched:
-        warnings.warn(_format_problems(missing, unexpected, mismatched, origin), stacklevel=2)
+        warnings.warn(format_problems(missing, unexpected, mismatched, origin), stacklevel=2)
     bad = {k for k, _, _ in mismatched}
     loadable = {k: v for k, v in given.items() if k in model_sd and k not in bad}
     model.load_state_dict(loadable, strict=False)
+    return model
+
+
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], origin: str) -> nn.Module:
+    """Load every tensor of the model from `state_dict` and nothing else (the BN counters
+    `num_batches_tracked`, which many published files lack, may be absent); one error lists the rest."""
+    given = clean_keys(state_dict)
+    missing, unexpected, mismatched = compare_state_dicts(model.state_dict(), given)
+    if missing or unexpected or mismatched:
+        raise WeightsError(format_problems(missing, unexpected, mismatched, origin))
+    model.load_state_dict(given, strict=False)
     return model
