@@ -102,8 +102,9 @@ def _front_matter(config: dict) -> list[str]:
     tags = ["image-classification", "resnet", config["architecture"]]
     lines = ["---", f"license: {license.lower() if license != 'unknown' else 'other'}", "library_name: resnet",
              "pipeline_tag: image-classification", "tags:"] + [f"- {t}" for t in tags]
-    if config.get("dataset"):
-        lines += ["datasets:", f"- {config['dataset']}"]
+    if config.get("dataset"):  # the hub's data set ids
+        hub_id = {"CIFAR-10": "cifar10", "CIFAR-100": "cifar100", "ImageNet-1k": "imagenet-1k"}
+        lines += ["datasets:", f"- {hub_id.get(config['dataset'], config['dataset'].lower())}"]
     return lines + ["---", ""]
 
 
@@ -119,7 +120,8 @@ def _facts(model, meta: dict, config: dict) -> list[str]:
             ("input", f"shorter side to {pre['resize']} ({pre['interpolation']}), centre crop {pre['crop']}, "
                       f"mean {pre['mean']}, std {pre['std']}"),
             ("classes", f"{c.num_classes}" + (f": {shown}" if shown else "")),
-            ("weights", str(config.get("weights_source") or "")), ("toolkit", f"resnet {__version__}"),
+            ("weights", str(config.get("weights_source") or "")),
+            ("origin", str(config["pretrained_cfg"].get("origin_url") or "")), ("toolkit", f"resnet {__version__}"),
             ("licence", config["pretrained_cfg"]["license"])]
     return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows if v] + [""]
 
@@ -146,8 +148,9 @@ def _results(meta: dict, history: list[dict]) -> list[str]:
     lines = []
     published = meta.get("published") or {}
     if published:
-        acc = ", ".join(f"{k} {v}" for k, v in published.items() if k != "dataset")
-        lines += ["## Published accuracy", "", f"{published.get('dataset', '')}: {acc} (the publisher's figure)", ""]
+        acc = ", ".join(f"{k} {v}%" for k, v in published.items() if k != "dataset" and v is not None)
+        lines += ["## Published accuracy", "", f"{published.get('dataset', '')}: {acc} (the publisher's figure, "
+                  "on its test or validation images, at the preprocessing above)", ""]
     if history:
         last = history[-1]
         keys = [k for k in ("epoch", "train_loss", "train_err", "val_loss", "val_err", "val_top5_err") if k in last]

@@ -41,10 +41,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch says the same for code-running pickles and for files that are no pickle at all (an
+        # HTML error page, a partial download): name both, with torch's one-line reason.
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip().startswith(("Unsupported", "WeightsUnpickler"))
+                       and line.strip() != "WeightsUnpickler error:"), str(e).strip().splitlines()[0][:120])
         raise WeightsError(
-            f"refusing to load {path}: it holds Python objects beyond tensors, and unpickling them "
-            f"could run arbitrary code. Re-save it as tensors only (or .safetensors). Detail: {str(e)[:200]}"
-        ) from None
+            f"refusing to load {path}: it is not a file of tensors alone (a corrupt or partial file, another format, "
+            f"or Python objects whose unpickling could run arbitrary code); re-download it, or re-save it as "
+            f"tensors only (or .safetensors). Detail: {reason}") from None
     except Exception as e:
         detail = (str(e).strip().splitlines() or [""])[0][:200]
         raise WeightsError(f"cannot read {path} as a PyTorch weights file ({type(e).__name__}: {detail})") from None
