@@ -102,9 +102,10 @@ def _front_matter(config: dict) -> list[str]:
     tags = ["image-classification", "resnet", config["architecture"]]
     lines = ["---", f"license: {license.lower() if license != 'unknown' else 'other'}", "library_name: resnet",
              "pipeline_tag: image-classification", "tags:"] + [f"- {t}" for t in tags]
-    if config.get("dataset"):  # the hub's data set ids
-        hub_id = {"CIFAR-10": "cifar10", "CIFAR-100": "cifar100", "ImageNet-1k": "imagenet-1k"}
-        lines += ["datasets:", f"- {hub_id.get(config['dataset'], config['dataset'].lower())}"]
+    hub_ids = {"cifar-10": "cifar10", "cifar10": "cifar10", "cifar-100": "cifar100", "cifar100": "cifar100",
+               "imagenet-1k": "imagenet-1k", "imagenet": "imagenet-1k"}  # the hub's ids of the data sets it knows
+    if str(config.get("dataset") or "").lower() in hub_ids:
+        lines += ["datasets:", f"- {hub_ids[config['dataset'].lower()]}"]
     return lines + ["---", ""]
 
 
@@ -120,7 +121,8 @@ def _facts(model, meta: dict, config: dict) -> list[str]:
             ("input", f"shorter side to {pre['resize']} ({pre['interpolation']}), centre crop {pre['crop']}, "
                       f"mean {pre['mean']}, std {pre['std']}"),
             ("classes", f"{c.num_classes}" + (f": {shown}" if shown else "")),
-            ("weights", str(config.get("weights_source") or "")),
+            ("weights", str(config.get("weights_source") or "")
+             + (f" (after epoch {meta['epoch']}, step {meta.get('step')})" if meta.get("epoch") else "")),
             ("origin", str(config["pretrained_cfg"].get("origin_url") or "")), ("toolkit", f"resnet {__version__}"),
             ("licence", config["pretrained_cfg"]["license"])]
     return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows if v] + [""]
@@ -164,7 +166,8 @@ def _results(meta: dict, history: list[dict]) -> list[str]:
 
 
 def model_card(model, meta: dict, config: dict, history: list[dict]) -> str:
-    title = f"# {meta['model']}" + (f" ({config['weights_source']})" if config.get("weights_source") else "")
+    source = config.get("weights_source") or ""
+    title = f"# {meta['model']}" + (f" ({source if ':' in source else Path(source).parent.name or source})" if source else "")
     use = ["## Use", "", "```bash", "resnet eval --weights THIS_FOLDER --data DATA", "resnet predict IMAGE --weights THIS_FOLDER",
            "```", "", "```python", "import resnet", "model = resnet.from_pretrained('THIS_FOLDER')  # or 'hf://OWNER/NAME'",
            "```", ""]

@@ -45,6 +45,7 @@ def load_source(spec: str):
     if is_checkpoint(spec):
         model, meta = load_model(spec)
         meta = dict(meta, weights=str(resolve_weights_path(spec)))
+        model.pretrained_meta = meta
         return model, meta, run_history(spec)
     model, meta = model_from_weights(spec)
     return model, meta, []
