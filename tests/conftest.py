@@ -1,6 +1,27 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache_folder(tmp_path_factory):
+    """Decoded images and downloads go to the cache folder: a fresh one per test session, never the user's
+    (subprocesses inherit it). Compiled kernels keep the user's inductor cache: recompiling every session
+    would only cost time."""
+    from resnet.data.cifar import default_cache_dir
+
+    saved = {k: os.environ.get(k) for k in ("RESNET_CACHE", "TORCHINDUCTOR_CACHE_DIR")}
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default_cache_dir() / "inductor"))
+    os.environ["RESNET_CACHE"] = str(tmp_path_factory.mktemp("resnet-cache"))
+    yield Path(os.environ["RESNET_CACHE"])
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

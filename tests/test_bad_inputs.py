@@ -379,22 +379,22 @@ def test_download_hash_mismatch_deletes_the_partial_file(tmp_path):
     payload = os.urandom(3 << 20)
     dest = tmp_path / "cache" / "cifar-10-python.tar.gz"
     with pytest.raises(CifarFormatError, match=r"checksum mismatch.*partial download was deleted"):
-        cifar.download_file("https://example.invalid/x", dest, "0" * 32, opener=lambda u: _Response(payload))
+        cifar.download_file("https://example.invalid/x", dest, "0" * 32, opener=lambda u, timeout: _Response(payload))
     assert list(dest.parent.iterdir()) == []
     # the CIFAR download checks the official md5 the same way
     with pytest.raises(CifarFormatError, match="checksum mismatch.*c58f30108f718f92721af3b95e74349a"):
-        cifar.download_cifar("cifar10", tmp_path / "cache2", opener=lambda u: _Response(payload))
+        cifar.download_cifar("cifar10", tmp_path / "cache2", opener=lambda u, timeout: _Response(payload))
     assert list((tmp_path / "cache2").iterdir()) == []
     # an interrupted download leaves nothing behind either
     with pytest.raises(ConnectionError, match="could not download"):
         cifar.download_file("https://example.invalid/x", dest, hashlib.md5(payload).hexdigest(),
-                            opener=lambda u: _Response(payload, fail_after=1 << 20))
+                            opener=lambda u, timeout: _Response(payload, fail_after=1 << 20))
     assert list(dest.parent.iterdir()) == []
     # the right bytes are kept; a corrupt file already at dest is replaced, not trusted
     dest.write_bytes(payload[:100])
     good = hashlib.md5(payload).hexdigest()
     assert cifar.download_file("https://example.invalid/x", dest, good,
-                               opener=lambda u: _Response(payload)) == dest
+                               opener=lambda u, timeout: _Response(payload)) == dest
     assert dest.read_bytes() == payload and list(dest.parent.iterdir()) == [dest]
 
 

@@ -4,10 +4,15 @@ Everything is built in tmp_path; no network."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import pickle
+import re
 import tarfile
+import time
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +25,6 @@ from resnet.data import (CifarFormatError, DatasetLayoutError, ImageDecodeError,
                          stratified_split)
 from resnet.data import cifar, memory
 from resnet.data.folder import decode_image, scan
-from resnet.data.memory import crop_flip
 from resnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_preset, train_preset
 
 RNG = np.random.default_rng(0)
@@ -182,7 +186,7 @@ def test_download_verifies_md5(tmp_path):
 
 
 def test_download_offline_says_where_to_put_the_file(tmp_path):
-    def offline(url):
+    def offline(url, timeout):
         raise urllib.error.URLError("no network")
     with pytest.raises(ConnectionError) as e:
         cifar.download_cifar("cifar100", tmp_path, opener=offline)
@@ -191,13 +195,13 @@ def test_download_offline_says_where_to_put_the_file(tmp_path):
 
 
 def test_cifar_by_name(tmp_path):
-    with pytest.raises(FileNotFoundError, match="download=True.*cifar-10-python.tar.gz"):
+    with pytest.raises(FileNotFoundError, match="download=True .*cifar-10-python.tar.gz"):
         load_dataset("cifar10", cache_dir=tmp_path)
     src = make_cifar10(tmp_path / "src")
     archive = make_tar(src, tmp_path / "a.tar.gz", "cifar-10-batches-py")
 
-    def opener(url):
-        assert url == cifar.CIFAR10.url
+    def opener(url, timeout):
+        assert url == cifar.CIFAR10.url and timeout == cifar.DOWNLOAD_TIMEOUT
         return open(archive, "rb")
     monkey_md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     spec = cifar.CIFAR10
@@ -208,6 +212,116 @@ def test_cifar_by_name(tmp_path):
         object.__setattr__(spec, "md5", "c58f30108f718f92721af3b95e74349a")
     assert path.name == "cifar-10-python.tar.gz"
     assert len(load_dataset("cifar10", "test", cache_dir=tmp_path / "cache")) == 20
+
+
+class _Server:
+    """An HTTP server on 127.0.0.1 standing in for the CIFAR host: serves `body` at any path, or
+    sends the headers and the first `stall_after` bytes, then stops sending (a stalled connection)."""
+
+    def __init__(self, body: bytes, stall_after: int | None = None):
+        import http.server
+        import threading
+
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if stall_after is None:
+                    self.wfile.write(body)
+                    return
+                self.wfile.write(body[:stall_after])
+                self.wfile.flush()
+                server.release.wait(10)  # hold the connection open, sending nothing
+
+            def log_message(self, *args):
+                pass
+
+        self.requests, self.release = [], threading.Event()
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/~kriz/cifar-10-python.tar.gz"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_cifar_keeps_the_official_urls_and_md5():
+    assert (cifar.CIFAR10.url, cifar.CIFAR10.md5) == ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                                                      "c58f30108f718f92721af3b95e74349a")
+    assert (cifar.CIFAR100.url, cifar.CIFAR100.md5) == ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                                                        "eb9058c3a382ffc7106e4002c42a8d85")
+    assert cifar.download_file.__defaults__[0] is urllib.request.urlopen
+
+
+def test_train_and_eval_download_a_named_dataset(tmp_path, monkeypatch, capsys):
+    """`resnet train --data cifar10` fetches the archive into the cache (a local stand-in for the official
+    host, with that archive's md5), with a progress bar; `resnet eval --data cifar10` then finds it there."""
+    import dataclasses
+
+    from resnet.cli import main
+
+    archive = make_tar(make_cifar10(tmp_path / "src"), tmp_path / "a.tar.gz", "cifar-10-batches-py")
+    body = archive.read_bytes()
+    server = _Server(body)
+    monkeypatch.setitem(cifar.SPECS, "cifar10", dataclasses.replace(
+        cifar.CIFAR10, url=server.url, md5=hashlib.md5(body).hexdigest()))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RESNET_CACHE", str(cache))
+    monkeypatch.chdir(tmp_path)
+    tiny = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=30", "precision=fp32"]
+    try:
+        assert main(["train", "--model", "resnet20", "--data", "cifar10", "--epochs", "1", "--out", "run", *tiny]) == 0
+        err = capsys.readouterr().err
+        assert (cache / "cifar-10-python.tar.gz").read_bytes() == body and server.requests == ["/~kriz/cifar-10-python.tar.gz"]
+        mb = f"{len(body) / 1e6:.1f}"
+        assert f"downloading cifar-10-python.tar.gz [########################] {mb}/{mb} MB" in err
+        assert err.count("downloading") == 1  # not a terminal: one line per tenth, and the file is small
+        assert "data: cifar10 (90 training, 10 validation images)" in err
+        assert main(["eval", "--checkpoint", "run", "--data", "cifar10", "--precision", "fp32", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["n"] == 20  # the test batch, from the cache
+        assert len(server.requests) == 1  # nothing downloaded again
+    finally:
+        server.close()
+
+
+def test_download_times_out_on_a_stalled_server(tmp_path):
+    body = os.urandom(1 << 16)
+    server = _Server(body, stall_after=1000)
+    dest = tmp_path / "cache" / "cifar-10-python.tar.gz"
+    try:
+        start = time.perf_counter()
+        with pytest.raises(ConnectionError, match=r"\(timed out.*\). Offline\? .* put it at " + re.escape(str(dest))):
+            cifar.download_file(server.url, dest, hashlib.md5(body).hexdigest(), timeout=0.5, stream=io.StringIO())
+        assert time.perf_counter() - start < 5
+    finally:
+        server.close()
+    assert list(dest.parent.iterdir()) == []  # the partial file is gone
+
+
+def test_train_offline_says_which_file_to_put_where(tmp_path, monkeypatch, capsys):
+    import dataclasses
+    import socket
+
+    from resnet.cli import main
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/cifar-100-python.tar.gz"
+    monkeypatch.setitem(cifar.SPECS, "cifar100", dataclasses.replace(cifar.CIFAR100, url=url))
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
+    assert main(["train", "--data", "cifar100", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    dest = tmp_path / "cache" / "cifar-100-python.tar.gz"
+    assert err.count("\n") == 1 and f"could not download {url}" in err and f"put it at {dest}" in err
+    assert not (tmp_path / "run").exists()
 
 
 # --------------------------------------------------------------------------- image folders
@@ -317,10 +431,11 @@ def test_train_preset_is_seeded():
 
 # --------------------------------------------------------------------------- cache
 def test_cache_reused_without_decoding(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
     make_tree(tmp_path / "d" / "imgs")
-    first = load_dataset(tmp_path / "d" / "imgs")  # tmp is writable: cache next to the data
+    first = load_dataset(tmp_path / "d" / "imgs")
     cache_file = Path(first.info["cache"])
-    assert cache_file.parent == tmp_path / "d" and cache_file.suffix == ".safetensors"
+    assert cache_file.parent == tmp_path / "cache" and cache_file.suffix == ".safetensors"
 
     def boom(*a, **k):
         raise AssertionError("decoded again")
@@ -333,21 +448,64 @@ def test_cache_reused_without_decoding(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="decoded again"):
         load_dataset(tmp_path / "d" / "imgs")
     monkeypatch.undo()
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
     third = load_dataset(tmp_path / "d" / "imgs")
-    assert len(third) == 13 and list((tmp_path / "d").glob("*.safetensors")) == [Path(third.info["cache"])]
+    assert len(third) == 13 and list((tmp_path / "cache").glob("*.safetensors")) == [Path(third.info["cache"])]
 
 
-def test_cache_falls_back_when_data_folder_read_only(tmp_path, monkeypatch):
-    make_tree(tmp_path / "ro" / "imgs")
-    archive = make_tar(tmp_path / "ro" / "imgs", tmp_path / "ro" / "imgs.tar.gz", "imgs")
-    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "user-cache"))
-    os.chmod(tmp_path / "ro", 0o555)
-    try:
-        ds = load_dataset(archive)
-    finally:
-        os.chmod(tmp_path / "ro", 0o755)
-    assert Path(ds.info["cache"]).parent == tmp_path / "user-cache"
-    assert not list((tmp_path / "ro").glob("*.safetensors"))
+def test_caches_go_to_the_cache_folder_never_next_to_the_data(tmp_path, monkeypatch):
+    """A writable data folder (a shared data set, a git checkout) gets no 150 MB file beside the data."""
+    make_tree(tmp_path / "data" / "imgs")
+    archive = make_tar(tmp_path / "data" / "imgs", tmp_path / "data" / "imgs.tar.gz", "imgs")
+    home = tmp_path / "home"
+    monkeypatch.delenv("RESNET_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    assert cifar.default_cache_dir() == home / ".cache" / "resnet"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cifar.default_cache_dir() == tmp_path / "xdg" / "resnet"
+    ds = load_dataset(archive)
+    assert Path(ds.info["cache"]).parent == tmp_path / "xdg" / "resnet"
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "mine"))  # $RESNET_CACHE wins over XDG
+    assert Path(load_dataset(tmp_path / "data" / "imgs").info["cache"]).parent == tmp_path / "mine"
+    asked = load_dataset(archive, cache_dir=tmp_path / "asked")  # data.cache_dir: where the user asks
+    assert Path(asked.info["cache"]).parent == tmp_path / "asked"
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["imgs", "imgs.tar.gz"]
+
+
+def test_cache_list_and_clear(tmp_path, monkeypatch, capsys):
+    from resnet.cli import main
+    from resnet.data.cache_folder import clear_cache, list_cache
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RESNET_CACHE", str(cache))
+    make_tree(tmp_path / "d" / "imgs")
+    decoded = Path(load_dataset(tmp_path / "d" / "imgs").info["cache"])
+    (cache / "cifar-10-python.tar.gz").write_bytes(b"x" * 10)
+    (cache / "inductor").mkdir()
+    (cache / "inductor" / "k.so").write_bytes(b"y" * 5)
+    (cache / "notes.txt").write_text("mine")
+    kinds = {e.path.name: (e.kind, e.source) for e in list_cache()}
+    assert kinds == {decoded.name: ("decoded", str((tmp_path / "d" / "imgs").resolve())),
+                     "cifar-10-python.tar.gz": ("download", ""), "inductor": ("compiled", ""), "notes.txt": ("other", "")}
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert str(cache) in out and decoded.name in out and "from " + str((tmp_path / "d" / "imgs").resolve()) in out
+    assert main(["cache", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["folder"] == str(cache) and {e["kind"] for e in listed["entries"]} == {"decoded", "download",
+                                                                                         "compiled", "other"}
+    assert main(["cache", "clear"]) == 0  # default: the decoded images only
+    assert f"removed decoded {decoded}" in capsys.readouterr().out and not decoded.exists()
+    assert (cache / "cifar-10-python.tar.gz").exists() and (cache / "inductor").exists()
+    assert main(["cache", "clear", "--all"]) == 0
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]  # what the toolkit did not make stays
+    assert main(["cache", "clear", "--kind", "decodde"]) == 2
+    assert "unknown cache kind(s) decodde" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.train.0123.resnet-u8.safetensors").write_bytes(b"z")
+    assert [e.kind for e in clear_cache(other)] == ["decoded"] and not any(other.iterdir())
 
 
 # --------------------------------------------------------------------------- split
@@ -380,37 +538,45 @@ def _images(n=16, size=32):
                          generator=torch.Generator().manual_seed(n))
 
 
-def test_crop_identity_flip_and_zero_padding():
+def test_crop_identity_and_zero_padding():
+    """The loader's crop (_crop_nhwc, on B x H x W x C batches) at fixed offsets."""
     x = _images(6)
-    four = torch.full((6,), 4)
-    no = torch.zeros(6, dtype=torch.bool)
-    assert torch.equal(crop_flip(x, four, four, no, 4), x)
-    assert torch.equal(crop_flip(x, four, four, ~no, 4), x.flip(-1))
-    zero = torch.zeros(6, dtype=torch.long)
-    out = crop_flip(x, zero, zero, no, 4)
+    nhwc = x.permute(0, 2, 3, 1).contiguous()
+    crop = lambda oy, ox: memory._crop_nhwc(nhwc, torch.full((6,), oy), torch.full((6,), ox), 4).permute(0, 3, 1, 2)
+    assert torch.equal(crop(4, 4), x)
+    out = crop(0, 0)
     assert (out[:, :, :4] == 0).all() and (out[:, :, :, :4] == 0).all()
     assert torch.equal(out[:, :, 4:, 4:], x[:, :, :28, :28])
-    eight = torch.full((6,), 8)
-    out = crop_flip(x, eight, zero, no, 4)  # 4 down (rows), 4 left (cols)
+    out = crop(8, 0)  # 4 down (rows), 4 left (cols)
     assert torch.equal(out[:, :, :28, 4:], x[:, :, 4:, :28]) and (out[:, :, 28:] == 0).all()
 
 
-def test_crop_flip_matches_per_image_reference():
+def test_loader_batches_match_a_per_image_reference():
+    """What MemoryLoader yields in training (its gather, padded crop and batched flip) is, image by image,
+    the padded image cropped at its planned offset and mirrored where planned, with its own label."""
     hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
-    @hypothesis.settings(max_examples=40, deadline=None)
-    @hypothesis.given(st.integers(0, 3), st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6),
-                                                            st.booleans()), min_size=1, max_size=5))
-    def check(pad, params):
-        params = [(min(a, 2 * pad), min(b, 2 * pad), f) for a, b, f in params]
-        x = _images(len(params), size=5)[:, :, :, :4].contiguous()  # non-square on purpose
-        oy, ox, fl = (torch.tensor(v) for v in zip(*params))
-        got = crop_flip(x, oy, ox, fl, pad)
+    @hypothesis.settings(max_examples=30, deadline=None)
+    @hypothesis.given(st.integers(0, 3), st.integers(1, 9), st.integers(1, 4), st.integers(0, 99), st.booleans())
+    def check(pad, n, batch, seed, flip):
+        x = _images(n, size=5)[:, :, :, :4].contiguous()  # non-square on purpose
+        y = torch.arange(n)
+        loader = MemoryLoader(x, y, batch, train=True, mean=(0, 0, 0), std=(1 / 255,) * 3, pad=pad, flip=flip,
+                              seed=seed, drop_last=False)
+        loader.set_epoch(seed % 3)
+        order, oy, ox, fl = loader.epoch_plan()
         xp = torch.nn.functional.pad(x, (pad,) * 4)
-        for i, (a, b, f) in enumerate(params):
-            ref = xp[i, :, a:a + 5, b:b + 4]
-            assert torch.equal(got[i], ref.flip(-1) if f else ref)
+        p = 0
+        for xb, yb in loader:
+            for img, label in zip(xb.round().to(torch.uint8), yb):
+                assert label == order[p]
+                a, b = int(oy[p]), int(ox[p])
+                assert 0 <= a <= 2 * pad and 0 <= b <= 2 * pad
+                ref = xp[label, :, a:a + 5, b:b + 4]
+                assert torch.equal(img, ref.flip(-1) if fl[p] else ref)
+                p += 1
+        assert p == n and (flip or not fl.any())
     check()
 
 

@@ -6,6 +6,7 @@ with that half's statistics, which is a different function from one process norm
 batch, so weights could not match. With synchronised BN (CPUSyncBatchNorm over gloo) the statistics
 are those of the global batch, every other operation is per image, and DDP averages gradients: the
 two runs then compute the same update up to floating-point summation order."""
+import json
 import os
 import subprocess
 import sys
@@ -59,6 +60,33 @@ def test_ddp_matches_one_process_with_the_same_global_batch(tiny_folder, tmp_pat
     train(cfg, tmp_path / "one")
     _close(tmp_path / "ddp", tmp_path / "one")
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    # metrics.jsonl reports the global batch, not rank 0's half of it: the loss and error of one process
+    # with that batch, and the images of both processes per second (36 images, 4 steps of 8)
+    (ddp,), (one,) = ([json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+                      for r in ("ddp", "one"))
+    assert ddp["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+    assert ddp["train_err"] == pytest.approx(one["train_err"], abs=1e-6)
+    for record in (ddp, one):
+        assert record["images_per_sec"] * record["train_seconds"] == pytest.approx(32, rel=1e-3)
+
+
+def test_resnet110_warmup_is_decided_alike_on_every_process(tiny_folder, tmp_path):
+    """lr 0.01 until the training error is under the threshold [ResNet §4.2], judged on the global batch:
+    both processes log the same lr at every step and end with the same weights. (Judged on each process's
+    half of the batch, the two switched at different steps and their weights drifted apart.)"""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    cfg = [f"data.path={tiny_folder}", "model=resnet20", "epochs=3", "data.batch_size=8", "sync_bn=true",
+           "schedule.warmup_lr=0.01", "schedule.warmup_until_err=60", "optim.lr=0.1", "seed=3",
+           *[o for o in TINY if not o.startswith("optim.lr")]]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path), *cfg]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lrs = [json.loads((tmp_path / f"lrs{r}.json").read_text()) for r in (0, 1)]
+    assert len(lrs[0]) == 3 * (36 // 8) and lrs[0] == lrs[1]
+    assert lrs[0][0] == 0.01 and lrs[0][-1] == 0.1  # the warm-up ended during the run
+    w0, w1 = (load_file(str(tmp_path / f"weights{r}.safetensors")) for r in (0, 1))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
 def test_streamed_run_resumes_on_two_processes(tmp_path):

@@ -14,6 +14,7 @@ from resnet.deploy import backends as inf
 from resnet.deploy import fold
 from resnet.deploy.benchmark import FIELDS, run_benchmark, time_backend
 from resnet.cli import main
+from resnet.engine.precision import cpu_supports_bf16
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -132,12 +133,32 @@ def test_fast_paths_agree_with_fp32(trained, backend, threshold, tmp_path):
     reason = inf.backend_status(backend)
     if reason:
         pytest.skip(reason)
+    if backend.endswith("bf16") and not cpu_supports_bf16():
+        pytest.skip(f"this CPU lacks native bf16 (AVX-512 BF16/AMX), so {backend} runs fp32 here and its bf16 "
+                    "arithmetic would go untested; test_bf16_arithmetic_on_any_cpu covers it everywhere")
     model, val_x, val_y, calib = trained
     pred = inf.prepare_inference(model, backend, calibration=calib, example=val_x[:2], workdir=tmp_path)
     r = inf.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
     assert r["agreement"] >= threshold, r
     assert abs(r["accuracy"] - r["accuracy_fp32"]) <= 2.0, r
     assert pred(val_x[:1]).shape == (1, 4) and pred(val_x[:1]).dtype == torch.float32
+
+
+def test_bf16_arithmetic_on_any_cpu(trained, monkeypatch):
+    """eager-bf16 with bf16 forced on: a CPU without native bf16 emulates it (slower, the same rounding),
+    so the bf16 path, its weights and its agreement with fp32 are tested on every processor."""
+    monkeypatch.setattr(inf, "cpu_supports_bf16", lambda: True)
+    model, val_x, val_y, _ = trained
+    pred = inf.prepare_inference(model, "eager-bf16")
+    module = pred.extra["module"]
+    assert {p.dtype for p in module.parameters()} == {torch.bfloat16}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in module.modules())  # folded before rounding
+    with torch.no_grad():
+        out, ref = pred(val_x), model(val_x)
+    assert out.dtype == torch.float32 and not torch.equal(out, ref)  # bf16 rounding shows ...
+    assert float((out - ref).abs().max()) < 0.1 * float(ref.abs().max())  # ... and stays small
+    r = inf.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
+    assert r["agreement"] >= 0.98, r
 
 
 def test_int8_needs_calibration(trained):
@@ -217,6 +238,9 @@ def test_inference_model_runs_the_backend_eval_uses(trained, backend):
 
     if backend != "auto" and inf.backend_status(backend):
         pytest.skip(inf.backend_status(backend))
+    if backend == "eager-bf16" and not cpu_supports_bf16():
+        pytest.skip("this CPU lacks native bf16 (AVX-512 BF16/AMX): eager-bf16 runs fp32 here; "
+                    "test_bf16_arithmetic_on_any_cpu tests the bf16 path everywhere")
     model, val_x, val_y, calib = trained
     calls = []
 

@@ -29,7 +29,13 @@ def test_list_models_pattern_and_natural_order():
 
 @pytest.mark.parametrize("name", ALL)
 def test_model(name):
-    """Native-size forward, one backward at a small size, sizes and seed-0 outputs vs the reference."""
+    """Native-size forward, one backward at a small size, sizes and seed-0 outputs vs the reference.
+
+    tests/fixtures/model_reference.json was written by this code itself (tools/make_model_fixtures.py):
+    it guards against change only, not for correctness. A change to an architecture or to the
+    initialisation fails here, but the numbers were never checked against the papers or another
+    implementation; that is what test_interop.py (torchvision/timm state dicts and outputs) and
+    test_complexity.py (torchvision's and the papers' parameter counts and MACs) do."""
     ref = REFERENCE[name]
     torch.manual_seed(0)
     model = resnet.create_model(name)
@@ -85,10 +91,40 @@ def test_drop_path_rates_rise_linearly_and_only_in_training():
     model = resnet.create_model("resnet20", drop_path_rate=0.2)
     rates = [blk.drop_path.p for stage in model.stages() for blk in stage if hasattr(blk.drop_path, "p")]
     assert rates[0] == pytest.approx(0.2 / 8) and rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
-    model.eval()
     x = torch.randn(4, 3, 32, 32)
+    model.train()  # BN uses batch statistics either way: only dropped branches can make two calls differ
     with torch.no_grad():
+        torch.manual_seed(0)
+        a = model(x)
+        torch.manual_seed(1)
+        assert not torch.allclose(a, model(x))
+        torch.manual_seed(0)
+        torch.testing.assert_close(model(x), a)  # the same draws, the same output
+        model.eval()
         torch.testing.assert_close(model(x), model(x))
+    branch = resnet.models.layers.DropPath(0.25).train()
+    out = branch(torch.ones(20_000, 2, 3, 3))
+    kept = out[:, 0, 0, 0] != 0
+    assert kept.float().mean() == pytest.approx(0.75, abs=0.02)  # whole samples dropped with p
+    assert torch.equal(out[kept], torch.full_like(out[kept], 1 / 0.75))  # survivors rescaled: same expectation
+    assert torch.equal(out[~kept], torch.zeros_like(out[~kept]))
+    assert torch.equal(branch.eval()(x), x)
+
+
+def test_plain_nets_refuse_shortcut_arguments():
+    """A plain net has no identity path: shortcut= and drop_path_rate= would be silently ignored."""
+    for kwargs in ({"shortcut": "C"}, {"shortcut": "B"}, {"drop_path_rate": 0.1}):
+        with pytest.raises(ValueError, match="plain20 is a plain network: plain nets have no shortcuts"):
+            resnet.create_model("plain20", **kwargs)
+        with pytest.raises(ValueError, match="plain nets have no shortcuts"):
+            resnet.create_model("plain34", **kwargs)
+    with pytest.raises(ValueError, match="plain nets have no shortcuts, so shortcut='A'"):
+        resnet.build_resnet(20, "plain_basic", shortcut="A")
+    assert resnet.create_model("plain20", drop_path_rate=0.0, num_classes=3).fc.out_features == 3
+    assert resnet.create_model("resnet20", shortcut="C").layer1[0].downsample is not None
+    assert resnet.models.check_model_args("resnet20", shortcut="B", drop_path_rate=0.1).shortcut == "B"
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['widht'\]; did you mean widths\?"):
+        resnet.models.check_model_args("resnet20", widht=[4, 8, 8])
 
 
 def test_general_builder():

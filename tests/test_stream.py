@@ -34,17 +34,38 @@ def _png(tmp_path, array, mode=None, name="x.png"):
 
 
 def test_paper_preset_scales_crops_and_flips(tmp_path):
-    a = np.zeros((300, 400, 3), np.uint8)
-    a[:, :200] = 255  # left half white: a flip moves it
+    """Scale augmentation [ResNet §3.4]: red rises 0..255 left to right, green top to bottom, so each crop
+    tells the scale S of its shorter side (how steeply the colours rise), whether it was mirrored (red falls)
+    and where it was taken (the colours at its corner)."""
+    h, w = 300, 400
+    a = np.zeros((h, w, 3), np.uint8)
+    a[..., 0] = np.linspace(0, 255, w)[None, :]
+    a[..., 1] = np.linspace(0, 255, h)[:, None]
     path = _png(tmp_path, a)
-    t = PaperTrain(size=224, scale=(256, 480), lighting=0.1)
-    means, flips = [], 0
-    for seed in range(20):
-        with Image.open(path) as img:
-            x, light = t(img, torch.Generator().manual_seed(seed))
-        assert x.shape == (224, 224, 3) and x.dtype == torch.uint8 and light.shape == (3,)
-        means.append(float(x.float().mean()))
-    assert len(set(means)) > 5  # random scales and positions
+
+    def draws(flip: bool, n: int = 40):
+        t = PaperTrain(size=224, scale=(256, 480), lighting=0.1, flip=flip)
+        for seed in range(n):
+            with Image.open(path) as img:
+                x, light = t(img, torch.Generator().manual_seed(seed))
+            assert x.shape == (224, 224, 3) and x.dtype == torch.uint8 and light.shape == (3,)
+            red, green = x[..., 0].double(), x[..., 1].double()
+            mirrored = bool(red[:, 0].mean() > red[:, -1].mean())
+            rise_x = abs(float((red[:, -1] - red[:, 0]).mean())) / 223  # colour units per pixel
+            rise_y = float((green[-1] - green[0]).mean()) / 223
+            corners.add((int(red[0, 0]), int(green[0, 0])))
+            yield mirrored, 255 / (w - 1) * h / rise_x, 255 / (h - 1) * h / rise_y  # S from each direction
+
+    corners = set()
+    out = list(draws(flip=True))
+    assert len(corners) > 30  # crops taken at random places
+    scales = [s for _, sx, sy in out for s in (sx, sy)]
+    assert all(256 * 0.97 < s < 480 * 1.03 for s in scales), scales  # S within [256, 480]
+    assert all(abs(sx - sy) < 0.03 * sy for _, sx, sy in out)  # the aspect ratio is kept
+    assert min(scales) < 300 and max(scales) > 430  # the whole range is drawn
+    flips = sum(m for m, _, _ in out)
+    assert 10 <= flips <= 30  # mirrored about half the time
+    assert not any(m for m, _, _ in draws(flip=False, n=10))
     with pytest.raises(ValueError, match="at least the crop"):
         PaperTrain(size=224, scale=(200, 480))
 

@@ -47,13 +47,24 @@ def test_run_folder_contents(tiny_folder, tmp_path):
     assert records == history
     for key in ("epoch", "step", "lr", "train_loss", "train_err", "val_loss", "val_err", "images_per_sec", "seconds"):
         assert key in records[-1]
-    assert records[-1]["step"] == 2 * (36 // 8) and 0 <= records[-1]["val_err"] <= 100
+    assert records[-1]["step"] == 2 * (36 // 8)
     assert yaml.safe_load((run / "config.yaml").read_text())["schedule"]["name"] == "cosine"
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     model, meta = load_model(run)  # rebuilt from the checkpoint alone
     assert meta["classes"] == ["blue", "green", "red"] and model.fc.out_features == 3
     assert model.config.widths == (4, 8, 8)
     assert len(list((run / "ckpt").glob("*.safetensors"))) <= 2
+    # val_err is the last weights' top-1 error on the 12 held-out images, recomputed here by hand
+    from resnet.data import load_dataset
+    from resnet.data.split import holdout
+
+    _, val = holdout(load_dataset(tiny_folder), 12, seed=0)
+    last, _ = load_model(run / "last.safetensors")  # (the run folder gives its best epoch)
+    mean, std = (torch.tensor(meta[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        logits = last.eval()((val.images.float() / 255 - mean) / std)
+    assert records[-1]["val_err"] == pytest.approx(100 * float((logits.argmax(1) != val.labels).float().mean()), abs=1e-4)
+    assert records[-1]["val_loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(logits, val.labels)), rel=1e-4)
 
 
 def test_eval_cli_reproduces_the_validation_error(tiny_folder, tmp_path, capsys):
@@ -152,11 +163,166 @@ def test_recipes_and_overrides():
         make_config(None, ["optim.lr"])
 
 
+def test_numeric_overrides_parse_as_users_type_them(tmp_path, capsys):
+    """YAML 1.1 reads `1e-3` and `5E-4` as strings; every spelling of a number reaches the config as one."""
+    cfg = make_config(None, ["optim.lr=1e-3", "optim.weight_decay=5E-4", "schedule.gamma=.1", "epochs=1_000",
+                             "data.batch_size=2e2", "schedule.milestones=[1e3,2_000]", "model_args.drop_path_rate=1e-1",
+                             "optim.grad_clip=-1.5E+0"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.gamma) == (1e-3, 5e-4, 0.1)
+    assert cfg.epochs == 1000 and cfg.data.batch_size == 200 and cfg.schedule.milestones == (1000, 2000)
+    assert cfg.model_args == {"drop_path_rate": 0.1} and cfg.optim.grad_clip == -1.5
+    assert type(cfg.epochs) is int and type(cfg.optim.lr) is float
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim: {lr: 3e-2}\nschedule: {milestones: [1e2]}\n")
+    assert make_config(str(recipe)).optim.lr == 0.03 and make_config(str(recipe)).schedule.milestones == (100,)
+    for bad, message in [("optim.lr=1e-3x", "optim.lr: expected float, got '1e-3x'"),
+                         ("optim.lr=nan", "optim.lr: expected float, got 'nan'"),
+                         ("epochs=1.5", "epochs: expected int, got 1.5"), ("epochs=1e", "epochs: expected int")]:
+        with pytest.raises(ConfigError, match=message):
+            make_config(None, [bad])
+    assert main(["train", "--data", str(tmp_path), "optim.lr=1e-3x"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "optim.lr: expected float, got '1e-3x'" in err
+
+
+def test_model_args_are_checked_before_any_data_is_read(tmp_path, monkeypatch, capsys):
+    import resnet.engine.trainer as trainer_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the model arguments were checked")
+    monkeypatch.setattr(trainer_module, "split_train_val", no_data)
+    monkeypatch.setattr(trainer_module, "load_dataset", no_data)
+    with pytest.raises(TypeError, match="did you mean widths"):
+        Trainer(_cfg(tmp_path, "model_args.widht=[4,8,8]"), tmp_path / "a")
+    with pytest.raises(ValueError, match="plain nets have no shortcuts"):
+        Trainer(_cfg(tmp_path, "model=plain20", "model_args.shortcut=C"), tmp_path / "b")
+    # the command line: a folder that does not exist is never reached either
+    assert main(["train", "--model", "plain20", "--data", str(tmp_path / "missing"), "model_args.drop_path_rate=0.1",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "plain20 is a plain network" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_the_log_says_where_the_decoded_cache_is(tiny_folder, tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
+    lines = []
+    for run in ("a", "b"):
+        buf = io.StringIO()
+        train(_cfg(tiny_folder, epochs=1), tmp_path / run, stream=buf)
+        lines.append(buf.getvalue().splitlines()[0])
+    cache = next((tmp_path / "cache").glob("*.resnet-u8.safetensors"))
+    assert lines[0].startswith("data: tiny") and "(36 training, 12 validation images)" in lines[0]
+    assert "; decoded in " in lines[0] and f"s into the cache {cache} (see `resnet cache list`" in lines[0]
+    assert f"; read from the cache {cache} (see" in lines[1]
+
+
+def test_ema_weights_are_the_ones_published_and_validated(tiny_folder, tmp_path):
+    from resnet.engine.evaluate import evaluate
+    from resnet.engine.optim import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(net, 0.9)
+    before = {k: v.clone() for k, v in ema.shadow.items()}
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+        net[1].num_batches_tracked += 5
+    ema.update(net)
+    torch.testing.assert_close(ema.shadow["0.weight"], 0.9 * before["0.weight"] + 0.1 * net[0].weight)
+    assert int(ema.shadow["1.num_batches_tracked"]) == 5  # integer buffers are copied, not averaged
+    trainer = Trainer(_cfg(tiny_folder, "ema_decay=0.9", epochs=1), tmp_path / "run")
+    history = trainer.fit()
+    saved, raw = _weights(tmp_path / "run"), trainer.model.state_dict()
+    assert all(torch.equal(saved[k], trainer.ema.shadow[k]) for k in saved)
+    assert any(not torch.equal(saved[k], raw[k]) for k in saved if raw[k].is_floating_point())
+    ema_val = evaluate(trainer.eval_model(), trainer.val_loader, trainer.precision, 3)
+    raw_val = evaluate(trainer.model, trainer.val_loader, trainer.precision, 3)
+    assert history[-1]["val_loss"] == pytest.approx(ema_val["loss"], rel=1e-5)
+    assert history[-1]["val_loss"] != pytest.approx(raw_val["loss"], rel=1e-5)
+
+
+def test_nesterov_momentum_is_the_update_asked_for():
+    from resnet.config import OptimConfig
+    from resnet.engine.optim import make_optimizer
+
+    def step(**kw):
+        net = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.ones_(net.weight)
+        opt = make_optimizer(net, OptimConfig(lr=0.1, weight_decay=0.0, **kw))
+        net(torch.ones(1, 1)).sum().backward()  # gradient 1
+        opt.step()
+        return float(net.weight.detach())
+    assert step(momentum=0.9, nesterov=False) == pytest.approx(1 - 0.1)  # heavy ball: the buffer is the gradient
+    assert step(momentum=0.9, nesterov=True) == pytest.approx(1 - 0.1 * (1 + 0.9))  # Nesterov looks ahead
+    assert step(momentum=0.0, nesterov=True) == pytest.approx(1 - 0.1)  # no momentum: no Nesterov either
+
+
+def test_label_smoothing_is_the_training_loss(tiny_folder, tmp_path):
+    import torch.nn.functional as F
+
+    for smoothing in (0.0, 0.2):
+        trainer = Trainer(_cfg(tiny_folder, f"label_smoothing={smoothing}", epochs=1), tmp_path / f"s{smoothing}")
+        trainer.train_loader.set_epoch(0)
+        x, y = next(iter(trainer.train_loader))
+        logits, loss, _ = trainer._train_step(x, y)
+        plain = F.cross_entropy(logits.float(), y)
+        torch.testing.assert_close(loss, F.cross_entropy(logits.float(), y, label_smoothing=smoothing))
+        assert (smoothing == 0) == bool(torch.isclose(loss, plain))
+
+
+def test_tta_flip_averages_each_image_with_its_mirror(tiny_folder, tmp_path):
+    import torch.nn.functional as F
+
+    trainer = Trainer(_cfg(tiny_folder, "tta_flip=true", epochs=1), tmp_path / "run")
+    trainer.fit()
+    xs, ys = zip(*trainer.val_loader)
+    x, y = torch.cat(xs), torch.cat(ys)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        single, mirrored = model(x), model(x.flip(3))
+    got = trainer.validate()
+    assert got["loss"] == pytest.approx(float(F.cross_entropy((single + mirrored) / 2, y)), rel=1e-5)
+    assert got["loss"] != pytest.approx(float(F.cross_entropy(single, y)), rel=1e-5)
+
+
+def test_eval_every_validates_those_epochs_and_the_last(tiny_folder, tmp_path):
+    history = train(_cfg(tiny_folder, "eval_every=2", epochs=5), tmp_path / "run")
+    assert [r["val_err"] is not None for r in history] == [False, True, False, True, True]
+    assert [r["val_loss"] is not None for r in history] == [False, True, False, True, True]
+
+
 def test_trainer_rejects_bad_setups(tiny_folder, tmp_path):
-    with pytest.raises(ValueError, match="leaves no training images"):
+    with pytest.raises(ValueError, match=r"data.val_size=48 \(a count\) holds out 48 of the 48 .* a count below 48"):
         Trainer(_cfg(tiny_folder, "data.val_size=48"), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"data.val_size=0.99 \(a fraction\)"):
+        Trainer(_cfg(tiny_folder, "data.val_size=0.99"), tmp_path / "a")
+    with pytest.raises(ConfigError, match="data.val_size must be a fraction below 1 or a whole count, got 2.5"):
+        _cfg(tiny_folder, "data.val_size=2.5")
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         Trainer(_cfg(tiny_folder), tmp_path / "b", resume=True)
+
+
+def test_default_holdout_is_a_tenth_of_any_training_set(tiny_folder, tmp_path, capsys):
+    """No data.val_size: 10% is held out, so a folder of 48 images trains (a fixed 5,000 did not), and
+    CIFAR-10's 50,000 still give the paper's 5,000 (500 per class)."""
+    from resnet.data import InMemoryDataset
+    from resnet.data.split import holdout
+
+    assert make_config(None, []).data.val_size == 0.1
+    assert make_config("cifar10_paper", []).data.val_size == make_config("cifar10_fast", []).data.val_size == 0.1
+    labels = torch.arange(50_000) % 10
+    cifar = InMemoryDataset(torch.zeros(50_000, 3, 1, 1, dtype=torch.uint8), labels, [str(i) for i in range(10)],
+                            (0.5,) * 3, (0.5,) * 3, "fake")
+    train_part, val = holdout(cifar, make_config(None, []).data.val_size)
+    assert len(val) == 5_000 and len(train_part) == 45_000 and torch.bincount(val.labels).tolist() == [500] * 10
+    run = tmp_path / "run"
+    args = ["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "1", "--out", str(run),
+            *[o for o in TINY if not o.startswith("data.val_size")]]
+    assert main(args) == 0, capsys.readouterr().err
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["val_size"] == 0.1
+    record = json.loads((run / "metrics.jsonl").read_text())
+    assert record["step"] == 43 // 8  # 48 images, 5 held out
+    assert record["val_err"] in [100 * k / 5 for k in range(6)]
 
 
 def test_precision_auto_says_when_the_cpu_lacks_bf16(monkeypatch):
@@ -200,3 +366,20 @@ def test_tensorboard_events_when_installed(tiny_folder, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
     train(_cfg(tiny_folder, epochs=2), tmp_path / "run")
     assert ("train_loss", 4) in scalars and ("val_err", 8) in scalars
+
+
+def test_tensorboard_real_writer_mirrors_metrics(tiny_folder, tmp_path):
+    """With the `tensorboard` extra installed (CI installs it), the event files hold every number of metrics.jsonl."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'resnet[tensorboard]')")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    history = train(_cfg(tiny_folder, epochs=2), run)
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"lr", "train_loss", "train_err", "val_loss", "val_err", "images_per_sec", "seconds"} <= tags
+    for tag in ("train_loss", "val_err", "lr"):
+        scalars = events.Scalars(tag)
+        assert [s.step for s in scalars] == [r["step"] for r in history] == [4, 8]
+        assert [s.value for s in scalars] == pytest.approx([r[tag] for r in history], rel=1e-6)

@@ -51,12 +51,15 @@ def test_named_sources_use_official_addresses_and_carry_preprocessing():
 def fake_source(tmp_path, monkeypatch):
     """A tiny 'resnet18' state dict published under a torchvision-style name whose hash prefix is right."""
     torch.manual_seed(0)
-    model = create_model("resnet18", **TINY18)
+    return _publish(create_model("resnet18", **TINY18), tmp_path, monkeypatch)
+
+
+def _publish(model, tmp_path, monkeypatch, tag="TEST"):
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     blob = buf.getvalue()
     prefix = hashlib.sha256(blob).hexdigest()[:8]
-    source = W.WeightSource("torchvision:resnet18.TEST", "resnet18",
+    source = W.WeightSource(f"torchvision:resnet18.{tag}", "resnet18",
                             f"https://download.pytorch.org/models/resnet18-{prefix}.pth", model_args=TINY18)
     monkeypatch.setitem(W.SOURCES, source.name, source)
     monkeypatch.setenv("RESNET_WEIGHTS", str(tmp_path / "cache"))
@@ -154,9 +157,19 @@ def test_predict_with_a_checkpoint_names_its_training_classes(tmp_path, capsys):
     assert sum(a["topk"][0]["name"] == b["topk"][0]["name"] for a, b in zip(fast, rows)) >= 17
 
 
-def test_eval_cli_with_weights_matches_wordnet_folders(fake_source, tmp_path, capsys):
-    """An ImageNet-layout val folder holding a few classes (WordNet ids) is scored against the 1000-way head."""
-    source, _, _, opener, _ = fake_source
+def test_eval_cli_with_weights_matches_wordnet_folders(tmp_path, monkeypatch, capsys):
+    """An ImageNet-layout val folder holding a few classes (WordNet ids) is scored against the 1000-way head
+    at those classes' indices (0, 1, 281), not at the folders' sorted positions (0, 1, 2). The head ignores
+    the image (zero weights) and its biases rank tench (0) > goldfish (1) > tabby (281) > the rest > index 2,
+    so the numbers are known exactly: top-1 right only for the tench images, every class in the top 5
+    (index 2, where a positional mapping would put tabby, never is), and the loss of those fixed logits."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", **TINY18)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+        model.fc.bias[[0, 1, 281, 2]] = torch.tensor([10.0, 9.0, 8.0, -10.0])
+    source, _, _, opener, _ = _publish(model, tmp_path, monkeypatch, "CONST")
     W.download(source, opener=opener, stream=io.StringIO())
     folder = make_large_folder(tmp_path / "val", per_class=2)
     for name, wnid in (("blue", "n01440764"), ("green", "n01443537"), ("red", "n02123045")):
@@ -164,7 +177,9 @@ def test_eval_cli_with_weights_matches_wordnet_folders(fake_source, tmp_path, ca
     assert main(["eval", "--weights", source.name, "--data", str(folder), "--precision", "fp32", "--workers", "0",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n"] == 6 and 0 <= out["top1_err"] <= 100
+    lse = float(torch.logsumexp(model.fc.bias.detach(), 0))
+    assert out["n"] == 6 and out["top1_err"] == pytest.approx(100 * 4 / 6) and out["top5_err"] == 0
+    assert out["loss"] == pytest.approx(lse - (10 + 9 + 8) / 3, rel=1e-5)
 
 
 def test_train_cli_fine_tunes_from_named_weights(fake_source, tmp_path, capsys):

@@ -11,6 +11,9 @@ from pathlib import Path
 import torch
 
 
+NAMED_DATA = ", or cifar10 / cifar100 (downloaded into the cache folder when absent)"
+
+
 def _meta_model(name: str, **kwargs):
     """Build on the meta device: sizes and MACs need shapes, not memory or initialisation."""
     from .models import create_model
@@ -83,6 +86,7 @@ def cmd_train(args) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "last.state.pt").exists():
             raise ValueError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
+    _fetch_named(cfg.data.path, cfg.data.cache_dir)
     history = train(cfg, run_dir, resume=bool(args.resume))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return 0
@@ -91,6 +95,13 @@ def cmd_train(args) -> int:
     if last.get("val_err") is not None:
         print(f"final validation error {last['val_err']:.2f}% (top-5 {last['val_top5_err']:.2f}%)")
     return 0
+
+
+def _fetch_named(data: str, cache_dir: str = "") -> None:
+    """`--data cifar10` / `cifar100`: download the official archive into the cache when it is not there."""
+    from .data.cifar import fetch_named
+
+    fetch_named(data, cache_dir or None)
 
 
 def _overrides(items):
@@ -104,6 +115,7 @@ def cmd_eval(args) -> int:
     from .data import ImagesTooLargeError
     from .serve.evaluate import evaluate_weights, run_eval, run_eval_stream
 
+    _fetch_named(args.data)
     streamed = dict(checkpoint=args.checkpoint, weights=args.weights, model=args.model, split=args.split,
                     test=args.test, precision=args.precision, batch_size=args.batch_size or 64, workers=args.workers,
                     plots=args.plots, backend=args.backend)
@@ -145,6 +157,20 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
+def cmd_cache(args) -> int:
+    from .data.cache_folder import KINDS, clear_cache, format_listing, human, list_cache
+
+    if args.action == "list":
+        print(format_listing(list_cache(args.dir), args.dir, args.json))
+        return 0
+    kinds = tuple(KINDS) if args.all else tuple(k.strip() for k in args.kind.split(","))
+    removed = clear_cache(args.dir, kinds)
+    for entry in removed:
+        print(f"removed {entry.kind} {entry.path} ({human(entry.size)})")
+    print(f"{len(removed)} entries, {human(sum(e.size for e in removed))} freed")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .experiments.demo import run_demo
 
@@ -163,6 +189,7 @@ def cmd_experiment(args) -> int:
     from .experiments import analysis, papers
 
     out = {"out": args.out} if args.out else {}
+    _fetch_named(args.data, _overrides(getattr(args, "overrides", [])).get("data", {}).get("cache_dir", ""))
     if args.kind in ("responses", "gradients"):
         fn = analysis.responses if args.kind == "responses" else analysis.gradients
         result = fn(args.checkpoints, args.data, split=args.split, **out)
@@ -170,7 +197,8 @@ def cmd_experiment(args) -> int:
         train = dict(epochs=args.epochs, seeds=args.seeds, recipe=args.recipe, overrides=args.overrides,
                      stream=sys.stderr, jobs=args.jobs, **out)
         if args.kind == "degradation":
-            result = papers.degradation(args.data, args.depths, **train)
+            tolerance = {} if args.tolerance is None else {"tolerance": args.tolerance}
+            result = papers.degradation(args.data, args.depths, **tolerance, **train)
         elif args.kind == "depth":
             result = papers.depth_sweep(args.data, args.models.split(","), **train)
         elif args.kind == "shortcuts":
@@ -195,7 +223,8 @@ def _add_experiment_parsers(sub) -> None:
     }
     for kind, text in specs.items():
         k = kinds.add_parser(kind, help=text, description=text)
-        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, or 'digits'")
+        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, 'digits'"
+                       f"{NAMED_DATA}")
         k.add_argument("--out", help=f"report folder (default experiments/{kind}); rerun to resume")
         if kind in ("responses", "gradients"):
             k.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints or run folders")
@@ -209,6 +238,8 @@ def _add_experiment_parsers(sub) -> None:
             k.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
         if kind == "degradation":
             k.add_argument("--depths", type=_int_list, default=[20, 32, 44, 56], help="comma-separated (default 20,32,44,56)")
+            k.add_argument("--tolerance", type=float, help="points of final training error within which the deeper "
+                           "net counts as training no worse, for the verdict (default 1)")
         elif kind == "depth":
             k.add_argument("--models", default="resnet20,resnet32,resnet44,resnet56", help="comma-separated model names")
         elif kind == "shortcuts":
@@ -326,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on CIFAR or an image folder",
                        description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
-    p.add_argument("--data", help="CIFAR folder or archive, or a class-per-folder image tree (or its .tar.gz)")
+    p.add_argument("--data", help=f"CIFAR folder or archive, a class-per-folder image tree (or its .tar.gz){NAMED_DATA}")
     p.add_argument("--recipe", default=None, help="a shipped recipe (cifar10_paper, cifar10_fast) or a YAML file")
     p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default auto: bf16 where native")
@@ -345,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "akamaster:resnet20, timm:resnet50.a1_in1k (`resnet weights` lists them), a hub-style folder, "
                    "hf://OWNER/NAME[@REV], or a torchvision-layout file (with --model)")
     p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
-    p.add_argument("--data", required=True, help="CIFAR folder or archive, or a class-per-folder image tree")
+    p.add_argument("--data", required=True, help=f"CIFAR folder or archive, a class-per-folder image tree{NAMED_DATA}")
     p.add_argument("--test", choices=["center", "ten-crop", "multi-scale"], default="center",
                    help="single centre crop (default), the paper's 10-crop test, or the fully-convolutional "
                         "multi-scale test (shorter side 224/256/384/480/640, and mirrored) [ResNet §3.4]")
@@ -379,6 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=20, help="epochs per network (default 20)")
     p.add_argument("--out", help="report folder (default runs/demo-TIME)")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("cache", help="list or clear the cache folder (decoded images, downloads, compiled kernels)",
+                       description="The cache folder is $RESNET_CACHE, else $XDG_CACHE_HOME/resnet, else "
+                                   "~/.cache/resnet; everything in it is rebuilt when missing.")
+    p.add_argument("action", choices=["list", "clear"])
+    p.add_argument("--dir", help="another cache folder (what data.cache_dir named; default: the cache folder)")
+    p.add_argument("--kind", default="decoded", help="clear: comma-separated kinds, from decoded, download, cifar, "
+                   "compiled (default decoded)")
+    p.add_argument("--all", action="store_true", help="clear: every kind the toolkit made")
+    p.add_argument("--json", action="store_true", help="list: print JSON")
+    p.set_defaults(func=cmd_cache)
 
     _add_experiment_parsers(sub)
     _add_deploy_parsers(sub)

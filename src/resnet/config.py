@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -18,12 +19,14 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     path: str = ""  # CIFAR folder or archive, or a class-per-folder image tree (or its .tar.gz)
-    val_size: float = 5000  # held out from the training set: a count, or a fraction when < 1 [ResNet §4.2: 45k/5k]
+    # Held out from the training set: a fraction when < 1, else a count. 10% gives the paper's 45k/5k
+    # split of CIFAR-10 [ResNet §4.2] and works on a folder of any size, where a fixed count would not.
+    val_size: float = 0.1
     batch_size: int = 128
     eval_batch_size: int = 1000
     pad: int = 4  # zero padding before the random crop [ResNet §4.2]
     flip: bool = True
-    cache_dir: str = ""  # where decoded images are cached when the data folder is read-only
+    cache_dir: str = ""  # where decoded images are cached; "" = the cache folder ($RESNET_CACHE, $XDG_CACHE_HOME/resnet, ~/.cache/resnet)
     skip_bad: bool = False  # leave out undecodable images (listed in RUN_DIR/skipped.txt) instead of stopping
     # Images over 64x64 (all images, with stream=true) are streamed through DataLoader workers:
     image_size: int = 224  # the training and evaluation crop of streamed images
@@ -50,8 +53,8 @@ class ScheduleConfig:
     gamma: float = 0.1
     warmup_steps: int = 0  # linear warm-up from warmup_start * lr (cosine, step, onecycle)
     warmup_start: float = 0.1
-    warmup_lr: float = 0.0  # ResNet-110 [§4.2]: train at this lr until the running training error ...
-    warmup_until_err: float = 0.0  # ... falls below this (%), then use lr
+    warmup_lr: float = 0.0  # ResNet-110 [§4.2]: train at this lr until the training error of a global batch ...
+    warmup_until_err: float = 0.0  # ... falls below this (%), then use lr (decided alike on every process)
     final_lr: float = 0.0  # fraction of lr reached at the end (cosine, onecycle)
 
 
@@ -92,7 +95,9 @@ class TrainConfig:
                 raise ConfigError(message)
         for ok, message in [(self.accum_steps >= 1, "accum_steps must be >= 1"),
                             (self.data.augment in ("paper", "rrc"), "data.augment must be paper or rrc"),
-                            (self.data.image_size >= 8, "data.image_size must be >= 8")]:
+                            (self.data.image_size >= 8, "data.image_size must be >= 8"),
+                            (self.data.val_size < 1 or float(self.data.val_size).is_integer(),
+                             f"data.val_size must be a fraction below 1 or a whole count, got {self.data.val_size:g}")]:
             if not ok:
                 raise ConfigError(message)
 
@@ -131,9 +136,24 @@ def load_recipe(name_or_path: str) -> dict:
     return data
 
 
+# A number as a user types it: YAML 1.1 (PyYAML) reads `1e-3`, `5E-4` and `1e3` as strings (its floats
+# need a dot and a signed exponent), so numeric fields and model_args convert such strings themselves.
+_NUMBER = re.compile(r"[-+]?(?=\.?\d)(\d(_?\d)*)?(\.(\d(_?\d)*)?)?([eE][-+]?\d+)?")
+
+
+def _number(text: str):
+    """int or float for a string that spells a number (`1e-3`, `.1`, `1_000`), else None."""
+    text = text.strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
 def _coerce(value, annotation, key: str):
     """Check (and gently convert) a YAML value against a field's annotated type."""
     origin = typing.get_origin(annotation)
+    if isinstance(value, str) and annotation in (int, float) and _number(value) is not None:
+        value = _number(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -152,8 +172,8 @@ def _coerce(value, annotation, key: str):
         items = value if isinstance(value, (list, tuple)) else [value]
         return tuple(_coerce(v, typing.get_args(annotation)[0], key) for v in items)
     elif annotation is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
+        if isinstance(value, dict):  # model_args: `drop_path_rate=1e-1` is a number, not a string
+            return {k: _number(v) if isinstance(v, str) and _number(v) is not None else v for k, v in value.items()}
     type_name = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(f"{key}: expected {type_name}, got {value!r}")
 

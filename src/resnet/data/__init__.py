@@ -33,8 +33,8 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
       ``"cifar10"``/``"cifar100"`` (looked up in ``cache_dir``; ``download=True`` fetches it);
     * the name ``"digits"``: scikit-learn's handwritten digits, no download (see digits.py);
     * a class-per-folder image tree or its ``.tar``/``.tar.gz`` with images up to 64x64,
-      decoded once and cached (next to the data if writable, else ``cache_dir``,
-      ``$RESNET_CACHE`` or ``~/.cache/resnet``).
+      decoded once and cached in ``cache_dir``, by default the cache folder
+      (``$RESNET_CACHE``, ``$XDG_CACHE_HOME/resnet`` or ``~/.cache/resnet``), never next to the data.
 
     ``split`` is 'train' or 'test'; an image tree with ``train/`` and ``test/`` (or ``val/``)
     folders gives that folder, a tree without split folders is used whole.

@@ -11,13 +11,17 @@ numpy arrays, so a tampered file cannot run code.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import io
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -83,9 +87,13 @@ class CifarData:
 
 
 def default_cache_dir() -> Path:
-    """``$RESNET_CACHE`` if set, else ``~/.cache/resnet``."""
+    """The toolkit's cache folder (downloads, extracted CIFAR, decoded images, compiled kernels):
+    ``$RESNET_CACHE`` if set, else ``$XDG_CACHE_HOME/resnet``, else ``~/.cache/resnet``."""
     env = os.environ.get("RESNET_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "resnet"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnet"
 
 
 # --------------------------------------------------------------------------- safe unpickling
@@ -301,46 +309,131 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def download_file(url: str, dest: Path, md5: str,
-                  opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen) -> Path:
+DOWNLOAD_TIMEOUT = 30.0  # seconds any one network operation (connect, each read) may wait
+
+
+class _DownloadProgress:
+    """`downloading NAME [####    ] 45.2/170.5 MB 3.1 MB/s ETA 40s`: redrawn in place on a terminal,
+    else a line every 10% (logs stay short)."""
+
+    def __init__(self, name: str, total: int, stream):
+        self.name, self.total, self.stream = name, total, stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.start, self.last, self.shown_tenth, self.shown_done = time.perf_counter(), 0.0, -1, -1
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        tenth = 10 * done // self.total if self.total else -1
+        if final and not self.tty and done == self.shown_done:
+            return  # the last line already shows it
+        if not final and (now - self.last < 0.25 if self.tty else tenth <= self.shown_tenth):
+            return
+        self.last, self.shown_tenth, self.shown_done = now, tenth, done
+        rate = done / max(now - self.start, 1e-9)
+        if self.total:
+            bar = "#" * (24 * done // self.total)
+            eta = (self.total - done) / rate if rate > 0 else 0
+            line = (f"downloading {self.name} [{bar:<24}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
+                    f"{rate / 1e6:.1f} MB/s ETA {eta:.0f}s")
+        else:  # no Content-Length
+            line = f"downloading {self.name}: {done / 1e6:.1f} MB {rate / 1e6:.1f} MB/s"
+        self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """One download into `folder` at a time (torchrun starts one process per GPU, each may download):
+    the others wait, then find the file in place. An flock on the folder itself leaves no file behind."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, the atomic rename still keeps files whole
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _offline(url: str, dest: Path, reason) -> ConnectionError:
+    return ConnectionError(
+        f"could not download {url} ({reason}). Offline? Download that file by hand and put it at {dest} "
+        f"(or extract it there, so that its folder sits in {dest.parent}), then run again.")
+
+
+def download_file(url: str, dest: Path, md5: str, opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen,
+                  stream=None, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
     """Stream ``url`` to a temporary file next to ``dest``, check its md5, then rename.
 
-    On a checksum mismatch the partial file is deleted and an error says so."""
+    ``opener(url, timeout=...)`` returns the response (urllib's ``urlopen``; tests pass their own):
+    every network operation waits at most ``timeout`` seconds, so a stalled server ends in a
+    ConnectionError that says which file to put where, as does having no network. Progress goes
+    to ``stream`` (default stderr). On a checksum mismatch the partial file is deleted."""
     dest = Path(dest)
-    if dest.is_file() and md5sum(dest) == md5:
-        return dest
+    stream = stream if stream is not None else sys.stderr
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    h = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with opener(url) as resp:
-                    for block in iter(lambda: resp.read(1 << 20), b""):
-                        h.update(block)
-                        out.write(block)
-            except (urllib.error.URLError, OSError) as e:
-                raise ConnectionError(
-                    f"could not download {url} ({e}). Offline? Download that file by hand and "
-                    f"put it at {dest} (or extract it there), then run again.") from e
-        got = h.hexdigest()
-        if got != md5:
-            raise CifarFormatError(
-                f"checksum mismatch for {url}: md5 {got}, expected {md5}; the partial download "
-                f"was deleted. Try again, or put the official file at {dest} by hand.")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _folder_lock(dest.parent):
+        if dest.is_file() and md5sum(dest) == md5:  # (another process may have fetched it meanwhile)
+            return dest
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                got = _fetch(url, dest, out, opener, stream, timeout)
+            if got != md5:
+                raise CifarFormatError(
+                    f"checksum mismatch for {url}: md5 {got}, expected {md5}; the partial download "
+                    f"was deleted. Try again, or put the official file at {dest} by hand.")
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
     return dest
 
 
+def _fetch(url: str, dest: Path, out, opener, stream, timeout: float) -> str:
+    """Copy the response of ``url`` into ``out``, showing progress; returns its md5."""
+    h, done = hashlib.md5(), 0
+    try:
+        with opener(url, timeout=timeout) as resp:
+            total = int(getattr(resp, "headers", {}).get("Content-Length", 0) or 0)
+            progress = _DownloadProgress(dest.name, total, stream)
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                h.update(block)
+                out.write(block)
+                done += len(block)
+                progress.update(done)
+            progress.update(done, final=True)
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        # ValueError: a malformed URL; TimeoutError (an OSError): a read waited `timeout` seconds
+        reason = getattr(e, "reason", None) or e or type(e).__name__
+        raise _offline(url, dest, f"{reason}; {done / 1e6:.1f} MB received" if done else reason) from e
+    return h.hexdigest()
+
+
 def download_cifar(name: str, cache_dir: Path | None = None,
-                   opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen) -> Path:
+                   opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen, stream=None,
+                   timeout: float = DOWNLOAD_TIMEOUT) -> Path:
     """Download the official archive of ``name`` ('cifar10' or 'cifar100') into the cache."""
     spec = SPECS[name]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return download_file(spec.url, cache_dir / spec.archive_name, spec.md5, opener=opener)
+    return download_file(spec.url, cache_dir / spec.archive_name, spec.md5, opener=opener, stream=stream,
+                         timeout=timeout)
+
+
+def fetch_named(name: str, cache_dir: str | Path | None = None, stream=None,
+                opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen) -> Path | None:
+    """For a data set name ('cifar10', 'cifar100') whose files are not in the cache yet: download the
+    official archive there (what `--data cifar10` does); None for anything else (a path, 'digits')."""
+    if name not in SPECS or Path(name).expanduser().exists():
+        return None
+    spec = SPECS[name]
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if (cache / spec.folder / spec.test_files[0]).is_file():
+        return cache / spec.folder
+    return download_cifar(name, cache, opener=opener, stream=stream)
 
 
 def load_cifar(path: str | Path, split: str = "train", cache_dir: Path | None = None,
@@ -359,9 +452,9 @@ def load_cifar(path: str | Path, split: str = "train", cache_dir: Path | None = 
             p = download_cifar(spec.name, cache) if download else cache / spec.archive_name
         else:
             raise FileNotFoundError(
-                f"{spec.name} not found in {cache}. Pass download=True, or download {spec.url} "
-                f"and put it at {cache / spec.archive_name} (or extract it so that "
-                f"{cache / spec.folder / spec.test_files[0]} exists).")
+                f"{spec.name} not found in {cache}. Pass download=True (the `resnet` commands download "
+                f"it themselves), or download {spec.url} and put it at {cache / spec.archive_name} (or "
+                f"extract it so that {cache / spec.folder / spec.test_files[0]} exists).")
     if p.is_file():
         spec, folder = extract_cifar_archive(p, cache_dir)
         return read_cifar_folder(folder, spec, split)

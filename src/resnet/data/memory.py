@@ -1,7 +1,8 @@
 """Small images held in memory as one uint8 tensor, and batched tensor augmentation.
 
 Decoding 50,000 JPEGs takes longer than a training epoch on two cores, so images up to 64x64
-are decoded once and cached next to the data as a safetensors file. Augmentation is the
+are decoded once and cached as a safetensors file in the cache folder (``default_cache_dir()``,
+never next to the data: a shared data set folder or a git checkout is not the place for 150 MB). Augmentation is the
 paper's (He et al. 2015, Section 4.2): 4-pixel zero padding, a random 32x32 crop and a
 horizontal flip, then per-channel mean/std normalisation, all as a few tensor ops per batch.
 """
@@ -269,24 +270,11 @@ def fingerprint(source: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _writable(folder: Path) -> bool:
-    """Writable by permission bits too: root may write anywhere, but a folder nobody may write
-    to (the shared read-only data) is treated as read-only."""
-    try:
-        st = folder.stat()
-    except OSError:
-        return False
-    return folder.is_dir() and os.access(folder, os.W_OK) and bool(st.st_mode & 0o222)
-
-
 def cache_dirs(source: Path, cache_dir: Path | None = None) -> list[Path]:
-    """Where a cache may live, in lookup order: ``cache_dir`` if given; else next to the data
-    (when that folder is writable), then ``$RESNET_CACHE`` or ``~/.cache/resnet``."""
-    if cache_dir is not None:
-        return [Path(cache_dir)]
-    near = Path(source).resolve().parent
-    dirs = [near] if _writable(near) else []
-    return dirs + [default_cache_dir()]
+    """Where the cache of ``source`` lives: ``cache_dir`` if the user gave one (``data.cache_dir``),
+    else the toolkit's cache folder (``$RESNET_CACHE``, ``$XDG_CACHE_HOME/resnet`` or
+    ``~/.cache/resnet``); `resnet cache list` / `resnet cache clear` show and remove them there."""
+    return [Path(cache_dir) if cache_dir is not None else default_cache_dir()]
 
 
 def _stem(source: Path) -> str:
@@ -428,19 +416,6 @@ def _crop_nhwc(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, pad: int) ->
     first = (torch.arange(b, device=dev) * hp + oy.to(dev)).view(b, 1) + torch.arange(h, device=dev)
     start = first * wp + ox.to(dev).view(b, 1)
     return rows.index_select(0, start.view(-1)).view(b, h, w, c)
-
-
-def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor,
-              pad: int) -> torch.Tensor:
-    """Zero-pad uint8 images (B x C x H x W) by ``pad``, crop H x W at per-image offsets
-    (oy, ox) in [0, 2*pad] and mirror the images where ``flip``; vectorised over the batch.
-    Returns B x C x H x W in channels_last memory."""
-    nhwc = x.permute(0, 2, 3, 1).contiguous()
-    out = _crop_nhwc(nhwc, oy, ox, pad) if pad else nhwc
-    which = torch.nonzero(flip.to(out.device)).view(-1)
-    if which.numel():
-        out.index_copy_(0, which, out.index_select(0, which).flip(2))
-    return out.permute(0, 3, 1, 2)
 
 
 class MemoryLoader:

@@ -50,6 +50,9 @@ def holdout(data, val_size: int | float, seed: int = 0):
     if count == 0:
         return data, None
     if count >= len(data):
-        raise ValueError(f"data.val_size={val_size} leaves no training images out of {len(data)}")
+        kind = "a fraction" if val_size < 1 else "a count"
+        raise ValueError(f"data.val_size={val_size:g} ({kind}) holds out {count} of the {len(data)} training images "
+                         f"and leaves none to train on: give a fraction (e.g. data.val_size=0.1, the default) "
+                         f"or a count below {len(data)}")
     train_idx, val_idx = stratified_split(data.labels, count, seed=seed)
     return data.subset(train_idx), data.subset(val_idx)

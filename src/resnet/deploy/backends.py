@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..data.cifar import default_cache_dir
 from ..engine.precision import cpu_supports_bf16
 from .fold import fold_bn, unshare_modules
 
@@ -69,8 +70,8 @@ def quiet_loggers(*names: str, level: int = logging.ERROR):
 
 
 def cache_dir() -> Path:
-    """The toolkit's cache: $RESNET_CACHE, else ~/.cache/resnet."""
-    return Path(os.environ.get("RESNET_CACHE") or Path.home() / ".cache" / "resnet").expanduser()
+    """The toolkit's cache folder (one definition: data.cifar.default_cache_dir)."""
+    return default_cache_dir()
 
 
 def configure_compile_cache() -> Path:

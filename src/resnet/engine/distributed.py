@@ -226,6 +226,15 @@ def all_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return out / ctx.world_size
 
 
+def all_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """The sum of a tensor over all processes (itself outside torchrun)."""
+    if not ctx.enabled:
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
 class NullLog:
     """MetricsLog's interface, writing nothing: what ranks other than 0 log to."""
 
@@ -240,4 +249,4 @@ class NullLog:
 
 
 __all__ = ["DistContext", "setup", "cleanup", "barrier", "ShardedMemoryLoader", "shard_loader", "CPUSyncBatchNorm",
-           "convert_sync_batchnorm", "wrap_model", "no_sync", "stream_for", "all_mean", "NullLog"]
+           "convert_sync_batchnorm", "wrap_model", "no_sync", "stream_for", "all_mean", "all_sum", "NullLog"]

@@ -18,7 +18,7 @@ from .. import __version__
 from ..config import TrainConfig
 from ..data import InMemoryDataset, load_dataset
 from ..data.split import holdout
-from ..models import create_model, get_entry
+from ..models import check_model_args, create_model
 from . import checkpoint, distributed
 from .evaluate import evaluate
 from .logger import MetricsLog, Progress
@@ -54,24 +54,31 @@ def _syncs_are_costly(device: torch.device) -> bool:
 
 class _DeviceTotals:
     """An epoch's summed loss and wrong predictions kept on the training device, and the first
-    non-finite loss since the last check (its value and step), so that a step needs no host sync."""
+    non-finite loss since the last check (its value and step), so that a step needs no host sync.
+    Under torchrun the sums are those of the global batch (one all-reduce of three numbers a step),
+    the same on every process: metrics, the ResNet-110 warm-up and mid-epoch checkpoints agree."""
 
-    def __init__(self, partial: dict, device: torch.device, check_each_step: bool):
+    def __init__(self, partial: dict, device: torch.device, check_each_step: bool,
+                 dist_ctx: distributed.DistContext | None = None):
         self.partial, self.check_each_step = partial, check_each_step
+        self.dist = dist_ctx or distributed.DistContext()
         self.loss_sum = torch.tensor(float(partial["loss_sum"]), dtype=torch.float64, device=device)
-        self.wrong = torch.tensor(int(partial["wrong"]), dtype=torch.int64, device=device)
+        self.wrong = torch.tensor(float(partial["wrong"]), dtype=torch.float64, device=device)
         self.bad_step = torch.tensor(-1, dtype=torch.int64, device=device)
         self.bad_value = torch.tensor(0.0, dtype=torch.float32, device=device)
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        batch_wrong = (logits.argmax(1) != y).sum()
-        self.loss_sum += loss.double() * y.numel()
-        self.wrong += batch_wrong
+        """Count this step's batch; returns (wrong, images) of the global batch as a float64 tensor."""
+        images = torch.full((), float(y.numel()), dtype=torch.float64, device=loss.device)
+        stats = torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) != y).sum().double(), images])
+        stats = distributed.all_sum(stats, self.dist)
+        self.loss_sum += stats[0]
+        self.wrong += stats[1]
         if not self.check_each_step:  # remember the first non-finite loss, for the next settle()
             newly = ~torch.isfinite(loss) & (self.bad_step < 0)
             self.bad_step = torch.where(newly, step, self.bad_step)
             self.bad_value = torch.where(newly, loss.float(), self.bad_value)
-        return batch_wrong
+        return stats[1:]
 
     def settle(self) -> tuple[float, int] | None:
         """Copy the totals into the epoch's partial record (a host sync); (value, step) of a non-finite loss."""
@@ -116,6 +123,17 @@ def split_train_val(cfg: TrainConfig) -> tuple[InMemoryDataset, InMemoryDataset 
     return holdout(data, cfg.data.val_size, cfg.seed)
 
 
+def describe_data(train, val) -> str:
+    """The log line of the data a run uses: sizes, and where its decoded cache was read or written."""
+    sizes = f"{len(train)} training, {len(val) if val is not None else 0} validation images"
+    info, line = getattr(train, "info", {}), f"data: {train.name} ({sizes})"
+    if info.get("cache"):
+        done = f"decoded in {info['decode_seconds']:.1f}s into the cache" if "decode_seconds" in info else \
+            "read from the cache"
+        line += f"; {done} {info['cache']} (see `resnet cache list`, `resnet cache clear`)"
+    return line
+
+
 class Trainer:
     """Trains `cfg.model` on `cfg.data.path` into `run_dir`; `resume=True` continues that folder exactly."""
 
@@ -123,13 +141,16 @@ class Trainer:
                  data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None):
         """`data` = (train, val) already in memory skips loading cfg.data.path (benchmarks, experiments)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        get_entry(cfg.model)  # an unknown name fails here, with suggestions, before any data is read
+        # An unknown name or model_args key, or shortcut= on a plain net, fails here, before any data is read.
+        check_model_args(cfg.model, **cfg.model_args)
         self.dist = distributed.setup(device)  # torchrun: join the process group; rank 0 alone reports
         self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
         self.device = torch.device(device) if device else (self.dist.device or default_device())
         self.precision = resolve_precision(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)
         self.train_data, self.val_data = data or split_train_val(cfg)
+        if data is None:
+            print(describe_data(self.train_data, self.val_data), file=self.stream)
         if cfg.weights:
             from ..weights import apply_preprocess
             apply_preprocess(cfg.weights, self.train_data, self.val_data)  # the pretrained weights' mean/std
@@ -242,7 +263,7 @@ class Trainer:
         # Deferred checks need no sync; with several processes every one must stop at the same step, and
         # nonfinite=skip must know before the update: those (and CPUs, where it is free) check every step.
         check_each_step = not _syncs_are_costly(self.device) or cfg.nonfinite == "skip" or self.dist.world_size > 1
-        totals = _DeviceTotals(acc, self.device, check_each_step)
+        totals = _DeviceTotals(acc, self.device, check_each_step, self.dist)
         for i, (x, y) in enumerate(self.train_loader):
             if i < acc["batches"]:
                 continue  # done before the interruption; the epoch's batches are a function of (seed, epoch)
@@ -253,10 +274,10 @@ class Trainer:
                     group["lr"] = lr
             logits, loss, finite = self._train_step(x, y, totals.check_each_step)
             if finite:
-                batch_wrong = totals.add(loss, logits, y, self.step)
-                acc["seen"] += y.numel()
-                if not self.schedule.warmup_done:
-                    self.schedule.observe_train_error(100.0 * float(batch_wrong) / y.numel())
+                wrong, images = totals.add(loss, logits, y, self.step)
+                acc["seen"] += int(images) if self.dist.enabled else y.numel()  # (synced anyway under torchrun)
+                if not self.schedule.warmup_done:  # the global batch's error: every process switches together
+                    self.schedule.observe_train_error(100.0 * float(wrong) / float(images))
             self.step += 1
             acc["batches"] = i + 1
             acc["seconds"] = time.perf_counter() - start

@@ -28,9 +28,10 @@ def run_demo(out: str | None = None, depths: tuple[int, ...] = (20, 56), epochs:
         test = run_eval(str(run / "last.safetensors"), "digits", split="test")
         tests[row["label"]] = test["top1_err"]
         print(f"{row['label']:<10}{row['train_err'][0]:>9.2f}%{row['mean_train_err'][0]:>14.2f}%"
-              f"{row['val_err'][0]:>8.2f}%{test['top1_err']:>9.2f}%")
+              f"{row['val_err'][0] if row['val_err'] else float('nan'):>8.2f}%{test['top1_err']:>9.2f}%")
     gaps, lo, hi = result["mean_gaps"], min(depths), max(depths)
     print(f"\ntraining error averaged over the run, {hi} minus {lo} layers: plain {gaps['plain']:+.2f} points, "
-          f"ResNet {gaps['resnet']:+.2f} points: the degradation problem is {result['verdict']}")
+          f"ResNet {gaps['resnet']:+.2f} points")
+    print(f"the degradation finding is {result['verdict']}: {result['verdict_reason']} (final training errors)")
     print(f"report: {out_dir / 'report.md'}  figure: {out_dir / 'degradation.png'}")
     return {**result, "test_err": tests}

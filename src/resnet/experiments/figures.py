@@ -20,8 +20,9 @@ def plot_degradation(curves: dict[str, dict[int, list[dict]]], path: Path) -> Pa
         for i, (depth, records) in enumerate(sorted(curves[family].items())):
             color = f"C{i}"
             steps = [r["step"] for r in records]
-            ax.plot(steps, [r["train_err"] for r in records], "--", color=color, linewidth=1)
             val = [(r["step"], r["val_err"]) for r in records if r.get("val_err") is not None]
+            ax.plot(steps, [r["train_err"] for r in records], "--", color=color, linewidth=1,
+                    label=None if val else f"{family}-{depth}")  # no validation: the legend names the training curve
             if val:
                 ax.plot(*zip(*val), "-", color=color, linewidth=2.2, label=f"{family}-{depth}")
         ax.set(title=f"{'plain' if family == 'plain' else 'ResNet'}: dashed = training, bold = validation",

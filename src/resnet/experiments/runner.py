@@ -24,7 +24,8 @@ import yaml
 from .. import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
-from ..engine.trainer import Trainer, split_train_val
+from ..engine.trainer import Trainer, describe_data, split_train_val
+from ..models import check_model_args
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ class Experiment:
                  jobs: int = 1):
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, got {jobs}")
+        for spec in specs:  # a typo in model_args fails now, not after the data is read
+            try:
+                check_model_args(spec.model, **{**cfg.model_args, **spec.model_args})
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{spec.title}: {e}") from None
         self.kind, self.out, self.cfg, self.specs, self.jobs = kind, Path(out), cfg, specs, jobs
         self.stream = stream or sys.stderr
         self.out.mkdir(parents=True, exist_ok=True)
@@ -93,6 +99,7 @@ class Experiment:
         """Loaded and split once: every run sees the same training and validation images."""
         if self._data is None:
             self._data = split_train_val(self.cfg)
+            print(f"[{self.kind}] {describe_data(*self._data)}", file=self.stream)
         return self._data
 
     def run(self, spec: RunSpec) -> list[dict]:
@@ -109,8 +116,8 @@ class Experiment:
         trainer = Trainer(cfg, run_dir, resume=done > 0, data=self.data(), stream=io.StringIO())
         history = trainer.fit()
         last = history[-1]
-        print(f"[{self.kind}] {spec.name}: train err {last['train_err']:.2f}% val err {last['val_err']:.2f}%",
-              file=self.stream)
+        val = f" val err {last['val_err']:.2f}%" if last.get("val_err") is not None else " (no validation set)"
+        print(f"[{self.kind}] {spec.name}: train err {last['train_err']:.2f}%{val}", file=self.stream)
         return history
 
     def run_all(self) -> list[tuple[RunSpec, list[dict]]]:

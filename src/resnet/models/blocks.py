@@ -1,7 +1,8 @@
 """Residual, pre-activation and plain blocks; interchangeable, built by `make_block`.
 
 Every block takes (in_planes, planes, stride, shortcut, drop_path) and exposes `expansion`
-(output channels = planes * expansion) and `zero_init_last()`.
+(output channels = planes * expansion), `has_shortcut` (whether `shortcut` and `drop_path` act on
+anything) and `zero_init_last()`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, + shortcut, ReLU [ResNet Fig. 2, Fig. 5 left]."""
 
     expansion = 1
+    has_shortcut = True
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__()
@@ -47,6 +49,7 @@ class Bottleneck(nn.Module):
     """
 
     expansion = 4
+    has_shortcut = True
     stride_on_1x1 = False
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
@@ -87,6 +90,7 @@ class PreActBasicBlock(nn.Module):
     """
 
     expansion = 1
+    has_shortcut = True
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__()
@@ -115,6 +119,7 @@ class PreActBottleneck(nn.Module):
     """BN-ReLU-1x1-BN-ReLU-3x3-BN-ReLU-1x1, + identity [Identity Mappings Fig. 4(e)]; stride on the 3x3."""
 
     expansion = 4
+    has_shortcut = True
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__()
@@ -143,6 +148,8 @@ class PreActBottleneck(nn.Module):
 class PlainBasicBlock(BasicBlock):
     """BasicBlock without the shortcut: the paper's plain baseline [ResNet §4.1, Fig. 3 middle]."""
 
+    has_shortcut = False  # no identity path: `shortcut` and `drop_path` would have nothing to act on
+
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__(in_planes, planes, stride, shortcut=None)  # `shortcut`, `drop_path`: no branch to apply them to
 
@@ -155,6 +162,8 @@ class PlainBasicBlock(BasicBlock):
 
 class PlainBottleneck(Bottleneck):
     """Bottleneck without the shortcut, for plain nets of any depth."""
+
+    has_shortcut = False  # no identity path: `shortcut` and `drop_path` would have nothing to act on
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__(in_planes, planes, stride, shortcut=None)

@@ -1,12 +1,14 @@
 """Registered variants of both papers; each builder lists only what differs from ResNetConfig."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import re
 from dataclasses import dataclass
 from typing import Callable
 
+from .blocks import block_class
 from .resnet import ResNet, ResNetConfig
 
 IMAGENET_WIDTHS = (64, 128, 256, 512)
@@ -84,14 +86,35 @@ def get_entry(name: str) -> ModelEntry:
         raise ValueError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(name: str, **kwargs) -> ResNet:
-    """Build a registered network; kwargs override its config (num_classes, shortcut, drop_path_rate, ...)."""
+def _refuse_shortcut_args(label: str, block: str, kwargs: dict) -> None:
+    """A plain net has no identity path: `shortcut=` and `drop_path_rate=` would be silently ignored."""
+    if block_class(block).has_shortcut:
+        return
+    given = [f"{k}={kwargs[k]!r}" for k in ("shortcut", "drop_path_rate")
+             if k in kwargs and not (k == "drop_path_rate" and kwargs[k] == 0)]
+    if given:
+        raise ValueError(f"{label} is a plain network: plain nets have no shortcuts, so {' and '.join(given)} would "
+                         "have nothing to act on (drop_path_rate drops residual branches); use a resnet for those")
+
+
+def check_model_args(name: str, **kwargs) -> ResNetConfig:
+    """The config `create_model(name, **kwargs)` would build, checked without building anything: an
+    unknown name or key, a bad value, or an argument the network cannot use raises here."""
     entry = get_entry(name)
     fields = set(ResNetConfig.__dataclass_fields__)
     unknown = sorted(set(kwargs) - fields)
     if unknown:
-        raise TypeError(f"create_model({name!r}) got unknown argument(s) {unknown}; valid: {sorted(fields)}")
-    model = ResNet(entry.config, **kwargs)
+        close = [c for k in unknown for c in difflib.get_close_matches(k, fields, n=1)]
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise TypeError(f"model {name!r} got unknown argument(s) {unknown}{hint} (valid: {', '.join(sorted(fields))})")
+    config = dataclasses.replace(entry.config, **kwargs)
+    _refuse_shortcut_args(name, config.block, kwargs)
+    return config
+
+
+def create_model(name: str, **kwargs) -> ResNet:
+    """Build a registered network; kwargs override its config (num_classes, shortcut, drop_path_rate, ...)."""
+    model = ResNet(check_model_args(name, **kwargs))
     model.model_name = name
     return model
 
@@ -104,6 +127,7 @@ def build_resnet(depth: int | None = None, block: str = "basic", *, layers=None,
     `widths=` and `stem=` describe any other shape, e.g. a 10-stage plain net:
     `build_resnet(block="plain_basic", layers=[1]*10, widths=[16]*10, stem="cifar")`.
     """
+    _refuse_shortcut_args(f"block {block!r}", block, kwargs)
     if layers is None:
         if depth is None:
             raise ValueError("give a depth (CIFAR-style 6n+2 / 9n+2) or layers=[blocks per stage]")
