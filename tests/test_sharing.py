@@ -73,6 +73,11 @@ def test_a_folder_gives_back_the_same_logits_preprocessing_and_names(run, tmp_pa
     by_checkpoint = json.loads(capsys.readouterr().out)
     assert main(["eval", "--weights", str(out), *common]) == 0
     assert json.loads(capsys.readouterr().out) == by_checkpoint
+    val = [c if c != "train" else "val" for c in common]  # the run's hold-out, rebuilt from the folder's config
+    assert main(["eval", "--checkpoint", str(run), *val]) == 0
+    by_checkpoint = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--weights", str(out), *val]) == 0
+    assert json.loads(capsys.readouterr().out) == by_checkpoint and by_checkpoint["n"] == 12
     assert main(["predict", str(tiny_folder / "red" / "00.png"), "--weights", str(out), "--json", "--topk", "3"]) == 0
     top = json.loads(capsys.readouterr().out)["topk"]
     assert sorted(t["name"] for t in top) == ["blue", "green", "red"]
@@ -252,3 +257,14 @@ def test_weights_lists_every_source_and_what_is_cached(tmp_path, monkeypatch, ca
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("akamaster:")}
     assert len(lines) == 6 and lines["akamaster:resnet20"].rstrip().endswith("yes")
     assert lines["akamaster:resnet32"].rstrip().endswith("BAD HASH") and lines["akamaster:resnet44"].rstrip().endswith("no")
+
+
+def test_fine_tuning_starts_from_a_folder_with_a_new_head(tmp_path):
+    torch.manual_seed(2)
+    source = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4)
+    source.save_pretrained(tmp_path / "src")
+    target = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4, num_classes=5)
+    with pytest.warns(UserWarning, match="fresh"):
+        meta = resnet.weights.load_pretrained(target, str(tmp_path / "src"))
+    assert torch.equal(target.layer3[2].conv2.weight, source.layer3[2].conv2.weight)
+    assert target.fc.out_features == 5 and meta["input_size"] == 32

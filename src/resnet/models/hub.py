@@ -69,6 +69,8 @@ def build_config(model, meta: dict, license: str | None = None) -> dict:
                        "interpolation": meta["interpolation"]},
         "dataset": meta.get("dataset"), "weights_source": meta.get("weights"),
         "published": published or None,
+        # the run's own config: `resnet eval --weights FOLDER --split val` rebuilds its hold-out from it
+        "training_config": meta.get("config"), "epoch": meta.get("epoch"),
     }
 
 

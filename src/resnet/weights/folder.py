@@ -75,7 +75,8 @@ def describe(config: dict, folder: Path) -> dict:
             "weights": str(folder), "preprocess": pre.to_dict(), "dataset": config.get("dataset"),
             "license": pcfg.get("license"), "published": config.get("published"),
             "timm_cfg": {k: pcfg[k] for k in ("test_input_size", "test_crop_pct", "paper_ids") if k in pcfg},
-            "source": config.get("weights_source")}
+            "source": config.get("weights_source"), "config": config.get("training_config"),
+            "epoch": config.get("epoch")}
 
 
 def from_folder(folder: str | os.PathLike) -> tuple[ResNet, dict]:
