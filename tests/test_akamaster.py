@@ -152,7 +152,7 @@ def test_errors_are_one_line(fake_named, tmp_path, monkeypatch, capsys):
 
     def offline(url, timeout):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-    monkeypatch.setattr("urllib.request.urlopen", offline)
+    monkeypatch.setattr(W, "open_url", offline)  # what a machine without network meets
     assert main(["eval", "--weights", source.name, "--data", str(data)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and source.url in err and str(cache / source.filename) in err

@@ -1,8 +1,11 @@
 """timm's ImageNet ResNets by name: hub addresses, timm's test-size preprocessing and published
 accuracy, the committed timm key/shape fixtures, a stand-in downloader, the hub-cache reuse."""
+import dataclasses
 import hashlib
+import http.server
 import io
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,56 @@ def test_weights_timm_already_downloaded_are_reused_offline(timm_file, caches):
     with torch.no_grad():
         logits = model(deterministic_input())
     torch.testing.assert_close(logits[:, :16], torch.tensor(TIMM["resnet18"]["logits_head"]), rtol=0, atol=1e-5)
+
+
+class HubLikeServer:
+    """127.0.0.1 standing in for the hub: /resolve/... answers 302 with the file's sha256 in
+    X-Linked-Etag (as huggingface.co does), the storage URL it points to serves the bytes, no hash."""
+
+    def __init__(self, blob: bytes, stated_sha: str):
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                if self.path.startswith("/timm/"):
+                    self.send_response(302)
+                    self.send_header("Location", "/storage/blob")
+                    self.send_header("X-Linked-Etag", f'"{stated_sha}"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(blob)))
+                self.end_headers()
+                self.wfile.write(blob)
+
+            def log_message(self, *args):
+                pass
+
+        self.requests = []
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("honest", [True, False])
+def test_the_real_downloader_checks_the_hash_the_hub_states_on_its_redirect(timm_file, caches, honest):
+    blob, sha = timm_file
+    server = HubLikeServer(blob, sha if honest else "0" * 64)
+    source = dataclasses.replace(W.get_source("timm:resnet18.a1_in1k"),
+                                 url=server.base + "/timm/resnet18.a1_in1k/resolve/main/model.safetensors")
+    try:
+        if honest:
+            path = W.download(source, stream=io.StringIO())  # urllib itself, through open_url
+            assert path.read_bytes() == blob and server.requests[-1] == "/storage/blob"
+        else:
+            with pytest.raises(WeightsError, match="corrupt"):
+                W.download(source, stream=io.StringIO())
+            assert not (caches / "w" / source.filename).exists()
+    finally:
+        server.close()

@@ -19,7 +19,6 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .sources import Preprocess, WeightSource, register
 from .state_dict import WeightsError, format_problems, clean_keys, compare_state_dicts
 
@@ -28,7 +27,7 @@ BASE = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretraine
 FILES = {20: ("resnet20-12fca82f.th", 8.27), 32: ("resnet32-d509ac18.th", 7.37), 44: ("resnet44-014dd654.th", 6.90),
          56: ("resnet56-4bfd9763.th", 6.61), 110: ("resnet110-1d1ed7c2.th", 6.32), 1202: ("resnet1202-f3b1deed.th", 6.18)}
 # Trained on 32x32 images normalised with ImageNet's mean and std (akamaster's trainer.py), not CIFAR's.
-PREPROCESS = Preprocess(resize=32, crop=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+PREPROCESS = Preprocess(resize=32, crop=32)  # Preprocess's mean/std are ImageNet's
 
 register(*[WeightSource(f"akamaster:resnet{d}", f"resnet{d}", BASE + f, PREPROCESS, num_classes=10,
                         acc1=round(100 - err, 2), dataset="CIFAR-10", license="BSD-2-Clause", classes="cifar10",

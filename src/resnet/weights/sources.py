@@ -209,13 +209,33 @@ def _offline_message(source: WeightSource, dest: Path, reason: str) -> str:
             f"that file elsewhere and place it at {dest}{check}, or pass a local file with --weights PATH.")
 
 
+class _RecordRedirects(urllib.request.HTTPRedirectHandler):
+    """Keeps the headers of each redirect: the hub states a file's sha256 (X-Linked-Etag) on the
+    redirect to its storage, not on the storage's answer."""
+
+    def __init__(self):
+        self.hops = []
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.hops.append(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def open_url(url: str, timeout: float):
+    """urllib's urlopen, with the redirects' headers kept on the response (`redirect_headers`)."""
+    recorder = _RecordRedirects()
+    response = urllib.request.build_opener(recorder).open(url, timeout=timeout)
+    response.redirect_headers = recorder.hops
+    return response
+
+
 def _server_sha256(response) -> str | None:
-    """The sha256 a hub server states for an LFS file (X-Linked-Etag / ETag), when it states one."""
-    headers = getattr(response, "headers", None) or {}
-    for key in ("X-Linked-Etag", "ETag"):
-        value = str(headers.get(key) or "").strip().strip('"').removeprefix("W/").strip('"').lower()
-        if _HEX64.match(value):
-            return value
+    """The sha256 a hub server states for an LFS file (X-Linked-Etag, or an ETag that is one), when it does."""
+    for headers in [*getattr(response, "redirect_headers", []), getattr(response, "headers", None) or {}]:
+        for key in ("X-Linked-Etag", "ETag"):
+            value = str(headers.get(key) or "").strip().removeprefix("W/").strip('"').lower()
+            if _HEX64.match(value):
+                return value
     return None
 
 
@@ -234,7 +254,7 @@ def download(source: WeightSource, folder: Path | None = None, opener=None, stre
             raise WeightsError(f"{dest} does not match {source.name} (its sha256 should start with "
                                f"{source.sha256_prefix[:8]}): delete it and try again")
         return dest
-    opener = opener or urllib.request.urlopen
+    opener = opener or open_url
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:

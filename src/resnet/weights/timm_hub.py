@@ -13,7 +13,6 @@ hash in the file name: a download is checked against the sha256 the hub states f
 """
 from __future__ import annotations
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .sources import Preprocess, WeightSource, register
 
 HUB = "https://huggingface.co/{repo}/resolve/main/model.safetensors"
@@ -40,8 +39,7 @@ DEFAULT_TAGS = {"timm:resnet18": "a1_in1k", "timm:resnet34": "a1_in1k", "timm:re
 def _source(arch: str, tag: str, cfg: dict, release: str, test_acc, train_acc) -> WeightSource:
     repo = f"timm/{arch}.{tag}"
     size = cfg["test_input_size"][-1]
-    pre = Preprocess.from_crop_pct(size, cfg["test_crop_pct"], mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                                   interpolation="bicubic")
+    pre = Preprocess.from_crop_pct(size, cfg["test_crop_pct"], interpolation="bicubic")  # ImageNet mean/std
     timm_cfg = {**cfg, "interpolation": "bicubic", "hf_hub_id": repo, "url": RELEASES + release,
                 "paper_ids": "arXiv:2110.00476", "origin_url": "https://github.com/huggingface/pytorch-image-models",
                 "acc_at_input_size": {"top1": train_acc[0], "top5": train_acc[1]}}
