@@ -12,7 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from ..models import create_model
-from . import akamaster, hf, timm_hub  # noqa: F401 - importing them registers their sources
+from . import akamaster, hf, timm_hub  # akamaster and timm_hub register their sources when imported
 from .folder import describe, from_folder, is_folder, read_config
 from .sources import SOURCES, Preprocess, WeightSource, download, get_source, imagenet_classes, is_named
 from .state_dict import WeightsError, clean_keys, load_strict, load_weights, read_state_dict
