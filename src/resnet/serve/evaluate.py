@@ -75,7 +75,8 @@ def _score_in_memory(net, meta: dict, ds, info: dict, precision: str, tta_flip: 
     device = torch.device(device) if device else default_device()
     classes = meta.get("classes") or ds.classes
     if len(ds.classes) != len(classes):
-        raise ValueError(f"{info['data']} has {len(ds.classes)} classes but the model's head has {len(classes)}")
+        whose = "checkpoint's" if meta.get("config") else "weights'"
+        raise ValueError(f"{info['data']} has {len(ds.classes)} classes but the {whose} head has {len(classes)}")
     # The checkpoint's normalisation, not the dataset's: a model sees inputs as it was trained.
     loader = MemoryLoader(ds.images, ds.labels, batch_size, train=False, mean=meta["mean"], std=meta["std"],
                           device=device, channels_last=True)
