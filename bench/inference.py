@@ -17,8 +17,9 @@ import time
 
 import torch
 
-from resnet.deploy.benchmark import benchmark, format_table
 from resnet.deploy.backends import BACKENDS
+from resnet.deploy.benchmark import benchmark, format_table
+from resnet.serve.load import load_spec
 
 CASES = {
     "resnet50": dict(batches="1,16", image_size=224, check_images=128, calib_images=256),
@@ -52,8 +53,9 @@ def main() -> int:
         if args.only and name != args.only:
             continue
         spec = args.resnet20_ckpt if name == "resnet20" and args.resnet20_ckpt else name
-        rows, title = benchmark(spec, args.backends, case["batches"], case["image_size"], args.data, case["check_images"],
-                                case["calib_images"], args.seconds, log=lambda m: print(m, file=sys.stderr, flush=True))
+        rows, title = benchmark(*load_spec(spec), args.backends.split(","), [int(b) for b in case["batches"].split(",")],
+                                case["image_size"], args.data, case["check_images"], case["calib_images"], args.seconds,
+                                log=lambda m: print(m, file=sys.stderr, flush=True), min_iters=10, budget=None)
         print(format_table(rows, title), flush=True)
         print(flush=True)
         all_rows += rows

@@ -114,3 +114,27 @@ def test_drop_path_drops_whole_samples_in_training():
     assert set(per_sample.unique().tolist()) == {0.0, 2.0}  # dropped, or kept and scaled by 1/(1-p)
     assert torch.all(per_sample.min(1).values == per_sample.max(1).values)
     assert 400 < int((per_sample[:, 0] == 0).sum()) < 600
+
+
+def test_a_new_block_type_is_described_by_its_own_traits(monkeypatch):
+    """Depth rules, Fig. 7's measured layers, the plain-net checks and the pre-activation comparison
+    all read the block class's traits, so a new block type needs no edit anywhere else."""
+    from resnet.experiments.analysis import response_layers
+    from resnet.models import blocks, zoo
+
+    class WideBottleneck(Bottleneck):  # a bottleneck under a name with no "bottleneck" in it
+        response_layers = ("bn1", "bn2")
+
+    class Straight(PlainBasicBlock):  # plain under a name with no "plain" in it
+        pass
+
+    monkeypatch.setitem(blocks.BLOCKS, "wide", WideBottleneck)
+    monkeypatch.setitem(blocks.BLOCKS, "straight", Straight)
+    model = resnet.build_resnet(11, "wide", widths=[4, 8, 8], stem_width=4)  # 9n+2: three convs a block
+    assert model.config.depth == 11 and isinstance(model.layer1[0], WideBottleneck)
+    assert [name for name, _ in response_layers(model)][:2] == ["layer1.0.bn1", "layer1.0.bn2"]
+    monkeypatch.setitem(zoo._REGISTRY, "straight20", zoo.ModelEntry("straight20", zoo.ResNetConfig(
+        **zoo.cifar_config(20, "straight")), "test"))
+    with pytest.raises(ValueError, match="plain network"):
+        resnet.create_model("straight20", shortcut="C")
+    assert PreActBottleneck.original_unit == "bottleneck" and PreActBasicBlock.preact and not BasicBlock.preact

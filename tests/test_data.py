@@ -397,7 +397,7 @@ def test_decompression_bomb_protection_kept(tmp_path, monkeypatch):
 def test_large_or_mixed_images_point_to_streaming(tmp_path):
     (tmp_path / "big" / "a").mkdir(parents=True)
     Image.new("RGB", (65, 40)).save(tmp_path / "big" / "a" / "0.png")
-    with pytest.raises(ImagesTooLargeError, match="65x40.*ImageFolderDataset"):
+    with pytest.raises(ImagesTooLargeError, match="65x40.*stream.*StreamingFolder"):
         load_dataset(tmp_path / "big", cache_dir=tmp_path / "c")
     (tmp_path / "mixed" / "a").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "mixed" / "a" / "0.png")

@@ -10,6 +10,7 @@ from torch import nn
 
 import resnet
 from resnet.deploy import export as ex
+from resnet.deploy import fold, parity
 from resnet.cli import main
 from resnet.engine.checkpoint import save_weights
 
@@ -69,16 +70,16 @@ def test_onnx_older_opset(tmp_path):
 
 
 def test_parity_failure_is_an_error(tmp_path, monkeypatch):
-    """An export that computes something else (here: one weight perturbed before export) must raise."""
-    fold = ex._prepare
+    """An export that computes something else (here: one weight perturbed while folding BN) must raise."""
+    fold_bn = fold.fold_bn
 
-    def broken(model, fold_bn):
-        m = fold(model, True)
+    def broken(model):
+        m = fold_bn(model)
         with torch.no_grad():
             m.layer2[0].conv1.weight.mul_(1.5)
         return m
 
-    monkeypatch.setattr(ex, "_prepare", broken)
+    monkeypatch.setattr(fold, "fold_bn", broken)
     with pytest.raises(ex.ExportParityError, match="differs from PyTorch"):
         ex.export_onnx(tiny(), tmp_path / "bad.onnx", example=torch.randn(2, 3, 16, 16))
     with pytest.raises(ex.ExportParityError):
@@ -87,11 +88,11 @@ def test_parity_failure_is_an_error(tmp_path, monkeypatch):
 
 def test_compare_outputs_tolerances():
     ref = torch.tensor([[1.0, 5.0], [2.0, -3.0]])
-    assert ex.compare_outputs(ref, ref + 1e-5, "x")["ok"]
+    assert parity.check_close(ref, ref + 1e-5, "x")["ok"]
     with pytest.raises(ex.ExportParityError, match="shape"):
-        ex.compare_outputs(ref, ref[:1], "x")
+        parity.check_close(ref, ref[:1], "x")
     with pytest.raises(ex.ExportParityError):
-        ex.compare_outputs(ref, ref * float("nan"), "x")
+        parity.check_close(ref, ref * float("nan"), "x")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated in 2.13, still asked for
@@ -139,6 +140,6 @@ def test_cli_export_real_images(checkpoint, tmp_path, capsys):
 
 
 def test_cli_export_parity_failure_exits_nonzero(checkpoint, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(ex, "compare_outputs", lambda *a, **k: (_ for _ in ()).throw(ex.ExportParityError("boom")))
+    monkeypatch.setattr(parity, "check_close", lambda *a, **k: (_ for _ in ()).throw(ex.ExportParityError("boom")))
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "boom" in capsys.readouterr().err

@@ -11,20 +11,13 @@ from torch import nn
 
 import resnet
 from resnet.deploy import backends as inf
-from resnet.deploy import fold
+from resnet.deploy import fold, parity
 from resnet.deploy.benchmark import FIELDS, run_benchmark, time_backend
 from resnet.cli import main
 from resnet.engine.precision import cpu_supports_bf16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def private_cache(tmp_path_factory):
-    """Compiled artefacts and ONNX files go to a temporary cache, not the user's ~/.cache/resnet."""
-    root = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESNET_CACHE", str(root))
-        mp.setenv("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
-        yield root
+pytestmark = pytest.mark.usefixtures("private_cache")  # compiled artefacts go to a temporary cache
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -138,7 +131,7 @@ def test_fast_paths_agree_with_fp32(trained, backend, threshold, tmp_path):
                     "arithmetic would go untested; test_bf16_arithmetic_on_any_cpu covers it everywhere")
     model, val_x, val_y, calib = trained
     pred = inf.prepare_inference(model, backend, calibration=calib, example=val_x[:2], workdir=tmp_path)
-    r = inf.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
+    r = parity.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
     assert r["agreement"] >= threshold, r
     assert abs(r["accuracy"] - r["accuracy_fp32"]) <= 2.0, r
     assert pred(val_x[:1]).shape == (1, 4) and pred(val_x[:1]).dtype == torch.float32
@@ -157,7 +150,7 @@ def test_bf16_arithmetic_on_any_cpu(trained, monkeypatch):
         out, ref = pred(val_x), model(val_x)
     assert out.dtype == torch.float32 and not torch.equal(out, ref)  # bf16 rounding shows ...
     assert float((out - ref).abs().max()) < 0.1 * float(ref.abs().max())  # ... and stays small
-    r = inf.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
+    r = parity.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
     assert r["agreement"] >= 0.98, r
 
 
@@ -274,3 +267,37 @@ def test_first_images_takes_batches_and_tuples():
     assert x.shape == (4, 3, 4, 4) and x[:3].eq(1).all() and x[3].eq(0).all()
     with pytest.raises(ValueError, match="no images"):
         inf.first_images([], n=4)
+
+
+# ----------------------------------------------------------------------------- the time budget (issue 18, item 5)
+def test_benchmark_budget_skips_what_would_start_late_and_says_what_is_left(trained):
+    model, val_x, _, _ = trained
+    now, lines = [0.0], []
+
+    def log(msg):  # every timed row "takes" six seconds of a ten-second budget
+        lines.append(msg)
+        now[0] += 6.0
+    rows = run_benchmark(model, ["eager-fp32", "eager-bf16"], [1, 2], 16, images=val_x[:8], seconds=5, min_iters=1,
+                         log=log, budget=10, clock=lambda: now[0])
+    assert [r.get("skipped") is None for r in rows] == [True, True, False, False]
+    assert all("--budget" in r["skipped"] for r in rows[2:])
+    assert "s of the 10 s budget left" in lines[0] and len(lines) == 2
+
+
+def test_benchmark_default_budget_and_how_to_ask_for_more(capsys):
+    from resnet.cli import build_parser
+    from resnet.deploy.benchmark import DEFAULT_BUDGET
+
+    args = build_parser().parse_args(["benchmark", "resnet50"])
+    assert args.budget == DEFAULT_BUDGET == 120 and args.check_images == 64 and args.min_iters == 3
+    with pytest.raises(SystemExit):
+        main(["benchmark", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "within --budget 120 seconds" in text and "Ask for more with" in text and "--budget 0 for no limit" in text
+
+
+def test_time_backend_stops_at_one_call_once_the_budget_is_spent():
+    calls = []
+    row = time_backend(lambda x: calls.append(1), torch.ones(2, 3), seconds=10, min_iters=50, warmup=3,
+                       spent=lambda: True)
+    assert len(calls) == 2 and row["iters"] == 1 and "budget" in row["note_timing"]  # one warm-up, one timed

@@ -12,13 +12,34 @@ from safetensors.torch import load_file
 from imagenet_utils import CLASSES, TINY_STREAM, make_large_folder, one_thread
 from resnet.cli import main
 from resnet.config import make_config
-from resnet.data.presets import (PCA_EIGVAL, CenterTest, MultiScaleTest, PaperTrain, RRCTrain, TenCropTest,
-                                 lighting_offset, load_rgb, normalize_batch)
+from resnet.data.folder import load_rgb
+from resnet.data.transforms import (PCA_EIGVAL, CenterTest, MultiScaleTest, PaperTrain, RRCTrain, TenCropTest,
+                                    lighting_offset, normalize_batch)
 from resnet.data.stream import EpochBatchSampler, StreamingFolder
 from resnet.engine.trainer import Trainer, train
 
 
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+
+
+class StopAfter:
+    """A training loader that asks the trainer to stop (as SIGTERM does) once it has handed out
+    `batches` batches: the loop then finishes that step, saves a checkpoint and stops."""
+
+    def __init__(self, loader, trainer, batches: int):
+        self.loader, self.trainer, self.batches = loader, trainer, batches
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.loader):
+            if i + 1 == self.batches:
+                self.trainer.stop_signal = "SIGTERM"
+            yield batch
 
 
 @pytest.fixture(scope="module")
@@ -239,19 +260,12 @@ def test_mid_epoch_resume_skips_done_batches_without_decoding(large_folder, tmp_
     cfg = _cfg(large_folder)
     train(cfg, tmp_path / "full")
     trainer = Trainer(cfg, tmp_path / "part")
-    step = trainer._train_step
-
-    def stop_after_two(x, y, *args):
-        out = step(x, y, *args)
-        if trainer.step == 1:  # counted after this returns: stop once two steps are done
-            trainer.stop_signal = "SIGTERM"
-        return out
-    monkeypatch.setattr(trainer, "_train_step", stop_after_two)
+    trainer.train_loader = StopAfter(trainer.train_loader, trainer, batches=2)
     with pytest.raises(TrainingInterrupted):
         trainer.fit()
     decoded = []
-    get = stream._Decode._get
-    monkeypatch.setattr(stream._Decode, "_get", lambda self, i, seed: decoded.append(i) or get(self, i, seed))
+    get = stream.Decode.get
+    monkeypatch.setattr(stream.Decode, "get", lambda self, i, seed: decoded.append(i) or get(self, i, seed))
     train(cfg, tmp_path / "part", resume=True)
     a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(tmp_path / "part" / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,6 +1,5 @@
 """Pretrained weights by name (download once, hash check, cache, offline message, preprocessing),
 fine-tuning with a new head, the shipped ImageNet class names, and `resnet predict`."""
-import hashlib
 import io
 import json
 import urllib.error
@@ -8,7 +7,7 @@ import urllib.error
 import pytest
 import torch
 
-from imagenet_utils import TINY_STREAM, make_large_folder, one_thread
+from imagenet_utils import TINY18, TINY_STREAM, make_large_folder, one_thread, publish_weights
 from resnet import create_model
 from resnet.cli import main
 from resnet.config import make_config
@@ -18,7 +17,6 @@ from resnet.weights import model_from_weights
 from resnet.weights import sources as W
 
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
-TINY18 = {"widths": [4, 8, 8, 8], "stem_width": 4}
 
 
 def test_imagenet_class_names_ship_with_the_package():
@@ -45,30 +43,6 @@ def test_named_sources_use_official_addresses_and_carry_preprocessing():
     assert v1.sha256_prefix == "f37072fd" and v1.preprocess.resize == 256 and v1.preprocess.interpolation == "bilinear"
     with pytest.raises(ValueError, match="IMAGENET1K_V2"):
         W.get_source("torchvision:resnet50.IMAGENET1K_V9")
-
-
-@pytest.fixture
-def fake_source(tmp_path, monkeypatch):
-    """A tiny 'resnet18' state dict published under a torchvision-style name whose hash prefix is right."""
-    torch.manual_seed(0)
-    return _publish(create_model("resnet18", **TINY18), tmp_path, monkeypatch)
-
-
-def _publish(model, tmp_path, monkeypatch, tag="TEST"):
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    blob = buf.getvalue()
-    prefix = hashlib.sha256(blob).hexdigest()[:8]
-    source = W.WeightSource(f"torchvision:resnet18.{tag}", "resnet18",
-                            f"https://download.pytorch.org/models/resnet18-{prefix}.pth", model_args=TINY18)
-    monkeypatch.setitem(W.SOURCES, source.name, source)
-    monkeypatch.setenv("RESNET_WEIGHTS", str(tmp_path / "cache"))
-    calls = []
-
-    def opener(url, timeout):
-        calls.append(url)
-        return io.BytesIO(blob)
-    return source, blob, model, opener, calls
 
 
 def test_download_once_verify_and_cache(fake_source, tmp_path):
@@ -169,7 +143,7 @@ def test_eval_cli_with_weights_matches_wordnet_folders(tmp_path, monkeypatch, ca
         model.fc.weight.zero_()
         model.fc.bias.zero_()
         model.fc.bias[[0, 1, 281, 2]] = torch.tensor([10.0, 9.0, 8.0, -10.0])
-    source, _, _, opener, _ = _publish(model, tmp_path, monkeypatch, "CONST")
+    source, _, _, opener, _ = publish_weights(model, tmp_path, monkeypatch, "CONST")
     W.download(source, opener=opener, stream=io.StringIO())
     folder = make_large_folder(tmp_path / "val", per_class=2)
     for name, wnid in (("blue", "n01440764"), ("green", "n01443537"), ("red", "n02123045")):

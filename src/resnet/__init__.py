@@ -1,7 +1,9 @@
 """Deep residual networks (He et al. 2015, 2016) on PyTorch."""
-from ._version import __version__
+from .errors import ResNetError
 from .models import ResNet, ResNetConfig, build_resnet, create_model, list_models
+from .version import __version__
 from .weights.pretrained import from_pretrained
 from .weights.state_dict import load_weights
 
-__all__ = ["ResNet", "ResNetConfig", "build_resnet", "create_model", "from_pretrained", "list_models", "load_weights", "__version__"]
+__all__ = ["ResNet", "ResNetConfig", "ResNetError", "build_resnet", "create_model", "from_pretrained", "list_models",
+           "load_weights", "__version__"]

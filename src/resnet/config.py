@@ -11,9 +11,10 @@ from pathlib import Path
 
 import yaml
 
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    """An unknown or ill-typed configuration key or value."""
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 where the hardware runs it natively
+INFERENCE_PRECISIONS = ("auto", "bf16", "fp32")  # eval/predict: fp16 only ever trained (CUDA loss scaling)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class TrainConfig:
         checks = [(self.epochs >= 1, "epochs must be >= 1"), (self.data.batch_size >= 1, "data.batch_size must be >= 1"),
                   (self.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
                   (self.optim.lr > 0, "optim.lr must be > 0"), (self.data.val_size >= 0, "data.val_size must be >= 0"),
-                  (self.precision in ("auto", "bf16", "fp16", "fp32"), "precision must be auto, bf16, fp16 or fp32"),
+                  (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
                   (self.schedule.name in ("step", "cosine", "onecycle", "constant"),
                    "schedule.name must be step, cosine, onecycle or constant"),
                   (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),

@@ -11,13 +11,16 @@ import torch
 
 from .cifar import CifarFormatError, default_cache_dir, detect_cifar_folder, load_cifar, SPECS, \
     cifar_archive_spec
-from .folder import DatasetLayoutError, ImageDecodeError, ImageFolderDataset, is_archive, scan
+from .folder import DatasetLayoutError, ImageDecodeError, is_archive, scan
 from .memory import ImagesTooLargeError, InMemoryDataset, MemoryLoader, load_image_folder
-from .split import stratified_split
+from .digits import load_digits
+from .split import run_holdout, stratified_split
+from .stream import ImageFolderDataset, StreamingFolder
 from .transforms import STATS, eval_preset, train_preset
+from ..errors import ConfigError
 
 __all__ = [
-    "load_dataset", "InMemoryDataset", "MemoryLoader", "ImageFolderDataset", "stratified_split",
+    "load_dataset", "load_split", "InMemoryDataset", "MemoryLoader", "ImageFolderDataset", "StreamingFolder", "stratified_split",
     "load_cifar", "load_image_folder", "scan", "train_preset", "eval_preset", "STATS",
     "default_cache_dir", "CifarFormatError", "DatasetLayoutError", "ImageDecodeError",
     "ImagesTooLargeError",
@@ -48,13 +51,11 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
     errors and CIFAR errors are raised either way.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     p = Path(path).expanduser()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     if not p.exists():
         if str(path) == "digits":
-            from .digits import load_digits
-
             return load_digits(split)
         if str(path) in SPECS:
             return _from_cifar(load_cifar(str(path), split, cache, download), str(path))
@@ -71,6 +72,15 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
     if len(ds) == 0:
         raise DatasetLayoutError(f"{p}: no images found")
     return ds
+
+
+def load_split(path: str | Path, split: str, run_config: dict | None = None,
+               cache_dir: str | Path | None = None) -> InMemoryDataset:
+    """`split` of a dataset in memory: 'train', 'test', or 'val' (the hold-out of the training run
+    whose saved configuration is `run_config`, rebuilt from its seed and data.val_size)."""
+    if split == "val":
+        return run_holdout(load_dataset(path, "train", cache_dir=cache_dir), run_config)
+    return load_dataset(path, split, cache_dir=cache_dir)
 
 
 def _from_cifar(data, source: str) -> InMemoryDataset:

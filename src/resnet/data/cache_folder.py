@@ -14,6 +14,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from safetensors import safe_open
+
+from ..errors import ConfigError
 from .cifar import SPECS, default_cache_dir
 
 KINDS = {
@@ -59,8 +62,6 @@ def _size(path: Path) -> int:
 
 
 def _decoded_source(path: Path) -> str:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:  # reads the header only
             return (f.metadata() or {}).get("source", "")
@@ -85,7 +86,7 @@ def clear_cache(root: str | Path | None = None, kinds=("decoded",)) -> list[Cach
     """Remove the entries of these kinds (default: decoded images) from the cache folder; returns them."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
-        raise ValueError(f"unknown cache kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+        raise ConfigError(f"unknown cache kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     removed = []
     for entry in list_cache(root):
         if entry.kind not in kinds:

@@ -11,25 +11,29 @@ numpy arrays, so a tampered file cannot run code.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import http.client
+import codecs
 import io
 import os
 import pickle
 import shutil
-import sys
 import tarfile
 import tempfile
-import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+try:
+    from numpy._core import multiarray, numeric  # numpy >= 2
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray, numeric  # type: ignore[no-redef]
 import torch
+
+from ..errors import ConfigError, DataError
+from .. import files
+from ..files import cache_root
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -74,7 +78,7 @@ CIFAR100 = CifarSpec(
 SPECS = {"cifar10": CIFAR10, "cifar100": CIFAR100}
 
 
-class CifarFormatError(ValueError):
+class CifarFormatError(DataError):
     """A CIFAR file is missing, unsafe or not in the official layout."""
 
 
@@ -86,22 +90,11 @@ class CifarData:
     name: str
 
 
-def default_cache_dir() -> Path:
-    """The toolkit's cache folder (downloads, extracted CIFAR, decoded images, compiled kernels):
-    ``$RESNET_CACHE`` if set, else ``$XDG_CACHE_HOME/resnet``, else ``~/.cache/resnet``."""
-    env = os.environ.get("RESNET_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnet"
+default_cache_dir = cache_root  # the toolkit's one cache root (resnet.files)
 
 
 # --------------------------------------------------------------------------- safe unpickling
 def _numpy_globals() -> dict[tuple[str, str], object]:
-    try:
-        from numpy._core import multiarray, numeric  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
     allowed: dict[tuple[str, str], object] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -132,7 +125,6 @@ class _SafeUnpickler(pickle.Unpickler):
         if module in ("builtins", "__builtin__") and name in _BUILTINS:
             return _BUILTINS[name]
         if (module, name) == ("_codecs", "encode"):  # how Python 3 writes bytes at protocol 2
-            import codecs
             return codecs.encode
         obj = self._allowed.get((module, name))
         if obj is None:
@@ -228,7 +220,7 @@ def detect_cifar_folder(path: Path) -> tuple[CifarSpec, Path] | None:
 def read_cifar_folder(folder: Path, spec: CifarSpec, split: str = "train") -> CifarData:
     """Read the official batch files of one split from ``folder``."""
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
     files = spec.train_files if split == "train" else spec.test_files
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
@@ -301,61 +293,11 @@ def extract_cifar_archive(archive: Path, cache_dir: Path | None = None) -> tuple
 
 
 # --------------------------------------------------------------------------- download
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+DOWNLOAD_TIMEOUT = files.DOWNLOAD_TIMEOUT
 
 
-DOWNLOAD_TIMEOUT = 30.0  # seconds any one network operation (connect, each read) may wait
-
-
-class _DownloadProgress:
-    """`downloading NAME [####    ] 45.2/170.5 MB 3.1 MB/s ETA 40s`: redrawn in place on a terminal,
-    else a line every 10% (logs stay short)."""
-
-    def __init__(self, name: str, total: int, stream):
-        self.name, self.total, self.stream = name, total, stream
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.start, self.last, self.shown_tenth, self.shown_done = time.perf_counter(), 0.0, -1, -1
-
-    def update(self, done: int, final: bool = False) -> None:
-        now = time.perf_counter()
-        tenth = 10 * done // self.total if self.total else -1
-        if final and not self.tty and done == self.shown_done:
-            return  # the last line already shows it
-        if not final and (now - self.last < 0.25 if self.tty else tenth <= self.shown_tenth):
-            return
-        self.last, self.shown_tenth, self.shown_done = now, tenth, done
-        rate = done / max(now - self.start, 1e-9)
-        if self.total:
-            bar = "#" * (24 * done // self.total)
-            eta = (self.total - done) / rate if rate > 0 else 0
-            line = (f"downloading {self.name} [{bar:<24}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
-                    f"{rate / 1e6:.1f} MB/s ETA {eta:.0f}s")
-        else:  # no Content-Length
-            line = f"downloading {self.name}: {done / 1e6:.1f} MB {rate / 1e6:.1f} MB/s"
-        self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
-        self.stream.flush()
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path):
-    """One download into `folder` at a time (torchrun starts one process per GPU, each may download):
-    the others wait, then find the file in place. An flock on the folder itself leaves no file behind."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock, the atomic rename still keeps files whole
-        yield
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def md5sum(path: Path) -> str:
+    return files.file_hash(path, "md5")
 
 
 def _offline(url: str, dest: Path, reason) -> ConnectionError:
@@ -366,51 +308,17 @@ def _offline(url: str, dest: Path, reason) -> ConnectionError:
 
 def download_file(url: str, dest: Path, md5: str, opener: Callable[..., io.BufferedIOBase] = urllib.request.urlopen,
                   stream=None, timeout: float = DOWNLOAD_TIMEOUT) -> Path:
-    """Stream ``url`` to a temporary file next to ``dest``, check its md5, then rename.
+    """Stream ``url`` to a temporary file next to ``dest``, check its md5, then rename (`files.download`).
 
-    ``opener(url, timeout=...)`` returns the response (urllib's ``urlopen``; tests pass their own):
-    every network operation waits at most ``timeout`` seconds, so a stalled server ends in a
-    ConnectionError that says which file to put where, as does having no network. Progress goes
-    to ``stream`` (default stderr). On a checksum mismatch the partial file is deleted."""
+    A stalled server or no network ends in a ConnectionError that says which file to put where;
+    on a checksum mismatch the partial file is deleted."""
     dest = Path(dest)
-    stream = stream if stream is not None else sys.stderr
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(dest.parent):
-        if dest.is_file() and md5sum(dest) == md5:  # (another process may have fetched it meanwhile)
-            return dest
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                got = _fetch(url, dest, out, opener, stream, timeout)
-            if got != md5:
-                raise CifarFormatError(
-                    f"checksum mismatch for {url}: md5 {got}, expected {md5}; the partial download "
-                    f"was deleted. Try again, or put the official file at {dest} by hand.")
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return dest
 
-
-def _fetch(url: str, dest: Path, out, opener, stream, timeout: float) -> str:
-    """Copy the response of ``url`` into ``out``, showing progress; returns its md5."""
-    h, done = hashlib.md5(), 0
-    try:
-        with opener(url, timeout=timeout) as resp:
-            total = int(getattr(resp, "headers", {}).get("Content-Length", 0) or 0)
-            progress = _DownloadProgress(dest.name, total, stream)
-            for block in iter(lambda: resp.read(1 << 20), b""):
-                h.update(block)
-                out.write(block)
-                done += len(block)
-                progress.update(done)
-            progress.update(done, final=True)
-    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
-        # ValueError: a malformed URL; TimeoutError (an OSError): a read waited `timeout` seconds
-        reason = getattr(e, "reason", None) or e or type(e).__name__
-        raise _offline(url, dest, f"{reason}; {done / 1e6:.1f} MB received" if done else reason) from e
-    return h.hexdigest()
+    def corrupt(got: str) -> CifarFormatError:
+        return CifarFormatError(f"checksum mismatch for {url}: md5 {got}, expected {md5}; the partial download "
+                                f"was deleted. Try again, or put the official file at {dest} by hand.")
+    return files.download(url, dest, "md5", md5, lambda reason: _offline(url, dest, reason), corrupt, opener=opener,
+                          stream=stream, timeout=timeout)
 
 
 def download_cifar(name: str, cache_dir: Path | None = None,

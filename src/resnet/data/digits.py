@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .memory import InMemoryDataset
 from .split import stratified_split
+from ..errors import MissingExtraError
 
 NAME = "digits"
 TEST_SIZE = 297
@@ -20,7 +21,7 @@ def load_digits(split: str = "train") -> InMemoryDataset:
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
-        raise ImportError("the 'digits' dataset comes from scikit-learn: pip install scikit-learn "
+        raise MissingExtraError("the 'digits' dataset comes from scikit-learn: pip install scikit-learn "
                           "(bin/with-env installs it)") from None
     bunch = sk_load_digits()
     pixels = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None]  # N x 1 x 8 x 8, values 0..16

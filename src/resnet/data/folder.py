@@ -17,8 +17,9 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -28,11 +29,11 @@ SPLIT_NAMES = {"train": ("train",), "test": ("test", "val", "validation")}
 DECODE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF")
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(DataError):
     """An image file could not be decoded; the message names the file."""
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(DataError):
     """The folder or archive is not a class-per-folder image tree."""
 
 
@@ -70,21 +71,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
-    """Decode a file path or encoded bytes (JPEG, PNG, BMP, WebP or GIF) to an RGB PIL image.
-
-    Raises :class:`ImageDecodeError`, naming the file, for anything that cannot be decoded:
-    truncated or empty files, other content, and images above ``PIL.Image.MAX_IMAGE_PIXELS``
-    (refused before their pixels are allocated). A missing path raises FileNotFoundError."""
-    name = name or str(source if not isinstance(source, bytes) else "<bytes>")
+def open_image(source, name: str) -> Image.Image:
+    """``Image.open`` (the header only; pixels are decoded by :func:`load_rgb`) restricted to
+    DECODE_FORMATS, refusing images above ``PIL.Image.MAX_IMAGE_PIXELS`` before their pixels are
+    allocated. Raises :class:`ImageDecodeError` naming the file; a missing path, FileNotFoundError."""
     try:
         with warnings.catch_warnings():
             # PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse those images too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source,
-                            formats=DECODE_FORMATS) as img:
-                img.load()
-                return to_rgb(img)
+            return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=DECODE_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(
             f"{name}: refused as a possible decompression bomb ({e}). If the image is genuine, "
@@ -93,19 +88,49 @@ def decode_image(source: str | Path | bytes, name: str | None = None) -> Image.I
         raise
     except Exception as e:  # noqa: BLE001 - PIL's parsers raise OSError, SyntaxError, ValueError,
         # EOFError, struct.error, IndexError, ... on corrupt input; all mean "cannot decode".
-        if _is_empty(source):
-            reason = "empty file"
-        elif isinstance(e, UnidentifiedImageError):
-            reason = "not a JPEG, PNG, BMP, WebP or GIF image"
-        else:
-            reason = f"{type(e).__name__}: {e}"
-        raise ImageDecodeError(f"{name}: cannot decode image ({reason}); delete or replace "
-                               "the file") from e
+        raise _decode_error(name, source, e) from e
 
 
-def _is_empty(source: str | Path | bytes) -> bool:
+def load_rgb(img: Image.Image, min_size: tuple[int, int] | None = None, name: str = "") -> Image.Image:
+    """Decode an image opened by :func:`open_image` to RGB. With `min_size` (w, h), a JPEG may be
+    decoded at a reduced scale that still covers it (``Image.draft``: 1/2, 1/4 or 1/8 in the DCT
+    domain); CMYK, greyscale, palette and alpha images become RGB (:func:`to_rgb`)."""
+    name = name or getattr(img, "filename", "") or "<image>"
+    try:
+        if min_size is not None and img.format == "JPEG":
+            img.draft("RGB", (max(1, int(min_size[0])), max(1, int(min_size[1]))))
+        img.load()
+        return to_rgb(img)
+    except Exception as e:  # noqa: BLE001 - PIL's decoders raise many types on corrupt data
+        raise _decode_error(name, getattr(img, "fp", None), e) from e
+
+
+def decode_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode a file path or encoded bytes (JPEG, PNG, BMP, WebP or GIF) to an RGB PIL image.
+
+    Raises :class:`ImageDecodeError`, naming the file, for anything that cannot be decoded:
+    truncated or empty files, other content, and images above ``PIL.Image.MAX_IMAGE_PIXELS``
+    (refused before their pixels are allocated). A missing path raises FileNotFoundError."""
+    name = name or str(source if not isinstance(source, bytes) else "<bytes>")
+    with open_image(source, name) as img:
+        return load_rgb(img, name=name)
+
+
+def _decode_error(name: str, source, e: BaseException) -> ImageDecodeError:
+    if _is_empty(source):
+        reason = "empty file"
+    elif isinstance(e, UnidentifiedImageError):
+        reason = "not a JPEG, PNG, BMP, WebP or GIF image"
+    else:
+        reason = f"{type(e).__name__}: {e}"
+    return ImageDecodeError(f"{name}: cannot decode image ({reason}); delete or replace the file")
+
+
+def _is_empty(source) -> bool:
     if isinstance(source, bytes):
         return len(source) == 0
+    if not isinstance(source, (str, Path)):
+        return False
     try:
         return os.path.getsize(source) == 0
     except OSError:
@@ -335,47 +360,3 @@ def iter_encoded(index: FolderIndex,
             if m.isfile() and name in labels:
                 with tar.extractfile(m) as f:  # type: ignore[union-attr]
                     yield f"{index.source}:{name}", f.read(), labels[name]
-
-
-# --------------------------------------------------------------------------- streaming dataset
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """Images decoded on demand (for large images): ``ds[i] -> (transform(rgb PIL), label)``.
-
-    Works on a folder or an uncompressed ``.tar`` (a ``.tar.gz`` works but every read
-    decompresses from the start: extract it first). Each worker process opens its own handle."""
-
-    def __init__(self, root: str | Path, split: str | None = None,
-                 transform: Callable[[Image.Image], object] | None = None,
-                 target_transform: Callable[[int], object] | None = None):
-        self.index = scan(root, split)
-        self.classes = self.index.classes
-        self.samples = self.index.samples
-        self.transform, self.target_transform = transform, target_transform
-        self._tar: tarfile.TarFile | None = None
-        self._tar_pid: int | None = None
-        self._members: dict[str, tarfile.TarInfo] = {}
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _read(self, key: str) -> bytes:
-        if self._tar is None or self._tar_pid != os.getpid():
-            self._tar = tarfile.open(self.index.source, "r:*")
-            self._tar_pid = os.getpid()
-            self._members = {_member_name(m): m for m in self._tar}
-        with self._tar.extractfile(self._members[key]) as f:  # type: ignore[union-attr]
-            return f.read()
-
-    def __getitem__(self, i: int):
-        key, label = self.samples[i]
-        if self.index.is_archive:
-            img = decode_image(self._read(key), f"{self.index.source}:{key}")
-        else:
-            img = decode_image(key)
-        out = self.transform(img) if self.transform else img
-        return out, (self.target_transform(label) if self.target_transform else label)
-
-    def __getstate__(self):  # tar handles do not cross process boundaries
-        state = self.__dict__.copy()
-        state.update(_tar=None, _tar_pid=None, _members={})
-        return state

@@ -24,16 +24,20 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
+from ..errors import ConfigError, DataError
 from .cifar import default_cache_dir
 from .folder import (DatasetLayoutError, FolderIndex, ImageDecodeError, _reason, decode_image,
                      index_from_names, is_archive, iter_encoded, scan, walk_archive, walk_tree)
+from .split import epoch_generator
 
-MAX_SIDE = 64  # larger images are streamed (folder.ImageFolderDataset), not held in memory
+MAX_SIDE = 64  # larger images are streamed (stream.StreamingFolder), not held in memory
 CACHE_VERSION = "1"
 
 
-class ImagesTooLargeError(ValueError):
+class ImagesTooLargeError(DataError):
     """Images above MAX_SIDE (or of mixed sizes) cannot be held as one tensor."""
 
 
@@ -124,8 +128,8 @@ class _ChunkDecoder:
         if not self.skip_bad or self._too_large >= PROBE_LIMIT:
             raise ImagesTooLargeError(
                 f"{self.prefix + name} is {w}x{h}: only images up to {self.max_side}x{self.max_side} "
-                "are decoded into memory. Stream large images with "
-                "resnet.data.folder.ImageFolderDataset and the presets in resnet.data.transforms.")
+                "are decoded into memory; `resnet train` and `resnet eval` stream larger ones by themselves "
+                "(data.stream=true to ask for it; in code, resnet.data.StreamingFolder).")
 
     def add(self, name: str, data: bytes) -> None:
         if not self._probed:
@@ -215,7 +219,7 @@ def decode_source(source: str | Path, split: str | None = None, workers: int | N
             raise ImageDecodeError(msg + more + "." + hint)
         raise ImagesTooLargeError(
             f"{msg}{more}: in-memory datasets need one image size up to {max_side}x{max_side}. "
-            "Resize the images, or stream them with resnet.data.folder.ImageFolderDataset." + hint)
+            "Resize the images, or stream them (data.stream=true; in code, resnet.data.StreamingFolder)." + hint)
     index.skipped = index.skipped + [(dec.prefix + k, _reason(msg, dec.prefix + k))
                                      for k, _, msg in problems]
     pos = {n: i for i, n in enumerate(kept)}
@@ -295,7 +299,6 @@ def cache_name(source: Path, split: str | None, skipped: bool = False) -> str:
 
 def _remove_stale(written: Path, source: str) -> None:
     """Delete caches of earlier versions of the same source and split in that folder."""
-    from safetensors import safe_open
     prefix = written.name.split(".resnet-u8.")[0].rsplit(".", 1)[0]  # '<stem>.<split>[+skipbad]'
     prefix = prefix.removesuffix(SKIP_TAG)
     others = [*written.parent.glob(f"{glob_escape(prefix)}.*.resnet-u8.safetensors"),
@@ -313,7 +316,6 @@ def _remove_stale(written: Path, source: str) -> None:
 
 
 def _read_cache(path: Path) -> InMemoryDataset | None:
-    from safetensors import safe_open
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -339,7 +341,6 @@ def _umask() -> int:
 
 
 def _write_cache(folder: Path, name: str, ds: InMemoryDataset) -> Path | None:
-    from safetensors.torch import save_file
     meta = {"version": CACHE_VERSION, "layout": "NHWC", "classes": json.dumps(ds.classes), "mean": json.dumps(ds.mean),
             "std": json.dumps(ds.std), "name": ds.name, "source": ds.source,
             "skipped": json.dumps(ds.info.get("skipped", []))}
@@ -436,7 +437,7 @@ class MemoryLoader:
         if labels.shape[0] != images_u8.shape[0]:
             raise ValueError(f"{labels.shape[0]} labels for {images_u8.shape[0]} images")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.nhwc = images_u8.permute(0, 2, 3, 1)
         if not self.nhwc.is_contiguous():  # NCHW input: one copy, so batches gather whole rows
             self.nhwc = self.nhwc.contiguous()
@@ -468,9 +469,7 @@ class MemoryLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _generator(self) -> torch.Generator:
-        # Distinct, reproducible stream per (seed, epoch) pair.
-        key = hashlib.sha256(f"{self.seed}:{self.epoch}".encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+        return epoch_generator(self.seed, self.epoch)
 
     def epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(order, oy, ox, flip) for every position of this epoch, drawn up front. Within each

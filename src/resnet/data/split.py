@@ -1,9 +1,14 @@
-"""Seeded, stratified hold-out split (the paper's 45k/5k CIFAR-10 validation, Section 4.2)."""
+"""Seeded, stratified hold-out split (the paper's 45k/5k CIFAR-10 validation, Section 4.2), its
+rebuild from a run's configuration, and the seed of each epoch's order and augmentation."""
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import torch
+
+from ..config import DataConfig
+from ..errors import ConfigError
 
 
 def stratified_split(labels: torch.Tensor | Sequence[int], val_size: int | float,
@@ -17,14 +22,14 @@ def stratified_split(labels: torch.Tensor | Sequence[int], val_size: int | float
     n = y.numel()
     if isinstance(val_size, float) and val_size < 1.0:
         if val_size <= 0.0:
-            raise ValueError(f"a fractional val_size must lie in (0, 1), got {val_size}")
+            raise ConfigError(f"a fractional val_size must lie in (0, 1), got {val_size}")
         k = int(round(val_size * n))
     elif isinstance(val_size, float) and not val_size.is_integer():
-        raise ValueError(f"val_size must be a count or a fraction in (0, 1), got {val_size}")
+        raise ConfigError(f"val_size must be a count or a fraction in (0, 1), got {val_size}")
     else:
         k = int(val_size)
     if not 0 <= k <= n:
-        raise ValueError(f"val_size {val_size} is out of range for {n} samples")
+        raise ConfigError(f"val_size {val_size} is out of range for {n} samples")
     classes, counts = torch.unique(y, return_counts=True)
     exact = counts.double() * k / max(n, 1)
     quota = exact.floor().long()
@@ -51,8 +56,28 @@ def holdout(data, val_size: int | float, seed: int = 0):
         return data, None
     if count >= len(data):
         kind = "a fraction" if val_size < 1 else "a count"
-        raise ValueError(f"data.val_size={val_size:g} ({kind}) holds out {count} of the {len(data)} training images "
-                         f"and leaves none to train on: give a fraction (e.g. data.val_size=0.1, the default) "
-                         f"or a count below {len(data)}")
+        raise ConfigError(f"data.val_size={val_size:g} ({kind}) holds out {count} of the {len(data)} training images "
+                          f"and leaves none to train on: give a fraction (e.g. data.val_size=0.1, the default) "
+                          f"or a count below {len(data)}")
     train_idx, val_idx = stratified_split(data.labels, count, seed=seed)
     return data.subset(train_idx), data.subset(val_idx)
+
+
+def run_holdout(data, run_config: dict | None):
+    """The validation images a training run held out, rebuilt from its saved configuration (seed and
+    data.val_size): what `resnet eval --split val` and the experiments score."""
+    if not run_config:
+        raise ConfigError("--split val needs a checkpoint of a training run (it rebuilds that run's hold-out); "
+                          "use --split test")
+    val_size = run_config.get("data", {}).get("val_size", DataConfig().val_size)
+    _, val = holdout(data, val_size, run_config.get("seed", 0))
+    if val is None:
+        raise ConfigError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
+    return val
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of one epoch's order and augmentation: distinct and reproducible per (seed,
+    epoch), whichever loader (in memory or streamed) and however many workers draw from it."""
+    key = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)

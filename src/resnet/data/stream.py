@@ -9,8 +9,6 @@ workers or of processes sharing the global batch (each rank takes its slice of e
 """
 from __future__ import annotations
 
-import hashlib
-import io
 import math
 import os
 import tarfile
@@ -21,89 +19,116 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
-from .folder import FolderIndex, ImageDecodeError, _member_name, scan
-from .presets import AUGMENTS, TESTS, eval_transform, normalize_batch, train_transform
-from .split import holdout
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
-
-
-# What streamed files may be, whatever their extension says (PIL's other parsers stay unexposed).
-FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF")
-
-
-def open_lazy(source, name: str) -> Image.Image:
-    """Image.open (header only, pixels decoded later by the preset); refuses decompression bombs."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return Image.open(source, formats=FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"{name}: refused as a possible decompression bomb ({e}). If the image is "
-                               "genuine, raise PIL.Image.MAX_IMAGE_PIXELS deliberately.") from e
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - PIL raises many types on corrupt headers
-        raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e}); "
-                               "delete or replace the file") from e
+from .folder import FolderIndex, ImageDecodeError, _member_name, load_rgb, open_image, scan
+from .split import epoch_generator, holdout
+from .transforms import AUGMENTS, IMAGENET_MEAN, IMAGENET_STD, TESTS, eval_transform, normalize_batch, train_transform
+from ..errors import ConfigError
 
 
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The generator of one epoch's plan (the same key as MemoryLoader's)."""
-    key = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+class SampleReader:
+    """Opens samples of a FolderIndex lazily (header only): file paths, or members of a tar archive
+    through one handle per process (a handle does not survive a fork or a pickle)."""
 
-
-class _Decode(torch.utils.data.Dataset):
-    """dataset[(i, seed)] -> (pixels, lighting offset or None, label): sample i through `transform`
-    with a generator seeded by `seed`. Each worker process opens its own archive handle. With
-    `skip_bad`, an undecodable image is replaced by the next decodable one (and warned about)."""
-
-    def __init__(self, index: FolderIndex, samples: list[tuple[str, int]], transform, skip_bad: bool = False):
-        self.index, self.samples, self.transform, self.skip_bad = index, samples, transform, skip_bad
+    def __init__(self, index: FolderIndex):
+        self.index = index
         self._tar, self._tar_pid, self._members = None, None, {}
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def _open(self, key: str) -> tuple[Image.Image, str]:
+    def open(self, key: str) -> tuple[Image.Image, str]:
+        """(lazily opened image, the name errors use)."""
         if not self.index.is_archive:
-            return open_lazy(key, key), key
+            return open_image(key, key), key
         if self._tar is None or self._tar_pid != os.getpid():
             self._tar, self._tar_pid = tarfile.open(self.index.source, "r:*"), os.getpid()
             self._members = {_member_name(m): m for m in self._tar}
         name = f"{self.index.source}:{key}"
         with self._tar.extractfile(self._members[key]) as f:  # type: ignore[union-attr]
-            return open_lazy(io.BytesIO(f.read()), name), name
+            return open_image(f.read(), name), name
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.update(_tar=None, _tar_pid=None, _members={})
+        return state
+
+
+class TensorReader:
+    """Samples of uint8 N x C x H x W images held in memory, opened as PIL images, so that the test
+    presets (ten-crop, multi-scale) run on in-memory data exactly as on image files."""
+
+    def __init__(self, images_u8: torch.Tensor, name: str = "images"):
+        self.images, self.name = images_u8, name
+        self.channels = int(images_u8.shape[1])
+
+    def open(self, key) -> tuple[Image.Image, str]:
+        pixels = self.images[int(key)].permute(1, 2, 0).contiguous().numpy()
+        return Image.fromarray(pixels if pixels.shape[2] > 1 else pixels[:, :, 0]), f"{self.name}[{int(key)}]"
+
+
+class Decode(torch.utils.data.Dataset):
+    """dataset[(i, seed)] -> (pixels, lighting offset or None, label): sample i opened by `reader`
+    and passed through `transform` with a generator seeded by `seed`. With `skip_bad`, an
+    undecodable image is replaced by the next decodable one (and warned about)."""
+
+    def __init__(self, reader, samples: list[tuple[str, int]], transform, skip_bad: bool = False):
+        self.reader, self.samples, self.transform, self.skip_bad = reader, samples, transform, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
     def __getitem__(self, item):
         i, seed = item
         if not self.skip_bad:
-            return self._get(i, seed)
+            return self.get(i, seed)
         for k in range(min(len(self.samples), 100)):
             try:
-                return self._get((i + k) % len(self.samples), seed)
+                return self.get((i + k) % len(self.samples), seed)
             except ImageDecodeError as e:
                 warnings.warn(f"data.skip_bad: {e}; using the next image instead", stacklevel=2)
         raise ImageDecodeError(f"no decodable image among the 100 after {self.samples[i][0]}")
 
-    def _get(self, i: int, seed: int):
+    def get(self, i: int, seed: int):
+        """Sample i with the generator of `seed` (the one place a sample is read: a hook for tests
+        that count decodes)."""
         key, label = self.samples[i]
-        img, name = self._open(key)
+        img, name = self.reader.open(key)
         with img:
-            if img.filename in ("", None):
+            if getattr(img, "filename", None) in ("", None):
                 img.filename = name  # for error messages
             out = self.transform(img, torch.Generator().manual_seed(seed))
         pixels, light = out if isinstance(out, tuple) else (out, None)
+        channels = getattr(self.reader, "channels", 3)
+        if channels == 1:  # the presets make RGB; a greyscale source comes back as its one channel
+            pixels = [p[..., :1] for p in pixels] if isinstance(pixels, list) else pixels[..., :1]
         return pixels, light, label
 
-    def __getstate__(self):  # tar handles do not cross process boundaries
-        state = self.__dict__.copy()
-        state.update(_tar=None, _tar_pid=None, _members={})
-        return state
+
+class ImageFolderDataset(torch.utils.data.Dataset):
+    """A class-per-folder tree as a torchvision-style dataset: ``ds[i] -> (transform(rgb PIL), label)``,
+    decoded on demand (e.g. with :func:`resnet.data.transforms.eval_preset`).
+
+    Works on a folder or an uncompressed ``.tar`` (a ``.tar.gz`` works but every read decompresses
+    from the start: extract it first). The toolkit's own training and evaluation stream through
+    :class:`StreamingFolder`, which batches and normalises on the device."""
+
+    def __init__(self, root: str | Path, split: str | None = None, transform=None, target_transform=None):
+        self.index = scan(root, split)
+        self.classes, self.samples = self.index.classes, self.index.samples
+        self.transform, self.target_transform = transform, target_transform
+        self.reader = SampleReader(self.index)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        key, label = self.samples[i]
+        img, name = self.reader.open(key)
+        with img:
+            rgb = load_rgb(img, name=name)
+        out = self.transform(rgb) if self.transform else rgb
+        return out, (self.target_transform(label) if self.target_transform else label)
 
 
 def _collate(items):
@@ -122,7 +147,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool | None = None,
                  rank: int = 0, world_size: int = 1):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.drop_last = shuffle if drop_last is None else drop_last
         self.epoch, self.start = 0, 0
@@ -130,7 +155,7 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
     def shard(self, rank: int, world_size: int) -> None:
         if self.batch_size % world_size:
-            raise ValueError(f"the global batch {self.batch_size} does not split over {world_size} processes: "
+            raise ConfigError(f"the global batch {self.batch_size} does not split over {world_size} processes: "
                              f"make data.batch_size a multiple of {world_size}")
         self.rank, self.world_size = rank, world_size
 
@@ -160,12 +185,12 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
 
 class StreamLoader:
-    """Normalised (x, y) batches on `device` from a DataLoader over `_Decode`; ``set_epoch`` first.
+    """Normalised (x, y) batches on `device` from a DataLoader over `Decode`; ``set_epoch`` first.
 
     x is B x C x H x W (channels_last), B x V x C x H x W for the ten-crop test, or for the
     multi-scale test a list (one per image) of lists (one per scale) of V x C x H x W tensors."""
 
-    def __init__(self, dataset: _Decode, sampler: EpochBatchSampler, mean, std, device="cpu",
+    def __init__(self, dataset: Decode, sampler: EpochBatchSampler, mean, std, device="cpu",
                  channels_last: bool = True, workers: int = 0, persistent: bool = False):
         self.dataset, self.sampler = dataset, sampler
         self.mean, self.std = tuple(mean), tuple(std)
@@ -232,9 +257,9 @@ class StreamingFolder:
                  interpolation: str = "bilinear", lighting: float | None = None, skip_bad: bool = False,
                  index: FolderIndex | None = None, samples: list[tuple[str, int]] | None = None):
         if augment not in AUGMENTS:
-            raise ValueError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+            raise ConfigError(f"data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
         if test not in TESTS:
-            raise ValueError(f"the test must be one of {', '.join(TESTS)}, got {test!r}")
+            raise ConfigError(f"the test must be one of {', '.join(TESTS)}, got {test!r}")
         self.index = index if index is not None else scan(source, split, skip_bad=skip_bad)
         if index is None and self.index.is_archive and str(source).lower().endswith((".gz", ".tgz")):
             warnings.warn(f"{source}: streaming from a compressed archive decompresses from its start on every "
@@ -283,8 +308,18 @@ class StreamingFolder:
             transform = eval_transform(self.test, self.image_size, self.resize, self.interpolation)
         sampler = EpochBatchSampler(len(self), batch_size, shuffle=train, seed=seed, drop_last=drop_last,
                                     rank=rank, world_size=world_size)
-        return StreamLoader(_Decode(self.index, self.samples, transform, self.skip_bad), sampler, self.mean, self.std, device,
-                            channels_last, self.workers, persistent=train)
+        return StreamLoader(Decode(SampleReader(self.index), self.samples, transform, self.skip_bad), sampler,
+                            self.mean, self.std, device, channels_last, self.workers, persistent=train)
+
+
+def tensor_view_loader(images_u8: torch.Tensor, labels: torch.Tensor, transform, batch_size: int, mean, std,
+                       device="cpu", name: str = "images", workers: int = 0) -> StreamLoader:
+    """Evaluation batches of in-memory uint8 N x C x H x W images through a per-image test preset
+    (ten-crop, multi-scale): the streamed pipeline with the tensor as its source."""
+    samples = [(i, int(label)) for i, label in enumerate(labels.tolist())]
+    dataset = Decode(TensorReader(images_u8, name), samples, transform)
+    return StreamLoader(dataset, EpochBatchSampler(len(samples), batch_size, shuffle=False), mean, std, device,
+                        True, workers)
 
 
 def streaming_split(cfg) -> tuple[StreamingFolder, StreamingFolder | None]:

@@ -6,21 +6,22 @@ batch (normalised as the model was trained) and returning float32 logits, whatev
 """
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import logging
 import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
-from ..data.cifar import default_cache_dir
-from ..engine.precision import cpu_supports_bf16
+from ..engine.precision import Precision, cpu_supports_bf16, resolve_precision
+from ..errors import BackendUnavailable, ConfigError, DataError
+from ..files import cache_root
+from ..version import install_hint
+from . import extras
+from .export import export_onnx
 from .fold import fold_bn, unshare_modules
 
 # Backends. `int8` is PT2E static quantization (torchao's X86InductorQuantizer) compiled by
@@ -31,47 +32,33 @@ from .fold import fold_bn, unshare_modules
 # less per-call overhead (ResNet-20 at batch 1: 0.34 ms against 1.6 ms; ResNet-50 at batch 1
 # about equal, 15.8 against 15.4 ms), so it stays as the low-latency choice and needs no torchao.
 BACKENDS = ("eager-fp32", "eager-bf16", "compiled-bf16", "int8", "onnxruntime", "onnxruntime-int8")
-DEFAULT_BACKENDS = BACKENDS
 REFERENCE = "eager-fp32"
-_NEEDS = {"int8": ("torchao",), "onnxruntime": ("onnx", "onnxscript", "onnxruntime"),
-          "onnxruntime-int8": ("onnx", "onnxscript", "onnxruntime")}
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend's packages are not installed (or the platform cannot run it)."""
+_NEEDS = {"int8": extras.TORCHAO, "onnxruntime": extras.ONNX + extras.ONNXRUNTIME,
+          "onnxruntime-int8": extras.ONNX + extras.ONNXRUNTIME}
+# Backends that take any image size in one prepared model (eager, and ONNX graphs exported with
+# dynamic height and width): what the multi-scale test needs. The compiled ones are specialised to
+# the size they were prepared for.
+DYNAMIC_SIZE_BACKENDS = ("eager-fp32", "eager-bf16", "onnxruntime", "onnxruntime-int8")
 
 
 def backend_status(backend: str) -> str | None:
     """None when `backend` can run here, else why not (e.g. the missing package)."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    missing = [m for m in _NEEDS.get(backend, ()) if importlib.util.find_spec(m) is None]
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    missing = extras.missing(*_NEEDS.get(backend, ()))
     if missing:
-        return f"not installed: {', '.join(missing)} (pip install 'resnet[deploy]')"
+        return f"not installed: {', '.join(missing)} ({install_hint('deploy')})"
     if backend.startswith("compiled") or backend == "int8":
         if not hasattr(torch, "compile"):
             return "torch.compile needs PyTorch >= 2.0"
     return None
 
 
-@contextlib.contextmanager
-def quiet_loggers(*names: str, level: int = logging.ERROR):
-    """Silence import-time chatter of optional packages (torchao's CUDA-only extensions failing to
-    load on a CPU build, torch.onnx's notes about torchvision ops): nothing the user can act on."""
-    loggers = [logging.getLogger(n) for n in names]
-    old = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(level)
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, old):
-            lg.setLevel(lv)
-
-
-def cache_dir() -> Path:
-    """The toolkit's cache folder (one definition: data.cifar.default_cache_dir)."""
-    return default_cache_dir()
+def require_dynamic_sizes(backend: str, what: str) -> None:
+    """A one-line error unless `backend` runs images of any size (what `what` feeds it)."""
+    if backend != "auto" and backend not in DYNAMIC_SIZE_BACKENDS:
+        raise ConfigError(f"{what} feeds images of many sizes, which --backend {backend} (compiled for one size) "
+                          f"cannot take; use one of: auto, {', '.join(DYNAMIC_SIZE_BACKENDS)}")
 
 
 def configure_compile_cache() -> Path:
@@ -83,7 +70,7 @@ def configure_compile_cache() -> Path:
     # inductor writes its default (/tmp/torchinductor_USER) into the environment once used, so
     # "unset" and "equal to the default" both mean the user did not choose.
     if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
     path = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -191,7 +178,7 @@ def _compiled_bf16(model: nn.Module) -> Predictor:
 
 def _calibration_batches(calibration, batch_size: int = 32) -> list[torch.Tensor]:
     if calibration is None:
-        raise ValueError("int8 needs calibration images: a float tensor N x C x H x W (a few hundred, normalised)")
+        raise ConfigError("int8 needs calibration images: a float tensor N x C x H x W (a few hundred, normalised)")
     if isinstance(calibration, torch.Tensor):
         return [calibration[i:i + batch_size].float() for i in range(0, calibration.shape[0], batch_size)]
     return [b.float() for b in calibration]
@@ -199,7 +186,7 @@ def _calibration_batches(calibration, batch_size: int = 32) -> list[torch.Tensor
 
 def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
     """PT2E static quantization: torch.export -> X86InductorQuantizer -> calibrate -> compile (freezing)."""
-    with quiet_loggers("torchao"):
+    with extras.quiet_loggers("torchao"):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
@@ -241,24 +228,22 @@ def _ort_predictor(backend: str, session, note: str) -> Predictor:
     return Predictor(backend, run, note, extra={"session": session})
 
 
-def _onnxruntime(model: nn.Module, example: torch.Tensor, workdir: Path) -> Predictor:
-    from .export import export_onnx
-
+def _onnxruntime(model: nn.Module, example: torch.Tensor, workdir: Path, dynamic_size: bool) -> Predictor:
     path = workdir / "model.onnx"
-    export_onnx(model, path, dynamic_batch=True, example=example[:2], check=False)
+    export_onnx(model, path, dynamic_batch=True, example=example[:2], check=False, dynamic_size=dynamic_size)
     return _ort_predictor("onnxruntime", _ort_session(path), "ONNX (BN folded), onnxruntime CPU fp32")
 
 
-def _onnxruntime_int8(model: nn.Module, example: torch.Tensor, calibration, workdir: Path) -> Predictor:
-    """onnxruntime static quantization: QDQ, per-channel int8 weights, uint8 activations (MinMax)."""
+def _onnxruntime_int8(model: nn.Module, example: torch.Tensor, calibration, workdir: Path,
+                      dynamic_size: bool) -> Predictor:
+    """onnxruntime static quantization: QDQ, per-channel int8 weights, uint8 activations (MinMax).
+    Activation scales are per tensor, so a graph with dynamic height and width stays valid at any size."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .export import export_onnx
-
     batches = _calibration_batches(calibration)
     fp32, pre, int8 = workdir / "model.onnx", workdir / "model.pre.onnx", workdir / "model.int8.onnx"
-    export_onnx(model, fp32, dynamic_batch=True, example=example[:2], check=False)
+    export_onnx(model, fp32, dynamic_batch=True, example=example[:2], check=False, dynamic_size=dynamic_size)
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
 
     class Reader(CalibrationDataReader):
@@ -276,29 +261,27 @@ def _onnxruntime_int8(model: nn.Module, example: torch.Tensor, calibration, work
 
 def prepare_inference(model: nn.Module, backend: str = "compiled-bf16", calibration=None,
                       example: torch.Tensor | None = None, workdir: str | os.PathLike | None = None,
-                      chunk: int | str | None = "auto") -> Predictor:
+                      chunk: int | str | None = "auto", dynamic_size: bool = False) -> Predictor:
     """A `Predictor` running `model` (left untouched) through `backend` (one of BACKENDS).
 
     `calibration`: normalised images (a tensor or an iterable of batches, a few hundred images)
     for the int8 backends. `example`: a batch of the right image size (ONNX export needs one).
     `workdir`: where ONNX files are kept (default: a temporary folder, removed). `chunk`: sub-batch
-    size for large batches ("auto": see `auto_chunk`; None: whole batches).
+    size for large batches ("auto": see `auto_chunk`; None: whole batches). `dynamic_size`: the
+    predictor takes images of any height and width (DYNAMIC_SIZE_BACKENDS only).
     """
-    predictor = _prepare(model.eval(), backend, calibration, example, workdir)
+    if dynamic_size:
+        require_dynamic_sizes(backend, "dynamic_size=True")
+    predictor = _prepare(model.eval(), backend, calibration, example, workdir, dynamic_size)
     if chunk == "auto":
-        size = example.shape[-1] if example is not None else _native_size(model)
+        size = example.shape[-1] if example is not None else model.config.input_size
         chunk = auto_chunk(model, size, backend)
     predictor.chunk = chunk
     predictor.static_shapes = backend in ("compiled-bf16", "int8")
     return predictor
 
 
-def _native_size(model: nn.Module) -> int | None:
-    stem = getattr(getattr(model, "config", None), "stem", None)
-    return {"cifar": 32, "imagenet": 224}.get(stem)
-
-
-def _prepare(model: nn.Module, backend: str, calibration, example, workdir) -> Predictor:
+def _prepare(model: nn.Module, backend: str, calibration, example, workdir, dynamic_size: bool) -> Predictor:
     reason = backend_status(backend)
     if reason:
         raise BackendUnavailable(f"backend {backend}: {reason}")
@@ -316,10 +299,10 @@ def _prepare(model: nn.Module, backend: str, calibration, example, workdir) -> P
         raise ValueError(f"{backend} needs an example batch (example=...) to export the model")
     if workdir is None:  # the session holds the model in memory; the files can go
         with tempfile.TemporaryDirectory(prefix="resnet-onnx-") as tmp:
-            return _prepare(model, backend, calibration, example, tmp)
+            return _prepare(model, backend, calibration, example, tmp, dynamic_size)
     if backend == "onnxruntime":
-        return _onnxruntime(model, example, Path(workdir))
-    return _onnxruntime_int8(model, example, calibration, Path(workdir))
+        return _onnxruntime(model, example, Path(workdir), dynamic_size)
+    return _onnxruntime_int8(model, example, calibration, Path(workdir), dynamic_size)
 
 
 # --------------------------------------------------------------------------- eval and predict
@@ -349,137 +332,30 @@ def first_images(batches: Iterable, n: int = 256) -> torch.Tensor:
         if count >= n:
             break
     if not taken:
-        raise ValueError("no images to calibrate the int8 backend on")
+        raise DataError("no images to calibrate the int8 backend on")
     return torch.cat(taken)[:n]
 
 
 def inference_model(model: nn.Module, backend: str, precision: str, device: torch.device,
-                    calibration: Callable[[], torch.Tensor] | None = None):
+                    calibration: Callable[[], torch.Tensor] | None = None, dynamic_sizes: bool = False):
     """(module, Precision) that `resnet eval` and `resnet predict` run: the fast CPU paths of
     `prepare_inference`, or on CUDA the model under bf16/fp16 autocast.
 
     `backend` "auto": on CPU, BN folded + channels_last + bf16 weights (eager-bf16) where the
     processor has native bf16 and `precision` allows it, else the fp32 model as trained; on CUDA,
-    autocast at `precision`. `calibration` returns normalised images for the int8/ONNX backends."""
-    from ..engine.precision import Precision, resolve_precision
-
+    autocast at `precision`. `calibration` returns normalised images for the int8/ONNX backends.
+    `dynamic_sizes`: the module will see images of many sizes (the multi-scale test)."""
     if backend not in CLI_BACKENDS:
-        raise ValueError(f"--backend must be one of {', '.join(CLI_BACKENDS)}, got {backend!r}")
+        raise ConfigError(f"--backend must be one of {', '.join(CLI_BACKENDS)}, got {backend!r}")
     model = model.eval().to(device)
     if device.type != "cpu":
         if backend != "auto":
-            raise ValueError(f"--backend {backend} is a CPU path; on {device.type} use --backend auto")
+            raise ConfigError(f"--backend {backend} is a CPU path; on {device.type} use --backend auto")
         return model.to(memory_format=torch.channels_last), resolve_precision(precision, device)
     fp32 = Precision("fp32", device)
     if backend == "auto":
         backend = "eager-bf16" if resolve_precision(precision, device).name == "bf16" else "eager-fp32"
     images = calibration() if backend in _CALIBRATED and calibration is not None else None
     predictor = prepare_inference(model, backend, calibration=images,
-                                  example=images[:2] if images is not None else None)
+                                  example=images[:2] if images is not None else None, dynamic_size=dynamic_sizes)
     return PredictorModule(predictor), fp32
-
-
-# --------------------------------------------------------------------------- checks
-def agreement(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
-    """Fraction of inputs whose top-1 class is the same in both."""
-    return float((reference_logits.argmax(1) == logits.argmax(1)).float().mean())
-
-
-@torch.no_grad()
-def compare_with_fp32(model: nn.Module, predictor: Predictor, images: torch.Tensor,
-                      labels: torch.Tensor | None = None, batch_size: int = 256) -> dict:
-    """Top-1 agreement with the fp32 eager model on `images`; accuracies when `labels` are given."""
-    ref = Predictor(REFERENCE, model.eval()).predict(images, batch_size)
-    out = predictor.predict(images, batch_size)
-    result = {"agreement": agreement(ref, out), "max_abs_diff": float((ref - out).abs().max()), "n": images.shape[0]}
-    if labels is not None:
-        result["accuracy_fp32"] = 100.0 * float((ref.argmax(1) == labels).float().mean())
-        result["accuracy"] = 100.0 * float((out.argmax(1) == labels).float().mean())
-    return result
-
-
-# --------------------------------------------------------------------------- models and inputs
-def load_for_inference(spec: str, num_classes: int | None = None) -> tuple[nn.Module, dict]:
-    """(model in eval mode, metadata) from a checkpoint (file or run folder) or a registered name.
-
-    A registered name gives a randomly initialised network, with the normalisation of its
-    dataset family (ImageNet for 224-pixel nets, CIFAR-10 for 32-pixel nets)."""
-    from ..data.transforms import STATS
-    from ..models import create_model, get_entry
-
-    path = Path(spec).expanduser()
-    if path.exists():
-        from ..engine.checkpoint import load_model
-
-        model, meta = load_model(path)
-        meta = dict(meta)
-        meta.setdefault("input_size", 32 if model.config.stem == "cifar" else 224)
-        return model.eval(), meta
-    entry = get_entry(spec)
-    model = create_model(spec, **({"num_classes": num_classes} if num_classes else {}))
-    mean, std = STATS["imagenet" if entry.input_size >= 64 else "cifar10"]
-    return model.eval(), {"model": spec, "input_size": entry.input_size, "mean": list(mean), "std": list(std),
-                          "classes": None, "random_init": True}
-
-
-@torch.no_grad()
-def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> nn.Module:
-    """Replace every BN's running statistics by those of `images` (cumulative average), in place.
-
-    For randomly initialised networks only: with BN at its initial statistics (mean 0, var 1)
-    a random ResNet-50's activations grow through the residual sums until one class wins for
-    every input, and top-1 agreement with fp32 is then trivially 100%. With statistics matched
-    to the inputs its logits spread over many classes, so agreement measures something."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for b in iter_batches(images, batch_size):
-        model(b)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    return model.eval()
-
-
-def real_images(data: str, meta: dict, n: int, image_size: int | None = None, seed: int = 0,
-                split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` images of a dataset, normalised with the checkpoint's mean/std and resized to `image_size`.
-
-    `split='val'` takes the training run's hold-out (as `resnet eval --split val`) when the
-    metadata describes one, else random images of the training set."""
-    from ..data import load_dataset
-
-    ds = None
-    if split == "val" and meta.get("config"):
-        from ..serve.evaluate import eval_data
-
-        with contextlib.suppress(ValueError):
-            ds = eval_data(meta, data, "val")
-    if ds is None:
-        ds = load_dataset(data, "test" if split == "test" else "train")
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))
-    x = ds.images[idx].float().div_(255)
-    mean = torch.tensor(meta.get("mean") or ds.mean).view(1, -1, 1, 1)
-    std = torch.tensor(meta.get("std") or ds.std).view(1, -1, 1, 1)
-    x = (x - mean) / std
-    if image_size and x.shape[-1] != image_size:
-        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return x.contiguous(), ds.labels[idx]
-
-
-def random_images(n: int, image_size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
-    """Standard-normal inputs: what normalised images look like to the first layer."""
-    return torch.randn(n, channels, image_size, image_size, generator=torch.Generator().manual_seed(seed))
-
-
-def iter_batches(x: torch.Tensor, batch_size: int) -> Iterable[torch.Tensor]:
-    return (x[i:i + batch_size] for i in range(0, x.shape[0], batch_size))
-
-
-def parse_list(text: str | Sequence[str], kind=str) -> list:
-    """'1,16' -> [1, 16]; a list passes through."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    return [kind(t.strip()) for t in items if str(t).strip()]

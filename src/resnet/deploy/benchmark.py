@@ -9,6 +9,11 @@ counts everything resident while the backend runs (interpreter, libraries, weigh
 model and the check images as well as the backend's activations); `mem_delta_mb` is the part
 added during the loop. Where the reset is not possible the field is the lifetime maximum
 (ru_maxrss) and `peak_mem_note` says so.
+
+A time budget (default two minutes) bounds the whole run: each timed loop gets its share of what
+is left (and at least `min_iters` calls while budget is left, one once it is spent), and a backend
+that would start after the budget is spent is listed as skipped, saying how to ask for more. Backends run cheapest to prepare first, so the
+budget cuts those that compile.
 """
 from __future__ import annotations
 
@@ -21,9 +26,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import backends as inf
+from . import parity
+from .backends import REFERENCE, Predictor, backend_status, prepare_inference
 
 FIELDS = ("backend", "batch", "images_per_sec", "latency_ms_p50", "latency_ms_p99", "peak_mem_mb", "agreement")
+# Cheapest to prepare first: eager (nothing), ONNX Runtime (an export), then the compiled ones
+# (inductor compiles every shape, minutes for ResNet-50 on two cores).
+DEFAULT_BACKENDS = ("eager-fp32", "eager-bf16", "onnxruntime", "onnxruntime-int8", "compiled-bf16", "int8")
+DEFAULT_BUDGET = 120.0  # seconds for the whole run: ResNet-50's eager and ONNX Runtime rows on two cores
+
+
+class Budget:
+    """Seconds left of a time budget (None: no limit); `clock` is replaceable for tests."""
+
+    def __init__(self, seconds: float | None, clock=time.perf_counter):
+        self.seconds, self.clock, self.start = seconds, clock, clock()
+
+    def left(self) -> float:
+        return float("inf") if self.seconds is None else self.seconds - (self.clock() - self.start)
+
+    def share(self, loops_left: int, cap: float) -> float:
+        """Seconds for the next timed loop: `cap`, or an equal share of what is left."""
+        return max(0.0, min(cap, self.left() / max(loops_left, 1)))
+
+    def status(self) -> str:
+        return "" if self.seconds is None else f"; {max(0.0, self.left()):.0f} s of the {self.seconds:.0f} s budget left"
 
 
 def _rss_mb(field: str) -> float | None:
@@ -45,16 +72,23 @@ def _reset_peak_rss() -> bool:
 
 
 def time_backend(predictor, x: torch.Tensor, seconds: float = 3.0, min_iters: int = 10, max_iters: int = 2000,
-                 warmup: int = 3) -> dict:
-    """Latency of `predictor(x)` over a timed loop of at least `min_iters` calls and `seconds`."""
-    for _ in range(warmup):
+                 warmup: int = 3, spent=None) -> dict:
+    """Latency of `predictor(x)` over a timed loop of at least `min_iters` calls and `seconds`.
+
+    `spent()` True (the time budget is used up) ends the warm-up and the loop early, after one call
+    of each: a slow model on a busy machine must not run past the budget by min_iters calls."""
+    spent = spent or (lambda: False)
+    for i in range(warmup):
+        if i and spent():
+            break
         predictor(x)
     gc.collect()
     reset = _reset_peak_rss()
     rss0 = _rss_mb("VmRSS")
     times = []
     start = time.perf_counter()
-    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < seconds):
+    while len(times) < max_iters and (len(times) < min_iters or time.perf_counter() - start < seconds) \
+            and not (times and spent()):
         t0 = time.perf_counter()
         predictor(x)
         times.append(time.perf_counter() - t0)
@@ -67,6 +101,8 @@ def time_backend(predictor, x: torch.Tensor, seconds: float = 3.0, min_iters: in
            "mem_delta_mb": (peak - rss0) if reset and peak is not None and rss0 is not None else None}
     if not reset:
         row["peak_mem_note"] = "lifetime maximum RSS (could not reset the high-water mark)"
+    if len(times) < min_iters:
+        row["note_timing"] = f"{len(times)} timed call(s): the time budget was spent"
     return row
 
 
@@ -81,59 +117,70 @@ def _inputs(images: torch.Tensor, batch: int) -> torch.Tensor:
     return images.repeat(reps, 1, 1, 1)[:batch].contiguous() if reps > 1 else images[:batch].contiguous()
 
 
-def run_benchmark(model: nn.Module, backends=inf.DEFAULT_BACKENDS, batches=(1, 16), image_size: int = 224,
+def run_benchmark(model: nn.Module, backends=DEFAULT_BACKENDS, batches=(1, 16), image_size: int = 224,
                   images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                   calibration: torch.Tensor | None = None, seconds: float = 3.0, check_batch: int | None = None,
-                  log=None, min_iters: int = 10) -> list[dict]:
+                  log=None, min_iters: int = 10, budget: float | None = None, clock=time.perf_counter) -> list[dict]:
     """One row per (backend, batch): the FIELDS plus setup_s (preparation, calibration and the first
     call, where compilation happens), note, skipped (why) and accuracy.
 
     `images`: inputs for the agreement check (and the timed batches); random ones when None.
-    `calibration`: images for the int8 backends (default: `images`)."""
+    `calibration`: images for the int8 backends (default: `images`). `budget`: seconds for the
+    whole run (None: no limit), see the module's docstring."""
     model = model.eval()
-    chans = getattr(getattr(model, "config", None), "in_chans", 3)
-    images = inf.random_images(256, image_size, chans) if images is None else images
+    clock_budget = Budget(budget, clock)
+    images = parity.random_images(256, image_size, model.config.in_chans) if images is None else images
     calibration = images if calibration is None else calibration
     check_batch = check_batch or max(batches)
-    with torch.no_grad():
-        reference = inf.Predictor(inf.REFERENCE, model).predict(images, check_batch)
+    reference = parity.logits(Predictor(REFERENCE, model), images, check_batch)
     # Agreement means little when the reference puts every input in one or two classes
     # (a randomly initialised network often does): the table's title says how many it used.
     distinct = int(reference.argmax(1).unique().numel())
     rows = []
-    for backend in backends:
+    for k, backend in enumerate(backends):
         base = {"backend": backend, "image_size": image_size, "threads": torch.get_num_threads(),
                 "reference_classes": distinct}
-        skip = inf.backend_status(backend)
-        if skip is None:
-            try:
-                t0 = time.perf_counter()
-                predictor = inf.prepare_inference(model, backend, calibration=calibration, example=images[:2])
-                predictor(images[:check_batch])  # compiled backends compile here
-                setup = time.perf_counter() - t0
-                out = predictor.predict(images, check_batch)
-                base.update(agreement=inf.agreement(reference, out), note=predictor.note, setup_s=setup,
-                            max_abs_diff=float((out.float() - reference).abs().max()), check_images=images.shape[0])
-                if labels is not None:
-                    base["accuracy"] = 100 * float((out.argmax(1) == labels).float().mean())
-                    base["accuracy_fp32"] = 100 * float((reference.argmax(1) == labels).float().mean())
-            except Exception as e:  # one broken backend must not hide the others' numbers
-                skip = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        for batch in batches:
+        predictor, skip = _prepare_and_check(model, backend, images, labels, calibration, reference, check_batch,
+                                             base, clock_budget)
+        for j, batch in enumerate(batches):
             row = dict(base, batch=batch)
             if skip is None:
-                t0 = time.perf_counter()
-                row.update(time_backend(predictor, _inputs(images, batch), seconds, min_iters))
+                t0 = clock()
+                loops_left = (len(backends) - k) * len(batches) - j
+                row.update(time_backend(predictor, _inputs(images, batch), clock_budget.share(loops_left, seconds),
+                                        min_iters, spent=lambda: clock_budget.left() <= 0))
                 if log:
                     log(f"{backend} batch {batch}: {row['images_per_sec']:.1f} img/s "
-                        f"({time.perf_counter() - t0:.0f} s)")
+                        f"({clock() - t0:.0f} s{clock_budget.status()})")
             else:
-                row.update({k: None for k in FIELDS[2:]}, skipped=skip)
+                row.update({k2: None for k2 in FIELDS[2:]}, skipped=skip)
             rows.append(row)
-        if skip is None:
-            del predictor
+        del predictor
         _release()
     return rows
+
+
+def _prepare_and_check(model, backend, images, labels, calibration, reference, check_batch, base: dict,
+                       budget: Budget):
+    """(predictor, None), with the agreement check's figures in `base`, or (None, why it is skipped)."""
+    skip = backend_status(backend)
+    if skip is None and budget.left() <= 0:
+        skip = (f"the time budget ({budget.seconds:.0f} s) was spent before it started; "
+                "measure it with a larger --budget or --backends " + backend)
+    if skip is not None:
+        return None, skip
+    try:
+        t0 = time.perf_counter()
+        predictor = prepare_inference(model, backend, calibration=calibration, example=images[:2])
+        predictor(images[:check_batch])  # compiled backends compile here
+        base["setup_s"] = time.perf_counter() - t0
+        check = parity.compare(reference, parity.logits(predictor, images, check_batch), labels)
+        base.update(agreement=check["agreement"], note=predictor.note, max_abs_diff=check["max_abs_diff"],
+                    check_images=images.shape[0])
+        base.update({k: check[k] for k in ("accuracy", "accuracy_fp32") if k in check})
+        return predictor, None
+    except Exception as e:  # one broken backend must not hide the others' numbers
+        return None, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 def format_table(rows: list[dict], title: str = "") -> str:
@@ -154,36 +201,58 @@ def format_table(rows: list[dict], title: str = "") -> str:
     return "\n".join(lines)
 
 
-def benchmark(spec: str, backends=inf.DEFAULT_BACKENDS, batches=(1, 16), image_size: int | None = None,
-              data: str | None = None, check_images: int = 256, calib_images: int = 256, seconds: float = 3.0,
-              log=None, min_iters: int = 10) -> tuple[list[dict], str]:
-    """Load a checkpoint or build a registered model, pick inputs, run every backend: (rows, title).
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 32) -> nn.Module:
+    """Replace every BN's running statistics by those of `images` (cumulative average), in place.
+
+    For randomly initialised networks only: with BN at its initial statistics (mean 0, var 1)
+    a random ResNet-50's activations grow through the residual sums until one class wins for
+    every input, and top-1 agreement with fp32 is then trivially 100%. With statistics matched
+    to the inputs its logits spread over many classes, so agreement measures something."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for i in range(0, images.shape[0], batch_size):
+        model(images[i:i + batch_size])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return model.eval()
+
+
+def benchmark(model: nn.Module, meta: dict, backends=DEFAULT_BACKENDS, batches=(1, 16), image_size: int | None = None,
+              data: str | None = None, check_images: int = 64, calib_images: int = 64, seconds: float = 2.0,
+              log=None, min_iters: int = 3, budget: float | None = DEFAULT_BUDGET) -> tuple[list[dict], str]:
+    """`resnet benchmark`: pick inputs for a loaded model (`serve.load.load_spec`), run every
+    backend within `budget` seconds: (rows, title).
 
     With `data`, agreement is measured on real images (the run's validation hold-out for a
     checkpoint) and int8 is calibrated on other images of the training set; without it, on
     standard-normal inputs."""
-    model, meta = inf.load_for_inference(spec)
-    image_size = image_size or meta["input_size"]
+    name = meta.get("model", "model")
+    image_size = image_size or int(meta.get("input_size") or model.config.input_size)
     labels = calibration = None
     if data:
-        images, labels = inf.real_images(data, meta, check_images, image_size, seed=0, split="val")
-        calibration, _ = inf.real_images(data, meta, calib_images, image_size, seed=1, split="train")
+        images, labels = parity.real_images(data, meta, check_images, image_size, seed=0, split="val")
+        calibration, _ = parity.real_images(data, meta, calib_images, image_size, seed=1, split="train")
         if meta.get("random_init") or not meta.get("classes"):
             labels = None  # a random-init model's classes are not the dataset's
         source = f"{images.shape[0]} real images of {data}"
     else:
         chans = model.config.in_chans
-        images = inf.random_images(check_images, image_size, chans, seed=0)
-        calibration = inf.random_images(calib_images, image_size, chans, seed=1)
+        images = parity.random_images(check_images, image_size, chans, seed=0)
+        calibration = parity.random_images(calib_images, image_size, chans, seed=1)
         source = f"{check_images} random inputs"
     if meta.get("random_init"):
-        inf.reestimate_bn(model, calibration[:64])
-        source += " (random weights, BN statistics re-estimated on 64 calibration inputs)"
-    rows = run_benchmark(model, inf.parse_list(backends), inf.parse_list(batches, int), image_size, images, labels,
-                         calibration, seconds, log=log, min_iters=min_iters)
+        reestimate_bn(model, calibration[:64])
+        source += f" (random weights, BN statistics re-estimated on {min(64, calibration.shape[0])} calibration inputs)"
+    rows = run_benchmark(model, list(backends), list(batches), image_size, images, labels, calibration, seconds,
+                         log=log, min_iters=min_iters, budget=budget)
     for r in rows:
-        r["model"] = meta.get("model", spec)
-    title = (f"{meta.get('model', spec)} at {image_size}x{image_size}, {torch.get_num_threads()} threads, "
+        r["model"] = name
+    title = (f"{name} at {image_size}x{image_size}, {torch.get_num_threads()} threads, "
              f"torch {torch.__version__}; agreement = top-1 equal to eager fp32 on {source} "
              f"(eager fp32 predicts {rows[0]['reference_classes'] if rows else '?'} distinct classes on them)")
     return rows, title

@@ -1,7 +1,8 @@
 """ONNX and TorchScript export, each followed by a parity check against the PyTorch model.
 
 A failed parity check raises `ExportParityError`: an export that computes something else is an
-error, not a warning.
+error, not a warning. BN is folded (`fold.fold_bn`) and the check is `parity.check_close`, both
+looked up when called, so they are the places to change (or, in a test, to replace).
 """
 from __future__ import annotations
 
@@ -12,52 +13,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .fold import fold_bn as _fold_bn
-from .backends import quiet_loggers
+from ..errors import ConfigError, ExportParityError
+from . import extras, fold, parity
+from .parity import ATOL, RTOL
 
 DEFAULT_OPSET = 18  # the lowest opset torch.onnx's exporter (torch.export based) emits natively
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-# Parity: |onnx - torch| <= ATOL + RTOL * max|torch| over every logit. Folding BN and the
-# runtimes' different summation orders move fp32 logits by ~1e-6 relative; a wrong graph by >1%.
-ATOL, RTOL = 1e-4, 1e-3
-
-
-class ExportParityError(RuntimeError):
-    """The exported model does not compute what the PyTorch model computes."""
+FORMATS = ("onnx", "torchscript")
 
 
 def _prepare(model: nn.Module, fold_bn: bool) -> nn.Module:
     model = model.eval()
-    return _fold_bn(model) if fold_bn else model
+    return fold.fold_bn(model) if fold_bn else model
 
 
 def _example(model: nn.Module, example: torch.Tensor | None, image_size: int | None) -> torch.Tensor:
     if example is not None:
         return example.float()
-    if image_size is None:
-        image_size = 32 if getattr(getattr(model, "config", None), "stem", "") == "cifar" else 224
-    chans = getattr(getattr(model, "config", None), "in_chans", 3)
-    return torch.randn(2, chans, image_size, image_size, generator=torch.Generator().manual_seed(0))
-
-
-def compare_outputs(reference: torch.Tensor, output: torch.Tensor, what: str, atol: float = ATOL,
-                    rtol: float = RTOL) -> dict:
-    """Max abs / relative difference and top-1 agreement; raises ExportParityError past tolerance."""
-    reference, output = reference.float(), torch.as_tensor(output).float()
-    if reference.shape != output.shape:
-        raise ExportParityError(f"{what}: output shape {tuple(output.shape)} != PyTorch's {tuple(reference.shape)}")
-    scale = float(reference.abs().max())
-    max_abs = float((reference - output).abs().max())
-    rel = max_abs / max(scale, 1e-12)
-    top1 = float((reference.argmax(1) == output.argmax(1)).float().mean())
-    ok = bool(torch.isfinite(output).all()) and max_abs <= atol + rtol * scale
-    report = {"inputs": what, "n": reference.shape[0], "max_abs_diff": max_abs, "max_rel_diff": rel,
-              "top1_agreement": top1, "ok": ok}
-    if not ok:
-        raise ExportParityError(f"{what}: exported model differs from PyTorch: max abs diff {max_abs:.3g}, "
-                                f"relative {rel:.3g} (allowed {atol:g} + {rtol:g} x {scale:.3g}), "
-                                f"top-1 agreement {100 * top1:.1f}%")
-    return report
+    return parity.random_images(2, image_size or model.config.input_size, model.config.in_chans, seed=0)
 
 
 def _check_inputs(example: torch.Tensor, real: torch.Tensor | None, dynamic_batch: bool) -> list[tuple[str, torch.Tensor]]:
@@ -94,34 +67,40 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, example: torch.Tensor,
     with torch.no_grad():
         for what, x in _check_inputs(example, real, dynamic_batch):
             fixed = None if dynamic_batch else example.shape[0]
-            reports.append(compare_outputs(_run_in_batches(model, x, fixed), _run_in_batches(run, x, fixed),
-                                           what, atol, rtol))
+            reports.append(parity.check_close(_run_in_batches(model, x, fixed), _run_in_batches(run, x, fixed),
+                                              what, atol, rtol))
     return reports
 
 
 def _onnx_write(model: nn.Module, example: torch.Tensor, path: Path, opset: int, dynamic_batch: bool,
-                optimize: bool) -> None:
+                optimize: bool, dynamic_size: bool = False) -> None:
     """torch.export-based exporter for opset >= 18; the older TorchScript-based one below that.
 
     The new exporter emits opset 18 at the least (it silently ignores a lower request) and
     onnx's version converter cannot take its Pad (option-A shortcuts) further down, so older
     runtimes get the deprecated exporter, which still writes opsets 9-17."""
-    quiet = quiet_loggers("torch.onnx._internal.exporter._registration")
+    quiet = extras.quiet_loggers("torch.onnx._internal.exporter._registration")
     with warnings.catch_warnings(), torch.no_grad(), quiet:
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
         if opset >= DEFAULT_OPSET:
-            dynamic = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
+            dims = {0: torch.export.Dim("batch", min=1, max=65536)} if dynamic_batch else {}
+            if dynamic_size:  # any height and width (the multi-scale test feeds whole images)
+                dims.update({2: torch.export.Dim("height", min=8, max=8192), 3: torch.export.Dim("width", min=8, max=8192)})
+            dynamic = (dims,) if dims else None
             program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                         dynamic_shapes=dynamic, verbose=False, optimize=optimize)
             program.save(str(path), external_data=False)
         else:
-            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else {}
+            if dynamic_size:
+                axes.setdefault(INPUT_NAME, {}).update({2: "height", 3: "width"})
+            axes = axes or None
             torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
                               do_constant_folding=optimize)
     if _file_opset(path) != opset:
-        raise ValueError(f"asked for ONNX opset {opset}, the exporter wrote {_file_opset(path)}")
+        raise ConfigError(f"asked for ONNX opset {opset}, the exporter wrote {_file_opset(path)}")
 
 
 def _file_opset(path: Path) -> int:
@@ -133,19 +112,23 @@ def _file_opset(path: Path) -> int:
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
                 fold_bn: bool = True, example: torch.Tensor | None = None, image_size: int | None = None,
-                real: torch.Tensor | None = None, check: bool = True) -> dict:
+                real: torch.Tensor | None = None, check: bool = True, dynamic_size: bool = False) -> dict:
     """Export to ONNX (one self-contained file), then check it in onnxruntime (unless check=False).
 
     `example` fixes the input shape (its batch is the fixed batch); `real`: real images for the
     check. `fold_bn=False` keeps the BatchNormalization nodes, so it also skips the exporter's graph
     optimizer (which would fold them). Returns {"path", "opset", "dynamic_batch", "fold_bn",
-    "checks": [...]}; raises ExportParityError when onnxruntime's output differs from PyTorch's."""
+    "checks": [...]}; raises ExportParityError when onnxruntime's output differs from PyTorch's.
+    `dynamic_size`: height and width are free too."""
+    extras.require("ONNX export", *(extras.ONNX if opset >= DEFAULT_OPSET else extras.ONNX[:1]))
+    if check:
+        extras.require("the ONNX parity check", *extras.ONNXRUNTIME)
     model = model.eval()
     example = _example(model, example, image_size)
     exported = _prepare(model, fold_bn)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _onnx_write(exported, example, path, opset, dynamic_batch, optimize=fold_bn)
+    _onnx_write(exported, example, path, opset, dynamic_batch, optimize=fold_bn, dynamic_size=dynamic_size)
     report = {"path": str(path), "format": "onnx", "opset": _file_opset(path), "dynamic_batch": dynamic_batch,
               "fold_bn": fold_bn, "input_shape": ["batch" if dynamic_batch else example.shape[0], *example.shape[1:]],
               "size_mb": path.stat().st_size / 2**20, "checks": []}
@@ -174,7 +157,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, fold_bn: bool 
     if check:
         with torch.no_grad():
             for what, x in _check_inputs(example, real, dynamic_batch=True):
-                report["checks"].append(compare_outputs(model(x), loaded(x), what))
+                report["checks"].append(parity.check_close(model(x), loaded(x), what))
     return report
 
 
@@ -188,21 +171,18 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def export_model(spec: str, fmt: str, out: str | os.PathLike, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False,
-                 fold_bn: bool = True, batch: int = 1, image_size: int | None = None, data: str | None = None,
-                 real_images: int = 64) -> dict:
-    """`resnet export`: a checkpoint (file or run folder) or a registered name -> ONNX or TorchScript, checked.
+def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
+                 dynamic_batch: bool = False, fold_bn: bool = True, batch: int = 1, image_size: int | None = None,
+                 data: str | None = None, real_images: int = 64) -> dict:
+    """`resnet export`: a loaded model (`serve.load.load_spec`) -> ONNX or TorchScript, checked.
 
-    Parity is checked on random inputs and, with `data`, on `real_images` real images as well."""
-    from .backends import load_for_inference, random_images
-    from .backends import real_images as load_real
-
-    model, meta = load_for_inference(spec)
-    image_size = image_size or meta["input_size"]
-    example = random_images(batch, image_size, model.config.in_chans, seed=0)
-    real = load_real(data, meta, real_images, image_size, split="val")[0] if data else None
+    Parity is checked on random inputs and, with `data`, on `real_images` real images as well
+    (the run's hold-out where `meta` describes one), preprocessed as `meta` says."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be onnx or torchscript, got {fmt!r}")
+    image_size = image_size or int(meta.get("input_size") or model.config.input_size)
+    example = parity.random_images(batch, image_size, model.config.in_chans, seed=0)
+    real = parity.real_images(data, meta, real_images, image_size, split="val")[0] if data else None
     if fmt == "onnx":
         return export_onnx(model, out, opset, dynamic_batch, fold_bn, example, real=real)
-    if fmt == "torchscript":
-        return export_torchscript(model, out, fold_bn, example, real=real)
-    raise ValueError(f"--format must be onnx or torchscript, got {fmt!r}")
+    return export_torchscript(model, out, fold_bn, example, real=real)

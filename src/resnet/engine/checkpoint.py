@@ -20,7 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..models import ResNet, ResNetConfig
-from ..weights.state_dict import WeightsError, read_state_dict
+from ..errors import CheckpointError
+from ..weights.state_dict import read_state_dict
 
 META_KEY = "resnet"
 KEEP = 2  # versioned checkpoints kept in ckpt/
@@ -116,7 +117,7 @@ def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     try:
         state = torch.load(state_file, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"cannot read {state_file} ({type(e).__name__}: {str(e)[:200]}); "
+        raise CheckpointError(f"cannot read {state_file} ({type(e).__name__}: {str(e)[:200]}); "
                            "it may not come from this toolkit") from None
     return state, read_state_dict(run_dir / state["weights_file"])
 
@@ -137,14 +138,14 @@ def resolve_weights_path(path: str | os.PathLike) -> Path:
 def read_meta(path: Path) -> dict:
     """The JSON description stored with a toolkit checkpoint."""
     if path.suffix != ".safetensors":
-        raise WeightsError(f"{path}: a toolkit checkpoint is a .safetensors file (or its run folder)")
+        raise CheckpointError(f"{path}: a toolkit checkpoint is a .safetensors file (or its run folder)")
     try:
         with safe_open(str(path), "pt") as f:
             raw = (f.metadata() or {}).get(META_KEY)
     except Exception as e:
-        raise WeightsError(f"{path} is not a valid safetensors file ({e})") from None
+        raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
     if raw is None:
-        raise WeightsError(f"{path} has no model description: build the model yourself and use resnet.load_weights")
+        raise CheckpointError(f"{path} has no model description: build the model yourself and use resnet.load_weights")
     return json.loads(raw)
 
 

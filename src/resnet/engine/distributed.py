@@ -19,6 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.memory import _crop_nhwc
+from ..errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -81,7 +84,7 @@ class ShardedMemoryLoader:
 
     def __init__(self, loader, rank: int, world_size: int):
         if loader.batch_size % world_size:
-            raise ValueError(f"the global batch {loader.batch_size} does not split over {world_size} processes: "
+            raise ConfigError(f"the global batch {loader.batch_size} does not split over {world_size} processes: "
                              f"make data.batch_size a multiple of {world_size}")
         self.inner, self.rank, self.world_size = loader, rank, world_size
 
@@ -96,8 +99,6 @@ class ShardedMemoryLoader:
         return len(self.inner)
 
     def __iter__(self):
-        from ..data.memory import _crop_nhwc
-
         inner = self.inner
         order, oy, ox, flip = inner.epoch_plan()
         per_rank = inner.batch_size // self.world_size

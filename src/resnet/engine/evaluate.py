@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .precision import Precision
+from ..errors import DataError
 
 
 @torch.no_grad()
@@ -38,7 +39,7 @@ def evaluate(model: nn.Module, loader, precision: Precision, num_classes: int, t
         n += y.numel()
     model.train(was_training)
     if n == 0:
-        raise ValueError("evaluation set is empty")
+        raise DataError("evaluation set is empty")
     per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
     return {"loss": float(loss_sum) / n, "top1_err": 100.0 * (1 - top1 / n), "top5_err": 100.0 * (1 - top5 / n),
             "n": n, "per_class_acc": [100.0 * float(a) for a in per_class], "confusion": confusion.tolist()}

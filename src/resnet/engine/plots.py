@@ -3,16 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+# Figure objects rather than pyplot: no global backend to switch and no figure registry to leak
+# into a user's notebook; PNGs are written through Agg all the same.
+from matplotlib.figure import Figure
 
 
 def plot_training_curves(records: list[dict], path: Path, title: str = "") -> Path:
     """Training error (dashed) and validation error (bold) against iterations, and the losses."""
     steps = [r["step"] for r in records]
-    fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_err, ax_loss = fig.subplots(1, 2)
     ax_err.plot(steps, [r["train_err"] for r in records], "--", label="train error")
     val = [(r["step"], r["val_err"]) for r in records if r.get("val_err") is not None]
     if val:
@@ -27,18 +29,16 @@ def plot_training_curves(records: list[dict], path: Path, title: str = "") -> Pa
     ax_loss.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
     """Row-normalised confusion matrix (true class down, predicted across)."""
-    import numpy as np
-
     m = np.asarray(confusion, dtype=float)
     m = m / np.maximum(m.sum(1, keepdims=True), 1)
     size = max(4.0, 0.45 * len(classes))
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
     if len(classes) <= 30:
         ax.set_xticks(range(len(classes)), classes, rotation=90)
@@ -52,5 +52,4 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

@@ -6,6 +6,8 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from ..config import PRECISIONS
+from ..errors import ConfigError
 
 
 def cpu_supports_bf16() -> bool:
@@ -46,14 +48,14 @@ class Precision:
 
 def resolve_precision(requested: str, device: torch.device) -> Precision:
     """'auto' = bf16 where the hardware runs it natively, else fp32 (with a warning on CPU)."""
-    if requested not in ("auto", "bf16", "fp16", "fp32"):
-        raise ValueError(f"--precision must be auto, bf16, fp16 or fp32, got {requested!r}")
+    if requested not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if device.type == "cuda":
         if requested == "auto":
             requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return Precision(requested, device)
     if requested == "fp16":
-        raise ValueError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
+        raise ConfigError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
     native = cpu_supports_bf16()
     if requested == "auto":
         if not native:

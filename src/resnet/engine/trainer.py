@@ -14,20 +14,23 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..config import TrainConfig
-from ..data import InMemoryDataset, load_dataset
+from ..data import ImagesTooLargeError, InMemoryDataset, load_dataset
 from ..data.split import holdout
+from ..errors import CheckpointError, ConfigError, ResNetError
 from ..models import check_model_args, create_model
 from . import checkpoint, distributed
 from .evaluate import evaluate
 from .logger import MetricsLog, Progress
 from .optim import EMA, Schedule, make_optimizer
 from .precision import default_device, resolve_precision
-from ..data.stream import image_channels, input_size, preprocess_meta
+from ..data.stream import image_channels, input_size, preprocess_meta, streaming_split
+from ..weights.pretrained import apply_preprocess, load_pretrained
+from .plots import plot_training_curves
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ResNetError, RuntimeError):
     """The loss became NaN or infinite."""
 
 
@@ -111,9 +114,6 @@ def _stop_on_signals(trainer: "Trainer"):
 def split_train_val(cfg: TrainConfig) -> tuple[InMemoryDataset, InMemoryDataset | None]:
     """The training data and a seeded, stratified hold-out from it (the test set stays untouched).
     Images over 64x64 (any, with data.stream) are streamed instead of held in memory (data/stream.py)."""
-    from ..data import ImagesTooLargeError
-    from ..data.stream import streaming_split
-
     if cfg.data.stream:
         return streaming_split(cfg)
     try:
@@ -152,7 +152,6 @@ class Trainer:
         if data is None:
             print(describe_data(self.train_data, self.val_data), file=self.stream)
         if cfg.weights:
-            from ..weights import apply_preprocess
             apply_preprocess(cfg.weights, self.train_data, self.val_data)  # the pretrained weights' mean/std
         self.classes = self.train_data.classes
         self._skipped = list(self.train_data.info.get("skipped", []))  # with data.skip_bad: the images left out
@@ -160,17 +159,16 @@ class Trainer:
                                                    channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip)
         self.train_loader = distributed.shard_loader(self.train_loader, self.dist)  # this rank's slice of each batch
         if len(self.train_loader) == 0:
-            raise ValueError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
         self.val_loader = self.val_data.loader(cfg.data.eval_batch_size, train=False, device=self.device,
                                                channels_last=cfg.channels_last) if self.val_data else None
         args = {"num_classes": len(self.classes), "in_chans": image_channels(self.train_data), **cfg.model_args}
         if args["num_classes"] != len(self.classes):
-            raise ValueError(f"num_classes={args['num_classes']}, but the training data has {len(self.classes)} classes")
+            raise ConfigError(f"num_classes={args['num_classes']}, but the training data has {len(self.classes)} classes")
         self.model = create_model(cfg.model, **args).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.weights and not resume and self.dist.is_main:  # DDP copies rank 0's weights to the others
-            from ..weights import load_pretrained
             load_pretrained(self.model, cfg.weights)
         self.train_module = distributed.wrap_model(self.model, self.dist, self.device, cfg.sync_bn)
         self.optimizer = make_optimizer(self.model, cfg.optim)
@@ -214,7 +212,7 @@ class Trainer:
     def _restore(self) -> None:
         state, weights = checkpoint.load_training_state(self.run_dir)
         if state.get("config", {}).get("model") not in (None, self.cfg.model):
-            raise ValueError(f"--resume {self.run_dir}: that run trains {state['config']['model']}, not {self.cfg.model}")
+            raise CheckpointError(f"--resume {self.run_dir}: that run trains {state['config']['model']}, not {self.cfg.model}")
         self.model.load_state_dict(state.get("model_raw", weights))
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
@@ -417,8 +415,6 @@ class Trainer:
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False, device=None, stream=None) -> list[dict]:
     """Train (or continue) a run and draw its curves; returns the per-epoch records."""
-    from .plots import plot_training_curves
-
     trainer = Trainer(cfg, run_dir, resume=resume, device=device, stream=stream)
     history = trainer.fit()
     if history and trainer.dist.is_main:

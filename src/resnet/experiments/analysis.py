@@ -8,11 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import MemoryLoader
-from ..engine.checkpoint import load_model
-from ..serve.evaluate import eval_data
+from ..data import MemoryLoader, load_split
 from ..models import ResNet, ResNetConfig
-from ..models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck
+from ..serve.load import load
 from .figures import plot_layer_values
 from .runner import markdown_table
 
@@ -20,25 +18,12 @@ from .runner import markdown_table
 def response_layers(model: ResNet) -> list[tuple[str, nn.Module]]:
     """The output of every 3x3 conv layer after its BN, before ReLU or the addition [ResNet §4.2, Fig. 7].
 
-    Basic and plain blocks: bn1 and bn2; bottlenecks: bn2 (their 3x3). Pre-activation blocks have no BN
-    after a conv, so the 3x3 conv's own output stands in (conv1/conv2; conv2 in bottlenecks).
+    Each block class names them (`response_layers`): bn1 and bn2 in basic and plain blocks, bn2 (the
+    3x3) in bottlenecks; pre-activation blocks have no BN after a conv, so the 3x3 convs' own outputs.
     """
-    layers = []
-    for s, stage in enumerate(model.stages()):
-        for b, block in enumerate(stage):
-            prefix = f"layer{s + 1}.{b}"
-            if isinstance(block, (PreActBasicBlock,)):
-                names = ["conv1", "conv2"]
-            elif isinstance(block, PreActBottleneck):
-                names = ["conv2"]
-            elif isinstance(block, Bottleneck):
-                names = ["bn2"]
-            elif isinstance(block, BasicBlock):
-                names = ["bn1", "bn2"]
-            else:
-                raise TypeError(f"unknown block type {type(block).__name__}")
-            layers += [(f"{prefix}.{n}", getattr(block, n)) for n in names]
-    return layers
+    return [(f"layer{s + 1}.{b}.{n}", getattr(block, n))
+            for s, stage in enumerate(model.stages()) for b, block in enumerate(stage)
+            for n in type(block).response_layers]
 
 
 @torch.no_grad()
@@ -83,7 +68,7 @@ def _label(path: str, meta: dict, taken: dict) -> str:
 
 
 def _loader(meta: dict, data: str, split: str, limit: int, batch: int = 500) -> MemoryLoader:
-    ds = eval_data(meta, data, split)
+    ds = load_split(data, split, meta.get("config"))
     if limit and len(ds) > limit:
         ds = ds.subset(range(limit))
     return MemoryLoader(ds.images, ds.labels, batch, train=False, mean=meta["mean"], std=meta["std"],
@@ -97,7 +82,7 @@ def responses(checkpoints: list[str], data: str, out: str = "experiments/respons
     out_dir.mkdir(parents=True, exist_ok=True)
     series, rows = {}, []
     for path in checkpoints:
-        model, meta = load_model(path)
+        model, meta = load(checkpoint=path)
         label = _label(path, meta, series)
         stds = layer_responses(model, _loader(meta, data, split, limit))
         series[label] = stds
@@ -127,7 +112,7 @@ def gradients(checkpoints: list[str], data: str, out: str = "experiments/gradien
     out_dir.mkdir(parents=True, exist_ok=True)
     series, rows = {}, []
     for path in checkpoints:
-        trained, meta = load_model(path)
+        trained, meta = load(checkpoint=path)
         x, y = next(iter(_loader(meta, data, split, batch, batch)))
         torch.manual_seed(seed)
         fresh = ResNet(ResNetConfig(**meta["model_config"]))

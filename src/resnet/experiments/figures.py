@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+# Figure objects rather than pyplot: no global backend to switch and no figure registry to leak
+# into a user's notebook; PNGs are written through Agg all the same.
+from matplotlib.figure import Figure
 
 
 def plot_degradation(curves: dict[str, dict[int, list[dict]]], path: Path) -> Path:
@@ -15,7 +14,8 @@ def plot_degradation(curves: dict[str, dict[int, list[dict]]], path: Path) -> Pa
     `curves[family][depth]` = per-epoch records (seed 0) of that network.
     """
     families = [f for f in ("plain", "resnet") if f in curves]
-    fig, axes = plt.subplots(1, len(families), figsize=(6 * len(families), 4.5), sharey=True, squeeze=False)
+    fig = Figure(figsize=(6 * len(families), 4.5))
+    axes = fig.subplots(1, len(families), sharey=True, squeeze=False)
     for ax, family in zip(axes[0], families):
         for i, (depth, records) in enumerate(sorted(curves[family].items())):
             color = f"C{i}"
@@ -31,7 +31,6 @@ def plot_degradation(curves: dict[str, dict[int, list[dict]]], path: Path) -> Pa
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -39,7 +38,8 @@ def plot_layer_values(series: dict[str, list[float]], path: Path, ylabel: str, t
                       log: bool = False) -> Path:
     """One value per layer for several networks: by layer index (top) and sorted descending (bottom), as Fig. 7."""
     rows = 2 if sort else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(8, 3.2 * rows), squeeze=False)
+    fig = Figure(figsize=(8, 3.2 * rows))
+    axes = fig.subplots(rows, 1, squeeze=False)
     for i, (label, values) in enumerate(series.items()):
         axes[0][0].plot(range(1, len(values) + 1), values, "-", color=f"C{i}", label=label)
         if sort:
@@ -54,17 +54,16 @@ def plot_layer_values(series: dict[str, list[float]], path: Path, ylabel: str, t
             ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
 def plot_bars(labels: list[str], values: list[float], errors: list[float], path: Path, ylabel: str, title: str) -> Path:
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) + 2), 4))
+    fig = Figure(figsize=(max(5, 0.9 * len(labels) + 2), 4))
+    ax = fig.subplots()
     ax.bar(range(len(labels)), values, yerr=errors, color=[f"C{i}" for i in range(len(labels))], capsize=4)
     ax.set_xticks(range(len(labels)), labels, rotation=20)
     ax.set(ylabel=ylabel, title=title)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

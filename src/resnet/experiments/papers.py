@@ -7,14 +7,15 @@ from pathlib import Path
 import torch
 
 from ..models import create_model, get_entry, list_models
+from ..models.blocks import block_class
 from .figures import plot_bars, plot_degradation
 from .runner import Experiment, RunSpec, base_config, markdown_table, mean_std
+from ..errors import ConfigError
 
 # CIFAR-10 test error (%) reported by the papers: ResNet Table 6, Identity Mappings Table 3.
 PAPER_ERR = {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97, "resnet110": 6.43,
              "resnet1202": 7.93, "preact_resnet110": 6.37, "original-110": 6.61, "preact_resnet164": 5.46,
              "original-164": 5.93, "preact_resnet1001": 4.92, "original-1001": 7.61}
-ORIGINAL_BLOCK = {"preact_basic": "basic", "preact_bottleneck": "bottleneck"}
 
 
 def cifar_spec(family: str, depth: int, seed: int, **model_args) -> RunSpec:
@@ -24,7 +25,7 @@ def cifar_spec(family: str, depth: int, seed: int, **model_args) -> RunSpec:
         return RunSpec(name, seed, model_args)
     n, rest = divmod(depth - 2, 6)
     if rest or n < 1:
-        raise ValueError(f"--depths: a CIFAR {family} net has depth 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
+        raise ConfigError(f"--depths: a CIFAR {family} net has depth 6n+2 (20, 32, 44, 56, 110, ...), got {depth}")
     return RunSpec(f"{family}20", seed, {"layers": [n, n, n], **model_args}, label=name)
 
 
@@ -177,7 +178,7 @@ def preactivation(data: str, depths: list[int], epochs: int, seeds: int = 1, out
     for depth in depths:
         preact = f"preact_resnet{depth}"
         entry = get_entry(preact)
-        original = {"block": ORIGINAL_BLOCK[entry.config.block]}
+        original = {"block": block_class(entry.config.block).original_unit}
         specs += [RunSpec(preact, s, original, label=f"original-{depth}") for s in range(seeds)]
         specs += [RunSpec(preact, s, {}, label=preact) for s in range(seeds)]
     exp = Experiment("preact", out, base_config(data, epochs, recipe, overrides), specs, stream, jobs)

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from .. import __version__
+from ..version import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
 from ..engine.trainer import Trainer, describe_data, split_train_val
+from ..errors import ConfigError
 from ..models import check_model_args
 
 
@@ -78,7 +79,7 @@ class Experiment:
     def __init__(self, kind: str, out: str | Path, cfg: TrainConfig, specs: list[RunSpec], stream=None,
                  jobs: int = 1):
         if jobs < 1:
-            raise ValueError(f"jobs must be at least 1, got {jobs}")
+            raise ConfigError(f"jobs must be at least 1, got {jobs}")
         for spec in specs:  # a typo in model_args fails now, not after the data is read
             try:
                 check_model_args(spec.model, **{**cfg.model_args, **spec.model_args})

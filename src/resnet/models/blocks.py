@@ -1,8 +1,13 @@
 """Residual, pre-activation and plain blocks; interchangeable, built by `make_block`.
 
 Every block takes (in_planes, planes, stride, shortcut, drop_path) and exposes `expansion`
-(output channels = planes * expansion), `has_shortcut` (whether `shortcut` and `drop_path` act on
-anything) and `zero_init_last()`.
+(output channels = planes * expansion) and `zero_init_last()`. Each block class also declares its
+traits, so nothing else reads them from its name: `preact` (BN-ReLU before each conv, nothing after
+the addition), `plain` (no shortcut: `shortcut` and `drop_path` have nothing to act on),
+`bottleneck` (1x1-3x3-1x1, three convs a block), `response_layers` (the modules whose outputs
+ResNet Fig. 7 measures: each 3x3 conv after its BN, before ReLU or the addition) and
+`original_unit` (for a pre-activation block, the block name of the original unit it is compared
+with [Identity Mappings Table 3]). A new block type declares them too.
 """
 from __future__ import annotations
 
@@ -10,13 +15,16 @@ import torch
 from torch import nn
 
 from .layers import DropPath, conv1x1, conv3x3, make_shortcut
+from ..errors import ConfigError
 
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN, + shortcut, ReLU [ResNet Fig. 2, Fig. 5 left]."""
 
     expansion = 1
-    has_shortcut = True
+    preact = plain = bottleneck = False
+    response_layers: tuple[str, ...] = ("bn1", "bn2")
+    original_unit: str | None = None
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__()
@@ -51,6 +59,10 @@ class Bottleneck(nn.Module):
     expansion = 4
     has_shortcut = True
     stride_on_1x1 = False
+    preact = plain = False
+    bottleneck = True
+    response_layers = ("bn2",)  # the 3x3 conv's BN
+    original_unit = None
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__()
@@ -90,7 +102,9 @@ class PreActBasicBlock(nn.Module):
     """
 
     expansion = 1
-    has_shortcut = True
+    preact, plain, bottleneck = True, False, False
+    response_layers = ("conv1", "conv2")  # no BN follows a conv here: the 3x3 convs' own outputs stand in
+    original_unit = "basic"
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__()
@@ -119,7 +133,9 @@ class PreActBottleneck(nn.Module):
     """BN-ReLU-1x1-BN-ReLU-3x3-BN-ReLU-1x1, + identity [Identity Mappings Fig. 4(e)]; stride on the 3x3."""
 
     expansion = 4
-    has_shortcut = True
+    preact, plain, bottleneck = True, False, True
+    response_layers = ("conv2",)  # the 3x3 conv's own output
+    original_unit = "bottleneck"
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__()
@@ -148,7 +164,7 @@ class PreActBottleneck(nn.Module):
 class PlainBasicBlock(BasicBlock):
     """BasicBlock without the shortcut: the paper's plain baseline [ResNet §4.1, Fig. 3 middle]."""
 
-    has_shortcut = False  # no identity path: `shortcut` and `drop_path` would have nothing to act on
+    plain = True  # no identity path: `shortcut` and `drop_path` would have nothing to act on
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__(in_planes, planes, stride, shortcut=None)  # `shortcut`, `drop_path`: no branch to apply them to
@@ -163,7 +179,7 @@ class PlainBasicBlock(BasicBlock):
 class PlainBottleneck(Bottleneck):
     """Bottleneck without the shortcut, for plain nets of any depth."""
 
-    has_shortcut = False  # no identity path: `shortcut` and `drop_path` would have nothing to act on
+    plain = True  # no identity path: `shortcut` and `drop_path` would have nothing to act on
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__(in_planes, planes, stride, shortcut=None)
@@ -187,8 +203,5 @@ def block_class(name: str) -> type[nn.Module]:
     try:
         return BLOCKS[name]
     except KeyError:
-        raise ValueError(f"unknown block {name!r}; choose one of {sorted(BLOCKS)}") from None
+        raise ConfigError(f"unknown block {name!r}; choose one of {sorted(BLOCKS)}") from None
 
-
-def is_preact(block: type[nn.Module]) -> bool:
-    return issubclass(block, (PreActBasicBlock, PreActBottleneck))

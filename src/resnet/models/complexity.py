@@ -12,6 +12,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .blocks import block_class
+from .zoo import create_model, get_entry, list_models
+
 
 @dataclass
 class StageInfo:
@@ -93,4 +96,33 @@ def format_table(c: Complexity) -> str:
         lines.append("  ".join(v.ljust(w) if j < 2 else v.rjust(w) for j, (v, w) in enumerate(zip(r, widths))))
         if i == 0 or i == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def measure_registered(name: str, image_size: int | None = None) -> Complexity:
+    """`measure` of a registered model at `image_size` (default: its native size), built on the meta
+    device: sizes and MACs need shapes, not memory or initialisation."""
+    entry = get_entry(name)
+    with torch.device("meta"):
+        model = create_model(name)
+    return measure(model, image_size or entry.input_size, name)
+
+
+def model_rows(pattern: str = "*") -> list[dict]:
+    """`resnet models`: every registered model matching `pattern`, with its size and MACs."""
+    rows = []
+    for name in list_models(pattern):
+        entry, c = get_entry(name), measure_registered(name)
+        rows.append(dict(name=name, depth=entry.config.depth, block=entry.config.block, shortcut=entry.config.shortcut,
+                         input_size=entry.input_size, params=c.params,
+                         macs=c.macs, paper=entry.paper))
+    return rows
+
+
+def format_rows(rows: list[dict]) -> str:
+    """The `resnet models` table; plain nets show no shortcut option."""
+    lines = [f"{'name':<20}{'depth':>6}  {'block':<18}{'shortcut':<9}{'input':>6}{'params':>14}{'MACs':>12}  paper"]
+    for r in rows:
+        lines.append(f"{r['name']:<20}{r['depth']:>6}  {r['block']:<18}{'-' if block_class(r['block']).plain else r['shortcut']:<9}"
+                     f"{r['input_size']:>6}{r['params'] / 1e6:>12.3f} M{r['macs'] / 1e9:>10.3f} G  {r['paper']}")
     return "\n".join(lines)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .onednn_guard import NCHWConv2d, hits_onednn_6035, onednn_avx2_path
+from ..errors import ConfigError
 
 SHORTCUT_OPTIONS = ("A", "B", "C")
 
@@ -31,7 +32,7 @@ class ZeroPadShortcut(nn.Module):
     def __init__(self, in_planes: int, out_planes: int, stride: int):
         super().__init__()
         if out_planes < in_planes:
-            raise ValueError(f"option A cannot reduce channels ({in_planes} -> {out_planes}); use shortcut='B'")
+            raise ConfigError(f"option A cannot reduce channels ({in_planes} -> {out_planes}); use shortcut='B'")
         self.in_planes, self.out_planes, self.stride = in_planes, out_planes, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,7 +56,7 @@ def make_shortcut(option: str | None, in_planes: int, out_planes: int, stride: i
     if option is None:
         return None
     if option not in SHORTCUT_OPTIONS:
-        raise ValueError(f"shortcut must be one of {SHORTCUT_OPTIONS}, got {option!r}")
+        raise ConfigError(f"shortcut must be one of {SHORTCUT_OPTIONS}, got {option!r}")
     changes = stride != 1 or in_planes != out_planes
     if option == "A":
         return ZeroPadShortcut(in_planes, out_planes, stride) if changes else None

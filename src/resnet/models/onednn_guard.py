@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import subprocess
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -73,9 +75,6 @@ def probe_onednn_6035(timeout: float = 60.0) -> str:
 
     The child caps oneDNN at AVX2 (ONEDNN_MAX_CPU_ISA), so the probe means the same on every x86 CPU.
     """
-    import subprocess
-    import sys
-
     env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", OMP_NUM_THREADS="2")
     try:
         out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,

@@ -8,10 +8,13 @@ import torch
 from torch import nn
 
 from . import hub
-from .blocks import block_class, is_preact
+from .blocks import block_class
 from .layers import SHORTCUT_OPTIONS
+from ..errors import ConfigError
 
 STEMS = ("imagenet", "cifar")
+# The image side each stem was designed for: ImageNet crops [ResNet §3.4], CIFAR images [§4.2].
+STEM_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
 
 
 @dataclass(frozen=True)
@@ -34,23 +37,28 @@ class ResNetConfig:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         block_class(self.block)  # validates the name
         if len(self.layers) != len(self.widths) or not self.layers:
-            raise ValueError(f"layers {self.layers} and widths {self.widths} must be non-empty and of equal length")
+            raise ConfigError(f"layers {self.layers} and widths {self.widths} must be non-empty and of equal length")
         if any(n < 1 for n in self.layers) or any(w < 1 for w in self.widths):
-            raise ValueError(f"every stage needs >= 1 block and width >= 1, got layers={self.layers} widths={self.widths}")
+            raise ConfigError(f"every stage needs >= 1 block and width >= 1, got layers={self.layers} widths={self.widths}")
         if self.stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+            raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.shortcut not in SHORTCUT_OPTIONS:
-            raise ValueError(f"shortcut must be one of {SHORTCUT_OPTIONS}, got {self.shortcut!r}")
+            raise ConfigError(f"shortcut must be one of {SHORTCUT_OPTIONS}, got {self.shortcut!r}")
         if self.num_classes < 0 or self.in_chans < 1 or self.stem_width < 1:
-            raise ValueError("num_classes must be >= 0 (0: no classifier), in_chans and stem_width >= 1")
+            raise ConfigError("num_classes must be >= 0 (0: no classifier), in_chans and stem_width >= 1")
         if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+            raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
 
     @property
     def depth(self) -> int:
         """Weighted layers as the papers count them: stem conv + convs in blocks + fc."""
-        convs = 3 if "bottleneck" in self.block else 2
+        convs = 3 if block_class(self.block).bottleneck else 2
         return 2 + convs * sum(self.layers)
+
+    @property
+    def input_size(self) -> int:
+        """The native image side of the stem: 224 (ImageNet stem) or 32 (CIFAR stem)."""
+        return STEM_INPUT_SIZE[self.stem]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -66,7 +74,7 @@ class ResNet(nn.Module):
         config = dataclasses.replace(config, **kwargs) if config else ResNetConfig(**kwargs)
         self.config = config
         block = block_class(config.block)
-        self.preact = is_preact(block)
+        self.preact = block.preact
         self._make_stem(config)
         in_planes = config.stem_width
         total, index = sum(config.layers), 0
@@ -149,7 +157,7 @@ class ResNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised classifier for `num_classes` (0 removes it)."""
         if num_classes < 0:
-            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
         device = next(self.parameters()).device
         self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
         self.config = dataclasses.replace(self.config, num_classes=num_classes)

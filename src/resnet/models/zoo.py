@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from ..errors import ConfigError, UnknownArgumentError
 from .blocks import block_class
 from .resnet import ResNet, ResNetConfig
 
@@ -19,25 +20,29 @@ CIFAR_WIDTHS = (16, 32, 64)
 class ModelEntry:
     name: str
     config: ResNetConfig
-    input_size: int  # native image side: 224 for ImageNet nets, 32 for CIFAR nets
     paper: str  # where the paper describes it
+
+    @property
+    def input_size(self) -> int:
+        """The native image side: 224 for ImageNet nets, 32 for CIFAR nets (from the stem)."""
+        return self.config.input_size
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, paper: str, input_size: int = 224, **config) -> None:
+def register(name: str, paper: str, **config) -> None:
     if name in _REGISTRY:
-        raise ValueError(f"model {name!r} is registered twice")
-    _REGISTRY[name] = ModelEntry(name, ResNetConfig(**config), input_size, paper)
+        raise ConfigError(f"model {name!r} is registered twice")
+    _REGISTRY[name] = ModelEntry(name, ResNetConfig(**config), paper)
 
 
 def cifar_config(depth: int, block: str = "basic", **overrides) -> dict:
     """Config of a CIFAR net of `depth`: 6n+2 with two-conv blocks, 9n+2 with bottlenecks [ResNet §4.2]."""
-    convs = 3 if "bottleneck" in block else 2
+    convs = 3 if block_class(block).bottleneck else 2
     n, rest = divmod(depth - 2, 3 * convs)
     if rest or n < 1:
-        raise ValueError(f"a CIFAR {block} net has depth {3 * convs}n+2 (e.g. {3 * convs + 2}, {6 * convs + 2}); got {depth}")
+        raise ConfigError(f"a CIFAR {block} net has depth {3 * convs}n+2 (e.g. {3 * convs + 2}, {6 * convs + 2}); got {depth}")
     base = dict(block=block, layers=(n, n, n), widths=CIFAR_WIDTHS, stem="cifar", stem_width=16, num_classes=10)
     return {**base, **overrides}
 
@@ -54,12 +59,12 @@ def _register_all() -> None:
     for d in (18, 34):
         register(f"plain{d}", "ResNet §4.1, Fig. 3", block="plain_basic", layers=IMAGENET_LAYERS[d])
     for d in (20, 32, 44, 56, 110, 1202):
-        register(f"resnet{d}", "ResNet §4.2, Table 6", 32, **cifar_config(d, shortcut="A"))
+        register(f"resnet{d}", "ResNet §4.2, Table 6", **cifar_config(d, shortcut="A"))
     for d in (20, 32, 44, 56, 110):
-        register(f"plain{d}", "ResNet §4.2, Fig. 6", 32, **cifar_config(d, "plain_basic"))
-    register("preact_resnet110", "Identity Mappings Table 2", 32, **cifar_config(110, "preact_basic"))
+        register(f"plain{d}", "ResNet §4.2, Fig. 6", **cifar_config(d, "plain_basic"))
+    register("preact_resnet110", "Identity Mappings Table 2", **cifar_config(110, "preact_basic"))
     for d in (164, 1001):
-        register(f"preact_resnet{d}", "Identity Mappings Table 2", 32, **cifar_config(d, "preact_bottleneck"))
+        register(f"preact_resnet{d}", "Identity Mappings Table 2", **cifar_config(d, "preact_bottleneck"))
     for d in (18, 34, 50, 101, 152, 200):
         block = "preact_basic" if d < 50 else "preact_bottleneck"
         register(f"preact_resnet{d}", "Identity Mappings Table 4", block=block, layers=IMAGENET_LAYERS[d])
@@ -83,17 +88,17 @@ def get_entry(name: str) -> ModelEntry:
     except KeyError:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `resnet models` for every name"
-        raise ValueError(f"unknown model {name!r}{hint}") from None
+        raise ConfigError(f"unknown model {name!r}{hint}") from None
 
 
 def _refuse_shortcut_args(label: str, block: str, kwargs: dict) -> None:
     """A plain net has no identity path: `shortcut=` and `drop_path_rate=` would be silently ignored."""
-    if block_class(block).has_shortcut:
+    if not block_class(block).plain:
         return
     given = [f"{k}={kwargs[k]!r}" for k in ("shortcut", "drop_path_rate")
              if k in kwargs and not (k == "drop_path_rate" and kwargs[k] == 0)]
     if given:
-        raise ValueError(f"{label} is a plain network: plain nets have no shortcuts, so {' and '.join(given)} would "
+        raise ConfigError(f"{label} is a plain network: plain nets have no shortcuts, so {' and '.join(given)} would "
                          "have nothing to act on (drop_path_rate drops residual branches); use a resnet for those")
 
 
@@ -106,7 +111,8 @@ def check_model_args(name: str, **kwargs) -> ResNetConfig:
     if unknown:
         close = [c for k in unknown for c in difflib.get_close_matches(k, fields, n=1)]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise TypeError(f"model {name!r} got unknown argument(s) {unknown}{hint} (valid: {', '.join(sorted(fields))})")
+        raise UnknownArgumentError(f"model {name!r} got unknown argument(s) {unknown}{hint} "
+                                   f"(valid: {', '.join(sorted(fields))})")
     config = dataclasses.replace(entry.config, **kwargs)
     _refuse_shortcut_args(name, config.block, kwargs)
     return config
@@ -130,7 +136,7 @@ def build_resnet(depth: int | None = None, block: str = "basic", *, layers=None,
     _refuse_shortcut_args(f"block {block!r}", block, kwargs)
     if layers is None:
         if depth is None:
-            raise ValueError("give a depth (CIFAR-style 6n+2 / 9n+2) or layers=[blocks per stage]")
+            raise ConfigError("give a depth (CIFAR-style 6n+2 / 9n+2) or layers=[blocks per stage]")
         config = cifar_config(depth, block)
         if widths is not None:
             config["widths"] = tuple(widths)
@@ -141,7 +147,7 @@ def build_resnet(depth: int | None = None, block: str = "basic", *, layers=None,
     cifar = (stem or "imagenet") == "cifar"
     defaults = dict(widths=CIFAR_WIDTHS if cifar else IMAGENET_WIDTHS, stem_width=16 if cifar else 64)
     if widths is None and len(layers) != len(defaults["widths"]):
-        raise ValueError(f"{len(layers)} stages need widths= of the same length")
+        raise ConfigError(f"{len(layers)} stages need widths= of the same length")
     config = dict(defaults, block=block, layers=layers, stem=stem or "imagenet")
     if widths is not None:
         config["widths"] = tuple(widths)

@@ -1,8 +1,11 @@
-"""`resnet eval`: a checkpoint or named weights scored on a dataset split; the numbers and optional plots.
+"""`resnet eval`: a checkpoint or pretrained weights scored on a dataset split; the numbers and optional plots.
 
-In-memory data (CIFAR, small image folders): `run_eval`. Image folders of any size:
-`run_eval_stream`, with a single centre crop, the paper's 10-crop test, or the fully-convolutional
-multi-scale test [ResNet §3.4], for checkpoints and pretrained weights.
+One road for every kind of data: CIFAR and small image folders are held in memory, larger images
+are streamed, and either way the model sees its own preprocessing (the checkpoint's mean/std, the
+weights' resize and crop). The test presets: a single centre crop (`--tta-flip` averages it with its
+mirror), the paper's 10-crop test, or the fully-convolutional multi-scale test [ResNet §3.4]; the
+last two include the mirrors already. In-memory images take the 10-crop and multi-scale tests
+through the same PIL presets as image files.
 
 Scores of several views are averaged as probabilities (softmax), as Krizhevsky et al. and the
 paper do; the reported loss is then the negative log of the averaged probability of the true class.
@@ -12,103 +15,23 @@ classes, or ImageNet's WordNet ids (n01440764 ...) for ImageNet weights, are mat
 from __future__ import annotations
 
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data import DatasetLayoutError, ImagesTooLargeError, MemoryLoader, load_dataset
-from ..data.split import holdout
-from ..data.stream import StreamingFolder
-from ..deploy.backends import first_images, inference_model
+from ..data import DatasetLayoutError, ImagesTooLargeError, MemoryLoader, StreamingFolder, load_split
+from ..data.cifar import fetch_named
+from ..data.split import run_holdout
+from ..data.stream import tensor_view_loader
+from ..data.transforms import eval_transform
+from ..deploy.backends import first_images, inference_model, require_dynamic_sizes
 from ..engine.evaluate import evaluate
+from ..engine.plots import plot_confusion
 from ..engine.precision import default_device
-from .predict import load_any
-
-
-def _whole_if_no_test(meta: dict, load_test, load_train, data: str):
-    """The test split; for pretrained weights (no training run to hold images out of) on data with
-    no test split, all of the data's images instead, said on stderr. Returns (images, split scored)."""
-    try:
-        return load_test(), "test"
-    except DatasetLayoutError:
-        if meta.get("config"):
-            raise
-    ds = load_train()
-    print(f"note: {data} has no test split; scoring all {len(ds)} of its images", file=sys.stderr)
-    return ds, "train"
-
-
-def eval_data(meta: dict, path: str, split: str, cache_dir: str | None = None):
-    """The images to evaluate on. `val` rebuilds the training run's hold-out from its seed and size."""
-    return _eval_data(meta, path, split, cache_dir)[0]
-
-
-def _eval_data(meta: dict, path: str, split: str, cache_dir: str | None = None):
-    if split == "test":
-        return _whole_if_no_test(meta, lambda: load_dataset(path, "test", cache_dir=cache_dir),
-                                 lambda: load_dataset(path, "train", cache_dir=cache_dir), path)
-    data = load_dataset(path, "train", cache_dir=cache_dir)
-    if split == "train":
-        return data, split
-    cfg = meta.get("config", {})
-    _, val = holdout(data, cfg.get("data", {}).get("val_size", 5000), cfg.get("seed", 0))
-    if val is None:
-        raise ValueError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
-    return val, split
-
-
-def run_eval(checkpoint: str | None, data: str, split: str = "test", precision: str = "auto", tta_flip: bool = False,
-             batch_size: int = 1000, plots: str | None = None, device=None, backend: str = "auto",
-             weights: str | None = None, model: str | None = None) -> dict:
-    """Top-1/top-5 error, loss and per-class accuracy of a checkpoint (or of `weights`) on `data`
-    held in memory, run through the inference `backend` (see `inference.inference_model`)."""
-    net, meta = load_any(checkpoint, weights, model)
-    ds, split = _eval_data(meta, data, split)
-    return _score_in_memory(net, meta, ds, dict(split=split, checkpoint=str(checkpoint or weights), data=data),
-                            precision, tta_flip, batch_size, plots, device, backend)
-
-
-def _score_in_memory(net, meta: dict, ds, info: dict, precision: str, tta_flip: bool, batch_size: int,
-                     plots: str | None, device, backend: str) -> dict:
-    device = torch.device(device) if device else default_device()
-    classes = meta.get("classes") or ds.classes
-    if len(ds.classes) != len(classes):
-        whose = "checkpoint's" if meta.get("config") else "weights'"
-        raise ValueError(f"{info['data']} has {len(ds.classes)} classes but the {whose} head has {len(classes)}")
-    # The checkpoint's normalisation, not the dataset's: a model sees inputs as it was trained.
-    loader = MemoryLoader(ds.images, ds.labels, batch_size, train=False, mean=meta["mean"], std=meta["std"],
-                          device=device, channels_last=True)
-    net, prec = inference_model(net, backend, precision, device, lambda: first_images(loader))
-    result = evaluate(net, loader, prec, len(classes), tta_flip)
-    result.update(classes=classes, split=info["split"], checkpoint=info["checkpoint"], backend=backend)
-    if plots:
-        from ..engine.plots import plot_confusion
-
-        Path(plots).mkdir(parents=True, exist_ok=True)
-        result["confusion_png"] = str(plot_confusion(result["confusion"], classes, Path(plots) / "confusion.png"))
-    return result
-
-
-def evaluate_weights(data: str, weights: str, model: str | None = None, split: str = "test", test: str = "center",
-                     precision: str = "auto", tta_flip: bool = False, batch_size: int | None = None, workers: int = -1,
-                     plots: str | None = None, device=None, backend: str = "auto") -> dict:
-    """`resnet eval --weights`: a small-image network (CIFAR's 32x32) on images of its input size is
-    scored in memory (decoded once and cached); anything else is streamed with the weights' resize and crop."""
-    net, meta = load_any(None, weights, model)
-    size = int(meta.get("input_size") or 224)
-    if test == "center" and size <= 64 and int(meta.get("resize") or size) == size:
-        try:
-            ds, used = _eval_data(meta, data, split)
-        except ImagesTooLargeError:
-            ds = None
-        if ds is not None and int(ds.images.shape[-1]) == size:
-            return _score_in_memory(net, meta, ds, dict(split=used, checkpoint=weights, data=data), precision,
-                                    tta_flip, batch_size or 1000, plots, device, backend)
-    return run_eval_stream(data, weights=weights, model=model, split=split, test=test, precision=precision,
-                           batch_size=batch_size or 64, workers=workers, plots=plots, device=device, backend=backend,
-                           loaded=(net, meta))
+from ..errors import DataError
+from ..weights.sources import imagenet_wnids
+from .load import load, num_outputs
 
 
 class ViewAverage(nn.Module):
@@ -132,47 +55,66 @@ class ViewAverage(nn.Module):
         return self.model(x)
 
 
-def label_map(data_classes: list[str], model_classes: list[str] | None, num_classes: int) -> list[int]:
-    """Model index of each of the data's classes (by name, by ImageNet WordNet id, or by position)."""
+def class_mapping(data_classes: list[str], model_classes: list[str] | None, num_classes: int,
+                  by_position: bool = False, data: str = "the data", head: str = "the model's") -> list[int]:
+    """Model index of each of the data's classes: by name, by ImageNet WordNet id, or (only when
+    the model has no class names, or with `by_position`) by sorted position. `data` and `head`
+    name the two sides in the errors."""
     if model_classes and all(c in model_classes for c in data_classes):
-        return [model_classes.index(c) for c in data_classes]
+        return [list(model_classes).index(c) for c in data_classes]
     if num_classes == 1000:
-        from ..weights import imagenet_wnids
-
         wnids = imagenet_wnids()
         if all(c in wnids for c in data_classes):
             return [wnids.index(c) for c in data_classes]
-    if len(data_classes) == num_classes:
-        if model_classes:
-            warnings.warn("the data's class folders are named differently from the model's classes; "
-                          "matching them by sorted position", stacklevel=2)
+    if len(data_classes) == num_classes and (by_position or not model_classes):
         return list(range(num_classes))
-    raise ValueError(f"the data has {len(data_classes)} classes ({', '.join(data_classes[:4])} ...) that do not "
-                     f"match the model's {num_classes} by name, and their numbers differ")
+    if len(data_classes) == num_classes:
+        raise DataError(f"the data's classes ({_names(data_classes)}) are not the model's ({_names(model_classes)}); "
+                        "rename the folders, or pass --map-classes-by-position to pair them in sorted order")
+    raise DataError(f"{data} has {len(data_classes)} classes but {head} head has {num_classes}, and their names "
+                    f"do not match ({_names(data_classes)})")
 
 
-def eval_folder(meta: dict, data: str, split: str, test: str, workers: int = -1) -> StreamingFolder:
-    """The images to score, with the model's preprocessing; `val` is the training run's hold-out."""
+def _names(names, shown: int = 10) -> str:
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" ... ({len(names)} in all)" if len(names) > shown else "")
+
+
+def eval_dataset(meta: dict, data: str, split: str, workers: int = -1, test: str = "center"):
+    """The images to score: an InMemoryDataset (CIFAR, digits, small image folders) or a
+    StreamingFolder (large images, and models that expect a resize and crop: pretrained weights,
+    streamed runs), with the model's preprocessing. `val` is the training run's hold-out."""
+    source_split = "test" if split == "test" else "train"
     size = int(meta["input_size"])
-    opts = dict(image_size=size, resize=int(meta.get("resize") or size), test=test, workers=workers,
-                mean=meta["mean"], std=meta["std"], interpolation=meta.get("interpolation", "bilinear"))
-    if split == "test":
-        return _whole_if_no_test(meta, lambda: StreamingFolder(data, "test", **opts),
-                                 lambda: StreamingFolder(data, "train", **opts), data)[0]
-    ds = StreamingFolder(data, "train", **opts)
-    if split == "train":
-        return ds
-    cfg = meta.get("config")
-    if not cfg:
-        raise ValueError("--split val needs a checkpoint of a training run (it rebuilds that run's hold-out); "
-                         "use --split test")
-    _, val = holdout(ds, cfg.get("data", {}).get("val_size", 5000), cfg.get("seed", 0))
-    if val is None:
-        raise ValueError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
-    return val
+    streamed = meta.get("streamed") or int(meta.get("resize") or size) != size
+    if not streamed:
+        try:
+            return load_split(data, split, meta.get("config"))
+        except ImagesTooLargeError:
+            pass  # stream them
+    ds = StreamingFolder(data, source_split, image_size=size, resize=int(meta.get("resize") or size), test=test,
+                         workers=workers, mean=meta["mean"], std=meta["std"],
+                         interpolation=meta.get("interpolation", "bilinear"))
+    return run_holdout(ds, meta.get("config")) if split == "val" else ds
+
+
+def eval_loader(ds, meta: dict, test: str, batch_size: int, device, workers: int = -1):
+    """Normalised batches of `ds` under the `test` preset, with the model's mean/std (a model sees
+    its inputs as it was trained, whatever the data's own statistics)."""
+    if isinstance(ds, StreamingFolder):
+        return (ds if ds.test == test else ds.with_options(test=test)).loader(batch_size, train=False, device=device)
+    if test == "center":
+        return MemoryLoader(ds.images, ds.labels, batch_size, train=False, mean=meta["mean"], std=meta["std"],
+                            device=device, channels_last=True)
+    size = int(meta["input_size"])
+    transform = eval_transform(test, size, int(meta.get("resize") or size), meta.get("interpolation", "bilinear"))
+    return tensor_view_loader(ds.images, ds.labels, transform, batch_size, meta["mean"], meta["std"], device,
+                              name=getattr(ds, "name", "images"), workers=0 if workers < 0 else workers)
 
 
 class _Mapped:
+    """A loader whose labels are re-indexed into the model's classes."""
+
     def __init__(self, loader, mapping: torch.Tensor):
         self.loader, self.mapping = loader, mapping
 
@@ -184,37 +126,51 @@ class _Mapped:
             yield x, self.mapping.to(y.device)[y]
 
 
-def run_eval_stream(data: str, checkpoint: str | None = None, weights: str | None = None, model: str | None = None,
-                    split: str = "test", test: str = "center", precision: str = "auto", batch_size: int = 64,
-                    workers: int = -1, plots: str | None = None, device=None, backend: str = "auto",
-                    loaded=None) -> dict:
-    """Top-1/top-5 error (%), loss and per-class accuracy of a checkpoint or of pretrained weights on
-    an image folder, with the `test` preset (center | ten-crop | multi-scale)."""
-    net, meta = loaded or load_any(checkpoint, weights, model)
+# Pretrained weights (no training run to hold images out of) on data without a test split, such as the
+# shared CIFAR-10 JPEGs, are scored on all of its images rather than refused.
+def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights: str | None = None,
+             model: str | None = None, split: str = "test", test: str = "center", tta_flip: bool = False,
+             precision: str = "auto", batch_size: int | None = None, workers: int = -1, plots: str | None = None,
+             device=None, backend: str = "auto", map_classes_by_position: bool = False) -> dict:
+    """Top-1/top-5 error (%), loss and per-class accuracy of a checkpoint (or of pretrained
+    `weights`) on `data`, through the inference `backend` (see `deploy.backends.inference_model`)."""
+    if data is None:
+        raise DataError("give the data to evaluate on (--data)")
+    fetch_named(data)  # `--data cifar10`: download it when absent
+    if test == "multi-scale":
+        require_dynamic_sizes(backend, "--test multi-scale")
+    net, meta = load(checkpoint, weights, model)
     device = torch.device(device) if device else default_device()
-    num_classes = net.fc.out_features
-    ds = eval_folder(meta, data, split, test, workers)
-    mapping = torch.tensor(label_map(ds.classes, meta.get("classes"), num_classes))
+    num_classes = num_outputs(net)
+    try:
+        ds = eval_dataset(meta, data, split, workers, test)
+    except DatasetLayoutError:
+        if split != "test" or meta.get("config"):
+            raise
+        ds, split = eval_dataset(meta, data, "train", workers, test), "train"  # see below
+        print(f"note: {data} has no test split; scoring all {len(ds)} of its images", file=sys.stderr)
+    mapping = torch.tensor(class_mapping(list(ds.classes), meta.get("classes"), num_classes, map_classes_by_position,
+                                         data, "the checkpoint's" if checkpoint else "the weights'"))
+    streamed = isinstance(ds, StreamingFolder)
+    batch_size = batch_size or (64 if streamed or test != "center" else 1000)
     if test == "multi-scale":
         batch_size = min(batch_size, 8)  # whole images of different shapes: scored one by one
-    loader = _Mapped(ds.loader(batch_size, train=False, device=device), mapping)
+    loader = _Mapped(eval_loader(ds, meta, test, batch_size, device, workers), mapping)
     # int8 calibrates on centre crops of the first images (views of one size; labels unused)
-    calibration = lambda: first_images(eval_folder(meta, data, split, "center", workers).loader(  # noqa: E731
-        min(batch_size, 64), train=False, device=device))
-    net, prec = inference_model(net, backend, precision, device, calibration)
-    scorer = ViewAverage(net) if test != "center" else net
-    result = evaluate(scorer, loader, prec, num_classes)
-    confusion = torch.tensor(result["confusion"])
-    rows = confusion[mapping]
+    calibration = lambda: first_images(eval_loader(ds, meta, "center", min(batch_size, 64), device,  # noqa: E731
+                                                   workers))
+    runner, prec = inference_model(net, backend, precision, device, calibration,
+                                   dynamic_sizes=test == "multi-scale")
+    scorer = ViewAverage(runner) if test != "center" else runner
+    result = evaluate(scorer, loader, prec, num_classes, tta_flip=tta_flip and test == "center")
+    rows = torch.tensor(result.pop("confusion"))[mapping]
     per_class = rows.gather(1, mapping.view(-1, 1)).view(-1).double() / rows.sum(1).clamp(min=1).double()
     result.update(per_class_acc=[100.0 * float(a) for a in per_class], classes=list(ds.classes), split=split,
-                  test=test, backend=backend, checkpoint=str(checkpoint or weights), weights=weights, model=meta.get("model"))
+                  test=test, tta_flip=tta_flip, backend=backend, checkpoint=str(checkpoint or weights),
+                  weights=weights, model=meta.get("model"), confusion=rows[:, mapping].tolist(),
+                  streamed=streamed)
     if plots:
-        from ..engine.plots import plot_confusion
-
         Path(plots).mkdir(parents=True, exist_ok=True)
-        sub = rows[:, mapping].tolist()
-        result["confusion_png"] = str(plot_confusion(sub, list(ds.classes), Path(plots) / "confusion.png"))
-    del result["confusion"]
-    result["confusion"] = rows[:, mapping].tolist()
+        result["confusion_png"] = str(plot_confusion(result["confusion"], list(ds.classes),
+                                                     Path(plots) / "confusion.png"))
     return result

@@ -15,38 +15,13 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from ..data.folder import FolderIndex, ImageDecodeError, is_image_file
-from ..data.presets import CenterTest
-from ..data.stream import EpochBatchSampler, StreamLoader, _Decode, default_workers
-from ..engine.precision import default_device
+from ..data.folder import FolderIndex, ImageDecodeError, decode_image, is_image_file
+from ..data.stream import Decode, EpochBatchSampler, SampleReader, StreamLoader, default_workers
+from ..data.transforms import CenterTest
 from ..deploy.backends import first_images, inference_model
-
-
-def load_any(checkpoint: str | None = None, weights: str | None = None, model: str | None = None,
-             num_classes: int | None = None) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, description with classes, mean, std, input_size, resize) from a toolkit
-    checkpoint (file or run folder) or from `weights` (a named source or a torchvision-layout file)."""
-    if bool(checkpoint) == bool(weights):
-        raise ValueError("give exactly one of --checkpoint CKPT and --weights SOURCE")
-    if checkpoint:
-        from ..engine.checkpoint import load_model
-
-        net, meta = load_model(checkpoint)
-        meta = dict(meta)
-        size = int(meta.get("input_size") or (32 if net.config.stem == "cifar" else 224))
-        meta.setdefault("input_size", size)
-        meta.setdefault("resize", size)  # trained on whole images held in memory: no crop to undo
-        return net, meta
-    from ..weights import model_from_weights
-
-    return model_from_weights(weights, model_name=model, num_classes=num_classes)
-
-
-def class_names(meta: dict, num_classes: int) -> list[str]:
-    names = meta.get("classes")
-    if names and len(names) == num_classes:
-        return list(names)
-    return [f"class {i}" for i in range(num_classes)]
+from ..engine.precision import default_device
+from .load import class_names, load
+from ..errors import ConfigError
 
 
 def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], bool]:
@@ -68,7 +43,7 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], bool]:
     return out, any_folder
 
 
-class _Tolerant(_Decode):
+class _Tolerant(Decode):
     """An unreadable image becomes a blank one plus its error, instead of stopping the run."""
 
     def __init__(self, *args, size: int = 224, **kwargs):
@@ -100,13 +75,13 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
             precision: str = "auto", device=None, workers: int | None = None, progress=None,
             backend: str = "auto") -> Iterator[dict]:
     """For each image, in order: {"path", "topk": [{"index", "name", "prob"}, ...]} or {"path", "error"}.
-    The model runs through the inference `backend` (see `inference.inference_model`)."""
+    The model runs through the inference `backend` (see `deploy.backends.inference_model`)."""
     device = torch.device(device) if device else default_device()
     num_classes = model.fc.out_features if hasattr(model, "fc") else None
     size, resize = int(meta["input_size"]), int(meta.get("resize") or meta["input_size"])
     transform = CenterTest(size, resize, meta.get("interpolation", "bilinear"))
     index = FolderIndex(source=Path("."), prefix="", classes=[], samples=[(str(p), 0) for p in paths])
-    dataset = _Tolerant(index, index.samples, transform, size=size)
+    dataset = _Tolerant(SampleReader(index), index.samples, transform, size=size)
     workers = min(default_workers(), 4) if workers is None else workers
     workers = min(workers, max(0, len(paths) // batch_size))  # a few images: decode them here
     def loader():
@@ -136,8 +111,6 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
 
 
 def _decode_error(path: str) -> str:
-    from ..data.folder import decode_image
-
     try:
         decode_image(path)
     except (ImageDecodeError, OSError) as e:
@@ -159,7 +132,7 @@ def run_predict(inputs: Sequence[str], checkpoint: str | None = None, weights: s
                 backend: str = "auto") -> int:
     """Print the top-k of every image (text, or one JSON object per line); returns the number of failures."""
     out, err = out or sys.stdout, err or sys.stderr
-    net, meta = load_any(checkpoint, weights, model)
+    net, meta = load(checkpoint, weights, model)
     paths, any_folder = list_images(inputs)
     bar = _Bar(len(paths), err) if any_folder and len(paths) > batch_size else None
     failures = 0

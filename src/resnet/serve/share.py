@@ -11,9 +11,11 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..engine.checkpoint import load_model, read_meta, resolve_weights_path
+from ..engine.checkpoint import read_meta, resolve_weights_path
+from ..errors import ConfigError, WeightsError
 from ..models.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
-from ..weights import WeightsError, hf, is_folder, model_from_weights
+from ..weights import hf, is_folder
+from .load import load_spec
 
 
 def is_checkpoint(spec: str) -> bool:
@@ -41,14 +43,15 @@ def run_history(spec: str) -> list[dict]:
 
 
 def load_source(spec: str):
-    """(model, description, history) of a run folder, a checkpoint, or any weights spec."""
+    """(model, description, history) of a run folder, a checkpoint, or any weights spec (`load_spec`)."""
+    model, meta = load_spec(spec)
+    if meta.get("random_init"):
+        raise ConfigError(f"{spec} is a model name (random weights): share a run folder, a checkpoint or weights")
+    history = []
     if is_checkpoint(spec):
-        model, meta = load_model(spec)
-        meta = dict(meta, weights=str(resolve_weights_path(spec)))
-        model.pretrained_meta = meta
-        return model, meta, run_history(spec)
-    model, meta = model_from_weights(spec)
-    return model, meta, []
+        meta, history = dict(meta, weights=str(resolve_weights_path(spec))), run_history(spec)
+    model.pretrained_meta = meta
+    return model, meta, history
 
 
 def export_hub(spec: str, out: str | os.PathLike, license: str | None = None) -> dict:

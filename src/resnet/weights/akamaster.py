@@ -19,8 +19,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .sources import Preprocess, WeightSource, register
-from .state_dict import WeightsError, format_problems, clean_keys, compare_state_dicts
+from .preprocess import Preprocess
+from .sources import WeightSource, register
+from ..errors import WeightsError
+from .state_dict import clean_keys, compare_state_dicts, format_problems
 
 BASE = "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/"
 # depth -> (released file, its sha256 prefix in the name; published CIFAR-10 test error %)

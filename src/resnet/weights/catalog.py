@@ -5,7 +5,7 @@ import torch
 
 from ..models import create_model
 from .sources import SOURCES, WeightSource, find_cached
-from .state_dict import WeightsError
+from ..errors import WeightsError
 
 
 def _size(source: WeightSource) -> tuple[int, int]:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from ..models import ResNet, ResNetConfig, create_model, list_models
 from ..models.hub import CONFIG_NAME, FORMAT, WEIGHTS_NAME
-from .sources import Preprocess, imagenet_classes
-from .state_dict import WeightsError, load_strict, read_state_dict
+from ..errors import WeightsError
+from .preprocess import Preprocess
+from .sources import imagenet_classes
+from .state_dict import load_strict, read_state_dict
 
 TIMM_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # timm's = torchvision's layout
 

@@ -13,11 +13,12 @@ import os
 import re
 from pathlib import Path
 
-from .state_dict import WeightsUnavailableError
+from ..errors import ConfigError, WeightsUnavailableError
+from ..version import install_hint
 
 PREFIX = "hf://"
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-INSTALL = "pip install 'resnet[hub]' (or pip install huggingface_hub)"
+INSTALL = install_hint("hub")
 
 
 def is_hf(spec) -> bool:
@@ -28,13 +29,13 @@ def parse(spec: str) -> tuple[str, str]:
     """`hf://OWNER/NAME[@REVISION]` -> (OWNER/NAME, REVISION or "main")."""
     repo, _, revision = spec[len(PREFIX):].partition("@")
     if not _REPO.match(repo) or "@" in revision or (spec.endswith("@") and not revision):
-        raise ValueError(f"--weights {spec}: expected hf://OWNER/NAME or hf://OWNER/NAME@REVISION")
+        raise ConfigError(f"--weights {spec}: expected hf://OWNER/NAME or hf://OWNER/NAME@REVISION")
     return repo, revision or "main"
 
 
 def check_repo(repo: str) -> str:
     if not _REPO.match(repo or ""):
-        raise ValueError(f"--repo {repo!r}: expected OWNER/NAME (a Hugging Face model repository)")
+        raise ConfigError(f"--repo {repo!r}: expected OWNER/NAME (a Hugging Face model repository)")
     return repo
 
 

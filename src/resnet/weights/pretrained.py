@@ -14,8 +14,10 @@ from torch import nn
 from ..models import create_model
 from . import akamaster, hf, timm_hub  # akamaster and timm_hub register their sources when imported
 from .folder import describe, from_folder, is_folder, read_config
-from .sources import SOURCES, Preprocess, WeightSource, download, get_source, imagenet_classes, is_named
-from .state_dict import WeightsError, clean_keys, load_strict, load_weights, read_state_dict
+from .preprocess import Preprocess
+from .sources import SOURCES, WeightSource, download, get_source, imagenet_classes, is_named
+from ..errors import ConfigError, WeightsError
+from .state_dict import clean_keys, load_strict, load_weights, read_state_dict
 
 
 def kind_of(spec) -> str:
@@ -85,7 +87,7 @@ def model_from_weights(spec: str, model_name: str | None = None, num_classes: in
     path, source = resolve(spec, opener=opener)
     name = model_name or (source.model if source else None)
     if name is None:
-        raise ValueError(f"--weights {spec} is a file: say which network it holds with --model (e.g. resnet50)")
+        raise ConfigError(f"--weights {spec} is a file: say which network it holds with --model (e.g. resnet50)")
     if num_classes is None:
         num_classes = source.num_classes if source else _head_size(path)
     model = create_model(name, **{**(source.model_args if source else {}), "num_classes": num_classes})

@@ -12,54 +12,23 @@ torchvision register their sources from their own modules (``akamaster.py``, ``t
 from __future__ import annotations
 
 import functools
-import hashlib
-import math
 import os
 import re
-import sys
-import tempfile
-import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import torch
 
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from .. import files
+from ..errors import ConfigError, WeightsError, WeightsUnavailableError
 from .hf import cached_file
-from .state_dict import WeightsError, WeightsUnavailableError
+from .preprocess import Preprocess
 
 SCHEMES = ("torchvision", "akamaster", "timm")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Evaluation preprocessing: shorter side to `resize`, centre crop `crop`, (x/255 - mean)/std."""
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    interpolation: str = "bilinear"
-
-    def __post_init__(self):
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-
-    @property
-    def crop_pct(self) -> float:
-        """timm's name for crop / resize (0.875 for 224 of 256)."""
-        return self.crop / self.resize
-
-    @classmethod
-    def from_crop_pct(cls, crop: int, crop_pct: float, **kwargs) -> "Preprocess":
-        """timm's rule: the shorter side goes to floor(crop / crop_pct) (224 at 0.95: 235)."""
-        return cls(resize=math.floor(crop / crop_pct + 1e-9), crop=crop, **kwargs)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -109,7 +78,7 @@ def register(*sources: WeightSource, defaults: dict[str, str] | None = None) -> 
     """Add named sources (each scheme's module calls this once); `defaults` maps scheme:model -> tag."""
     for s in sources:
         if s.name.split(":", 1)[0] not in SCHEMES:
-            raise ValueError(f"{s.name}: the scheme must be one of {SCHEMES}")
+            raise ConfigError(f"{s.name}: the scheme must be one of {SCHEMES}")
         SOURCES[s.name] = s
     DEFAULTS.update(defaults or {})
 
@@ -161,7 +130,7 @@ def get_source(spec: str) -> WeightSource:
         if tag in ("", "DEFAULT") and f"{scheme}:{model}" in DEFAULTS:
             source = SOURCES.get(f"{scheme}:{model}.{DEFAULTS[scheme + ':' + model]}")
     if source is None:
-        raise ValueError(f"unknown weights {spec!r}; named sources: {', '.join(SOURCES)} "
+        raise ConfigError(f"unknown weights {spec!r}; named sources: {', '.join(SOURCES)} "
                          "(`resnet weights` lists them; or pass a local file or a hub-style folder)")
     return source
 
@@ -179,12 +148,8 @@ def cache_dirs() -> list[Path]:
     return list(dict.fromkeys([weights_dir(), hub]))
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_of(path: Path) -> str:
+    return files.file_hash(path, "sha256")
 
 
 def find_cached(source: WeightSource) -> Path | None:
@@ -240,11 +205,10 @@ def _server_sha256(response) -> str | None:
 
 
 def download(source: WeightSource, folder: Path | None = None, opener=None, stream=None) -> Path:
-    """The local file of `source` (see `find_cached`), downloading and verifying it first when absent.
-
-    `opener(url, timeout=...)` returns a file-like response (urllib's `urlopen` by default;
-    tests pass their own). The file appears in the cache only once its hash has been checked:
-    against the source's own hash, else against the one the server states."""
+    """The local file of `source` (see `find_cached`), downloading and verifying it first when absent
+    (`files.download`). `opener(url, timeout=...)` returns a file-like response (`open_url` by default;
+    tests pass their own). The file appears in the cache only once its hash has been checked: against
+    the source's own hash, else against the one the server states."""
     if folder is None and (cached := find_cached(source)) is not None:
         return cached
     folder = Path(folder) if folder is not None else weights_dir()
@@ -254,40 +218,15 @@ def download(source: WeightSource, folder: Path | None = None, opener=None, stre
             raise WeightsError(f"{dest} does not match {source.name} (its sha256 should start with "
                                f"{source.sha256_prefix[:8]}): delete it and try again")
         return dest
-    opener = opener or open_url
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WeightsUnavailableError(f"cannot create the weights cache {folder} ({e}); set $RESNET_WEIGHTS") from None
-    try:
-        response = opener(source.url, timeout=30)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise WeightsUnavailableError(_offline_message(source, dest, str(getattr(e, "reason", e)))) from None
-    _fetch(source, response, dest, stream if stream is not None else sys.stderr)
-    return dest
 
-
-def _fetch(source: WeightSource, response, dest: Path, stream) -> None:
-    """Write `response` beside `dest`, check its hash, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    h, done = hashlib.sha256(), 0
-    total = int(getattr(response, "headers", {}).get("Content-Length", 0) or 0)
-    expected = source.sha256_prefix or _server_sha256(response)
-    try:
-        with os.fdopen(fd, "wb") as out, response:
-            while block := response.read(1 << 20):
-                out.write(block)
-                h.update(block)
-                done += len(block)
-                if total:
-                    stream.write(f"\rdownloading {dest.name}: {done / 1e6:.1f}/{total / 1e6:.1f} MB")
-        if total:
-            stream.write("\n")
-        if expected and not h.hexdigest().startswith(expected):
-            raise WeightsError(f"the download of {source.url} is corrupt (sha256 {h.hexdigest()[:16]}..., expected "
-                               f"{expected[:16]}...); nothing was cached, try again")
-        os.replace(tmp, dest)
-    except (OSError, urllib.error.URLError) as e:
-        raise WeightsUnavailableError(_offline_message(source, dest, f"interrupted: {e}")) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    def corrupt(got: str) -> WeightsError:
+        want = f"{source.sha256_prefix[:16]}..." if source.sha256_prefix else "the one the server states"
+        return WeightsError(f"the download of {source.url} is corrupt (sha256 {got[:16]}..., expected {want}); "
+                            "nothing was cached, try again")
+    return files.download(source.url, dest, "sha256", source.sha256_prefix,
+                          lambda reason: WeightsUnavailableError(_offline_message(source, dest, reason)), corrupt,
+                          opener=opener or open_url, stream=stream, stated=_server_sha256)

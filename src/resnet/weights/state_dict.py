@@ -8,18 +8,13 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from ..errors import WeightsError, WeightsUnavailableError  # noqa: F401 - re-exported for old imports
 
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
 HEAD_PREFIX = "fc."
-
-
-class WeightsError(ValueError):
-    """A weights file or state dict that does not fit the model."""
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Named or hub weights that are neither cached nor downloadable (offline)."""
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -31,8 +26,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for corrupt headers

@@ -13,7 +13,8 @@ hash in the file name: a download is checked against the sha256 the hub states f
 """
 from __future__ import annotations
 
-from .sources import Preprocess, WeightSource, register
+from .preprocess import Preprocess
+from .sources import WeightSource, register
 
 HUB = "https://huggingface.co/{repo}/resolve/main/model.safetensors"
 RELEASES = "https://github.com/huggingface/pytorch-image-models/releases/download/v0.1-rsb-weights/"

@@ -1,0 +1,91 @@
+"""One comparison with fp32: how far a backend's or an exported model's logits are from the eager
+fp32 model's, and the images the comparison runs on (random normalised inputs, or real images of
+a dataset with the model's own preprocessing)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data import load_split
+from ..errors import ConfigError, ExportParityError
+
+# Export parity: |exported - torch| <= ATOL + RTOL * max|torch| over every logit. Folding BN and
+# the runtimes' different summation orders move fp32 logits by ~1e-6 relative; a wrong graph by >1%.
+ATOL, RTOL = 1e-4, 1e-3
+
+
+def compare(reference: torch.Tensor, output, labels: torch.Tensor | None = None) -> dict:
+    """Logits against the fp32 reference: n, top-1 agreement (fraction), max abs and relative
+    difference; with `labels`, both accuracies (%)."""
+    reference, output = reference.float(), torch.as_tensor(output).float()
+    if reference.shape != output.shape:
+        raise ExportParityError(f"output shape {tuple(output.shape)} != the reference's {tuple(reference.shape)}")
+    max_abs = float((reference - output).abs().max())
+    result = {"n": reference.shape[0], "agreement": float((reference.argmax(1) == output.argmax(1)).float().mean()),
+              "max_abs_diff": max_abs, "max_rel_diff": max_abs / max(float(reference.abs().max()), 1e-12),
+              "finite": bool(torch.isfinite(output).all())}
+    if labels is not None:
+        result["accuracy_fp32"] = 100.0 * float((reference.argmax(1) == labels).float().mean())
+        result["accuracy"] = 100.0 * float((output.argmax(1) == labels).float().mean())
+    return result
+
+
+def check_close(reference: torch.Tensor, output, what: str, atol: float = ATOL, rtol: float = RTOL) -> dict:
+    """`compare`, then ExportParityError past the tolerance: an export that computes something
+    else is an error, not a warning. Returns the report `resnet export` prints."""
+    try:
+        c = compare(reference, output)
+    except ExportParityError as e:
+        raise ExportParityError(f"{what}: {e}") from None
+    scale = float(reference.abs().max())
+    ok = c["finite"] and c["max_abs_diff"] <= atol + rtol * scale
+    if not ok:
+        raise ExportParityError(f"{what}: exported model differs from PyTorch: max abs diff {c['max_abs_diff']:.3g}, "
+                                f"relative {c['max_rel_diff']:.3g} (allowed {atol:g} + {rtol:g} x {scale:.3g}), "
+                                f"top-1 agreement {100 * c['agreement']:.1f}%")
+    return {"inputs": what, "n": c["n"], "max_abs_diff": c["max_abs_diff"], "max_rel_diff": c["max_rel_diff"],
+            "top1_agreement": c["agreement"], "ok": ok}
+
+
+@torch.no_grad()
+def logits(fn, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """fp32 logits of `fn` (a module or a backend's predictor) on `images`, `batch_size` at a time."""
+    return torch.cat([torch.as_tensor(fn(images[i:i + batch_size])).float()
+                      for i in range(0, images.shape[0], batch_size)])
+
+
+def compare_with_fp32(model: nn.Module, predictor, images: torch.Tensor, labels: torch.Tensor | None = None,
+                      batch_size: int = 256) -> dict:
+    """`compare` of `predictor` with the eager fp32 `model` (BN as trained) on `images`."""
+    return compare(logits(model.eval(), images, batch_size), logits(predictor, images, batch_size), labels)
+
+
+# --------------------------------------------------------------------------- inputs
+def random_images(n: int, image_size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    """Standard-normal inputs: what normalised images look like to the first layer."""
+    return torch.randn(n, channels, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+
+
+def real_images(data: str, meta: dict, n: int, image_size: int | None = None, seed: int = 0,
+                split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` images of a dataset, normalised with the model's mean/std and resized to `image_size`.
+
+    `split='val'` takes the training run's hold-out (as `resnet eval --split val`) when the
+    description has a training config, else random images of the training set."""
+    ds = None
+    if split == "val" and meta.get("config"):
+        try:
+            ds = load_split(data, "val", meta["config"])
+        except ConfigError:  # that run held nothing out: any training images will do
+            ds = None
+    if ds is None:
+        ds = load_split(data, "test" if split == "test" else "train")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))
+    x = ds.images[idx].float().div_(255)
+    mean = torch.tensor(meta.get("mean") or ds.mean).view(1, -1, 1, 1)
+    std = torch.tensor(meta.get("std") or ds.std).view(1, -1, 1, 1)
+    x = (x - mean) / std
+    if image_size and x.shape[-1] != image_size:
+        x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
+    return x.contiguous(), ds.labels[idx]

@@ -1,0 +1,54 @@
+"""Run folders: where `resnet train` writes, and how it continues one.
+
+A new run needs data and gets its own folder (`runs/MODEL-TIME`, or `out`); a folder that already
+holds a run is never overwritten (continue it with `resume`). A resumed run starts from the
+config.yaml saved in its folder, with the command line's settings and overrides on top (e.g. more
+epochs).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+from ..config import TrainConfig, make_config, merge, parse_overrides
+from ..data.cifar import fetch_named
+from ..errors import CheckpointError, ConfigError
+from .trainer import train
+
+
+def expand_overrides(items) -> dict:
+    """`key=value` overrides; `num_classes=N` is shorthand for model_args.num_classes=N (fine-tuning:
+    the new head's size)."""
+    return parse_overrides([f"model_args.{i}" if i.startswith("num_classes=") else i for i in items or []])
+
+
+def plan_run(settings: dict | None = None, overrides=None, recipe: str | None = None, out: str | None = None,
+             resume: str | None = None) -> tuple[TrainConfig, Path]:
+    """(config, run folder) of a new run or of the run to continue.
+
+    `settings`: nested config values from the command line's own flags (model, data.path, ...),
+    under `overrides` (`key=value` strings)."""
+    settings = merge(settings or {}, expand_overrides(overrides))
+    if resume:
+        run_dir = Path(resume)
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise CheckpointError(f"--resume {run_dir}: no config.yaml there; is it a run folder of `resnet train`?")
+        return make_config(None, merge(yaml.safe_load(saved.read_text()), settings)), run_dir
+    if not settings.get("data", {}).get("path"):
+        raise ConfigError("--data PATH is required (a CIFAR folder or archive, or a class-per-folder image tree)")
+    cfg = make_config(recipe, settings)
+    run_dir = Path(out) if out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (run_dir / "last.state.pt").exists():
+        raise ConfigError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
+    return cfg, run_dir
+
+
+def train_run(settings: dict | None = None, overrides=None, recipe: str | None = None, out: str | None = None,
+              resume: str | None = None, stream=None) -> tuple[list[dict], Path]:
+    """`resnet train`: plan the run (see `plan_run`), train it: (history, run folder)."""
+    cfg, run_dir = plan_run(settings, overrides, recipe, out, resume)
+    fetch_named(cfg.data.path, cfg.data.cache_dir or None)  # `--data cifar10`: download it when absent
+    return train(cfg, run_dir, resume=bool(resume), stream=stream), run_dir

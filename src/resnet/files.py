@@ -1,0 +1,139 @@
+"""Where the toolkit keeps what it fetches or builds once (downloads, extracted CIFAR, decoded
+datasets, compiled kernels), and the one downloader that fetches files: streamed to a temporary
+file beside the destination, hash-checked, then renamed, with progress, a timeout on every network
+operation and one process at a time per folder."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, the atomic rename still keeps files whole
+    fcntl = None
+
+DOWNLOAD_TIMEOUT = 30.0  # seconds any one network operation (connect, each read) may wait
+
+
+def cache_root() -> Path:
+    """``$RESNET_CACHE`` if set, else ``$XDG_CACHE_HOME/resnet``, else ``~/.cache/resnet``."""
+    env = os.environ.get("RESNET_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnet"
+
+
+def file_hash(path: Path, algorithm: str, chunk: int = 1 << 20) -> str:
+    """Hex digest of a file (`algorithm`: md5, sha256, ...)."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class DownloadProgress:
+    """`downloading NAME [####    ] 45.2/170.5 MB 3.1 MB/s ETA 40s`: redrawn in place on a terminal,
+    else a line every 10% (logs stay short)."""
+
+    def __init__(self, name: str, total: int, stream):
+        self.name, self.total, self.stream = name, total, stream
+        self.tty = hasattr(stream, "isatty") and stream.isatty()
+        self.start, self.last, self.shown_tenth, self.shown_done = time.perf_counter(), 0.0, -1, -1
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        tenth = 10 * done // self.total if self.total else -1
+        if final and not self.tty and done == self.shown_done:
+            return  # the last line already shows it
+        if not final and (now - self.last < 0.25 if self.tty else tenth <= self.shown_tenth):
+            return
+        self.last, self.shown_tenth, self.shown_done = now, tenth, done
+        rate = done / max(now - self.start, 1e-9)
+        if self.total:
+            bar = "#" * (24 * done // self.total)
+            eta = (self.total - done) / rate if rate > 0 else 0
+            line = (f"downloading {self.name} [{bar:<24}] {done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
+                    f"{rate / 1e6:.1f} MB/s ETA {eta:.0f}s")
+        else:  # no Content-Length
+            line = f"downloading {self.name}: {done / 1e6:.1f} MB {rate / 1e6:.1f} MB/s"
+        self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
+        self.stream.flush()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """One download into `folder` at a time (torchrun starts one process per GPU, each may download):
+    the others wait, then find the file in place. An flock on the folder itself leaves no file behind."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def download(url: str, dest: Path, algorithm: str, expected: str | None, offline: Callable[[str], Exception],
+             corrupt: Callable[[str], Exception], opener: Callable = urllib.request.urlopen, stream=None,
+             timeout: float = DOWNLOAD_TIMEOUT, stated: Callable | None = None) -> Path:
+    """`dest`, fetched from `url` unless it is there already with a digest starting with `expected`.
+
+    `opener(url, timeout=...)` returns the response (urllib's `urlopen`; tests pass their own):
+    every network operation waits at most `timeout` seconds. A failed or stalled transfer raises
+    `offline(reason)`, a digest that does not start with `expected` raises `corrupt(digest)`; either
+    way nothing is left in the folder. Where the file's hash is not known beforehand (`expected`
+    None: hub files), `stated(response)` may read the one the server states for it. Progress goes to
+    `stream` (default stderr)."""
+    dest = Path(dest)
+    stream = stream if stream is not None else sys.stderr
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(dest.parent):
+        if dest.is_file() and (expected is None or file_hash(dest, algorithm).startswith(expected)):
+            return dest  # another process fetched it
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                got, said = _copy(url, dest.name, out, algorithm, offline, opener, stream, timeout, stated)
+            if not got.startswith(expected or said or ""):
+                raise corrupt(got)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _copy(url: str, name: str, out, algorithm: str, offline, opener, stream, timeout: float,
+          stated=None) -> tuple[str, str | None]:
+    """Copy the response of `url` into `out`, showing progress; returns its digest and the digest
+    the server states for it (`stated(response)`, or None)."""
+    h, done, said = hashlib.new(algorithm), 0, None
+    try:
+        with opener(url, timeout=timeout) as resp:
+            said = stated(resp) if stated else None
+            total = int(getattr(resp, "headers", {}).get("Content-Length", 0) or 0)
+            progress = DownloadProgress(name, total, stream)
+            for block in iter(lambda: resp.read(1 << 20), b""):
+                h.update(block)
+                out.write(block)
+                done += len(block)
+                progress.update(done)
+            progress.update(done, final=True)
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+        # ValueError: a malformed URL; TimeoutError (an OSError): a read waited `timeout` seconds
+        reason = getattr(e, "reason", None) or e or type(e).__name__
+        raise offline(f"{reason}; {done / 1e6:.1f} MB received" if done else str(reason)) from e
+    return h.hexdigest(), said

@@ -1,0 +1,76 @@
+"""The one loader: a checkpoint (file or run folder), named or local pretrained weights, or a
+registered model name -> (model in eval mode, its description).
+
+The description says how to feed and read the model, whatever it came from: `model` (the
+registered name), `classes` (names, or None), `mean`/`std`, `input_size` (the crop), `resize`
+(shorter side before the centre crop), `interpolation`; a checkpoint adds its training `config`
+(which rebuilds the run's hold-out), named weights their `weights` and `preprocess`, a registered
+name `random_init: True`. `resnet eval`, `predict`, `export` and `benchmark` all load through here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..engine.checkpoint import load_model
+from ..errors import ConfigError
+from ..models import create_model, get_entry
+from ..weights.preprocess import native_preprocess
+from ..weights.folder import is_folder
+from ..weights.hf import is_hf
+from ..weights.pretrained import model_from_weights
+from ..weights.sources import is_named
+
+
+def load(checkpoint: str | None = None, weights: str | None = None, model: str | None = None,
+         num_classes: int | None = None) -> tuple[nn.Module, dict]:
+    """`--checkpoint CKPT` (a toolkit checkpoint or run folder) or `--weights SOURCE` (a named
+    source such as torchvision:resnet50.IMAGENET1K_V2 or akamaster:resnet20, a hub-style folder,
+    hf://OWNER/NAME[@REVISION], or a torchvision-layout file with `model`)."""
+    if bool(checkpoint) == bool(weights):
+        raise ConfigError("give exactly one of --checkpoint CKPT and --weights SOURCE")
+    if weights:
+        return model_from_weights(weights, model_name=model, num_classes=num_classes)
+    net, meta = load_model(checkpoint)
+    net.pretrained_meta = meta = _complete(net, dict(meta))  # what save_pretrained writes beside the weights
+    return net, meta
+
+
+def load_spec(spec: str, num_classes: int | None = None) -> tuple[nn.Module, dict]:
+    """One positional argument (`resnet export` / `benchmark`): a checkpoint file or run folder,
+    named weights, a hub-style folder or hf://OWNER/NAME, or a registered model name (random
+    weights, described as such, with the normalisation of its dataset family)."""
+    if is_named(spec) or is_hf(spec) or is_folder(spec):
+        return load(weights=spec, num_classes=num_classes)
+    if Path(spec).expanduser().exists():
+        return load(checkpoint=spec)
+    entry = get_entry(spec)  # an unknown name: one line with the closest names
+    net = create_model(spec, **({"num_classes": num_classes} if num_classes else {})).eval()
+    pre = native_preprocess(entry.input_size)
+    return net, {"model": spec, "classes": None, "mean": list(pre.mean), "std": list(pre.std),
+                 "input_size": pre.crop, "resize": pre.resize, "interpolation": pre.interpolation,
+                 "random_init": True}
+
+
+def _complete(net: nn.Module, meta: dict) -> dict:
+    """A checkpoint's description with the preprocessing keys filled in: the native input size of
+    the stem, and no crop to undo (resize = input size) for runs that held whole images in memory."""
+    size = int(meta.get("input_size") or net.config.input_size)
+    meta.setdefault("input_size", size)
+    meta.setdefault("resize", size)
+    meta.setdefault("interpolation", "bilinear")
+    return meta
+
+
+def class_names(meta: dict, num_classes: int) -> list[str]:
+    """The model's class names, or `class i` where the description has none (or the wrong count)."""
+    names = meta.get("classes")
+    if names and len(names) == num_classes:
+        return list(names)
+    return [f"class {i}" for i in range(num_classes)]
+
+
+def num_outputs(model: nn.Module) -> int:
+    """The classifier's size."""
+    return int(model.fc.out_features)

@@ -1,0 +1,94 @@
+"""One error base class, and what the command line prints: expected errors one line, anything else
+its traceback, RESNET_DEBUG=1 the traceback of every error. Also what a user without the deploy
+extra meets, and the distribution name the install lines use."""
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import resnet
+import resnet.cli
+from resnet.cli import main
+from resnet.data import CifarFormatError, DatasetLayoutError, ImageDecodeError, ImagesTooLargeError
+from resnet.errors import (BackendUnavailable, CheckpointError, ConfigError, DataError, ExportParityError,
+                           MissingExtraError, WeightsError, WeightsUnavailableError)
+from resnet.version import DISTRIBUTION
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_expected_error_is_a_resneterror_and_keeps_its_builtin_base():
+    for cls in (DataError, ImageDecodeError, DatasetLayoutError, CifarFormatError, ImagesTooLargeError):
+        assert issubclass(cls, resnet.ResNetError) and issubclass(cls, DataError) and issubclass(cls, ValueError)
+    for cls in (ConfigError, WeightsError, CheckpointError):
+        assert issubclass(cls, resnet.ResNetError) and issubclass(cls, ValueError)
+    assert issubclass(CheckpointError, WeightsError)
+    for cls in (WeightsUnavailableError, BackendUnavailable, ExportParityError):
+        assert issubclass(cls, resnet.ResNetError) and issubclass(cls, RuntimeError)
+    assert issubclass(MissingExtraError, ImportError)
+    with pytest.raises(resnet.ResNetError, match="did you mean"):
+        resnet.create_model("resnet5O")
+
+
+def test_expected_error_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("RESNET_DEBUG", raising=False)
+    assert main(["eval", "--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "none.safetensors" in err and "Traceback" not in err
+    assert main(["summary", "resnet5O"]) == 2
+    assert "did you mean" in capsys.readouterr().err
+
+
+def test_a_bug_prints_its_traceback(monkeypatch, capsys):
+    def bug(*args, **kwargs):
+        raise KeyError("not a user error")
+    monkeypatch.setattr(resnet.cli, "measure_registered", bug)
+    assert main(["summary", "resnet20"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err and "unexpected error" in err
+
+
+def test_resnet_debug_shows_the_traceback_of_expected_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RESNET_DEBUG", "1")
+    assert main(["summary", "resnet5O"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "get_entry" in err and err.strip().splitlines()[-1].startswith("resnet summary: error:")
+
+
+# --------------------------------------------------------------------------- issue 18, item 4
+@pytest.fixture
+def without_deploy_extra(monkeypatch):
+    """onnx, onnxscript, onnxruntime and torchao as if never installed (imports fail, find_spec says None)."""
+    for name in ("onnx", "onnxscript", "onnxruntime", "torchao"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_export_without_the_deploy_extra_names_it(without_deploy_extra, tmp_path, capsys):
+    assert main(["export", "resnet20", "--out", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "onnx" in err and f"pip install '{DISTRIBUTION}[deploy]'" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_benchmark_without_the_deploy_extra_names_it(without_deploy_extra, capsys):
+    assert main(["benchmark", "resnet20", "--batch", "1", "--backends", "eager-fp32,onnxruntime,int8",
+                 "--check-images", "2", "--seconds", "0", "--min-iters", "1", "--json"]) == 0
+    import json
+    rows = {r["backend"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["eager-fp32"]["images_per_sec"] > 0
+    for backend in ("onnxruntime", "int8"):
+        assert f"pip install '{DISTRIBUTION}[deploy]'" in rows[backend]["skipped"]
+
+
+# --------------------------------------------------------------------------- issue 18, item 6
+def test_the_distribution_name_is_ours_and_the_install_lines_use_it():
+    """`resnet` on the package index is an unrelated 2017 package; the distribution is resnet-toolkit
+    (checked absent from the index with `pip download --no-deps resnet-toolkit`)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["name"] == DISTRIBUTION == "resnet-toolkit"
+    assert project["scripts"] == {"resnet": "resnet.cli:main"}  # the command keeps its name
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install 'resnet[" not in readme and f"pip install '{DISTRIBUTION}[deploy]'" in readme

@@ -1,0 +1,185 @@
+"""One road from a checkpoint or named weights to scores: the loader, and every option of `resnet eval`
+on every kind of data (in memory, streamed, named weights) and with every backend."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import resnet
+from imagenet_utils import make_large_folder, one_thread
+from resnet.cli import main
+from resnet.data.stream import tensor_view_loader
+from resnet.data.transforms import eval_transform
+from resnet.deploy import backends as inf
+from resnet.engine.checkpoint import save_weights
+from resnet.errors import ConfigError, DataError
+from resnet.serve.evaluate import class_mapping, run_eval
+from resnet.serve.load import load, load_spec
+from resnet.weights import sources as W
+
+single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+
+
+pytestmark = pytest.mark.usefixtures("private_cache")  # ONNX files go to a temporary cache
+
+
+def tiny(num_classes: int = 3) -> resnet.ResNet:
+    torch.manual_seed(0)
+    return resnet.build_resnet(8, "basic", shortcut="A", widths=[4, 8, 8], stem_width=4, num_classes=num_classes).eval()
+
+
+def _checkpoint(path, classes, **meta):
+    model = tiny(len(classes))
+    save_weights(path, model, {"model": "tiny", "model_config": model.config.to_dict(), "mean": [0.5] * 3,
+                               "std": [0.25] * 3, "classes": list(classes), **meta})
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory):
+    """16x16 PNGs in three classes: held in memory."""
+    root = tmp_path_factory.mktemp("small")
+    g = np.random.default_rng(0)
+    for cls in ("blue", "green", "red"):
+        (root / cls).mkdir()
+        for i in range(4):
+            Image.fromarray(g.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def large_folder(tmp_path_factory):
+    return make_large_folder(tmp_path_factory.mktemp("large"), per_class=2)
+
+
+@pytest.fixture(scope="module")
+def memory_ckpt(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("m") / "m.safetensors", ["blue", "green", "red"], input_size=16)
+
+
+@pytest.fixture(scope="module")
+def stream_ckpt(tmp_path_factory):
+    return _checkpoint(tmp_path_factory.mktemp("s") / "s.safetensors", ["blue", "green", "red"], input_size=32,
+                       resize=36, streamed=True)
+
+
+@pytest.fixture
+def named_weights(fake_source):
+    """The name of a tiny 'resnet18' published under a torchvision-style name, already in the weights cache."""
+    source, _, _, opener, _ = fake_source
+    W.download(source, opener=opener, stream=io.StringIO())
+    return source.name
+
+
+def _wnid_folder(root):
+    folder = make_large_folder(root, per_class=2)
+    for name, wnid in (("blue", "n01440764"), ("green", "n01443537"), ("red", "n02123045")):
+        (folder / name).rename(folder / wnid)
+    return folder
+
+
+# --------------------------------------------------------------------------- the loader
+def test_loader_describes_every_kind_of_model(memory_ckpt, stream_ckpt, named_weights):
+    _, m = load(checkpoint=str(memory_ckpt))
+    assert (m["input_size"], m["resize"], m["classes"]) == (16, 16, ["blue", "green", "red"])
+    _, s = load(checkpoint=str(stream_ckpt))
+    assert (s["input_size"], s["resize"]) == (32, 36)
+    net, w = load(weights=named_weights)
+    assert net.fc.out_features == 1000 and (w["input_size"], w["resize"]) == (224, 256) and len(w["classes"]) == 1000
+    net, r = load_spec("resnet20")
+    assert r["random_init"] and r["input_size"] == 32 and r["mean"] == [0.4914, 0.4822, 0.4465]
+    assert load_spec(named_weights)[1]["weights"] == named_weights
+    with pytest.raises(ConfigError, match="exactly one"):
+        load(checkpoint=str(memory_ckpt), weights=named_weights)
+    with pytest.raises(ConfigError, match="did you mean"):
+        load_spec("resnet2O")
+
+
+# --------------------------------------------------------------------------- --tta-flip on every road
+@pytest.mark.parametrize("road", ["in memory", "streamed", "named weights"])
+def test_tta_flip_is_applied_on_every_road(road, small_folder, large_folder, memory_ckpt, stream_ckpt,
+                                           named_weights, tmp_path):
+    if road == "in memory":
+        kw = dict(checkpoint=str(memory_ckpt), data=str(small_folder), split="train")
+    elif road == "streamed":
+        kw = dict(checkpoint=str(stream_ckpt), data=str(large_folder), split="train")
+    else:
+        kw = dict(weights=named_weights, data=str(_wnid_folder(tmp_path / "val")))
+    plain = run_eval(**kw, precision="fp32", workers=0)
+    flipped = run_eval(**kw, precision="fp32", workers=0, tta_flip=True)
+    assert plain["streamed"] == (road != "in memory")
+    assert plain["n"] == flipped["n"] > 0
+    # a random network is not mirror-symmetric: averaging with the mirror moves the loss
+    assert abs(plain["loss"] - flipped["loss"]) > 1e-6
+    assert run_eval(**kw, precision="fp32", workers=0, tta_flip=True)["loss"] == flipped["loss"]
+
+
+# --------------------------------------------------------------------------- --test multi-scale with every backend
+@pytest.mark.parametrize("backend", inf.DYNAMIC_SIZE_BACKENDS)
+def test_multi_scale_runs_on_every_backend_that_takes_any_size(backend, large_folder, stream_ckpt):
+    if inf.backend_status(backend):
+        pytest.skip(inf.backend_status(backend))
+    kw = dict(checkpoint=str(stream_ckpt), data=str(large_folder), split="train", test="multi-scale",
+              precision="fp32", workers=0)
+    ref = run_eval(**kw, backend="eager-fp32")
+    out = run_eval(**kw, backend=backend)
+    assert out["n"] == ref["n"] == 6 and out["backend"] == backend
+    tol = 0.05 if "int8" in backend or "bf16" in backend else 1e-3
+    assert abs(out["loss"] - ref["loss"]) <= tol * max(1.0, ref["loss"]), (out["loss"], ref["loss"])
+
+
+@pytest.mark.parametrize("backend", sorted(set(inf.BACKENDS) - set(inf.DYNAMIC_SIZE_BACKENDS)))
+def test_multi_scale_with_a_fixed_size_backend_names_the_backends_that_can(backend, large_folder, stream_ckpt,
+                                                                           capsys):
+    assert main(["eval", "--checkpoint", str(stream_ckpt), "--data", str(large_folder), "--test", "multi-scale",
+                 "--backend", backend, "--workers", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and backend in err
+    assert all(b in err for b in inf.DYNAMIC_SIZE_BACKENDS)
+
+
+@pytest.mark.parametrize("test", ["ten-crop", "multi-scale"])
+def test_view_tests_run_on_in_memory_data(test, small_folder, memory_ckpt):
+    """CIFAR-sized images held in memory take the 10-crop and multi-scale tests through the PIL presets."""
+    out = run_eval(str(memory_ckpt), str(small_folder), split="train", test=test, precision="fp32", workers=0)
+    assert out["n"] == 12 and not out["streamed"] and np.isfinite(out["loss"])
+
+
+def test_tensor_views_feed_the_preset_sizes():
+    images = torch.randint(0, 255, (3, 3, 16, 20), dtype=torch.uint8)
+    loader = tensor_view_loader(images, torch.tensor([0, 1, 2]), eval_transform("multi-scale", 16, 16), 2,
+                                [0.5] * 3, [0.25] * 3)
+    x, y = next(iter(loader))
+    assert y.tolist() == [0, 1] and len(x) == 2
+    # shorter side at each of the paper's five scales for a 16-pixel crop (224..640 x 16/224), and mirrored
+    assert [v.shape[-2] for v in x[0]] == [16, 18, 27, 34, 46] and all(v.shape[0] == 2 for v in x[0])
+    grey = tensor_view_loader(images[:, :1], torch.tensor([0, 1, 2]), eval_transform("ten-crop", 16, 16), 3, [0.5],
+                              [0.25])
+    assert next(iter(grey))[0].shape == (3, 10, 1, 16, 16)  # greyscale stays one channel
+
+
+# --------------------------------------------------------------------------- class names (issue 18, item 13)
+def test_class_names_that_differ_are_an_error_listing_both_sides(small_folder, tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path / "c.safetensors", ["cat", "dog", "emu"], input_size=16)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(small_folder), "--split", "train",
+                 "--precision", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert "blue, green, red" in err and "cat, dog, emu" in err and "--map-classes-by-position" in err
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(small_folder), "--split", "train",
+                 "--precision", "fp32", "--map-classes-by-position", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 12
+
+
+def test_class_mapping_by_name_subset_and_position():
+    assert class_mapping(["b", "c"], ["a", "b", "c"], 3) == [1, 2]
+    assert class_mapping(["x", "y"], None, 2) == [0, 1]  # no names to compare: by position
+    assert class_mapping(["x", "y"], ["a", "b"], 2, by_position=True) == [0, 1]
+    with pytest.raises(DataError, match="x, y.*a, b"):
+        class_mapping(["x", "y"], ["a", "b"], 2)
+    with pytest.raises(DataError, match="has 3 classes but the model's head has 2"):
+        class_mapping(["x", "y", "z"], ["a", "b"], 2)
