@@ -268,3 +268,23 @@ def test_fine_tuning_starts_from_a_folder_with_a_new_head(tmp_path):
         meta = resnet.weights.load_pretrained(target, str(tmp_path / "src"))
     assert torch.equal(target.layer3[2].conv2.weight, source.layer3[2].conv2.weight)
     assert target.fc.out_features == 5 and meta["input_size"] == 32
+
+
+def test_pretrained_weights_score_all_of_data_without_a_test_split(tiny_folder, tmp_path, capsys):
+    data = tmp_path / "only-train"
+    (data / "train").mkdir(parents=True)
+    for c in ("blue", "green", "red"):
+        (data / "train" / c).symlink_to(tiny_folder / c)
+    torch.manual_seed(3)
+    net = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4, num_classes=3)
+    net.pretrained_meta = {"classes": ["blue", "green", "red"], "mean": [0.5] * 3, "std": [0.25] * 3}
+    net.save_pretrained(tmp_path / "w")
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(tmp_path / "w"), "--data", str(data), "--json", "--precision", "fp32"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["n"] == 48 and "has no test split; scoring all 48 of its images" in out.err
+    run_like = json.loads((tmp_path / "w" / "config.json").read_text())
+    run_like["training_config"] = {"seed": 0, "data": {"val_size": 12}}  # a run's folder: its test split is not made up
+    (tmp_path / "w" / "config.json").write_text(json.dumps(run_like))
+    assert main(["eval", "--weights", str(tmp_path / "w"), "--data", str(data)]) == 2
+    assert "no 'test' folder" in capsys.readouterr().err
