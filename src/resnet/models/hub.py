@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ..version import __version__
-from .complexity import measure
+from .counting import measure
 
 WEIGHTS_NAME, CONFIG_NAME, CARD_NAME = "model.safetensors", "config.json", "README.md"
 FORMAT = 1  # config.json's `resnet_format`: raised when a reader would misread a newer folder
