@@ -13,6 +13,7 @@ from resnet.cli import main
 from resnet.config import make_config
 from resnet.engine.trainer import Trainer, train
 from resnet.weights.state_dict import WeightsError
+from resnet.weights import model_from_weights
 from resnet.weights import sources as W
 
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -27,10 +28,14 @@ def test_imagenet_class_names_ship_with_the_package():
 
 
 def test_named_sources_use_official_addresses_and_carry_preprocessing():
+    hosts = {"torchvision": "https://download.pytorch.org/models/",
+             "akamaster": "https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/",
+             "timm": "https://huggingface.co/timm/"}
     for name, s in W.SOURCES.items():
-        assert s.url.startswith("https://download.pytorch.org/models/") and name.startswith("torchvision:")
-        assert len(s.sha256_prefix) == 8 and int(s.sha256_prefix, 16) >= 0
-        assert s.preprocess.crop == 224 and s.preprocess.mean == (0.485, 0.456, 0.406)
+        assert s.url.startswith(hosts[name.split(":")[0]]), name
+        assert s.preprocess.mean == (0.485, 0.456, 0.406)  # all were trained with ImageNet's statistics
+        if name.startswith("torchvision:"):
+            assert len(s.sha256_prefix) == 8 and int(s.sha256_prefix, 16) >= 0 and s.preprocess.crop == 224
     v2 = W.get_source("torchvision:resnet50.IMAGENET1K_V2")
     assert v2.url.endswith("resnet50-11ad3fa6.pth") and v2.preprocess.resize == 232 and v2.model == "resnet50"
     assert W.get_source("torchvision:resnet50") is v2  # torchvision's DEFAULT
@@ -45,7 +50,7 @@ def test_download_once_verify_and_cache(fake_source, tmp_path):
     path = W.download(source, opener=opener, stream=io.StringIO())
     assert path == tmp_path / "cache" / source.filename and path.read_bytes() == blob
     assert W.download(source, opener=opener) == path and len(calls) == 1  # cached: no second download
-    net, meta = W.model_from_weights(source.name, opener=opener)
+    net, meta = model_from_weights(source.name, opener=opener)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), model.state_dict().values()))
     assert meta["classes"][0] == "tench" and meta["resize"] == 256 and meta["input_size"] == 224
 

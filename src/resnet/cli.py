@@ -33,6 +33,8 @@ from .models.complexity import format_rows, format_table, measure_registered, mo
 from .serve.evaluate import run_eval
 from .serve.load import load_spec
 from .serve.predict import run_predict
+from .serve.share import export_hub, format_report as hub_report, push
+from .weights.catalog import format_table as format_weights, rows as weights_rows
 
 NAMED_DATA = ", or cifar10 / cifar100 (downloaded into the cache folder when absent)"
 
@@ -85,7 +87,7 @@ def cmd_eval(args) -> int:
     if args.json:
         print(json.dumps({k: result[k] for k in ("top1_err", "top5_err", "loss", "n")}))
         return 0
-    print(f"{result['checkpoint']} on {args.data} ({args.split}, {result['n']} images)")
+    print(f"{result['checkpoint']} on {args.data} ({result.get('split', args.split)}, {result['n']} images)")
     print(f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%  loss {result['loss']:.4f}")
     for name, acc in zip(result["classes"], result["per_class_acc"]):
         print(f"  {name:<20} {acc:6.2f}%")
@@ -214,6 +216,10 @@ def _add_experiment_parsers(sub) -> None:
 
 
 def cmd_export(args) -> int:
+    if args.format == "hub":  # a folder to share: weights, config.json and a model card
+        report = export_hub(args.model, args.out, license=args.license)
+        print(json.dumps(report) if args.json else hub_report(report))
+        return 0
     # The loader resolves the positional argument (checkpoint, run folder, weights or name); deploy
     # works on the model it returns.
     report = export_model(*load_spec(args.model), args.format, args.out, opset=args.opset,
@@ -232,11 +238,42 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    items = weights_rows(args.pattern or "")
+    print(json.dumps(items, indent=1) if args.json else format_weights(items))
+    return 0
+
+
+def cmd_push(args) -> int:
+    report = push(args.source, args.repo, revision=args.revision, private=args.private, license=args.license)
+    print(json.dumps(report) if args.json else f"pushed to {report['repo']}: {report['url']}")
+    return 0
+
+
+def _add_sharing_parsers(sub) -> None:
+    p = sub.add_parser("weights", help="every named weights source: data set, accuracy, size, preprocessing, licence, cached")
+    p.add_argument("pattern", nargs="?", help="only names containing this, e.g. akamaster or resnet50")
+    p.add_argument("--json", action="store_true", help="a JSON list with addresses, hashes and cache paths")
+    p.set_defaults(func=cmd_weights)
+
+    p = sub.add_parser("push", help="upload a run (as a hub-style folder with its model card) to the Hugging Face hub")
+    p.add_argument("source", metavar="RUN_OR_WEIGHTS", help="a run folder, a checkpoint, a hub-style folder or named weights")
+    p.add_argument("--repo", required=True, help="OWNER/NAME on huggingface.co (created when missing)")
+    p.add_argument("--revision", help="a branch to push to (default main)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--license", help="the model card's licence field")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_push)
+
+
 def _add_deploy_parsers(sub) -> None:
-    p = sub.add_parser("export", help="export to ONNX or TorchScript, then check it against PyTorch")
-    p.add_argument("model", metavar="CKPT_OR_NAME", help="a checkpoint (.safetensors or run folder) or a registered name")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--out", required=True, help="output file (.onnx / .pt)")
+    p = sub.add_parser("export", help="export to ONNX or TorchScript (checked against PyTorch), or as a hub-style folder")
+    p.add_argument("model", metavar="SOURCE", help="a checkpoint (.safetensors or run folder) or a registered name; "
+                   "with --format hub: a run folder, checkpoint or any --weights source")
+    p.add_argument("--format", choices=[*FORMATS, "hub"], default="onnx",
+                   help="hub: a folder of model.safetensors, config.json and a model card (README.md)")
+    p.add_argument("--out", required=True, help="output file (.onnx / .pt), or folder (hub)")
+    p.add_argument("--license", help="hub: the licence field of the model card (default: the source's, else unknown)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: fixed at --batch)")
     p.add_argument("--batch", type=_positive_int, default=1, help="the fixed batch size (default 1)")
     p.add_argument("--opset", type=_positive_int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
@@ -272,8 +309,9 @@ def _add_deploy_parsers(sub) -> None:
 def _add_serve_parsers(sub) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint on a dataset")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run folder (its best, else last)")
-    p.add_argument("--weights", help="instead of --checkpoint: pretrained weights, e.g. torchvision:resnet50.IMAGENET1K_V2 "
-                   "or a torchvision-layout file (with --model)")
+    p.add_argument("--weights", help="instead of --checkpoint: pretrained weights, e.g. torchvision:resnet50.IMAGENET1K_V2, "
+                   "akamaster:resnet20, timm:resnet50.a1_in1k (`resnet weights` lists them), a hub-style folder, "
+                   "hf://OWNER/NAME[@REV], or a torchvision-layout file (with --model)")
     p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
     p.add_argument("--data", required=True, help=f"CIFAR folder or archive, a class-per-folder image tree{NAMED_DATA}")
     p.add_argument("--test", choices=TESTS, default="center",
@@ -297,7 +335,8 @@ def _add_serve_parsers(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of images (or folders of images) with names and probabilities")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run folder: predicts its training classes")
-    p.add_argument("--weights", help="instead of --checkpoint: e.g. torchvision:resnet50.IMAGENET1K_V2 (ImageNet names)")
+    p.add_argument("--weights", help="instead of --checkpoint: e.g. torchvision:resnet50.IMAGENET1K_V2 (ImageNet names), "
+                   "akamaster:resnet20 (CIFAR-10 names), a hub-style folder or hf://OWNER/NAME")
     p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
     p.add_argument("--topk", type=_positive_int, default=5)
     p.add_argument("--json", action="store_true", help="one JSON object per image per line (JSON Lines)")
@@ -364,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_experiment_parsers(sub)
     _add_deploy_parsers(sub)
+    _add_sharing_parsers(sub)
     return parser
 
 

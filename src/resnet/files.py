@@ -86,27 +86,29 @@ def folder_lock(folder: Path):
         os.close(fd)
 
 
-def download(url: str, dest: Path, algorithm: str, expected: str, offline: Callable[[str], Exception],
+def download(url: str, dest: Path, algorithm: str, expected: str | None, offline: Callable[[str], Exception],
              corrupt: Callable[[str], Exception], opener: Callable = urllib.request.urlopen, stream=None,
-             timeout: float = DOWNLOAD_TIMEOUT) -> Path:
+             timeout: float = DOWNLOAD_TIMEOUT, stated: Callable | None = None) -> Path:
     """`dest`, fetched from `url` unless it is there already with a digest starting with `expected`.
 
     `opener(url, timeout=...)` returns the response (urllib's `urlopen`; tests pass their own):
     every network operation waits at most `timeout` seconds. A failed or stalled transfer raises
     `offline(reason)`, a digest that does not start with `expected` raises `corrupt(digest)`; either
-    way nothing is left in the folder. Progress goes to `stream` (default stderr)."""
+    way nothing is left in the folder. Where the file's hash is not known beforehand (`expected`
+    None: hub files), `stated(response)` may read the one the server states for it. Progress goes to
+    `stream` (default stderr)."""
     dest = Path(dest)
     stream = stream if stream is not None else sys.stderr
     dest.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(dest.parent):
-        if dest.is_file() and file_hash(dest, algorithm).startswith(expected):  # another process fetched it
-            return dest
+        if dest.is_file() and (expected is None or file_hash(dest, algorithm).startswith(expected)):
+            return dest  # another process fetched it
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
-                got = _copy(url, dest.name, out, algorithm, offline, opener, stream, timeout)
-            if not got.startswith(expected):
+                got, said = _copy(url, dest.name, out, algorithm, offline, opener, stream, timeout, stated)
+            if not got.startswith(expected or said or ""):
                 raise corrupt(got)
             os.replace(tmp, dest)
         finally:
@@ -114,11 +116,14 @@ def download(url: str, dest: Path, algorithm: str, expected: str, offline: Calla
     return dest
 
 
-def _copy(url: str, name: str, out, algorithm: str, offline, opener, stream, timeout: float) -> str:
-    """Copy the response of `url` into `out`, showing progress; returns its digest."""
-    h, done = hashlib.new(algorithm), 0
+def _copy(url: str, name: str, out, algorithm: str, offline, opener, stream, timeout: float,
+          stated=None) -> tuple[str, str | None]:
+    """Copy the response of `url` into `out`, showing progress; returns its digest and the digest
+    the server states for it (`stated(response)`, or None)."""
+    h, done, said = hashlib.new(algorithm), 0, None
     try:
         with opener(url, timeout=timeout) as resp:
+            said = stated(resp) if stated else None
             total = int(getattr(resp, "headers", {}).get("Content-Length", 0) or 0)
             progress = DownloadProgress(name, total, stream)
             for block in iter(lambda: resp.read(1 << 20), b""):
@@ -131,4 +136,4 @@ def _copy(url: str, name: str, out, algorithm: str, offline, opener, stream, tim
         # ValueError: a malformed URL; TimeoutError (an OSError): a read waited `timeout` seconds
         reason = getattr(e, "reason", None) or e or type(e).__name__
         raise offline(f"{reason}; {done / 1e6:.1f} MB received" if done else str(reason)) from e
-    return h.hexdigest()
+    return h.hexdigest(), said

@@ -156,4 +156,5 @@ def load_model(path: str | os.PathLike) -> tuple[ResNet, dict]:
     model = ResNet(ResNetConfig(**meta["model_config"]))
     model.model_name = meta.get("model", "resnet")
     model.load_state_dict(read_state_dict(path), strict=True)
+    model.pretrained_meta = meta  # what save_pretrained writes beside the weights: preprocessing, classes, recipe
     return model.eval(), meta

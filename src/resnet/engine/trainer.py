@@ -28,7 +28,7 @@ from .precision import default_device, resolve_precision
 from ..data.augment import build_image_augment
 from ..data.mixing import Mixer
 from ..data.stream import image_channels, input_size, preprocess_meta, streaming_split
-from ..weights.sources import apply_preprocess, load_pretrained
+from ..weights.pretrained import apply_preprocess, load_pretrained
 from .plots import plot_training_curves
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import hub
 from .blocks import block_class
 from .layers import SHORTCUT_OPTIONS
 from ..errors import ConfigError
@@ -147,6 +148,11 @@ class ResNet(nn.Module):
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+    def save_pretrained(self, folder, history: list[dict] | None = None, license: str | None = None):
+        """A hub-style folder (model.safetensors, config.json, README.md) that `resnet.from_pretrained`
+        reads back; the preprocessing and class names come from `self.pretrained_meta` (see models/hub.py)."""
+        return hub.save_pretrained(self, folder, getattr(self, "pretrained_meta", None), history, license)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised classifier for `num_classes` (0 removes it)."""

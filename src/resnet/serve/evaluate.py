@@ -14,12 +14,13 @@ classes, or ImageNet's WordNet ids (n01440764 ...) for ImageNet weights, are mat
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..data import ImagesTooLargeError, MemoryLoader, StreamingFolder, load_split
+from ..data import DatasetLayoutError, ImagesTooLargeError, MemoryLoader, StreamingFolder, load_split
 from ..data.cifar import fetch_named
 from ..data.split import run_holdout
 from ..data.stream import tensor_view_loader
@@ -125,6 +126,8 @@ class _Mapped:
             yield x, self.mapping.to(y.device)[y]
 
 
+# Pretrained weights (no training run to hold images out of) on data without a test split, such as the
+# shared CIFAR-10 JPEGs, are scored on all of its images rather than refused.
 def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights: str | None = None,
              model: str | None = None, split: str = "test", test: str = "center", tta_flip: bool = False,
              precision: str = "auto", batch_size: int | None = None, workers: int = -1, plots: str | None = None,
@@ -139,7 +142,13 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
     net, meta = load(checkpoint, weights, model)
     device = torch.device(device) if device else default_device()
     num_classes = num_outputs(net)
-    ds = eval_dataset(meta, data, split, workers, test)
+    try:
+        ds = eval_dataset(meta, data, split, workers, test)
+    except DatasetLayoutError:
+        if split != "test" or meta.get("config"):
+            raise
+        ds, split = eval_dataset(meta, data, "train", workers, test), "train"  # see below
+        print(f"note: {data} has no test split; scoring all {len(ds)} of its images", file=sys.stderr)
     mapping = torch.tensor(class_mapping(list(ds.classes), meta.get("classes"), num_classes, map_classes_by_position,
                                          data, "the checkpoint's" if checkpoint else "the weights'"))
     streamed = isinstance(ds, StreamingFolder)

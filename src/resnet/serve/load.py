@@ -17,29 +17,34 @@ from ..engine.checkpoint import load_model
 from ..errors import ConfigError
 from ..models import create_model, get_entry
 from ..weights.preprocess import native_preprocess
-from ..weights.sources import is_named, model_from_weights
+from ..weights.folder import is_folder
+from ..weights.hf import is_hf
+from ..weights.pretrained import model_from_weights
+from ..weights.sources import is_named
 
 
 def load(checkpoint: str | None = None, weights: str | None = None, model: str | None = None,
          num_classes: int | None = None) -> tuple[nn.Module, dict]:
     """`--checkpoint CKPT` (a toolkit checkpoint or run folder) or `--weights SOURCE` (a named
-    source such as torchvision:resnet50.IMAGENET1K_V2, or a torchvision-layout file with `model`)."""
+    source such as torchvision:resnet50.IMAGENET1K_V2 or akamaster:resnet20, a hub-style folder,
+    hf://OWNER/NAME[@REVISION], or a torchvision-layout file with `model`)."""
     if bool(checkpoint) == bool(weights):
         raise ConfigError("give exactly one of --checkpoint CKPT and --weights SOURCE")
     if weights:
         return model_from_weights(weights, model_name=model, num_classes=num_classes)
     net, meta = load_model(checkpoint)
-    return net, _complete(net, dict(meta))
+    net.pretrained_meta = meta = _complete(net, dict(meta))  # what save_pretrained writes beside the weights
+    return net, meta
 
 
 def load_spec(spec: str, num_classes: int | None = None) -> tuple[nn.Module, dict]:
     """One positional argument (`resnet export` / `benchmark`): a checkpoint file or run folder,
-    a named weights source, or a registered model name (random weights, described as such, with
-    the normalisation of its dataset family)."""
+    named weights, a hub-style folder or hf://OWNER/NAME, or a registered model name (random
+    weights, described as such, with the normalisation of its dataset family)."""
+    if is_named(spec) or is_hf(spec) or is_folder(spec):
+        return load(weights=spec, num_classes=num_classes)
     if Path(spec).expanduser().exists():
         return load(checkpoint=spec)
-    if is_named(spec):
-        return load(weights=spec, num_classes=num_classes)
     entry = get_entry(spec)  # an unknown name: one line with the closest names
     net = create_model(spec, **({"num_classes": num_classes} if num_classes else {})).eval()
     pre = native_preprocess(entry.input_size)

@@ -2,6 +2,7 @@
 evaluation preprocessing (resize, crop, interpolation) a set of weights was published with."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 # Per-channel statistics of the training images on the 0..1 scale (pixel std, not the
@@ -28,6 +29,20 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @property
+    def crop_pct(self) -> float:
+        """timm's name for crop / resize (0.875 for 224 of 256)."""
+        return self.crop / self.resize
+
+    @classmethod
+    def from_crop_pct(cls, crop: int, crop_pct: float, **kwargs) -> "Preprocess":
+        """timm's rule: the shorter side goes to floor(crop / crop_pct) (224 at 0.95: 235)."""
+        return cls(resize=math.floor(crop / crop_pct + 1e-9), crop=crop, **kwargs)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import WeightsError, WeightsUnavailableError  # noqa: F401 - re-exported for old imports
 
 PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrappers
 HEAD_PREFIX = "fc."
@@ -29,16 +29,22 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise WeightsError(f"{path} is not a valid safetensors file ({e})") from None
+            detail = (str(e).strip().splitlines() or [""])[0][:200]
+            raise WeightsError(f"{path} is not a valid safetensors file ({detail})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch says the same for code-running pickles and for files that are no pickle at all (an
+        # HTML error page, a partial download): name both, with torch's one-line reason.
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip().startswith(("Unsupported", "WeightsUnpickler"))
+                       and line.strip() != "WeightsUnpickler error:"), str(e).strip().splitlines()[0][:120])
         raise WeightsError(
-            f"refusing to load {path}: it holds Python objects beyond tensors, and unpickling them "
-            f"could run arbitrary code. Re-save it as tensors only (or .safetensors). Detail: {str(e)[:200]}"
-        ) from None
+            f"refusing to load {path}: it is not a file of tensors alone (a corrupt or partial file, another format, "
+            f"or Python objects whose unpickling could run arbitrary code); re-download it, or re-save it as "
+            f"tensors only (or .safetensors). Detail: {reason}") from None
     except Exception as e:
-        raise WeightsError(f"cannot read {path} as a PyTorch weights file ({type(e).__name__}: {e})") from None
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise WeightsError(f"cannot read {path} as a PyTorch weights file ({type(e).__name__}: {detail})") from None
     return _unwrap(obj, path)
 
 
@@ -78,7 +84,7 @@ def compare_state_dicts(model_sd: Mapping[str, torch.Tensor], given: Mapping[str
     return missing, unexpected, mismatched
 
 
-def _format_problems(missing, unexpected, mismatched, origin: str) -> str:
+def format_problems(missing, unexpected, mismatched, origin: str) -> str:
     def show(items, limit=12):
         items = [str(i) for i in items]
         more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
@@ -117,10 +123,21 @@ def load_weights(model: nn.Module, source, strict: bool = True) -> nn.Module:
         if hasattr(model, "reset_classifier"):
             model.reset_classifier(model.fc.out_features)
     elif (missing or unexpected or mismatched) and strict:
-        raise WeightsError(_format_problems(missing, unexpected, mismatched, origin))
+        raise WeightsError(format_problems(missing, unexpected, mismatched, origin))
     elif missing or unexpected or mismatched:
-        warnings.warn(_format_problems(missing, unexpected, mismatched, origin), stacklevel=2)
+        warnings.warn(format_problems(missing, unexpected, mismatched, origin), stacklevel=2)
     bad = {k for k, _, _ in mismatched}
     loadable = {k: v for k, v in given.items() if k in model_sd and k not in bad}
     model.load_state_dict(loadable, strict=False)
+    return model
+
+
+def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], origin: str) -> nn.Module:
+    """Load every tensor of the model from `state_dict` and nothing else (the BN counters
+    `num_batches_tracked`, which many published files lack, may be absent); one error lists the rest."""
+    given = clean_keys(state_dict)
+    missing, unexpected, mismatched = compare_state_dicts(model.state_dict(), given)
+    if missing or unexpected or mismatched:
+        raise WeightsError(format_problems(missing, unexpected, mismatched, origin))
+    model.load_state_dict(given, strict=False)
     return model

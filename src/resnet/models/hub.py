@@ -1,0 +1,178 @@
+"""Hub-style folders, written: `model.safetensors`, `config.json` and `README.md` (a model card).
+
+The layout the Hugging Face hub and timm use, so a folder can be pushed as it is. `config.json`
+holds the architecture (this toolkit's `model_config`, enough to rebuild the network alone), the
+classes and their names, the input size and preprocessing, and timm's `pretrained_cfg` fields
+where they mean the same (input_size, crop_pct, interpolation, mean, std, num_classes, pool_size,
+first_conv, classifier, license). `resnet.weights.folder` reads it back. A model carries what it
+was loaded or trained with in `model.pretrained_meta` (the description `load_model` returns).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import save_file
+
+from ..version import __version__
+from .counting import measure
+
+WEIGHTS_NAME, CONFIG_NAME, CARD_NAME = "model.safetensors", "config.json", "README.md"
+FORMAT = 1  # config.json's `resnet_format`: raised when a reader would misread a newer folder
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's defaults, for bare models
+
+
+def native_size(config) -> int:
+    return 32 if config.stem == "cifar" else 224
+
+
+def feature_stride(config) -> int:
+    """Input pixels per cell of the last feature map (32 for ImageNet nets, 4 for 3-stage CIFAR nets)."""
+    return (4 if config.stem == "imagenet" else 1) * 2 ** (len(config.layers) - 1)
+
+
+def describe(model, meta: dict | None) -> dict:
+    """The model's description, with what a bare (never loaded) model would need filled in."""
+    meta = dict(meta or getattr(model, "pretrained_meta", None) or {})
+    size = int(meta.get("input_size") or native_size(model.config))
+    meta.setdefault("model", getattr(model, "model_name", "resnet"))
+    meta.setdefault("mean", list(IMAGENET_MEAN))
+    meta.setdefault("std", list(IMAGENET_STD))
+    meta["input_size"], meta["resize"] = size, int(meta.get("resize") or size)
+    meta.setdefault("interpolation", "bilinear")
+    return meta
+
+
+def build_config(model, meta: dict, license: str | None = None) -> dict:
+    """config.json: timm's top-level keys and `pretrained_cfg`, plus this toolkit's exact description."""
+    cfg, num_classes = model.config, model.config.num_classes
+    size, resize = meta["input_size"], meta["resize"]
+    classes = list(meta.get("classes") or [])
+    published = meta.get("published") or {}
+    pretrained_cfg = {
+        "tag": meta.get("tag"), "input_size": [cfg.in_chans, size, size], "fixed_input_size": False,
+        "interpolation": meta["interpolation"], "crop_pct": round(size / resize, 6), "crop_mode": "center",
+        "mean": list(meta["mean"]), "std": list(meta["std"]), "num_classes": num_classes,
+        "pool_size": [max(1, size // feature_stride(cfg))] * 2, "first_conv": "conv1", "classifier": "fc",
+        "license": license or meta.get("license") or "unknown", "origin_url": meta.get("origin_url"),
+        **{k: v for k, v in (meta.get("timm_cfg") or {}).items() if k in ("test_input_size", "test_crop_pct", "paper_ids")},
+    }
+    return {
+        "architecture": meta["model"], "num_classes": num_classes, "num_features": model.num_features,
+        "global_pool": "avg", "label_names": classes if len(classes) == num_classes else None,
+        "pretrained_cfg": {k: v for k, v in pretrained_cfg.items() if v is not None},
+        "library_name": "resnet", "resnet_version": __version__, "resnet_format": FORMAT,
+        "model_config": cfg.to_dict(),
+        "preprocess": {"resize": resize, "crop": size, "mean": list(meta["mean"]), "std": list(meta["std"]),
+                       "interpolation": meta["interpolation"]},
+        "dataset": meta.get("dataset"), "weights_source": meta.get("weights"),
+        "published": published or None,
+        # the run's own config: `resnet eval --weights FOLDER --split val` rebuilds its hold-out from it
+        "training_config": meta.get("config"), "epoch": meta.get("epoch"),
+    }
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_pretrained(model, folder: str | os.PathLike, meta: dict | None = None, history: list[dict] | None = None,
+                    license: str | None = None) -> Path:
+    """Write `folder`/{model.safetensors, config.json, README.md}; `history` is the run's metrics.jsonl."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = describe(model, meta)
+    config = build_config(model, meta, license)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", dir=folder)
+    os.close(fd)
+    save_file(state, tmp, metadata={"format": "pt", "resnet": json.dumps({"model": meta["model"]})})
+    os.replace(tmp, folder / WEIGHTS_NAME)
+    _atomic_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    _atomic_text(folder / CARD_NAME, model_card(model, meta, config, history or []))
+    return folder
+
+
+# --------------------------------------------------------------------------- the model card
+def _front_matter(config: dict) -> list[str]:
+    license = config["pretrained_cfg"]["license"]
+    tags = ["image-classification", "resnet", config["architecture"]]
+    lines = ["---", f"license: {license.lower() if license != 'unknown' else 'other'}", "library_name: resnet",
+             "pipeline_tag: image-classification", "tags:"] + [f"- {t}" for t in tags]
+    hub_ids = {"cifar-10": "cifar10", "cifar10": "cifar10", "cifar-100": "cifar100", "cifar100": "cifar100",
+               "imagenet-1k": "imagenet-1k", "imagenet": "imagenet-1k"}  # the hub's ids of the data sets it knows
+    if str(config.get("dataset") or "").lower() in hub_ids:
+        lines += ["datasets:", f"- {hub_ids[config['dataset'].lower()]}"]
+    return lines + ["---", ""]
+
+
+def _facts(model, meta: dict, config: dict) -> list[str]:
+    c, size = model.config, meta["input_size"]
+    counted = measure(model, size, meta["model"])
+    classes = config["label_names"] or []
+    shown = ", ".join(classes[:10]) + (f", ... ({len(classes)} in all)" if len(classes) > 10 else "")
+    pre = config["preprocess"]
+    rows = [("architecture", f"`{meta['model']}`: {c.depth} layers, `{c.block}` blocks, shortcut option {c.shortcut}, "
+                             f"stages {list(c.layers)} of widths {list(c.widths)}, `{c.stem}` stem"),
+            ("parameters", f"{counted.params:,}"), ("MACs", f"{counted.macs / 1e6:,.1f} M per {size}x{size} image"),
+            ("input", f"shorter side to {pre['resize']} ({pre['interpolation']}), centre crop {pre['crop']}, "
+                      f"mean {pre['mean']}, std {pre['std']}"),
+            ("classes", f"{c.num_classes}" + (f": {shown}" if shown else "")),
+            ("weights", str(config.get("weights_source") or "")
+             + (f" (after epoch {meta['epoch']}, step {meta.get('step')})" if meta.get("epoch") else "")),
+            ("origin", str(config["pretrained_cfg"].get("origin_url") or "")), ("toolkit", f"resnet {__version__}"),
+            ("licence", config["pretrained_cfg"]["license"])]
+    return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows if v] + [""]
+
+
+def _recipe(meta: dict) -> list[str]:
+    cfg = meta.get("config")
+    if not cfg:
+        return []
+    d, o, s = cfg.get("data", {}), cfg.get("optim", {}), cfg.get("schedule", {})
+    lines = ["## Training", "",
+             f"- data: `{d.get('path')}` ({meta.get('dataset') or 'images'}), {d.get('val_size', 0):g} images held out "
+             f"for validation, batch {d.get('batch_size')}, augmentation `{d.get('augment')}` (pad {d.get('pad')}, "
+             f"flip {d.get('flip')})",
+             f"- optimiser: SGD lr {o.get('lr')}, momentum {o.get('momentum')}, weight decay {o.get('weight_decay')}, "
+             f"schedule `{s.get('name')}` {s.get('milestones') or ''}",
+             f"- {cfg.get('epochs')} epochs, seed {cfg.get('seed')}, precision {cfg.get('precision')}, "
+             f"label smoothing {cfg.get('label_smoothing', 0)}, EMA {cfg.get('ema_decay', 0)}",
+             "", "<details><summary>the whole config</summary>", "", "```json", json.dumps(cfg, indent=1), "```",
+             "", "</details>", ""]
+    return lines
+
+
+def _results(meta: dict, history: list[dict]) -> list[str]:
+    lines = []
+    published = meta.get("published") or {}
+    if published:
+        acc = ", ".join(f"{k} {v}%" for k, v in published.items() if k != "dataset" and v is not None)
+        lines += ["## Published accuracy", "", f"{published.get('dataset', '')}: {acc} (the publisher's figure, "
+                  "on its test or validation images, at the preprocessing above)", ""]
+    if history:
+        last = history[-1]
+        keys = [k for k in ("epoch", "train_loss", "train_err", "val_loss", "val_err", "val_top5_err") if k in last]
+        lines += ["## Final metrics (metrics.jsonl)", "", "| " + " | ".join(keys) + " |",
+                  "| " + " | ".join("---" for _ in keys) + " |", "| " + " | ".join(str(last[k]) for k in keys) + " |", ""]
+        vals = [r["val_err"] for r in history if r.get("val_err") is not None]
+        if vals:
+            lines += [f"Best validation error {min(vals):.2f}% (epoch "
+                      f"{next(r['epoch'] for r in history if r.get('val_err') == min(vals))}); errors in %.", ""]
+    return lines
+
+
+def model_card(model, meta: dict, config: dict, history: list[dict]) -> str:
+    source = config.get("weights_source") or ""
+    title = f"# {meta['model']}" + (f" ({source if ':' in source else Path(source).parent.name or source})" if source else "")
+    use = ["## Use", "", "```bash", "resnet eval --weights THIS_FOLDER --data DATA", "resnet predict IMAGE --weights THIS_FOLDER",
+           "```", "", "```python", "import resnet", "model = resnet.from_pretrained('THIS_FOLDER')  # or 'hf://OWNER/NAME'",
+           "```", ""]
+    lines = _front_matter(config) + [title, ""] + _facts(model, meta, config) + _results(meta, history) \
+        + _recipe(meta) + use
+    return "\n".join(lines)

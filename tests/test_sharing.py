@@ -1,0 +1,290 @@
+"""Weights that leave the machine: hub-style folders (export, save_pretrained, from_pretrained, --weights
+DIR), model cards from runs, hf://OWNER/NAME from the hub cache (offline), `resnet push` through a
+stand-in for the hub's API, and `resnet weights`."""
+import hashlib
+import io
+import json
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import resnet
+from imagenet_utils import one_thread
+from resnet.cli import main
+from resnet.config import make_config
+from resnet.engine.checkpoint import load_model
+from resnet.engine.trainer import train
+from resnet.models.complexity import measure
+from resnet.weights import WeightsError, WeightsUnavailableError, hf, model_from_weights
+from resnet.weights import sources as W
+
+single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12",
+        "data.eval_batch_size=7", "precision=fp32", "optim.lr=0.05", "checkpoint_minutes=0"]
+COMMIT_A, COMMIT_B = "a" * 40, "b" * 40
+
+
+@pytest.fixture(scope="module")
+def run(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    train(make_config(None, [f"data.path={tiny_folder}", "epochs=2", *TINY]), out)
+    return out
+
+
+def _logits(model, size=32, n=4):
+    with torch.no_grad():
+        return model.eval()(torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0)))
+
+
+def test_export_of_a_run_writes_weights_config_and_card(run, tmp_path, tiny_folder, capsys):
+    out = tmp_path / "hub"
+    assert main(["export", str(run), "--format", "hub", "--out", str(out), "--license", "MIT"]) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    model, meta = load_model(run)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architecture"] == "resnet20" and cfg["num_classes"] == 3 and cfg["label_names"] == ["blue", "green", "red"]
+    assert cfg["model_config"] == model.config.to_dict() and cfg["num_features"] == 8
+    p = cfg["pretrained_cfg"]  # timm's fields, where they mean the same
+    assert p["input_size"] == [3, 32, 32] and p["crop_pct"] == 1.0 and p["mean"] == meta["mean"] == cfg["preprocess"]["mean"]
+    assert p["std"] == meta["std"] and p["num_classes"] == 3 and p["classifier"] == "fc" and p["license"] == "MIT"
+    card = (out / "README.md").read_text()
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    params = measure(model, 32).params
+    assert card.startswith("---\nlicense: mit\n") and f"| parameters | {params:,} |" in card and "MACs" in card
+    assert f"| {history[-1]['val_err']} |" in card and "lr 0.05" in card and "resnet " + resnet.__version__ in card
+    assert f"data: `{tiny_folder}`" in card and "12 images held out" in card
+
+
+def test_a_folder_gives_back_the_same_logits_preprocessing_and_names(run, tmp_path, tiny_folder, capsys):
+    out = tmp_path / "hub"
+    assert main(["export", str(run), "--format", "hub", "--out", str(out)]) == 0
+    original, meta = load_model(run)
+    loaded = resnet.from_pretrained(out)
+    assert torch.equal(_logits(original), _logits(loaded))
+    got = loaded.pretrained_meta
+    assert (got["classes"], got["mean"], got["std"], got["input_size"]) == (meta["classes"], meta["mean"], meta["std"], 32)
+    capsys.readouterr()
+    common = ["--data", str(tiny_folder), "--split", "train", "--json", "--precision", "fp32", "--backend", "eager-fp32"]
+    assert main(["eval", "--checkpoint", str(run), *common]) == 0
+    by_checkpoint = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--weights", str(out), *common]) == 0
+    assert json.loads(capsys.readouterr().out) == by_checkpoint
+    val = [c if c != "train" else "val" for c in common]  # the run's hold-out, rebuilt from the folder's config
+    assert main(["eval", "--checkpoint", str(run), *val]) == 0
+    by_checkpoint = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--weights", str(out), *val]) == 0
+    assert json.loads(capsys.readouterr().out) == by_checkpoint and by_checkpoint["n"] == 12
+    assert main(["predict", str(tiny_folder / "red" / "00.png"), "--weights", str(out), "--json", "--topk", "3"]) == 0
+    top = json.loads(capsys.readouterr().out)["topk"]
+    assert sorted(t["name"] for t in top) == ["blue", "green", "red"]
+
+
+def test_model_save_pretrained_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4)
+    model.save_pretrained(tmp_path / "m")
+    back = resnet.from_pretrained(tmp_path / "m")
+    assert torch.equal(_logits(model), _logits(back)) and back.config == model.config
+    assert back.pretrained_meta["mean"] == [0.485, 0.456, 0.406] and back.pretrained_meta["classes"] is None
+    named = resnet.create_model("resnet18", num_classes=5)  # a bigger net: ImageNet stem, pool 7x7 at 224
+    named.save_pretrained(tmp_path / "n", license="apache-2.0")
+    cfg = json.loads((tmp_path / "n" / "config.json").read_text())
+    assert cfg["pretrained_cfg"]["pool_size"] == [7, 7] and cfg["pretrained_cfg"]["input_size"] == [3, 224, 224]
+    assert torch.equal(_logits(named, 64, 2), _logits(resnet.from_pretrained(tmp_path / "n"), 64, 2))
+
+
+def test_a_timm_layout_folder_reads_with_its_test_size(tmp_path):
+    folder = tmp_path / "timm"
+    folder.mkdir()
+    torch.manual_seed(0)
+    model = resnet.create_model("resnet18")
+    save_file({k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")},
+              str(folder / "model.safetensors"))
+    cfg = {"architecture": "resnet18", "num_classes": 1000, "num_features": 512, "pretrained_cfg": {
+        "input_size": [3, 224, 224], "test_input_size": [3, 288, 288], "crop_pct": 0.95, "test_crop_pct": 1.0,
+        "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 1000}}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    loaded, meta = model_from_weights(str(folder))
+    assert torch.equal(_logits(model, 64, 1), _logits(loaded, 64, 1))
+    assert (meta["resize"], meta["input_size"], meta["interpolation"], meta["classes"][1]) == (288, 288, "bicubic", "goldfish")
+    cfg["architecture"] = "resnet26d"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match="resnet26d"):
+        model_from_weights(str(folder))
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(WeightsError, match="not a readable JSON"):
+        model_from_weights(str(folder))
+
+
+# --------------------------------------------------------------------------- the Hugging Face hub
+def _lay_out_hub_cache(root: Path, repo: str, revisions: dict[str, tuple[str, Path]]) -> None:
+    """The hub cache as huggingface_hub writes it: refs/REV holds a commit, snapshots/COMMIT/FILE."""
+    base = root / f"models--{repo.replace('/', '--')}"
+    (base / "refs").mkdir(parents=True, exist_ok=True)
+    for rev, (commit, folder) in revisions.items():
+        (base / "refs" / rev).write_text(commit)
+        snap = base / "snapshots" / commit
+        snap.mkdir(parents=True, exist_ok=True)
+        for f in folder.iterdir():
+            (snap / f.name).write_bytes(f.read_bytes())
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    torch.manual_seed(1)
+    a = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4)
+    a.save_pretrained(tmp_path / "a")
+    b = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4)
+    b.save_pretrained(tmp_path / "b")
+    cache = tmp_path / "hf"
+    _lay_out_hub_cache(cache, "me/tiny", {"main": (COMMIT_A, tmp_path / "a"), "v1": (COMMIT_B, tmp_path / "b")})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache, a, b
+
+
+def test_hf_weights_come_from_the_hub_cache_offline(hub_cache):
+    cache, a, b = hub_cache
+    model, meta = model_from_weights("hf://me/tiny")
+    assert torch.equal(_logits(model), _logits(a)) and meta["weights"] == "hf://me/tiny"
+    assert torch.equal(_logits(resnet.from_pretrained("hf://me/tiny@v1")), _logits(b))
+    with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE") as e:
+        model_from_weights("hf://me/other")
+    assert len(str(e.value).splitlines()) == 1 and "config.json" in str(e.value)
+    with pytest.raises(ValueError, match="hf://OWNER/NAME"):
+        model_from_weights("hf://no-owner")
+
+
+def test_the_cache_layout_is_the_one_huggingface_hub_reads(hub_cache):
+    hub = pytest.importorskip("huggingface_hub")
+    cache, _, _ = hub_cache
+    for rev in ("main", "v1", COMMIT_B):
+        ours = hf.cached_file("me/tiny", "model.safetensors", rev)
+        assert ours is not None
+        assert Path(hub.try_to_load_from_cache("me/tiny", "model.safetensors", cache_dir=str(cache), revision=rev)) == ours
+        theirs = hub.hf_hub_download("me/tiny", "config.json", revision=rev, cache_dir=str(cache), local_files_only=True)
+        assert Path(theirs) == ours.parent / "config.json"
+
+
+def test_without_huggingface_hub_the_cache_still_serves_and_downloads_say_what_to_install(hub_cache, monkeypatch):
+    _, a, _ = hub_cache
+    monkeypatch.setattr(hf, "_hub", lambda: None)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert torch.equal(_logits(resnet.from_pretrained("hf://me/tiny")), _logits(a))
+    with pytest.raises(WeightsUnavailableError, match="huggingface_hub is not installed"):
+        model_from_weights("hf://me/other")
+    with pytest.raises(WeightsUnavailableError, match="needs huggingface_hub"):
+        hf.push_folder(Path("."), "me/x")
+
+
+def test_a_download_goes_through_huggingface_hub_into_its_cache(hub_cache, tmp_path, monkeypatch):
+    cache, a, _ = hub_cache
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = []
+
+    def hf_hub_download(repo, filename, revision, cache_dir, library_name):
+        calls.append((repo, filename, revision))
+        if filename == "README.md":
+            raise FileNotFoundError("404 Client Error: Entry Not Found")
+        snap = Path(cache_dir) / "models--you--net" / "snapshots" / COMMIT_A
+        snap.mkdir(parents=True, exist_ok=True)
+        (snap / filename).write_bytes((tmp_path / "a" / filename).read_bytes())
+        return str(snap / filename)
+    monkeypatch.setattr(hf, "_hub", lambda: types.SimpleNamespace(hf_hub_download=hf_hub_download))
+    model, _ = model_from_weights("hf://you/net@main")
+    assert torch.equal(_logits(model), _logits(a))
+    assert [c[1] for c in calls] == ["config.json", "model.safetensors", "README.md"]
+
+
+class StandInApi:
+    """Records what `resnet push` asks of huggingface_hub.HfApi."""
+
+    def __init__(self):
+        self.calls, self.uploaded = [], {}
+
+    def create_repo(self, **kwargs):
+        self.calls.append(("create_repo", kwargs))
+
+    def create_branch(self, **kwargs):
+        self.calls.append(("create_branch", kwargs))
+
+    def upload_folder(self, repo_id, folder_path, revision, commit_message):
+        self.calls.append(("upload_folder", repo_id, revision))
+        self.uploaded = {p.name: p.read_bytes() for p in Path(folder_path).iterdir()}
+        return types.SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/{'c' * 40}")
+
+
+def test_push_uploads_the_exported_folder(run, monkeypatch, capsys):
+    api = StandInApi()
+    monkeypatch.setattr(hf, "_hub", lambda: types.SimpleNamespace(HfApi=lambda: api))
+    assert main(["push", str(run), "--repo", "me/tiny-run", "--private", "--revision", "exp1"]) == 0
+    assert "https://huggingface.co/me/tiny-run/commit/" in capsys.readouterr().out
+    assert api.calls[0] == ("create_repo", {"repo_id": "me/tiny-run", "repo_type": "model", "private": True,
+                                            "exist_ok": True})
+    assert api.calls[1][0] == "create_branch" and api.calls[2] == ("upload_folder", "me/tiny-run", "exp1")
+    assert sorted(api.uploaded) == ["README.md", "config.json", "model.safetensors"]
+    assert json.loads(api.uploaded["config.json"])["label_names"] == ["blue", "green", "red"]
+    assert main(["push", str(run), "--repo", "not a repo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "OWNER/NAME" in err
+
+
+def test_weights_lists_every_source_and_what_is_cached(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESNET_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    blob = b"stand-in weights"
+    prefix = hashlib.sha256(blob).hexdigest()[:8]
+    source = W.WeightSource("akamaster:resnet20", "resnet20", f"https://example.invalid/resnet20-{prefix}.th",
+                            num_classes=10, dataset="CIFAR-10")
+    monkeypatch.setitem(W.SOURCES, source.name, source)
+    (tmp_path / source.filename).write_bytes(blob)
+    (tmp_path / W.get_source("akamaster:resnet32").filename).write_bytes(b"something else")
+    assert main(["weights", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == set(W.SOURCES)
+    assert rows["akamaster:resnet20"]["cached"] == str(tmp_path / source.filename)
+    assert rows["akamaster:resnet32"]["cached"] is None and "does not match" in rows["akamaster:resnet32"]["cache_problem"]
+    r50 = rows["timm:resnet50.a1_in1k"]
+    assert (r50["acc1"], r50["params"], r50["license"], r50["preprocess"]["crop"]) == (81.22, 25557032, "Apache-2.0", 288)
+    assert r50["size_mb"] == pytest.approx(102.2, abs=0.5) and r50["dataset"] == "ImageNet-1k"
+    assert main(["weights", "akamaster"]) == 0
+    text = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("akamaster:")}
+    assert len(lines) == 6 and lines["akamaster:resnet20"].rstrip().endswith("yes")
+    assert lines["akamaster:resnet32"].rstrip().endswith("BAD HASH") and lines["akamaster:resnet44"].rstrip().endswith("no")
+
+
+def test_fine_tuning_starts_from_a_folder_with_a_new_head(tmp_path):
+    torch.manual_seed(2)
+    source = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4)
+    source.save_pretrained(tmp_path / "src")
+    target = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4, num_classes=5)
+    with pytest.warns(UserWarning, match="fresh"):
+        meta = resnet.weights.load_pretrained(target, str(tmp_path / "src"))
+    assert torch.equal(target.layer3[2].conv2.weight, source.layer3[2].conv2.weight)
+    assert target.fc.out_features == 5 and meta["input_size"] == 32
+
+
+def test_pretrained_weights_score_all_of_data_without_a_test_split(tiny_folder, tmp_path, capsys):
+    data = tmp_path / "only-train"
+    (data / "train").mkdir(parents=True)
+    for c in ("blue", "green", "red"):
+        (data / "train" / c).symlink_to(tiny_folder / c)
+    torch.manual_seed(3)
+    net = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4, num_classes=3)
+    net.pretrained_meta = {"classes": ["blue", "green", "red"], "mean": [0.5] * 3, "std": [0.25] * 3}
+    net.save_pretrained(tmp_path / "w")
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(tmp_path / "w"), "--data", str(data), "--json", "--precision", "fp32"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["n"] == 48 and "has no test split; scoring all 48 of its images" in out.err
+    run_like = json.loads((tmp_path / "w" / "config.json").read_text())
+    run_like["training_config"] = {"seed": 0, "data": {"val_size": 12}}  # a run's folder: its test split is not made up
+    (tmp_path / "w" / "config.json").write_text(json.dumps(run_like))
+    assert main(["eval", "--weights", str(tmp_path / "w"), "--data", str(data)]) == 2
+    assert "no 'test' folder" in capsys.readouterr().err
