@@ -20,6 +20,7 @@ import numpy as np
 import PIL
 from PIL import Image, JpegImagePlugin
 
+from ..errors import ConfigError
 from .folder import _hidden, is_archive, is_image_file
 from .memory import _stem, fingerprint
 
@@ -34,7 +35,7 @@ def ijg_scale(quality: int) -> float:
     5000/q below 50, 200 - 2q from 50 on. Quality 75 -> 50, 50 -> 100, 25 -> 200, 100 -> 0 (lossless
     but for rounding and colour conversion): the quantiser step grows in proportion to it."""
     if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be 1-100, got {quality}")
+        raise ConfigError(f"JPEG quality must be 1-100, got {quality}")
     return 5000.0 / quality if quality < 50 else 200.0 - 2.0 * quality
 
 
@@ -116,7 +117,7 @@ def write_reencoded(ds, quality: int, folder: str | Path) -> dict:
     try:
         names = [_safe(c) for c in ds.classes]
         if len(set(names)) != len(names):
-            raise ValueError(f"class names {ds.classes} collide once made safe as folder names")
+            raise ConfigError(f"class names {ds.classes} collide once made safe as folder names")
         for name in names:
             (tmp / name).mkdir()
         counts = [0] * len(names)

@@ -74,7 +74,8 @@ def plot_quality_slope(points: list[dict], fit: dict, path: Path, line_se) -> Pa
     line (solid over the measured range, dashed where it is extrapolated to scale 0) and its 95% band.
 
     `points`: {'scale', 'quality', 'errors'} per quality; `line_se(fit, x)`: the line's standard error."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for p in points:
         ax.plot([p["scale"]] * len(p["errors"]), p["errors"], "o", color="C0", alpha=0.35, markersize=4)
         mean = sum(p["errors"]) / len(p["errors"])
@@ -102,5 +103,4 @@ def plot_quality_slope(points: list[dict], fit: dict, path: Path, line_se) -> Pa
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)

@@ -10,6 +10,7 @@ from pathlib import Path
 import PIL
 import torch
 
+from ..errors import ConfigError
 from ..config import TrainConfig, make_config
 from ..data import load_dataset
 from ..data.cifar import default_cache_dir
@@ -54,14 +55,14 @@ def jpeg_quality(data: str, qualities: list[int] | tuple[int, ...] = DEFAULT_QUA
     quality, out/report.md with the table, the fit and jpeg-quality.png; out/jpeg-quality.json the numbers."""
     qualities = list(dict.fromkeys(qualities))
     if len(qualities) < 2:
-        raise ValueError(f"--qualities: give at least two JPEG qualities for a slope, got {qualities}")
+        raise ConfigError(f"--qualities: give at least two JPEG qualities for a slope, got {qualities}")
     bad = [q for q in qualities if not 1 <= q <= 100]
     if bad:
-        raise ValueError(f"--qualities: JPEG qualities are 1-100, got {', '.join(map(str, bad))}")
+        raise ConfigError(f"--qualities: JPEG qualities are 1-100, got {', '.join(map(str, bad))}")
     get_entry(model)
     cfg = _config(data, epochs, recipe, overrides)
     if cfg.data.val_size == 0:
-        raise ValueError("the JPEG slope is measured on a hold-out: data.val_size=0 leaves none")
+        raise ConfigError("the JPEG slope is measured on a hold-out: data.val_size=0 leaves none")
     source = load_dataset(data, "train", cache_dir=cfg.data.cache_dir or None, skip_bad=cfg.data.skip_bad)
     encoding = source_encoding(data)
     cache_root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..engine.evaluate import evaluate
 from ..engine.precision import default_device, resolve_precision
 from ..weights import get_source, is_named, model_from_weights
@@ -30,13 +31,13 @@ def parse_weights(items: list[str]) -> list[tuple[str, str | None]]:
             continue
         model, sep, path = item.partition("=")
         if not sep or not model or not path:
-            raise ValueError(f"--weights {item}: give a named source (e.g. akamaster:resnet20) or MODEL=FILE "
+            raise ConfigError(f"--weights {item}: give a named source (e.g. akamaster:resnet20) or MODEL=FILE "
                              "(e.g. resnet20=r20.pth)")
         if not Path(path).expanduser().is_file():
             raise FileNotFoundError(f"--weights {item}: no such file {path}")
         out.append((str(Path(path).expanduser()), model))
     if not out:
-        raise ValueError("--weights: give at least one set of weights")
+        raise ConfigError("--weights: give at least one set of weights")
     return out
 
 
@@ -61,7 +62,7 @@ def score_as_is(spec: str, model_name: str | None, val) -> dict:
     model, meta = model_from_weights(spec, model_name)
     classes = model.fc.out_features
     if classes != len(val.classes):
-        raise ValueError(f"--weights {spec}: a {classes}-class head, but the data has {len(val.classes)} classes")
+        raise ConfigError(f"--weights {spec}: a {classes}-class head, but the data has {len(val.classes)} classes")
     device = default_device()
     loader = val.loader(1000, train=False, device=device, channels_last=False)
     result = evaluate(model.to(device), loader, resolve_precision("fp32", device), classes)
@@ -82,7 +83,7 @@ def pretrained(data: str, weights: list[str], epochs: int = 3, seeds: int = 1, o
         items.append((spec, model_name, runs))
     cfg = base_config(data, epochs, recipe, [*FINETUNE, *(overrides or [])])
     if cfg.data.val_size == 0:
-        raise ValueError("pretrained networks are scored on the hold-out: data.val_size=0 leaves none")
+        raise ConfigError("pretrained networks are scored on the hold-out: data.val_size=0 leaves none")
     exp = Experiment("pretrained", out, cfg, [r for _, _, runs in items for r in runs], stream)
     exp.describe(weights=[spec for spec, _, _ in items])
     train, val = exp.data()

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..config import TrainConfig
 from ..data import has_test_split
 from ..data.split import holdout_count
@@ -23,7 +24,7 @@ def final_config(cfg: TrainConfig, n_images: int) -> TrainConfig:
     batch = cfg.data.batch_size
     steps_split, steps_full = (n_images - held) // batch, n_images // batch
     if steps_split < 1:
-        raise ValueError(f"data.batch_size={batch} exceeds the {n_images - held} images left to train on")
+        raise ConfigError(f"data.batch_size={batch} exceeds the {n_images - held} images left to train on")
     epochs = max(1, round(cfg.epochs * steps_split / steps_full))
     return dataclasses.replace(cfg, epochs=epochs, data=dataclasses.replace(cfg.data, val_size=0))
 
