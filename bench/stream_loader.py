@@ -96,6 +96,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--steps", type=int, default=8, help="timed training steps (bare and fed)")
+    p.add_argument("--loader-only", action="store_true",
+                   help="only the loader, with --workers processes (how many decoding cores a GPU needs)")
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,10 +105,17 @@ def main() -> None:
         big = synthetic_imagenet(Path(tmp) / "imagenet-like")
         for name, folder in (("CIFAR-10 JPEGs 32x32, upscaled", cifar), ("synthetic 500x375 JPEGs", big)):
             for augment in ("paper", "rrc"):
-                for workers in sorted({0, args.workers}):
+                for workers in [args.workers] if args.loader_only else sorted({0, args.workers}):
                     rate = loader_rate(folder, augment, args.batch, args.batches, workers)
                     rows.append((f"loader: {name}, {augment}", workers, rate))
                     print(rows[-1], file=sys.stderr)
+        if args.loader_only:
+            rows = [(w, n, rate, rate / max(n, 1)) for w, n, rate in rows]
+            print(f"Streaming loader alone, 224x224, batch {args.batch}\n")
+            print("| what | workers | images/s | images/s per worker |\n| --- | ---: | ---: | ---: |")
+            for what, workers, rate, each in rows:
+                print(f"| {what} | {workers} | {rate:,.1f} | {each:,.1f} |")
+            return
         step = step_rate("cpu", args.batch, args.steps, "bf16", True)
         rows.append(("ResNet-50 bf16 training step alone (synthetic batch)", "-", step))
         print(rows[-1], file=sys.stderr)

@@ -23,8 +23,10 @@ from resnet.engine.precision import Precision, cpu_supports_bf16
 NVIDIA_A100_AMP = 2470  # images/s, ResNet-50 v1.5, 1x A100 80GB, mixed precision (NVIDIA DeepLearningExamples)
 
 
-def step_rate(device: str, batch: int, steps: int, precision: str, channels_last: bool, warmup: int = 3) -> float:
-    """Images per second of full training steps on one synthetic batch."""
+def step_rate(device: str, batch: int, steps: int, precision: str, channels_last: bool, warmup: int = 3,
+              compile: bool = False) -> float:
+    """Images per second of full training steps on one synthetic batch (`compile`: the forward and
+    backward through torch.compile's default mode; ResNet-50 at batch 256 is not launch-bound)."""
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     dev = torch.device(device)
@@ -33,10 +35,11 @@ def step_rate(device: str, batch: int, steps: int, precision: str, channels_last
     prec = Precision(precision, dev)
     x = torch.randn(batch, 3, 224, 224, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, 1000, (batch,), device=dev)
+    forward = torch.compile(model, dynamic=False) if compile else model
 
     def step():
         with prec.autocast():
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -61,18 +64,24 @@ def main() -> None:
     p.add_argument("--fp32-steps", type=int, default=5, help="timed fp32 steps (0 = skip)")
     p.add_argument("--gpu-batch", type=int, default=256)
     p.add_argument("--gpu-steps", type=int, default=50)
+    p.add_argument("--compile", action="store_true", help="also the GPU step through torch.compile")
+    p.add_argument("--gpu-only", action="store_true", help="skip the CPU rows")
     args = p.parse_args()
     rows = []
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        rate = step_rate("cuda", args.gpu_batch, args.gpu_steps, "bf16", True, warmup=10)
-        rows.append((f"{name}, bf16 autocast + channels_last", args.gpu_batch, rate,
-                     f"{rate / NVIDIA_A100_AMP:.2f}x NVIDIA's A100 AMP {NVIDIA_A100_AMP:,}"))
+        for compiled in (False, True) if args.compile else (False,):
+            rate = step_rate("cuda", args.gpu_batch, args.gpu_steps, "bf16", True, warmup=10, compile=compiled)
+            rows.append((f"{name}, bf16 autocast + channels_last{' + torch.compile' if compiled else ''}",
+                         args.gpu_batch, rate, f"{rate / NVIDIA_A100_AMP:.2f}x NVIDIA's A100 AMP {NVIDIA_A100_AMP:,}"))
+    if args.gpu_only:
+        args.fp32_steps = args.steps = 0
     bf16 = cpu_supports_bf16()
     if args.fp32_steps:
         rows.append(("CPU fp32 NCHW", args.batch, step_rate("cpu", args.batch, args.fp32_steps, "fp32", False, 2), ""))
-    rows.append((f"CPU bf16 autocast + channels_last{'' if bf16 else ' (bf16 emulated: no native support)'}",
-                 args.batch, step_rate("cpu", args.batch, args.steps, "bf16", True), ""))
+    if args.steps:
+        rows.append((f"CPU bf16 autocast + channels_last{'' if bf16 else ' (bf16 emulated: no native support)'}",
+                     args.batch, step_rate("cpu", args.batch, args.steps, "bf16", True), ""))
     print(f"ResNet-50 training step, 224x224, synthetic data, {torch.get_num_threads()} CPU threads, "
           f"PyTorch {torch.__version__}\n")
     print("| configuration | batch | images/s | note |\n| --- | ---: | ---: | --- |")

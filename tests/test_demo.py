@@ -26,3 +26,65 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "the degradation finding is not at this budget: the deeper plain net trains no worse" in text  # one depth
     assert (out / "degradation.png").is_file() and (out / "report.md").is_file()
     assert (out / "runs" / "resnet8-s0" / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_plan_keeps_every_epoch_on_a_fast_machine():
+    from resnet.experiments.demo import MAX_EPOCHS, plan_demo
+
+    plan = plan_demo({"plain20": 0.05, "resnet20": 0.05, "plain56": 0.15, "resnet56": 0.15}, 64, budget=270)
+    assert plan.epochs == MAX_EPOCHS and plan.train_size is None
+    assert plan.estimate == plan.full == pytest.approx(20 * 21 * 0.4 * 1.15)
+    assert "20 epochs per network: about" in plan.describe(64, "bf16")
+
+
+def test_plan_trains_fewer_epochs_on_a_slow_machine_and_says_so():
+    from resnet.experiments.demo import plan_demo
+
+    # The AMD Zen 3 machine of issue 17 in fp32: 803 s for 20 epochs of the four networks.
+    steps = {"plain20": 0.25, "resnet20": 0.25, "plain56": 0.7, "resnet56": 0.7}
+    plan = plan_demo(steps, 64, budget=260)
+    assert plan.train_size is None and plan.estimate <= 260 < plan.estimate + 21 * 1.9 * 1.15
+    assert 5 <= plan.epochs < 20
+    text = plan.describe(64, "fp32")
+    assert f"trains {plan.epochs} epochs per network" in text and "would take about 15.3 min" in text
+    assert "resnet56 700 ms" in text
+
+
+def test_plan_uses_fewer_images_when_even_the_minimum_epochs_do_not_fit():
+    from resnet.experiments.demo import MIN_EPOCHS, plan_demo
+
+    plan = plan_demo({"resnet20": 1.0, "resnet56": 3.0}, 64, budget=200)
+    assert plan.epochs == MIN_EPOCHS and 256 <= plan.train_size < 1350
+    assert plan.estimate <= 200
+    assert f"on {plan.train_size:,} of the 1,350 training images" in plan.describe(64, "fp32")
+    tiny = plan_demo({"resnet20": 100.0}, 64, budget=10)
+    assert tiny.train_size == 256  # never fewer than four batches
+
+
+def test_demo_fits_its_budget_and_prints_progress_when_not_on_a_terminal(tmp_path, capsys, monkeypatch):
+    import resnet.experiments.demo as demo
+
+    # A machine this slow cannot train 20 epochs in the budget: the demo must cut them and say so.
+    monkeypatch.setattr(demo, "measure_step_seconds", lambda nets, *a, **k: dict.fromkeys(nets, 0.5))
+    monkeypatch.setattr(demo, "OVERHEAD_SECONDS", 0.0)
+    result = demo.run_demo(str(tmp_path / "demo"), depths=(8,), budget=20)
+    err = capsys.readouterr().err
+    assert result["epochs"] == 5 and result["train_size"] == 256
+    assert "so the demo trains 5 epochs per network on 256 of the 1,350 training images" in err
+    # one plain line per epoch and network, with the elapsed time, although stderr is no terminal
+    for net in ("plain8-s0", "resnet8-s0"):
+        for epoch in range(1, 6):
+            assert f"[degradation] {net} epoch {epoch}/5: train err" in err
+    assert "elapsed)" in err
+    lines = (tmp_path / "demo" / "runs" / "resnet8-s0" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and '"step": 20' in lines[-1]  # 256 images / batch 64 = 4 steps an epoch
+
+
+def test_step_time_probe_times_every_network_in_turn():
+    from resnet.experiments.demo import measure_step_seconds
+    from resnet.engine.precision import Precision
+
+    nets = {"small": ("resnet20", {"layers": [1, 1, 1], "widths": [4, 8, 8], "stem_width": 4}),
+            "large": ("resnet20", {"layers": [3, 3, 3], "widths": [8, 16, 32], "stem_width": 8})}
+    times = measure_step_seconds(nets, 8, 1, Precision("fp32", torch.device("cpu")), warmup=1, rounds=3)
+    assert set(times) == {"small", "large"} and all(0 < t < 10 for t in times.values())

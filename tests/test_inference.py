@@ -11,6 +11,7 @@ from torch import nn
 
 import resnet
 from resnet.deploy import backends as inf
+from resnet.deploy import choose
 from resnet.deploy import fold, parity
 from resnet.deploy.benchmark import FIELDS, run_benchmark, time_backend
 from resnet.cli import main
@@ -240,7 +241,7 @@ def test_inference_model_runs_the_backend_eval_uses(trained, backend):
     def calibration():
         calls.append(1)
         return calib
-    net, prec = inf.inference_model(model, backend, "auto", torch.device("cpu"), calibration)
+    net, prec = choose.inference_model(model, backend, "auto", torch.device("cpu"), calibration)
     expected = {"auto": "eager-bf16" if cpu_supports_bf16() else "eager-fp32"}.get(backend, backend)
     assert net.predictor.backend == expected
     assert prec.name == "fp32"  # the backend sets its own precision: no autocast around it
@@ -256,8 +257,8 @@ def test_inference_model_runs_the_backend_eval_uses(trained, backend):
 
 def test_inference_model_rejects_unknown_backends_and_fp32_precision_means_fp32(trained):
     with pytest.raises(ValueError, match="--backend must be one of"):
-        inf.inference_model(trained[0], "tensorrt", "auto", torch.device("cpu"))
-    net, _ = inf.inference_model(trained[0], "auto", "fp32", torch.device("cpu"))
+        choose.inference_model(trained[0], "tensorrt", "auto", torch.device("cpu"))
+    net, _ = choose.inference_model(trained[0], "auto", "fp32", torch.device("cpu"))
     assert net.predictor.backend == "eager-fp32"
 
 

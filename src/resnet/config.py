@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -62,6 +63,7 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 1e-4
     no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
+    bias_lr_scale: float = 1.0  # lr multiplier of BN parameters and biases (their decay per step unchanged)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     name: str = "sgd"  # sgd | adamw | lamb (timm's, with its global gradient-norm clip at 1.0)
     betas: tuple[float, ...] = (0.9, 0.999)  # adamw, lamb
@@ -92,12 +94,16 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool = True
+    # torch.compile the training step: auto = where a short measured probe (cached per machine, network,
+    # batch and precision) says it finishes the run sooner, compile time counted (engine/compile.py)
+    compile: bool | str = "auto"
     weights: str = ""  # start from these weights: a file or e.g. torchvision:resnet50.IMAGENET1K_V2 (new head if sizes differ)
     accum_steps: int = 1  # gradient accumulation: each process's batch is split into this many chunks per update
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # 0 = no EMA of weights; evaluation uses the EMA when on
     tta_flip: bool = False  # average predictions over the image and its mirror at evaluation
+    tta_shift: int = 0  # also over copies shifted this many pixels up-left and down-right (airbench's TTA)
     eval_every: int = 1  # epochs between validations (the last epoch is always validated)
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0 = only at epoch ends)
     nonfinite: str = "stop"  # a NaN/inf loss: stop (keeping the last good checkpoint) or skip the step
@@ -124,6 +130,9 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         for ok, message in [(self.accum_steps >= 1, "accum_steps must be >= 1"),
+                            (self.compile in (True, False, "auto"), "compile must be auto, true or false"),
+                            (self.optim.bias_lr_scale > 0, "optim.bias_lr_scale must be > 0"),
+                            (self.tta_shift >= 0, "tta_shift must be >= 0"),
                             (self.data.augment in ("paper", "rrc"), "data.augment must be paper or rrc"),
                             (self.data.image_size >= 8, "data.image_size must be >= 8"),
                             (self.data.val_size < 1 or float(self.data.val_size).is_integer(),
@@ -240,6 +249,14 @@ def _number(text: str):
 def _coerce(value, annotation, key: str):
     """Check (and gently convert) a YAML value against a field's annotated type."""
     origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):  # the first type that takes the value
+        for arm in typing.get_args(annotation):
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError:
+                continue
+        names = " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(annotation))
+        raise ConfigError(f"{key}: expected {names}, got {value!r}")
     if isinstance(value, str) and annotation in (int, float) and _number(value) is not None:
         value = _number(value)
     if annotation is bool:

@@ -4,6 +4,7 @@ import warnings as _warnings
 
 from .deploy.backends import *  # noqa: F401,F403
 from .deploy.benchmark import DEFAULT_BACKENDS, reestimate_bn  # noqa: F401
+from .deploy.choose import inference_model  # noqa: F401
 from .deploy.extras import quiet_loggers  # noqa: F401
 from .deploy.fold import *  # noqa: F401,F403
 from .deploy.parity import compare, compare_with_fp32, random_images, real_images  # noqa: F401

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from ..engine.precision import Precision, cpu_supports_bf16, resolve_precision
+from ..engine.precision import cpu_supports_bf16, needs_reduced_range
 from ..errors import BackendUnavailable, ConfigError, DataError
 from ..files import cache_root
 from ..version import install_hint
@@ -195,7 +195,9 @@ def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         graph = torch.export.export(m, (batches[0],), dynamic_shapes=({0: batch},)).module()
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    reduced = needs_reduced_range()  # no VNNI: 7-bit activations, or 16-bit pair sums may saturate
+    config = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduced)
+    quantizer = xiq.X86InductorQuantizer().set_global(config)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for b in batches:
@@ -208,7 +210,8 @@ def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
     def run(x):  # NCHW in: the graph was captured that way; a channels_last input costs a relayout per call
         return compiled(x.contiguous()).float()
     return Predictor("int8", run, f"PT2E X86InductorQuantizer, {sum(b.shape[0] for b in batches)} calibration "
-                     "images, torch.compile(freezing)" + (", bf16 elsewhere" if bf16 else ""))
+                     "images, torch.compile(freezing)" + (", bf16 elsewhere" if bf16 else "")
+                     + (", 7-bit activations (no VNNI)" if reduced else ""))
 
 
 def _ort_session(path: str | os.PathLike):
@@ -254,9 +257,11 @@ def _onnxruntime_int8(model: nn.Module, example: torch.Tensor, calibration, work
             b = next(self.it, None)
             return None if b is None else {"input": b.numpy()}
 
+    reduced = needs_reduced_range()  # no VNNI: 7-bit weights, or 16-bit pair sums may saturate
     quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return _ort_predictor("onnxruntime-int8", _ort_session(int8), "onnxruntime static QDQ int8")
+                    reduce_range=reduced, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return _ort_predictor("onnxruntime-int8", _ort_session(int8), "onnxruntime static QDQ int8"
+                          + (", 7-bit weights (no VNNI)" if reduced else ""))
 
 
 def prepare_inference(model: nn.Module, backend: str = "compiled-bf16", calibration=None,
@@ -307,7 +312,7 @@ def _prepare(model: nn.Module, backend: str, calibration, example, workdir, dyna
 
 # --------------------------------------------------------------------------- eval and predict
 CLI_BACKENDS = ("auto",) + BACKENDS
-_CALIBRATED = ("int8", "onnxruntime-int8", "onnxruntime")  # need images before the first call
+CALIBRATED_BACKENDS = ("int8", "onnxruntime-int8", "onnxruntime")  # need images before the first call
 
 
 class PredictorModule(nn.Module):
@@ -334,28 +339,3 @@ def first_images(batches: Iterable, n: int = 256) -> torch.Tensor:
     if not taken:
         raise DataError("no images to calibrate the int8 backend on")
     return torch.cat(taken)[:n]
-
-
-def inference_model(model: nn.Module, backend: str, precision: str, device: torch.device,
-                    calibration: Callable[[], torch.Tensor] | None = None, dynamic_sizes: bool = False):
-    """(module, Precision) that `resnet eval` and `resnet predict` run: the fast CPU paths of
-    `prepare_inference`, or on CUDA the model under bf16/fp16 autocast.
-
-    `backend` "auto": on CPU, BN folded + channels_last + bf16 weights (eager-bf16) where the
-    processor has native bf16 and `precision` allows it, else the fp32 model as trained; on CUDA,
-    autocast at `precision`. `calibration` returns normalised images for the int8/ONNX backends.
-    `dynamic_sizes`: the module will see images of many sizes (the multi-scale test)."""
-    if backend not in CLI_BACKENDS:
-        raise ConfigError(f"--backend must be one of {', '.join(CLI_BACKENDS)}, got {backend!r}")
-    model = model.eval().to(device)
-    if device.type != "cpu":
-        if backend != "auto":
-            raise ConfigError(f"--backend {backend} is a CPU path; on {device.type} use --backend auto")
-        return model.to(memory_format=torch.channels_last), resolve_precision(precision, device)
-    fp32 = Precision("fp32", device)
-    if backend == "auto":
-        backend = "eager-bf16" if resolve_precision(precision, device).name == "bf16" else "eager-fp32"
-    images = calibration() if backend in _CALIBRATED and calibration is not None else None
-    predictor = prepare_inference(model, backend, calibration=images,
-                                  example=images[:2] if images is not None else None, dynamic_size=dynamic_sizes)
-    return PredictorModule(predictor), fp32

@@ -199,6 +199,7 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device, sync_bn
 
 def no_sync(module: nn.Module, sync: bool):
     """Skip DDP's gradient all-reduce on accumulation steps that are not the last."""
+    module = getattr(module, "_orig_mod", module)  # a compiled module wraps the DDP one
     if not sync and isinstance(module, nn.parallel.DistributedDataParallel):
         return module.no_sync()
     return contextlib.nullcontext()

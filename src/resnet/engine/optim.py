@@ -11,14 +11,21 @@ from ..config import OptimConfig, ScheduleConfig
 from .lamb import Lamb
 
 
-def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
-    """One group, or two when BN parameters and biases (every 1-D tensor) are exempt from decay."""
+def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool,
+                 bias_lr_scale: float = 1.0) -> list[dict]:
+    """One group, or two when BN parameters and biases (every 1-D tensor) are exempt from decay or
+    get `bias_lr_scale` times the learning rate (their group's "lr_scale"). A scaled group's weight
+    decay is divided by the scale, so that the decay a step applies (lr x decay) is the weights' own
+    (airbench's "bias_scaler": BN shifts with frozen scales learn 64x faster, decay unchanged)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if not no_decay_bn_bias:
+    if not no_decay_bn_bias and bias_lr_scale == 1.0:
         return [{"params": params, "weight_decay": weight_decay}]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    other = {"params": no_decay, "weight_decay": 0.0 if no_decay_bn_bias else weight_decay / bias_lr_scale}
+    if bias_lr_scale != 1.0:
+        other["lr_scale"] = bias_lr_scale
+    return [{"params": decay, "weight_decay": weight_decay}, other]
 
 
 def _sgd(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -43,7 +50,16 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     (every 1-D tensor) are in a group of their own without weight decay, whichever the optimizer."""
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {cfg.name!r}")
-    return OPTIMIZERS[cfg.name](param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias), cfg)
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias, cfg.bias_lr_scale)
+    for group in groups:
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
+    return OPTIMIZERS[cfg.name](groups, cfg)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's lr on every group, times the group's own "lr_scale" (see param_groups)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 class Schedule:
@@ -138,11 +154,14 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.is_floating_point():
-                self.shadow[k].lerp_(v, 1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
+        # Fused (foreach) ops over all tensors at once: a GPU runs a few kernels, not one per tensor.
+        state = model.state_dict()
+        floats = [k for k, v in state.items() if v.is_floating_point()]
+        others = [k for k, v in state.items() if not v.is_floating_point()]  # BN's batch counters
+        if floats:
+            torch._foreach_lerp_([self.shadow[k] for k in floats], [state[k] for k in floats], 1 - self.decay)
+        if others:
+            torch._foreach_copy_([self.shadow[k] for k in others], [state[k] for k in others])
 
     def state_dict(self) -> dict:
         return dict(self.shadow)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 import warnings
 from dataclasses import dataclass
 
@@ -20,6 +21,42 @@ def cpu_supports_bf16() -> bool:
         except OSError:
             return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_flags() -> frozenset[str]:
+    """The processor's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_kind(flags: frozenset[str] | set[str]) -> str:
+    """'amx', 'vnni' (AVX-512 VNNI or AVX-VNNI: int8 dot products without saturation), 'avx2' or 'other'."""
+    if {"amx_int8", "amx_tile"} <= set(flags):
+        return "amx"
+    if {"avx512_vnni", "avx_vnni"} & set(flags):
+        return "vnni"
+    return "avx2" if "avx2" in flags else "other"
+
+
+def needs_reduced_range(flags: frozenset[str] | set[str] | None = None) -> bool:
+    """int8 without VNNI saturates 16-bit pair sums: quantize to 7 bits there (see the module's note)."""
+    return cpu_kind(cpu_flags() if flags is None else flags) in ("avx2", "other")
+
+
+def cpu_model() -> str:
+    """The processor's model name (`lscpu`'s), for keys of measurements cached per machine."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def default_device() -> torch.device:

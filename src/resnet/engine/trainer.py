@@ -19,11 +19,13 @@ from ..data import ImagesTooLargeError, InMemoryDataset, load_dataset
 from ..data.split import holdout
 from ..errors import CheckpointError, ConfigError, ResNetError
 from ..models import check_model_args, create_model
+from ..models.complexity import train_flops_per_image
 from . import checkpoint, distributed
+from .compile import compile_kwargs, decide, note_compile_seconds
 from .evaluate import evaluate
 from .logger import MetricsLog, Progress
 from .losses import make_loss
-from .optim import EMA, Schedule, ema_decay, make_optimizer
+from .optim import EMA, Schedule, ema_decay, make_optimizer, set_lr
 from .precision import default_device, resolve_precision
 from ..data.augment import build_image_augment
 from ..data.mixing import Mixer
@@ -171,11 +173,16 @@ class Trainer:
         args = {"num_classes": len(self.classes), "in_chans": image_channels(self.train_data), **cfg.model_args}
         if args["num_classes"] != len(self.classes):
             raise ConfigError(f"num_classes={args['num_classes']}, but the training data has {len(self.classes)} classes")
+        self._model_args = args
         self.model = create_model(cfg.model, **args).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.weights and not resume and self.dist.is_main:  # DDP copies rank 0's weights to the others
             load_pretrained(self.model, cfg.weights)
+        elif not resume and getattr(self.model, "needs_data_init", False):  # the whitening stem
+            self.model.init_from_data(next(iter(self.train_data.loader(
+                5000, train=False, device=self.device, channels_last=cfg.channels_last)))[0])
+        self._flops_per_image = train_flops_per_image(cfg.model, args, input_size(self.train_data))
         self.train_module = distributed.wrap_model(self.model, self.dist, self.device, cfg.sync_bn)
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.scaler = self.precision.grad_scaler()
@@ -187,6 +194,8 @@ class Trainer:
         self.history: list[dict] = []
         self.partial = _fresh_partial()  # progress through the current epoch, saved with mid-epoch checkpoints
         self.stop_signal: str | None = None
+        self.compiled, self._restored_compiled, self._compile_pending = False, None, False
+        self._compile_key, self._epoch_compile_seconds = None, None
         self.last_save = time.perf_counter()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -198,8 +207,28 @@ class Trainer:
             self._restore()
         else:
             self.log.rewrite([])
+        self._setup_compile()
         if self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def _setup_compile(self) -> None:
+        """torch.compile the training module if cfg.compile says so; with `auto` a measured probe decides
+        (engine/compile.py) and a resumed run keeps the decision it started with, so that its steps are
+        the same computation as an uninterrupted run's. The model itself stays eager (evaluation, EMA,
+        checkpoints see the one set of weights the compiled module shares)."""
+        if self.cfg.compile == "auto" and self._restored_compiled is not None:
+            self.compiled = self._restored_compiled
+        else:
+            per_process = self.cfg.data.batch_size // max(self.dist.world_size, 1) // self.cfg.accum_steps
+            self.compiled, why, self._compile_key = decide(
+                self.cfg.compile, self.cfg.model, self._model_args, max(per_process, 1), self.precision,
+                self.cfg.channels_last, input_size(self.train_data), self.total_steps - self.step,
+                self.dist.world_size)
+            if why:
+                print(why, file=self.stream)
+        if self.compiled:
+            self.train_module = torch.compile(self.train_module, **compile_kwargs(self.device))
+            self._compile_pending = True
 
     def _setup_loss_and_ema(self) -> None:
         """The loss, batch mixing (mixup/CutMix) and the EMA the config asks for (engine/losses.py,
@@ -223,7 +252,8 @@ class Trainer:
     def _state(self) -> dict:
         state = {"epoch": self.epoch, "step": self.step, "optimizer": self.optimizer.state_dict(),
                  "schedule": self.schedule.state_dict(), "rng": torch.get_rng_state(), "history": self.history,
-                 "best_val_err": self.best_val_err, "config": self.cfg.to_dict(), "partial": dict(self.partial)}
+                 "best_val_err": self.best_val_err, "config": self.cfg.to_dict(), "partial": dict(self.partial),
+                 "compiled": self.compiled}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
         if self.ema is not None:
@@ -250,6 +280,7 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history, self.best_val_err = list(state["history"]), float(state["best_val_err"])
         self.partial = {**_fresh_partial(), **state.get("partial", {})}
+        self._restored_compiled = state.get("compiled")
         self.log.rewrite(self.history)
 
     def eval_model(self) -> torch.nn.Module:
@@ -292,13 +323,15 @@ class Trainer:
             new_lr = self.schedule.lr(self.step)
             if new_lr != lr:
                 lr = new_lr
-                for group in opt.param_groups:
-                    group["lr"] = lr
+                set_lr(opt, lr)
             if self.mixer is not None:  # mixed images and soft targets; metrics keep each image's own label
                 x, target, _ = self.mixer(x, y, self.epoch, i)
             else:
                 target = y
+            first = time.perf_counter()
             logits, loss, finite = self._train_step(x, y, totals.check_each_step, target)
+            if self._compile_pending:
+                self._compiled_in(time.perf_counter() - first)
             if finite:
                 wrong, images = totals.add(loss, logits, y, self.step)
                 acc["seen"] += int(images) if self.dist.enabled else y.numel()  # (synced anyway under torchrun)
@@ -317,11 +350,21 @@ class Trainer:
         self._settle(totals)
         seen = max(acc["seen"], 1)
         record = {"lr": lr, "train_loss": acc["loss_sum"] / seen, "train_err": 100.0 * acc["wrong"] / seen,
-                  "images_per_sec": acc["seen"] / max(acc["seconds"], 1e-9), "train_seconds": acc["seconds"]}
+                  "images_per_sec": acc["seen"] / max(acc["seconds"], 1e-9), "train_seconds": acc["seconds"],
+                  # training compute so far, all processes (FlopCounterMode's count: machine-independent)
+                  "train_pflop": self.step * self.cfg.data.batch_size * self._flops_per_image / 1e15}
         if acc["skipped"]:
             record["skipped_steps"] = acc["skipped"]
+        if self._epoch_compile_seconds is not None:  # counted in this epoch's time and images/s
+            record["compile_seconds"], self._epoch_compile_seconds = self._epoch_compile_seconds, None
         self.partial = _fresh_partial()
         return record
+
+    def _compiled_in(self, seconds: float) -> None:
+        """The first compiled step has run (it compiled the forward and backward): report its time."""
+        self._compile_pending, self._epoch_compile_seconds = False, round(seconds, 2)
+        print(f"compiled the training step in {seconds:.1f} s (counted in this epoch's time)", file=self.stream)
+        note_compile_seconds(self._compile_key, seconds)
 
     def _settle(self, totals: "_DeviceTotals") -> None:
         """The device totals into self.partial; a loss that went non-finite since the last check stops here."""
@@ -337,6 +380,8 @@ class Trainer:
         all-reduces them once, with the last chunk. Every process agrees on skipping a non-finite step.
         With check=False the loss is not read (no host sync): the caller checks it later."""
         n, module = self.cfg.accum_steps, self.train_module
+        if self.compiled and self.device.type == "cuda":  # CUDA graphs: a new step may reuse the last one's buffers
+            torch.compiler.cudagraph_mark_step_begin()
         target = y if target is None else target
         self.optimizer.zero_grad(set_to_none=True)
         chunks = [(x, y, target)] if n == 1 else list(zip(x.chunk(n), y.chunk(n), target.chunk(n)))
@@ -404,7 +449,8 @@ class Trainer:
     def validate(self) -> dict | None:
         if self.val_loader is None or not self.dist.is_main:  # rank 0 validates for all
             return None
-        return evaluate(self.eval_model(), self.val_loader, self.precision, len(self.classes), self.cfg.tta_flip)
+        return evaluate(self.eval_model(), self.val_loader, self.precision, len(self.classes), self.cfg.tta_flip,
+                        self.cfg.tta_shift)
 
     def save(self, best: bool = False) -> None:
         if self.dist.is_main:  # rank 0 writes for all processes

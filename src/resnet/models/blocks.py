@@ -188,6 +188,47 @@ class PlainBottleneck(Bottleneck):
     zero_init_last = PlainBasicBlock.zero_init_last
 
 
+def frozen_scale_bn(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm whose scale stays 1 (only the shift trains): the speedruns' "BN with frozen scales".
+    Before a ReLU-like unit a learned scale mostly trades off against the next layer's weights; fixing
+    it removes that redundancy (Page, "How to train your ResNet" part 8; hlb-CIFAR10; airbench)."""
+    bn = nn.BatchNorm2d(channels)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+class SpeedrunBlock(nn.Module):
+    """conv3x3-maxpool/2-BN-GELU, then + [conv3x3-BN-GELU] as a residual branch: one stage of the
+    CIFAR speedrun ResNets (Page's ResNet-9 "residual layer", hlb-CIFAR10's ConvGroup).
+
+    Every block halves the resolution by its max-pool (`stride` is not used: a speedrun net has one
+    block per stage); the shortcut is the identity around the second conv (the first changes the
+    width). BN scales are frozen at 1 (`frozen_scale_bn`); GELU as airbench."""
+
+    expansion = 1
+    has_shortcut = True  # drop_path acts on the branch; the shortcut is always the identity (no option)
+    preact = plain = bottleneck = False
+    response_layers = ("bn2",)  # the residual branch's conv, after its BN, before GELU and the addition
+    original_unit = None
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes)
+        self.pool = nn.MaxPool2d(2)
+        self.bn1 = frozen_scale_bn(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = frozen_scale_bn(planes)
+        self.act = nn.GELU()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.bn1(self.pool(self.conv1(x))))
+        return x + self.drop_path(self.act(self.bn2(self.conv2(x))))
+
+    def zero_init_last(self) -> None:
+        nn.init.zeros_(self.conv2.weight)  # the BN scale is frozen: zero the conv that feeds it instead
+
+
 BLOCKS: dict[str, type[nn.Module]] = {
     "basic": BasicBlock,
     "bottleneck": Bottleneck,
@@ -196,6 +237,7 @@ BLOCKS: dict[str, type[nn.Module]] = {
     "preact_bottleneck": PreActBottleneck,
     "plain_basic": PlainBasicBlock,
     "plain_bottleneck": PlainBottleneck,
+    "speedrun": SpeedrunBlock,
 }
 
 

@@ -5,6 +5,7 @@ The counting itself is counting.py (re-exported here: `measure`, `count_params`,
 from __future__ import annotations
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from .blocks import block_class
 from .counting import Complexity, StageInfo, count_params, measure  # noqa: F401 - re-exported
@@ -53,3 +54,18 @@ def format_rows(rows: list[dict]) -> str:
         lines.append(f"{r['name']:<20}{r['depth']:>6}  {r['block']:<18}{'-' if block_class(r['block']).plain else r['shortcut']:<9}"
                      f"{r['input_size']:>6}{r['params'] / 1e6:>12.3f} M{r['macs'] / 1e9:>10.3f} G  {r['paper']}")
     return "\n".join(lines)
+
+
+def train_flops_per_image(name: str, model_args: dict, image_size: int) -> float:
+    """FLOPs of one training step per image: the forward pass and the backward pass as autograd runs it
+    (input and weight gradients; frozen weights, like a whitening stem's, get none), convolutions and
+    matrix products counted by FlopCounterMode on the meta device (no memory, no compute). Training
+    budgets in FLOPs compare across machines, unlike seconds (the speedruns' PFLOP figures)."""
+    with torch.device("meta"):
+        model = create_model(name, **model_args).train()
+    in_chans = model_args.get("in_chans", model.config.in_chans)
+    x = torch.empty(2, in_chans, image_size, image_size, device="meta")
+    counter = FlopCounterMode(display=False, depth=None)
+    with counter:
+        model(x).float().sum().backward()
+    return counter.get_total_flops() / 2

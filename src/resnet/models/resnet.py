@@ -10,11 +10,15 @@ from torch import nn
 from . import hub
 from .blocks import block_class
 from .layers import SHORTCUT_OPTIONS
+from .whitening import init_whitening
 from ..errors import ConfigError
 
-STEMS = ("imagenet", "cifar")
-# The image side each stem was designed for: ImageNet crops [ResNet §3.4], CIFAR images [§4.2].
-STEM_INPUT_SIZE = {"imagenet": 224, "cifar": 32}
+STEMS = ("imagenet", "cifar", "whiten")
+# The image side each stem was designed for: ImageNet crops [ResNet §3.4], CIFAR images [§4.2];
+# the whitening stem is the CIFAR speedruns' (Page; tysam-code hlb-CIFAR10; Keller Jordan's airbench).
+STEM_INPUT_SIZE = {"imagenet": 224, "cifar": 32, "whiten": 32}
+WHITEN_KERNEL = 2  # 2x2 patches, airbench's choice (hlb-CIFAR10 used 3x3)
+POOLS = ("avg", "max")
 
 
 @dataclass(frozen=True)
@@ -24,13 +28,16 @@ class ResNetConfig:
     block: str = "basic"  # a key of blocks.BLOCKS
     layers: tuple[int, ...] = (2, 2, 2, 2)  # blocks per stage
     widths: tuple[int, ...] = (64, 128, 256, 512)  # planes per stage (x block expansion = output channels)
-    stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3 conv, stride 1
+    stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3 conv, stride 1;
+    # "whiten": fixed 2x2 whitening filters (2 * in_chans * 4 = stem_width), GELU (the CIFAR speedruns)
     stem_width: int = 64
     shortcut: str = "B"  # option A / B / C [ResNet §3.3]
     num_classes: int = 1000
     in_chans: int = 3
     zero_init_residual: bool = False
     drop_path_rate: float = 0.0
+    pool: str = "avg"  # global pooling before the classifier: avg [ResNet §3.4] or max (the speedruns)
+    logit_scale: float = 1.0  # multiplies the logits (airbench: 1/9, a fixed temperature)
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
@@ -48,6 +55,11 @@ class ResNetConfig:
             raise ConfigError("num_classes must be >= 0 (0: no classifier), in_chans and stem_width >= 1")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.stem == "whiten" and self.stem_width != 2 * self.in_chans * WHITEN_KERNEL ** 2:
+            raise ConfigError(f"a whitening stem on {self.in_chans} channels has stem_width "
+                             f"{2 * self.in_chans * WHITEN_KERNEL ** 2}, got {self.stem_width}")
 
     @property
     def depth(self) -> int:
@@ -90,7 +102,8 @@ class ResNet(nn.Module):
         self.num_features = in_planes
         # Pre-activation nets end with BN-ReLU before pooling [Identity Mappings §4, Fig. 4(e)].
         self.final_bn = nn.BatchNorm2d(in_planes) if self.preact else None
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        # named avgpool whatever it does: torchvision's module names (it holds no parameters)
+        self.avgpool = nn.AdaptiveMaxPool2d(1) if config.pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, config.num_classes) if config.num_classes else nn.Identity()
         self.init_weights()
 
@@ -98,11 +111,16 @@ class ResNet(nn.Module):
         if config.stem == "imagenet":  # 7x7/2 conv, 3x3/2 max-pool [ResNet Table 1]
             self.conv1 = nn.Conv2d(config.in_chans, config.stem_width, 7, stride=2, padding=3, bias=False)
             self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        elif config.stem == "whiten":  # fixed filters from the data (init_from_data), then GELU; no BN
+            self.conv1 = nn.Conv2d(config.in_chans, config.stem_width, WHITEN_KERNEL, padding=0, bias=True)
+            self.conv1.weight.requires_grad_(False)
+            self.maxpool = nn.GELU()  # the stem's last step, under the name the other stems use for theirs
         else:  # 3x3 conv with 16 filters on 32x32 inputs [ResNet §4.2]
             self.conv1 = nn.Conv2d(config.in_chans, config.stem_width, 3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
-        # A pre-activation net's first block normalises its own input, so its stem is the conv alone.
-        self.bn1 = None if self.preact else nn.BatchNorm2d(config.stem_width)
+        # A pre-activation net's first block normalises its own input, so its stem is the conv alone;
+        # the whitening stem's output is already normalised.
+        self.bn1 = None if self.preact or config.stem == "whiten" else nn.BatchNorm2d(config.stem_width)
         self.relu = nn.ReLU(inplace=True)
 
     def init_weights(self) -> None:
@@ -115,10 +133,23 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 m.reset_parameters()
+        if self.config.stem == "whiten":
+            nn.init.zeros_(self.conv1.bias)
         if self.config.zero_init_residual:  # each block starts as an identity (Goyal et al. 2017)
             for stage in self.stages():
                 for blk in stage:
                     blk.zero_init_last()
+
+    @property
+    def needs_data_init(self) -> bool:
+        """Whether `init_from_data` should run before training (the whitening stem)."""
+        return self.config.stem == "whiten"
+
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """Data-dependent initialisation, before training: the whitening stem's fixed filters from
+        normalised training images (N x C x H x W; a few thousand suffice)."""
+        if self.needs_data_init:
+            init_whitening(self.conv1, images)
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
@@ -141,7 +172,10 @@ class ResNet(nn.Module):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pooling then the classifier (skipped with `pre_logits`)."""
         x = torch.flatten(self.avgpool(x), 1)
-        return x if pre_logits else self.fc(x)
+        if pre_logits:
+            return x
+        x = self.fc(x)
+        return x * self.config.logit_scale if self.config.logit_scale != 1.0 else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

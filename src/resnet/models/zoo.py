@@ -68,6 +68,11 @@ def _register_all() -> None:
     for d in (18, 34, 50, 101, 152, 200):
         block = "preact_basic" if d < 50 else "preact_bottleneck"
         register(f"preact_resnet{d}", "Identity Mappings Table 4", block=block, layers=IMAGENET_LAYERS[d])
+    # The CIFAR speedrun network (recipe cifar10_speedrun): airbench94's widths and whitening stem with
+    # Page's / hlb-CIFAR10's residual branch in every stage; 8 weighted layers.
+    register("speedrun_resnet8", "Page 2018 ResNet-9; hlb-CIFAR10; airbench94", block="speedrun",
+             layers=(1, 1, 1), widths=(64, 256, 256), stem="whiten", stem_width=24, num_classes=10,
+             pool="max", logit_scale=1 / 9)
 
 
 _register_all()

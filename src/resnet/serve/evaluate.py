@@ -25,7 +25,8 @@ from ..data.cifar import fetch_named
 from ..data.split import run_holdout
 from ..data.stream import tensor_view_loader
 from ..data.transforms import eval_transform
-from ..deploy.backends import first_images, inference_model, require_dynamic_sizes
+from ..deploy.backends import first_images, require_dynamic_sizes
+from ..deploy.choose import inference_model
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_confusion
 from ..engine.precision import default_device
@@ -126,6 +127,12 @@ class _Mapped:
             yield x, self.mapping.to(y.device)[y]
 
 
+def _ran(net, requested: str) -> str:
+    """The backend that ran (what `auto` chose, when it prepared one), for the report."""
+    predictor = getattr(net, "predictor", None)
+    return predictor.backend if predictor is not None else requested
+
+
 # Pretrained weights (no training run to hold images out of) on data without a test split, such as the
 # shared CIFAR-10 JPEGs, are scored on all of its images rather than refused.
 def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights: str | None = None,
@@ -133,7 +140,7 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
              precision: str = "auto", batch_size: int | None = None, workers: int = -1, plots: str | None = None,
              device=None, backend: str = "auto", map_classes_by_position: bool = False) -> dict:
     """Top-1/top-5 error (%), loss and per-class accuracy of a checkpoint (or of pretrained
-    `weights`) on `data`, through the inference `backend` (see `deploy.backends.inference_model`)."""
+    `weights`) on `data`, through the inference `backend` (see `deploy.choose.inference_model`)."""
     if data is None:
         raise DataError("give the data to evaluate on (--data)")
     fetch_named(data)  # `--data cifar10`: download it when absent
@@ -160,13 +167,14 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
     calibration = lambda: first_images(eval_loader(ds, meta, "center", min(batch_size, 64), device,  # noqa: E731
                                                    workers))
     runner, prec = inference_model(net, backend, precision, device, calibration,
-                                   dynamic_sizes=test == "multi-scale")
+                                   dynamic_sizes=test == "multi-scale",
+                                   work=(len(ds), batch_size, int(meta.get("input_size") or 224)))
     scorer = ViewAverage(runner) if test != "center" else runner
     result = evaluate(scorer, loader, prec, num_classes, tta_flip=tta_flip and test == "center")
     rows = torch.tensor(result.pop("confusion"))[mapping]
     per_class = rows.gather(1, mapping.view(-1, 1)).view(-1).double() / rows.sum(1).clamp(min=1).double()
     result.update(per_class_acc=[100.0 * float(a) for a in per_class], classes=list(ds.classes), split=split,
-                  test=test, tta_flip=tta_flip, backend=backend, checkpoint=str(checkpoint or weights),
+                  test=test, tta_flip=tta_flip, backend=_ran(runner, backend), checkpoint=str(checkpoint or weights),
                   weights=weights, model=meta.get("model"), confusion=rows[:, mapping].tolist(),
                   streamed=streamed)
     if plots:

@@ -18,7 +18,8 @@ import torch
 from ..data.folder import FolderIndex, ImageDecodeError, decode_image, is_image_file
 from ..data.stream import Decode, EpochBatchSampler, SampleReader, StreamLoader, default_workers
 from ..data.transforms import CenterTest
-from ..deploy.backends import first_images, inference_model
+from ..deploy.backends import first_images
+from ..deploy.choose import inference_model
 from ..engine.precision import default_device
 from .load import class_names, load
 from ..errors import ConfigError
@@ -75,7 +76,7 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
             precision: str = "auto", device=None, workers: int | None = None, progress=None,
             backend: str = "auto") -> Iterator[dict]:
     """For each image, in order: {"path", "topk": [{"index", "name", "prob"}, ...]} or {"path", "error"}.
-    The model runs through the inference `backend` (see `deploy.backends.inference_model`)."""
+    The model runs through the inference `backend` (see `deploy.choose.inference_model`)."""
     device = torch.device(device) if device else default_device()
     num_classes = model.fc.out_features if hasattr(model, "fc") else None
     size, resize = int(meta["input_size"]), int(meta.get("resize") or meta["input_size"])
@@ -89,7 +90,8 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
                             meta["std"], device, True, workers)
 
     # int8 calibrates on the images it is asked about (their first 256; nothing else is at hand)
-    model, prec = inference_model(model, backend, precision, device, lambda: first_images(loader()))
+    model, prec = inference_model(model, backend, precision, device, lambda: first_images(loader()),
+                                  work=(len(paths), batch_size, size))
     done = 0
     for x, failed in loader():
         with prec.autocast():

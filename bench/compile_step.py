@@ -1,0 +1,92 @@
+"""Which training step is fastest here: eager against torch.compile's modes and inductor's CPU options.
+
+    .venv/bin/python bench/compile_step.py [--model resnet20] [--batch 128] [--precision bf16|fp32]
+        [--variants eager,default,cpp_wrapper,max-autotune] [--steps 20] [--rounds 3]
+
+Each variant is its own model and optimizer (same seed); every variant is compiled and warmed up first
+(compile seconds reported), then the variants take turns, `--steps` steps each per round, so that drift
+on a shared machine hits all alike; images/s are medians over rounds, and every row shows its ratio to
+eager measured in the same rounds. Variants:
+  eager          the bare eager step (channels_last unless --nchw)
+  default        torch.compile of forward + loss (AOTAutograd compiles the backward too)
+  cpp_wrapper    default with inductor's C++ wrapper (less Python per step)
+  max-autotune   mode="max-autotune-no-cudagraphs" (inductor's CPU GEMM templates)
+  no-layout-opt  default without inductor's own layout choice for convolutions
+  step           default plus the optimizer's update compiled (torch.compile(opt.step))
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from resnet.engine.compile import build_step_fn
+from resnet.engine.precision import Precision, cpu_supports_bf16
+
+VARIANTS = ("eager", "default", "cpp_wrapper", "max-autotune", "no-layout-opt", "step")
+
+
+def make(variant: str, model_name: str, batch: int, precision: str, channels_last: bool):
+    torch.manual_seed(0)
+    options = {"eager": None, "default": {}, "cpp_wrapper": {"cpp_wrapper": True},
+               "max-autotune": {"mode": "max-autotune-no-cudagraphs"},
+               "no-layout-opt": {"layout_optimization": False}, "step": {"compile_update": True}}[variant]
+    x = torch.randn(batch, 3, 32, 32)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    step = build_step_fn(model_name, Precision(precision, torch.device("cpu")), channels_last, options)
+    start = time.perf_counter()
+    for _ in range(3):  # compile (if any) and build oneDNN's kernels
+        step(x, y)
+    return (lambda: step(x, y)), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--precision", default="bf16" if cpu_supports_bf16() else "fp32")
+    parser.add_argument("--variants", default="eager,default,cpp_wrapper")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--nchw", action="store_true")
+    args = parser.parse_args()
+    names = args.variants.split(",")
+    for n in names:
+        if n not in VARIANTS:
+            parser.error(f"--variants: unknown {n!r}; choose from {', '.join(VARIANTS)}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_supports_bf16()}")
+    steps, setup = {}, {}
+    for n in names:
+        steps[n], setup[n] = make(n, args.model, args.batch, args.precision, not args.nchw)
+        print(f"  {n}: ready in {setup[n]:.1f} s", file=sys.stderr, flush=True)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    ratios: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(args.rounds):
+        this = {}
+        for n in names:
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                steps[n]()
+            this[n] = args.batch * args.steps / (time.perf_counter() - start)
+            rates[n].append(this[n])
+        for n in names:
+            if "eager" in this:
+                ratios[n].append(this[n] / this["eager"])
+        print("  round: " + ", ".join(f"{n} {v:,.0f}" for n, v in this.items()), file=sys.stderr, flush=True)
+    layout = "NCHW" if args.nchw else "channels_last"
+    print(f"\n{args.model}, batch {args.batch}, {args.precision} {layout}, {args.steps} steps x {args.rounds} rounds")
+    print(f"{'variant':<16}{'img/s':>9}{'range':>17}{'vs eager':>10}{'setup s':>9}")
+    for n in names:
+        r = rates[n]
+        ratio = f"{statistics.median(ratios[n]):.2f}x" if ratios[n] else "-"
+        print(f"{n:<16}{statistics.median(r):>9,.0f}{min(r):>8,.0f}-{max(r):<8,.0f}{ratio:>10}{setup[n]:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""compile=auto|true|false: the compiled training step, its exact resume, and the probe that decides."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resnet.config import ConfigError, make_config
+from resnet.engine import compile as tc
+from resnet.engine.precision import Precision
+from resnet.engine.trainer import Trainer, train
+
+TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "model_args.layers=[1,1,1]", "data.batch_size=8",
+        "data.val_size=12", "data.eval_batch_size=12", "precision=fp32", "optim.lr=0.05"]
+CPU = Precision("fp32", torch.device("cpu"))
+
+
+def _cfg(data, *extra, epochs=3):
+    return make_config(None, [f"data.path={data}", f"epochs={epochs}", *TINY, *extra])
+
+
+def _same_weights(a, b) -> bool:
+    x, y = load_file(str(a / "last.safetensors")), load_file(str(b / "last.safetensors"))
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_compiled_resume_is_bit_identical(tiny_folder, tmp_path):
+    """Stopped after epoch 1 and resumed to 3, a compiled run ends with the weights of an uninterrupted
+    compiled run, bit for bit (inductor's kernels are deterministic for one graph and thread count)."""
+    full = tmp_path / "full"
+    history = train(_cfg(tiny_folder, "compile=true"), full)
+    assert "compile_seconds" in history[0] and "compile_seconds" not in history[1]
+    part = tmp_path / "part"
+    train(_cfg(tiny_folder, "compile=true", epochs=1), part)
+    assert torch.load(part / "last.state.pt", weights_only=True)["compiled"] is True
+    # compile=auto on resume keeps the run's own decision (compiled), without probing
+    trainer = Trainer(_cfg(tiny_folder, epochs=3), part, resume=True)
+    assert trainer.compiled and trainer.train_module is not trainer.model
+    trainer.fit()
+    assert _same_weights(full, part)
+
+
+def test_compiled_run_stopped_mid_epoch_resumes_exactly(tiny_folder, tmp_path):
+    """SIGTERM's path with compile on: a checkpoint of the exact position after the current step, then
+    a resumed run (compile=auto keeps the compiled step) that ends as the uninterrupted one."""
+    from resnet.engine.trainer import TrainingInterrupted
+
+    reference = tmp_path / "reference"
+    train(_cfg(tiny_folder, "compile=true"), reference)
+    run = tmp_path / "run"
+    trainer = Trainer(_cfg(tiny_folder, "compile=true"), run)
+    step, calls = trainer._train_step, []
+
+    def stop_after_sixth(*args, **kwargs):
+        out = step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 6:  # what the SIGTERM handler does: the loop checkpoints and stops
+            trainer.stop_signal = "SIGTERM"
+        return out
+    trainer._train_step = stop_after_sixth
+    with pytest.raises(TrainingInterrupted, match="stopped at step 6"):
+        trainer.fit()
+    state = torch.load(run / "last.state.pt", weights_only=True)
+    assert state["step"] == 6 and state["partial"]["batches"] == 2 and state["compiled"] is True
+    train(_cfg(tiny_folder), run, resume=True)
+    assert _same_weights(reference, run)
+
+
+def test_compiled_step_matches_eager_closely(tiny_folder, tmp_path):
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    train(_cfg(tiny_folder, "compile=false", epochs=1), eager)
+    train(_cfg(tiny_folder, "compile=true", epochs=1), compiled)
+    a, b = load_file(str(eager / "last.safetensors")), load_file(str(compiled / "last.safetensors"))
+    for k in a:  # the same computation, fused: equal up to float rounding
+        assert torch.allclose(a[k].float(), b[k].float(), rtol=1e-3, atol=1e-4), k
+
+
+def test_compile_config_values():
+    assert make_config(None, []).compile == "auto"
+    assert make_config(None, ["compile=true"]).compile is True and make_config(None, ["compile=false"]).compile is False
+    with pytest.raises(ConfigError, match="compile must be auto, true or false"):
+        make_config(None, ["compile=sometimes"])
+
+
+def test_probe_decision_counts_the_compile_time():
+    p = tc.Probe(eager_s=0.100, compiled_s=0.080, compile_s=40.0)
+    assert p.gain(1000) == pytest.approx(-20.0) and not p.wins(1000)  # 20 s saved < 40 s compiling
+    assert p.gain(5000) == pytest.approx(60.0) and p.wins(5000)
+    assert not tc.Probe(0.100, 0.099, 1.0).wins(10 ** 6)  # within timing noise: not faster
+    assert not tc.Probe(0.100, 0.120, 1.0).wins(10 ** 6)  # slower (compile loses on some machines)
+
+
+def test_auto_probes_once_then_reads_the_cache(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_probe(*args, **kwargs):
+        calls.append(kwargs)
+        return tc.Probe(0.100, 0.070, 30.0)
+    monkeypatch.setattr(tc, "run_probe", fake_probe)
+    cache = tc.ProbeCache(tmp_path)
+    args = dict(model_name="resnet20", model_args={"num_classes": 10}, batch=128, precision=CPU,
+                channels_last=True, image_size=32)
+    on, why, key = tc.decide("auto", **args, steps_left=5000, cache=cache)
+    assert on and "compiling" in why and "measured now" in why and "saves ~120 s" in why and len(calls) == 1
+    assert json.loads(cache.path.read_text())[key]["compiled_s"] == 0.07
+    on, why, _ = tc.decide("auto", **args, steps_left=500, cache=cache)  # cached: no new probe
+    assert not on and "eager" in why and "costs ~15 s" in why and len(calls) == 1
+    assert tc.decide("auto", **{**args, "batch": 64}, steps_left=99, cache=cache)[0] is False  # too short
+    assert len(calls) == 1  # ... and not probed at all
+    tc.note_compile_seconds(key, 5.0, cache)  # a warm compile: next time the gain counts 5 s
+    assert cache.get(key).compile_s == 5.0 and tc.decide("auto", **args, steps_left=500, cache=cache)[0]
+    assert tc.decide(True, **args, steps_left=1, cache=cache)[0] and not tc.decide(False, **args, steps_left=10 ** 9)[0]
+    assert not tc.decide("auto", **args, steps_left=10 ** 6, world_size=2, cache=cache)[0]
+
+
+def test_probe_key_tells_processors_and_runs_apart(monkeypatch):
+    base = tc.probe_key("resnet20", {"num_classes": 10}, 128, CPU, True)
+    assert base != tc.probe_key("resnet20", {"num_classes": 10}, 64, CPU, True)
+    assert base != tc.probe_key("resnet20", {"num_classes": 10}, 128, Precision("bf16", torch.device("cpu")), True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # the AMD Zen 3 kind
+    assert base != tc.probe_key("resnet20", {"num_classes": 10}, 128, CPU, True)
+
+
+def test_probe_measures_and_leaves_the_random_state_alone():
+    state = torch.get_rng_state()
+    probe = tc.run_probe("resnet20", {"layers": [1, 1, 1], "widths": [4, 8, 8], "stem_width": 4}, 8, CPU, True,
+                         steps=2, run_steps=10, compile_guess=60.0)
+    assert probe.compiled_s is None and probe.eager_s > 0  # 10 steps can never pay for a compile
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_probe_compiles_with_the_trainers_arguments():
+    """A probe long enough to pay compiles the step with compile_kwargs and times it."""
+    probe = tc.run_probe("resnet20", {"layers": [1, 1, 1], "widths": [4, 8, 8], "stem_width": 4}, 8, CPU, True,
+                         steps=2, run_steps=10 ** 9, compile_guess=1.0)
+    assert probe.compiled_s is not None and probe.compiled_s > 0 and probe.compile_s > 0
+
+
+def test_damaged_cache_is_ignored(tmp_path):
+    cache = tc.ProbeCache(tmp_path)
+    cache.path.write_text("{not json")
+    assert cache.get("x") is None
+    cache.put("x", tc.Probe(1.0, 0.5, 2.0))
+    assert cache.get("x") == tc.Probe(1.0, 0.5, 2.0)
