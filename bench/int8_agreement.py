@@ -19,7 +19,8 @@ from unittest import mock
 
 import torch
 
-from resnet.deploy import backends, choose
+from resnet.deploy import backends, parity
+from resnet.serve.load import load_spec
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -31,16 +32,16 @@ def main() -> None:
     p.add_argument("--images", type=int, default=1024)
     p.add_argument("--backends", default="int8,onnxruntime-int8")
     args = p.parse_args()
-    model, meta = backends.load_for_inference(args.checkpoint)
-    x, y = backends.real_images(args.data, meta, args.images, seed=0, split="val")
-    calib, _ = backends.real_images(args.data, meta, 256, seed=1, split="train")
+    model, meta = load_spec(args.checkpoint)
+    x, y = parity.real_images(args.data, meta, args.images, seed=0, split="val")
+    calib, _ = parity.real_images(args.data, meta, 256, seed=1, split="train")
     with torch.no_grad():
         ref = model(x).argmax(1)
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "the processor's own")
     print(f"{meta.get('model')} ({args.checkpoint}) on {x.shape[0]} validation images; oneDNN ISA: {isa}; "
           f"fp32 accuracy {100 * float((ref == y).float().mean()):.2f}%")
     print("| backend | 7-bit range | agreement with fp32 | accuracy |\n| --- | --- | ---: | ---: |")
-    for backend in backends.parse_list(args.backends):
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         for reduced in (False, True):
             with mock.patch.object(backends, "needs_reduced_range", lambda flags=None, r=reduced: r):
                 predictor = backends.prepare_inference(model, backend, calibration=calib, example=calib[:2])
