@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import statistics
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 from resnet.config import make_config
+from resnet.engine.precision import cpu_model
 from resnet.engine.trainer import Trainer, split_train_val
 from resnet.experiments.runner import rescale_paper_milestones
 
@@ -66,21 +68,10 @@ def run_one(cfg, data, run_dir: Path, device: str) -> list[dict]:
     if (run_dir / "metrics.jsonl").is_file():
         done = len((run_dir / "metrics.jsonl").read_text().splitlines())
     if done >= cfg.epochs and (run_dir / "last.state.pt").is_file():
-        import json
         return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     trainer = Trainer(cfg, run_dir, resume=done > 0 and (run_dir / "last.state.pt").is_file(), data=data,
                       device=device, stream=io.StringIO())
     return trainer.fit()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU"
 
 
 def summarise(history: list[dict]) -> dict:
@@ -118,7 +109,7 @@ def main(argv=None) -> int:
             print(f"{model} {name}: val err {s['val_err']:.2f}% ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
             rows.append((model, name, s))
     print(f"\n{args.epochs} epochs, {len(data[0])} training images, "
-          f"{torch.cuda.get_device_name() if device == 'cuda' else _cpu_name()}\n")
+          f"{torch.cuda.get_device_name() if device == 'cuda' else cpu_model()}\n")
     print("| model | recipe | val err % | best val err % | train err % | minutes | images/s |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for model, name, s in rows:
