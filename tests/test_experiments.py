@@ -57,7 +57,7 @@ def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
         metrics = _metrics(out / "runs" / f"{label}-s0" / "metrics.jsonl")
         assert row["train_err"][0] == pytest.approx(metrics[-1]["train_err"])
         assert row["mean_train_err"][0] == pytest.approx(sum(m["train_err"] for m in metrics) / len(metrics))
-        assert f"{metrics[-1]['val_err']:.2f} ± 0.00" in report
+        assert f"{metrics[-1]['val_err']:.2f} (one run)" in report and "± 0.00" not in report  # one seed: no spread claimed
     gap = rows["plain14"]["train_err"][0] - rows["plain8"]["train_err"][0]
     assert f"at the end plain {gap:+.2f} points" in report and "averaged over the run" in report
     verdict, why = papers.degradation_verdict(result["gaps"], 1.0)
@@ -195,3 +195,10 @@ def test_sigterm_with_jobs_stops_the_workers_after_a_checkpoint(tiny_folder, tmp
     time.sleep(2)
     assert [len(_metrics(r / "metrics.jsonl")) for r in runs] == done and max(done) < 300
     assert all((r / "last.state.pt").is_file() for r in runs)
+
+
+def test_a_single_run_claims_no_spread():
+    from resnet.experiments.runner import format_mean_std, mean_std
+
+    assert format_mean_std(*mean_std([7.0, 9.0]), 2) == "8.00 ± 1.41"
+    assert format_mean_std(*mean_std([7.02]), 1) == "7.02 (one run)"

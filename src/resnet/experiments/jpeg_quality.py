@@ -18,7 +18,7 @@ from ..data.jpeg import ijg_scale, reencoded_copy, source_encoding
 from ..data.split import holdout_count, stratified_split
 from ..models import get_entry
 from .figures import plot_quality_slope
-from .runner import Experiment, RunSpec, count, markdown_table, mean_std
+from .runner import Experiment, RunSpec, count, format_mean_std, markdown_table, mean_std
 from .stats import line_se, linear_fit
 
 DEFAULT_QUALITIES = (75, 50, 35, 25)
@@ -94,7 +94,7 @@ def quality_table(points: list[dict]) -> str:
         rows.append([f"{p['quality']}", f"{p['scale']:.0f}", "as shared" if enc.get("as_shared") else "re-encoded",
                      f"{enc['mean_bytes']:.0f}" if "mean_bytes" in enc else "–",
                      f"{enc['psnr_db']:.2f}" if "psnr_db" in enc else "–", len(p["errors"]),
-                     f"{mean:.2f} ± {std:.2f}", ", ".join(f"s{s}: {e:.2f}" for s, e in zip(p["seeds"], p["errors"]))])
+                     format_mean_std(mean, std, len(p["errors"])), ", ".join(f"s{s}: {e:.2f}" for s, e in zip(p["seeds"], p["errors"]))])
     return markdown_table(["JPEG quality", "IJG scale", "images", "bytes / image", "PSNR vs as shared (dB)", "seeds",
                            "val err (%), mean ± std", "each seed (%)"], rows)
 

@@ -10,7 +10,7 @@ from ..models import create_model, get_entry, list_models
 from ..models.blocks import block_class
 from .figures import plot_bars, plot_degradation
 from .protocol import PROTOCOLS, describe_protocol, final_experiment, score_on_test
-from .runner import Experiment, RunSpec, base_config, markdown_table, mean_std
+from .runner import Experiment, RunSpec, base_config, format_mean_std, markdown_table, mean_std
 from ..errors import ConfigError
 
 # CIFAR-10 test error (%) reported by the papers: ResNet Table 6, Identity Mappings Table 3.
@@ -65,16 +65,16 @@ def summary_rows(results: list[tuple[RunSpec, list[dict]]]) -> list[dict]:
     return rows
 
 
-def _fmt(ms: tuple[float, float] | None) -> str:
-    return "–" if ms is None else f"{ms[0]:.2f} ± {ms[1]:.2f}"
+def _fmt(ms: tuple[float, float] | None, n: int = 2) -> str:
+    return "–" if ms is None else format_mean_std(ms[0], ms[1], n)
 
 
 def results_table(rows: list[dict]) -> str:
     return markdown_table(
         ["network", "params", "seeds", "iterations", "train err (%)", "train err, mean over run (%)", "val err (%)",
          "best val err (%)", "paper test err (%)"],
-        [[r["label"], f"{r['params'] / 1e6:.2f}M", r["seeds"], r["steps"], _fmt(r["train_err"]),
-          _fmt(r["mean_train_err"]), _fmt(r["val_err"]),
+        [[r["label"], f"{r['params'] / 1e6:.2f}M", r["seeds"], r["steps"], _fmt(r["train_err"], r["seeds"]),
+          _fmt(r["mean_train_err"], r["seeds"]), _fmt(r["val_err"], r["seeds"]),
           "–" if r["best_val_err"] is None else f"{r['best_val_err']:.2f}", r["paper_err"] if r["paper_err"] is not None else "–"] for r in rows])
 
 
@@ -233,7 +233,7 @@ def depth_table(rows: list[dict]) -> str:
         ["network", "params", "seeds", "protocol", "iterations", "train err (%)", "error (%), mean ± std",
          "each seed (%)", "paper test err (%)", "akamaster test err (%)"],
         [[r["label"], f"{r['params'] / 1e6:.2f}M", r["seeds"], "val (hold-out)" if r["protocol"] == "val" else "final (test)",
-          r["steps"], _fmt(r["train_err"]), "–" if r["err"] is None else _fmt(r["err"]),
+          r["steps"], _fmt(r["train_err"], r["seeds"]), "–" if r["err"] is None else _fmt(r["err"], r["seeds"]),
           ", ".join(f"s{s}: {'–' if e is None else f'{e:.2f}'}" for s, e in r["per_seed"]),
           ref(r["paper_err"]), ref(r["akamaster_err"])] for r in rows])
 

@@ -12,7 +12,7 @@ from ..engine.evaluate import evaluate
 from ..engine.precision import default_device, resolve_precision
 from ..weights import get_source, is_named, model_from_weights
 from .papers import AKAMASTER_ERR
-from .runner import Experiment, RunSpec, base_config, count, markdown_table, mean_std
+from .runner import Experiment, RunSpec, base_config, count, format_mean_std, markdown_table, mean_std
 
 # Fine-tuning a converged network: a tenth of the paper's starting lr, decayed to zero by a cosine, no
 # warm-up (its weights are trained already). Overrides on the command line come after these.
@@ -107,7 +107,7 @@ def _report(out: Path, data: str, cfg, n_train: int, rows: list[dict]) -> None:
         ["weights", "network", "published test err (%)", "hold-out err as is (%)",
          f"after {count(cfg.epochs, 'epoch')} of fine-tuning (%), mean ± std", "each seed (%)", "normalised with (mean / std)"],
         [[r["weights"], r["model"], "–" if r["published"] is None else f"{r['published']:.2f}", f"{r['before']:.2f}",
-          f"{r['after'][0]:.2f} ± {r['after'][1]:.2f}", ", ".join(f"s{s}: {e:.2f}" for s, e in r["per_seed"]),
+          format_mean_std(*r["after"], len(r["per_seed"])), ", ".join(f"s{s}: {e:.2f}" for s, e in r["per_seed"]),
           f"{tuple(round(m, 3) for m in r['mean'])} / {tuple(round(s, 3) for s in r['std'])}"] for r in rows])
     text = [
         "# Pretrained networks on this data", "",

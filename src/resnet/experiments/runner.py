@@ -208,6 +208,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+def format_mean_std(mean: float, std: float, n: int) -> str:
+    """'mean ± std' over n > 1 runs; one run has no spread to show (a '± 0.00' would claim one)."""
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f} (one run)"
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
