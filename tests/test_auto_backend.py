@@ -136,7 +136,12 @@ def test_int8_quantizes_to_seven_bits_without_vnni(monkeypatch):
     model = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4, layers=(1, 1, 1)).eval()
     calibration = torch.randn(8, 3, 32, 32)
     # preparing runs export, prepare and convert; the compiled call is not needed for the check
-    monkeypatch.setattr("resnet.deploy.backends._compile_frozen", lambda m, autocast_bf16=False: m)
+    monkeypatch.setattr("resnet.deploy.backends._compile_frozen", lambda m, autocast_bf16=False, settings=None: m)
+    from torch._inductor import config as inductor_config
+
+    assert inductor_config.pre_grad_custom_pass is xiq.quant_lift_up  # importing torchao installed it
     predictor = _int8_pt2e(model, calibration)
+    # torchao's int8 graph pass must not stay installed for every later torch.compile of the process
+    assert inductor_config.pre_grad_custom_pass is None
     assert seen == {"reduce_range": True} and "7-bit activations" in predictor.note
     assert predictor(calibration).shape == (8, 10)

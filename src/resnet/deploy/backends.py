@@ -141,21 +141,23 @@ def _eager_bf16(model: nn.Module) -> Predictor:
                      "BN folded, channels_last, bf16 weights", extra={"module": m})
 
 
-def _compile_frozen(module: nn.Module, autocast_bf16: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+def _compile_frozen(module: nn.Module, autocast_bf16: bool = False,
+                    settings: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.compile with inductor's freezing: weights become constants, so inductor folds BN,
     pre-packs weights for oneDNN and fuses int8 quantize/dequantize into the convolutions.
 
     Freezing is switched on around every call rather than through `torch.compile(options=...)`,
     which does not reach the int8 weight-prepacking passes (torch 2.13 + torchao 0.18), and
-    rather than globally, which would change the user's other compiled code. Compilation happens
-    at the first call of each input shape; inductor's on-disk cache keeps the results."""
-    from torch._inductor import config as inductor_config
+    rather than globally, which would change the user's other compiled code. `settings`: more
+    inductor settings for this module's compilation only. Compilation happens at the first call
+    of each input shape; inductor's on-disk cache keeps the results."""
+    from torch._inductor import config as inductor_config  # here: it costs 1.6 s at import
 
     configure_compile_cache()
     compiled = torch.compile(module, dynamic=False)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with inductor_config.patch(freezing=True), torch.no_grad(), warnings.catch_warnings():
+        with inductor_config.patch(freezing=True, **(settings or {})), torch.no_grad(), warnings.catch_warnings():
             # inductor's int8 lowering warns about its own torch.tensor(tensor) calls while compiling
             warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
             if autocast_bf16:
@@ -186,9 +188,21 @@ def _calibration_batches(calibration, batch_size: int = 32) -> list[torch.Tensor
 
 def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
     """PT2E static quantization: torch.export -> X86InductorQuantizer -> calibrate -> compile (freezing)."""
+    from torch._inductor import config as inductor_config
+
+    # Importing torchao's X86InductorQuantizer installs its int8 graph pass (quant_lift_up) as inductor's
+    # global pre_grad_custom_pass, where every later torch.compile of the process meets it: after an int8
+    # evaluation, the compiled training step on oneDNN's AVX2 path went to NaN within 6 steps
+    # (tests/test_compile.py after tests/test_auto_backend.py). The pass is kept for this model's
+    # compilation only, and the global setting given back.
+    global_pass = inductor_config.pre_grad_custom_pass
     with extras.quiet_loggers("torchao"):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+    int8_pass = getattr(xiq, "quant_lift_up", None)
+    if global_pass is int8_pass:  # torchao was imported before: it installed the pass then
+        global_pass = None
+    inductor_config.pre_grad_custom_pass = global_pass
 
     batches = _calibration_batches(calibration)
     m = unshare_modules(fold_bn(model))
@@ -205,7 +219,7 @@ def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
     converted = convert_pt2e(prepared)
     bf16 = cpu_supports_bf16()
     # int8 convolutions; the few ops left in float (the stem's max-pool, pooling, fc input) run in bf16.
-    compiled = _compile_frozen(converted, autocast_bf16=bf16)
+    compiled = _compile_frozen(converted, autocast_bf16=bf16, settings={"pre_grad_custom_pass": int8_pass})
 
     def run(x):  # NCHW in: the graph was captured that way; a channels_last input costs a relayout per call
         return compiled(x.contiguous()).float()
