@@ -8,7 +8,7 @@ from PIL import Image
 
 from imagenet_utils import TINY18, publish_weights
 from resnet import create_model
-from resnet.files import cache_root
+from resnet.deploy.backends import inductor_cache_dir
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -17,7 +17,7 @@ def private_cache_folder(tmp_path_factory):
     (subprocesses inherit it). Compiled kernels keep the user's inductor cache: recompiling every session
     would only cost time."""
     saved = {k: os.environ.get(k) for k in ("RESNET_CACHE", "TORCHINDUCTOR_CACHE_DIR")}
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(inductor_cache_dir()))
     os.environ["RESNET_CACHE"] = str(tmp_path_factory.mktemp("resnet-cache"))
     yield Path(os.environ["RESNET_CACHE"])
     for k, v in saved.items():

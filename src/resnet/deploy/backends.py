@@ -61,6 +61,15 @@ def require_dynamic_sizes(backend: str, what: str) -> None:
                           f"cannot take; use one of: auto, {', '.join(DYNAMIC_SIZE_BACKENDS)}")
 
 
+def inductor_cache_dir() -> Path:
+    """The toolkit's folder for inductor's on-disk cache, one per kernel set that ATen and oneDNN run.
+    Inductor's cache does not tell apart kernels built under ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA
+    restrictions: measured on an AVX-512 machine, a cache filled under AVX2 emulation made the next
+    compiled training step on the default path abort (tests/test_compile.py)."""
+    isa = f"{torch.backends.cpu.get_cpu_capability()}-{os.environ.get('ONEDNN_MAX_CPU_ISA', 'native')}"
+    return cache_root() / "inductor" / isa.lower()
+
+
 def configure_compile_cache() -> Path:
     """Point inductor's on-disk cache (compiled kernels, FX graphs) at the toolkit cache, unless the
     user chose one: a second run of the same model and shapes then skips most of the compilation."""
@@ -70,7 +79,7 @@ def configure_compile_cache() -> Path:
     # inductor writes its default (/tmp/torchinductor_USER) into the environment once used, so
     # "unset" and "equal to the default" both mean the user did not choose.
     if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_cache_dir())
     path = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
     path.mkdir(parents=True, exist_ok=True)
     return path
