@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import http.client
 import os
 import sys
@@ -31,6 +32,28 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "resnet"
+
+
+def read_json_cache(path: Path) -> dict:
+    """A cache file's {key: entry} table; empty when there is none yet or it is damaged (measure again)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_json_cache(path: Path, data: dict) -> None:
+    """Write a cache table atomically (a crash leaves the old file or the new one, never half of one).
+    An unwritable cache folder only costs a measurement next time: no error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def file_hash(path: Path, algorithm: str, chunk: int = 1 << 20) -> str:

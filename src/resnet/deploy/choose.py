@@ -26,9 +26,6 @@ when their work is large enough to pay for it (PREPARE_WORTH_MACS), else the eag
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -38,7 +35,7 @@ from torch import nn
 from ..engine.precision import (Precision, cpu_flags, cpu_kind, cpu_model, cpu_supports_bf16,  # noqa: F401
                                needs_reduced_range, resolve_precision)
 from ..errors import BackendUnavailable, ConfigError
-from ..files import cache_root
+from ..files import cache_root, read_json_cache, write_json_cache
 from ..models.complexity import measure
 from .backends import (BACKENDS, CALIBRATED_BACKENDS, CLI_BACKENDS, DYNAMIC_SIZE_BACKENDS, Predictor,
                        PredictorModule, backend_status, prepare_inference)
@@ -79,11 +76,7 @@ class ChoiceCache:
         self.path = Path(folder or cache_root()) / CACHE_FILE
 
     def read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_json_cache(self.path)
 
     def save_rows(self, model_name: str, image_size: int, rows: list[dict]) -> None:
         """Store `resnet benchmark` rows (backend, batch, images_per_sec, agreement) for this machine."""
@@ -93,14 +86,7 @@ class ChoiceCache:
                 entry = data.setdefault(machine_key(model_name, image_size, int(r["batch"])), {})
                 entry[r["backend"]] = {"images_per_sec": float(r["images_per_sec"]),
                                        "agreement": float(r["agreement"])}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".inference-choice.", dir=self.path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass
+        write_json_cache(self.path, data)
 
     def fastest(self, model_name: str, image_size: int, batch: int) -> tuple[str, dict] | None:
         """The fastest measured backend here with agreement >= MIN_AGREEMENT, or None."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..files import cache_root
+from ..files import cache_root, read_json_cache, write_json_cache
 from ..models import create_model
 from .precision import Precision, cpu_model
 
@@ -162,11 +161,7 @@ class ProbeCache:
         self.path = Path(folder or cache_root()) / CACHE_FILE
 
     def read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # none yet, or damaged: probe again
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_json_cache(self.path)  # none yet, or damaged: {} (probe again)
 
     def get(self, key: str) -> Probe | None:
         entry = self.read().get(key)
@@ -175,14 +170,7 @@ class ProbeCache:
     def put(self, key: str, probe: Probe) -> None:
         data = self.read()
         data[key] = asdict(probe)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".compile-probe.", dir=self.path.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except OSError:  # an unwritable cache folder only costs a probe next time
-            pass
+        write_json_cache(self.path, data)
 
 
 def decide(choice: bool | str, model_name: str, model_args: dict, batch: int, precision: Precision,
