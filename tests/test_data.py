@@ -551,6 +551,35 @@ def test_crop_identity_and_zero_padding():
     assert torch.equal(out[:, :, :28, 4:], x[:, :, 4:, :28]) and (out[:, :, 28:] == 0).all()
 
 
+def test_crop_with_reflect_padding_matches_torch_reflect_pad():
+    x = _images(5, size=8)
+    nhwc = x.permute(0, 2, 3, 1).contiguous()
+    oy, ox = torch.tensor([0, 4, 2, 1, 3]), torch.tensor([4, 0, 2, 3, 1])
+    out = memory._crop_nhwc(nhwc, oy, ox, 2, "reflect").permute(0, 3, 1, 2)
+    padded = torch.nn.functional.pad(x.float(), (2, 2, 2, 2), mode="reflect").to(torch.uint8)
+    for i in range(5):
+        assert torch.equal(out[i], padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8])
+    assert not torch.equal(out, memory._crop_nhwc(nhwc, oy, ox, 2).permute(0, 3, 1, 2))  # zeros differ
+
+
+def test_alternating_flips_mirror_each_image_every_other_epoch():
+    """data.flip=alternate (airbench): a fixed random half mirrored in even epochs, the other half in odd ones."""
+    x, y = _images(64, size=8), torch.arange(64)
+    ld = MemoryLoader(x, y, 16, train=True, mean=(0, 0, 0), std=(1 / 255,) * 3, pad=0, flip="alternate", seed=3)
+
+    def mirrored(epoch):
+        ld.set_epoch(epoch)
+        seen = {}
+        for xb, yb in ld:
+            for img, label in zip(xb.round().to(torch.uint8), yb.tolist()):
+                assert torch.equal(img, x[label]) or torch.equal(img, x[label].flip(-1))
+                seen[label] = torch.equal(img, x[label].flip(-1))
+        return [seen[i] for i in range(64)]
+    e0, e1, e2 = mirrored(0), mirrored(1), mirrored(2)
+    assert 16 <= sum(e0) <= 48 and all(a != b for a, b in zip(e0, e1)) and e0 == e2
+    assert MemoryLoader(x, y, 16, train=False, mean=(0, 0, 0), std=(1,) * 3, flip="alternate").flip is False
+
+
 def test_loader_batches_match_a_per_image_reference():
     """What MemoryLoader yields in training (its gather, padded crop and batched flip) is, image by image,
     the padded image cropped at its planned offset and mirrored where planned, with its own label."""

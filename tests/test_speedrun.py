@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from resnet import create_model
 from resnet.config import make_config
 from resnet.engine.evaluate import predict_logits
-from resnet.engine.optim import make_optimizer, param_groups, set_lr
+from resnet.engine.optim import Lookahead, make_optimizer, param_groups, set_lr
 from resnet.engine.precision import Precision
 from resnet.engine.trainer import Trainer, train
 from resnet.models.complexity import train_flops_per_image
@@ -65,6 +65,72 @@ def test_speedrun_block_freezes_bn_scales_pools_and_adds_its_branch():
     torch.testing.assert_close(model.forward_head(feats), model.fc(feats.amax((2, 3))) / 9)  # max-pool, x 1/9
 
 
+def test_speedrun_convs_start_as_identity_with_airbench_batchnorm():
+    """airbench's dirac init: the first in_channels filters of every block conv pass their input through."""
+    model = create_model("speedrun_resnet8", widths=(8, 16, 16))
+    for block in (model.layer1[0], model.layer2[0]):
+        for conv in (block.conv1, block.conv2):
+            n = min(conv.in_channels, conv.out_channels)  # layer1's conv1 narrows 24 channels to 8 here
+            centre = torch.zeros(n, conv.in_channels, 3, 3)
+            centre[:, :, 1, 1] = torch.eye(n, conv.in_channels)
+            assert torch.equal(conv.weight[:n], centre)
+            if conv.out_channels > conv.in_channels:  # the rest keep PyTorch's default init (uniform, bound 1/sqrt(fan_in))
+                rest = conv.weight[n:]
+                assert rest.abs().max() <= 1 / (9 * n) ** 0.5 and rest.std() > 0
+        assert block.bn1.eps == 1e-12 and block.bn1.momentum == 0.4
+    x = torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(model.layer2[0].conv2(x), x)  # a square conv is the identity at first
+    assert create_model("speedrun_resnet8", widths=(8, 16, 16), zero_init_residual=True).layer1[0].conv2.weight.abs().sum() == 0
+
+
+def test_lookahead_resets_the_model_to_a_warming_average():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    la = Lookahead(0.9, every=2, start=2, total=10)
+    values = []
+    for done in range(1, 11):
+        with torch.no_grad():
+            model.weight.add_(1.0)  # an optimizer step
+        la.step(model, done)
+        values.append(model.weight.item())
+    # step 1: before the start; step 2: the average begins as a copy (2.0); step 4: rho = 0.9^2 (4/10)^3
+    assert values[:3] == [1.0, 2.0, 3.0]
+    rho = 0.81 * 0.4 ** 3
+    assert values[3] == pytest.approx(rho * 2.0 + (1 - rho) * 4.0)
+    rho6 = 0.81 * 0.6 ** 3
+    assert values[5] == pytest.approx(rho6 * values[3] + (1 - rho6) * (values[3] + 2))
+    with torch.no_grad():
+        model.weight.add_(5.0)
+    la.sync(model)
+    assert model.weight.item() == pytest.approx(values[-1])  # back to the average
+    restored = Lookahead(0.9, 2, 2, 10)
+    restored.load_state_dict(la.state_dict())
+    assert torch.equal(restored.shadow["weight"], la.shadow["weight"])
+
+
+def test_speedrun_recipe_resumes_exactly_with_lookahead_and_alternating_flips(tiny_folder, tmp_path):
+    """Stopped after epoch 2 (the lookahead running since half-way through epoch 1) and resumed, the run
+    ends with the weights of an uninterrupted one: the average is in the checkpoint, the flips follow the epoch."""
+    cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "lookahead_start=0.5", "lookahead_every=2",
+                                           "epochs=4", *SMALL])
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(cfg, full)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(record, trainer):
+        if record["epoch"] == 2:
+            raise Stop
+    with pytest.raises(Stop):
+        Trainer(cfg, part, callbacks=[stop_after_two]).fit()
+    resumed = Trainer(cfg, part, resume=True)
+    assert resumed.lookahead.shadow is not None and resumed.epoch == 2
+    resumed.fit()
+    a, b = load_file(str(full / "last.safetensors")), load_file(str(part / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_bias_lr_scale_keeps_the_decay_per_step():
     model = create_model("resnet20", widths=(4, 8, 8), stem_width=4)
     decay, other = param_groups(model, 1e-3, False, bias_lr_scale=64)
@@ -104,9 +170,10 @@ def test_training_flops_are_counted_by_flop_counter():
 
 
 def test_speedrun_recipe_trains_end_to_end(tiny_folder, tmp_path):
-    cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "epochs=2", *SMALL])
+    cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "epochs=2", "lookahead_start=0.5", *SMALL])
     assert cfg.model == "speedrun_resnet8" and cfg.optim.bias_lr_scale == 64 and cfg.tta_shift == 1
-    assert cfg.label_smoothing == 0.2 and cfg.data.batch_size == 8 and cfg.ema_decay > 0
+    assert cfg.label_smoothing == 0.2 and cfg.data.batch_size == 8 and cfg.lookahead_decay == 0.95
+    assert cfg.data.flip == "alternate" and cfg.data.pad_mode == "reflect"
     run = tmp_path / "run"
     trainer = Trainer(cfg, run)
     stem = trainer.model.conv1.weight.detach().clone()
@@ -114,7 +181,8 @@ def test_speedrun_recipe_trains_end_to_end(tiny_folder, tmp_path):
     torch.testing.assert_close(stem, whitening_filters(images, 2))  # whitened from the training images
     history = trainer.fit()
     assert history[-1]["val_err"] is not None  # validated with flips and shifts at the end
-    weights = load_file(str(run / "last.safetensors"))  # the EMA weights
+    assert trainer.lookahead.shadow is not None  # the lookahead ran (from half-way through epoch 1)
+    weights = load_file(str(run / "last.safetensors"))  # the model at the end: the lookahead's average
     torch.testing.assert_close(weights["conv1.weight"], stem)  # frozen through training
     assert torch.equal(weights["layer2.0.bn1.weight"], torch.ones(16))
     steps_per_epoch = 36 // 8

@@ -27,7 +27,10 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 1000
     pad: int = 4  # zero padding before the random crop [ResNet §4.2]
-    flip: bool = True
+    pad_mode: str = "zeros"  # zeros [ResNet §4.2] | reflect (airbench's translation)
+    # True: each image mirrored with probability 1/2 each epoch; "alternate": a random half mirrored, then all
+    # of them flipped every other epoch, so each image alternates (airbench; in-memory data only)
+    flip: bool | str = True
     cache_dir: str = ""  # where decoded images are cached; "" = the cache folder ($RESNET_CACHE, $XDG_CACHE_HOME/resnet, ~/.cache/resnet)
     skip_bad: bool = False  # leave out undecodable images (listed in RUN_DIR/skipped.txt) instead of stopping
     # Images over 64x64 (all images, with stream=true) are streamed through DataLoader workers:
@@ -110,6 +113,12 @@ class TrainConfig:
     loss: str = "ce"  # ce: cross-entropy, soft targets when mixing | bce: binary cross-entropy ("ResNet strikes back")
     bce_target_thresh: float = 0.0  # bce: targets above this become 1, the rest 0 (timm --bce-target-thresh); 0 = off
     ema_steps: int = 1  # update the EMA every this many steps (torchvision --model-ema-steps)
+    # hlb-CIFAR10's / airbench's lookahead: an average of the weights that training is reset to every
+    # lookahead_every steps from epoch lookahead_start on (engine/optim.py Lookahead); its decay per step
+    # at the end of the run (airbench 0.95), 0 = off
+    lookahead_decay: float = 0.0
+    lookahead_every: int = 5
+    lookahead_start: float = 3.0
     ema_adjust: bool = False  # torchvision's EMA: decay for the global batch, ema_steps, epochs; a copy during warm-up
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -133,6 +142,11 @@ class TrainConfig:
                             (self.compile in (True, False, "auto"), "compile must be auto, true or false"),
                             (self.optim.bias_lr_scale > 0, "optim.bias_lr_scale must be > 0"),
                             (self.tta_shift >= 0, "tta_shift must be >= 0"),
+                            (0 <= self.lookahead_decay < 1, "lookahead_decay must be in [0, 1)"),
+                            (self.lookahead_every >= 1, "lookahead_every must be >= 1"),
+                            (self.lookahead_start >= 0, "lookahead_start must be >= 0 epochs"),
+                            (self.data.flip in (True, False, "alternate"), "data.flip must be true, false or alternate"),
+                            (self.data.pad_mode in ("zeros", "reflect"), "data.pad_mode must be zeros or reflect"),
                             (self.data.augment in ("paper", "rrc"), "data.augment must be paper or rrc"),
                             (self.data.image_size >= 8, "data.image_size must be >= 8"),
                             (self.data.val_size < 1 or float(self.data.val_size).is_integer(),

@@ -407,18 +407,28 @@ def load_image_folder(source: str | Path, split: str | None = "train",
 
 
 # --------------------------------------------------------------------------- batches
-def _crop_nhwc(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, pad: int) -> torch.Tensor:
-    """Zero-pad a contiguous uint8 B x H x W x C batch by ``pad`` and crop H x W at per-image
-    offsets (oy, ox) in [0, 2*pad]. One gather of whole crop rows: every row of W pixels is
-    contiguous in the padded batch, so an overlapping strided view lists each possible row."""
+def _crop_nhwc(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, pad: int, mode: str = "zeros") -> torch.Tensor:
+    """Pad a contiguous uint8 B x H x W x C batch by ``pad`` (zeros, or `mode="reflect"`: mirrored
+    about the edge pixels) and crop H x W at per-image offsets (oy, ox) in [0, 2*pad]. One gather of
+    whole crop rows: every row of W pixels is contiguous in the padded batch, so an overlapping
+    strided view lists each possible row."""
     b, h, w, c = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
-    xp = torch.nn.functional.pad(x.view(b, h, w * c), (pad * c, pad * c, pad, pad))
-    rows = xp.view(-1).as_strided((b * hp * wp - w + 1, w * c), (c, 1))  # row k: W pixels from pixel k
+    if mode == "reflect":  # two index gathers (uint8 has no reflection-pad kernel)
+        xp = x.index_select(1, _reflect_index(h, pad, x.device)).index_select(2, _reflect_index(w, pad, x.device))
+    else:
+        xp = torch.nn.functional.pad(x.view(b, h, w * c), (pad * c, pad * c, pad, pad))
+    rows = xp.reshape(-1).as_strided((b * hp * wp - w + 1, w * c), (c, 1))  # row k: W pixels from pixel k
     dev = x.device
     first = (torch.arange(b, device=dev) * hp + oy.to(dev)).view(b, 1) + torch.arange(h, device=dev)
     start = first * wp + ox.to(dev).view(b, 1)
     return rows.index_select(0, start.view(-1)).view(b, h, w, c)
+
+
+def _reflect_index(n: int, pad: int, device) -> torch.Tensor:
+    """Source positions of a length-n axis reflect-padded by `pad` (torch's "reflect": the edge is not repeated)."""
+    i = torch.arange(-pad, n + pad, device=device).abs()
+    return torch.where(i >= n, 2 * (n - 1) - i, i)
 
 
 def _fits_on(device: torch.device, images: torch.Tensor) -> bool:
@@ -440,7 +450,7 @@ class MemoryLoader:
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool,
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, drop_last: bool | None = None,
                  device: str | torch.device = "cpu", channels_last: bool = True, pad: int = 4,
-                 flip: bool = True, augment=None, repeats: int = 1):
+                 flip: bool | str = True, augment=None, repeats: int = 1, pad_mode: str = "zeros"):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {images_u8.dtype} "
                              f"{tuple(images_u8.shape)}")
@@ -459,7 +469,8 @@ class MemoryLoader:
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.drop_last = train if drop_last is None else drop_last
         self.device = torch.device(device)
-        self.channels_last, self.pad, self.flip = channels_last, pad if train else 0, flip and train
+        self.channels_last, self.pad, self.flip = channels_last, pad if train else 0, flip if train else False
+        self.pad_mode = pad_mode
         # after crop and flip: a policy, erasing, Cutout (data/augment.py); repeated augmentation (data/sampling.py)
         self.augment, self.repeats = (augment, repeats) if train else (None, 1)
         _, c, _, w = images_u8.shape
@@ -503,7 +514,13 @@ class MemoryLoader:
         order = epoch_order(n, g, self.repeats, self.batch_size)
         oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
         ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-        flip = torch.rand(n, generator=g) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        if self.flip == "alternate":  # a fixed random half of the images mirrored in even epochs, the rest in odd ones
+            half = torch.rand(n, generator=epoch_generator(self.seed, -1)) < 0.5
+            flip = half[order] ^ bool(self.epoch % 2)
+        elif self.flip:
+            flip = torch.rand(n, generator=g) < 0.5
+        else:
+            flip = torch.zeros(n, dtype=torch.bool)
         aug = self.augment.sample(n, g, tuple(self.nhwc.shape[1:3])) if self.augment is not None else None
         key = torch.arange(n) // self.batch_size * 2 + (~flip).long()
         group = torch.argsort(key, stable=True)
@@ -515,7 +532,7 @@ class MemoryLoader:
         idx = order[sl]
         x = self.nhwc.index_select(0, idx.to(self.nhwc.device))
         if self.pad:
-            x = _crop_nhwc(x, oy[sl], ox[sl], self.pad)
+            x = _crop_nhwc(x, oy[sl], ox[sl], self.pad, self.pad_mode)
         mirror = flip[sl]
         k = int(mirror.sum())
         if k and bool(mirror[:k].all()):

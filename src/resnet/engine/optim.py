@@ -169,3 +169,44 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             self.shadow[k].copy_(v)
+
+
+class Lookahead:
+    """hlb-CIFAR10's and airbench's lookahead: every `every` steps from step `start` on, an average of
+    the weights and BN statistics moves toward the model by 1 - rho and the model is set to it, so that
+    training goes on from the average. rho = decay**every * (step / total)**3 grows from about 0 (a copy)
+    to decay**every at the end: move fast early, average strongly late. `sync` (each epoch's end) sets
+    the model to the average once more."""
+
+    POWER = 3.0  # airbench94 hyp['opt']['ema']['decay_pow']
+
+    def __init__(self, decay: float, every: int, start: int, total: int):
+        self.decay, self.every, self.start, self.total = decay, max(1, every), start, max(total, 1)
+        self.shadow: dict[str, torch.Tensor] | None = None  # taken at the first update
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, done: int) -> None:
+        """After the optimizer step that makes `done` steps in all (1-based, as airbench counts)."""
+        if done < self.start or done % self.every:
+            return
+        state = model.state_dict()
+        keys = [k for k, v in state.items() if v.is_floating_point()]
+        if self.shadow is None:
+            self.shadow = {k: state[k].detach().clone() for k in keys}
+            return
+        rho = self.decay ** self.every * (done / self.total) ** self.POWER
+        shadow, current = [self.shadow[k] for k in keys], [state[k] for k in keys]
+        torch._foreach_lerp_(shadow, current, 1 - rho)
+        torch._foreach_copy_(current, shadow)
+
+    @torch.no_grad()
+    def sync(self, model: nn.Module) -> None:
+        if self.shadow is not None:
+            state = model.state_dict()
+            torch._foreach_copy_([state[k] for k in self.shadow], list(self.shadow.values()))
+
+    def state_dict(self) -> dict:
+        return dict(self.shadow or {})
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow = {k: v.clone() for k, v in state.items()} or None

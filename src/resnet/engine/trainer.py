@@ -25,7 +25,7 @@ from .compile import compile_kwargs, decide, note_compile_seconds
 from .evaluate import evaluate
 from .logger import MetricsLog, Progress
 from .losses import make_loss
-from .optim import EMA, Schedule, ema_decay, make_optimizer, set_lr
+from .optim import EMA, Lookahead, Schedule, ema_decay, make_optimizer, set_lr
 from .precision import default_device, resolve_precision
 from ..data.augment import build_image_augment
 from ..data.mixing import Mixer
@@ -162,9 +162,13 @@ class Trainer:
         self.classes = self.train_data.classes
         self._skipped = list(self.train_data.info.get("skipped", []))  # with data.skip_bad: the images left out
         augment = build_image_augment(cfg.data, self.train_data.mean, self.train_data.std)
+        if cfg.data.flip == "alternate" and not isinstance(self.train_data, InMemoryDataset):
+            raise ConfigError("data.flip=alternate needs images held in memory (CIFAR-sized); streamed images "
+                              "flip at random: use data.flip=true")
         self.train_loader = self.train_data.loader(cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device,
                                                    channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip,
-                                                   augment=augment, repeats=cfg.data.repeated_aug)
+                                                   augment=augment, repeats=cfg.data.repeated_aug,
+                                                   pad_mode=cfg.data.pad_mode)
         self.train_loader = distributed.shard_loader(self.train_loader, self.dist)  # this rank's slice of each batch
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
@@ -247,6 +251,10 @@ class Trainer:
             decay = ema_decay(cfg.ema_decay, cfg.ema_steps, cfg.ema_adjust, d.batch_size, cfg.epochs)
             copy_until = self.schedule.warmup_steps + cfg.ema_steps if cfg.ema_adjust else 0
             self.ema = EMA(self.model, decay, cfg.ema_steps, copy_until)
+        self.lookahead = None
+        if cfg.lookahead_decay > 0:
+            start = math.ceil(cfg.lookahead_start * len(self.train_loader))
+            self.lookahead = Lookahead(cfg.lookahead_decay, cfg.lookahead_every, start, self.total_steps)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict:
@@ -256,6 +264,8 @@ class Trainer:
                  "compiled": self.compiled}
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
+        if self.lookahead is not None:
+            state["lookahead"] = self.lookahead.state_dict()
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
             state["model_raw"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
@@ -275,6 +285,8 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"])
         if self.ema is not None and "ema" in state:
             self.ema.load_state_dict(state["ema"])
+        if self.lookahead is not None and "lookahead" in state:
+            self.lookahead.load_state_dict(state["lookahead"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -348,6 +360,8 @@ class Trainer:
                 self._maybe_checkpoint_mid_epoch(totals)
         progress.close()
         self._settle(totals)
+        if self.lookahead is not None:
+            self.lookahead.sync(self.model)
         seen = max(acc["seen"], 1)
         record = {"lr": lr, "train_loss": acc["loss_sum"] / seen, "train_err": 100.0 * acc["wrong"] / seen,
                   "images_per_sec": acc["seen"] / max(acc["seconds"], 1e-9), "train_seconds": acc["seconds"],
@@ -445,6 +459,8 @@ class Trainer:
             self.optimizer.step()
         if self.ema is not None:
             self.ema.step(self.model, self.step)
+        if self.lookahead is not None:
+            self.lookahead.step(self.model, self.step + 1)
 
     def validate(self) -> dict | None:
         if self.val_loader is None or not self.dist.is_main:  # rank 0 validates for all

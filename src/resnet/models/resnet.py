@@ -124,7 +124,8 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def init_weights(self) -> None:
-        """He (MSRA) init for convs [ResNet §3.4], BN = identity; the one place weights are initialised."""
+        """He (MSRA) init for convs [ResNet §3.4], BN = identity, then each block's own init where it has one;
+        the one place weights are initialised."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -135,6 +136,10 @@ class ResNet(nn.Module):
                 m.reset_parameters()
         if self.config.stem == "whiten":
             nn.init.zeros_(self.conv1.bias)
+        for stage in self.stages():  # blocks with an init of their own (the speedrun block's identity filters)
+            for blk in stage:
+                if hasattr(blk, "init_weights"):
+                    blk.init_weights()
         if self.config.zero_init_residual:  # each block starts as an identity (Goyal et al. 2017)
             for stage in self.stages():
                 for blk in stage:
