@@ -31,8 +31,8 @@ from resnet.engine.precision import Precision, cpu_supports_bf16, resolve_precis
 from resnet.engine.trainer import Trainer
 
 
-def bare_step(model_name: str, batch: int, steps: int, precision: str, channels_last: bool,
-              device: str = "cpu") -> float:
+def make_step(model_name: str, batch: int, precision: str, channels_last: bool, device: str = "cpu"):
+    """The bare SGD step (forward, backward, update) on one pre-made random batch, as a function."""
     torch.manual_seed(0)
     dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -49,7 +49,13 @@ def bare_step(model_name: str, batch: int, steps: int, precision: str, channels_
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    return step
 
+
+def bare_step(model_name: str, batch: int, steps: int, precision: str, channels_last: bool,
+              device: str = "cpu") -> float:
+    dev = torch.device(device)
+    step = make_step(model_name, batch, precision, channels_last, device)
     for _ in range(5):  # oneDNN (cuDNN) builds (picks) its kernels on the first calls
         step()
     _sync(dev)
