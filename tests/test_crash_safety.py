@@ -15,6 +15,8 @@ from safetensors.torch import load_file
 from resnet.cli import main
 from resnet.config import make_config
 from resnet.engine import checkpoint
+from resnet.engine.runs import plan_run
+from resnet.errors import ConfigError
 from resnet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train
 
 TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12",
@@ -132,6 +134,30 @@ def test_unwritable_output_folder_is_a_clear_error(tiny_folder, tmp_path, capsys
     assert main(["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "1",
                  "--out", str(blocker / "run"), *TINY]) == 2
     assert str(blocker) in capsys.readouterr().err
+
+
+def test_resume_without_the_commit_point_uses_the_newest_complete_checkpoint(tiny_folder, tmp_path):
+    """last.* are hard links of ckpt/ files; a copy that drops links (dedupe, some archivers) loses them."""
+    reference = tmp_path / "reference"
+    train(_cfg(tiny_folder), reference)
+    run = tmp_path / "run"
+    trainer = Trainer(_cfg(tiny_folder), run)
+    _on_call(trainer.model.fc, 7, lambda out: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    signal.signal(signal.SIGTERM, before)
+    (run / "last.state.pt").unlink()
+    (run / "last.safetensors").unlink()
+    (run / "ckpt" / "step_00000006.safetensors").rename(run / "ckpt" / "step_00000006.safetensors.gone")
+    assert checkpoint.latest_state_file(run) == run / "ckpt" / "step_00000004.state.pt"  # newest *complete* pair
+    (run / "ckpt" / "step_00000006.safetensors.gone").rename(run / "ckpt" / "step_00000006.safetensors")
+    assert checkpoint.latest_state_file(run) == run / "ckpt" / "step_00000006.state.pt"
+    with pytest.raises(ConfigError, match="already holds a run"):  # not overwritten by a new run
+        plan_run({"data": {"path": str(tiny_folder)}}, out=str(run))
+    train(_cfg(tiny_folder), run, resume=True)
+    assert _same_weights(reference, run)
+    assert (run / "metrics.jsonl").read_text().count("\n") == 3
 
 
 def _nan(out):

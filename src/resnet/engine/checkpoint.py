@@ -6,6 +6,8 @@ Layout of a run folder:
   last.state.pt                    the commit point: the newest state, naming its weights file
   last.safetensors, best.safetensors   the newest and the best weights, for eval/predict/export
 A crash at any moment leaves last.state.pt naming a complete pair, so --resume always works.
+A folder copied without last.state.pt (last.* are hard links of ckpt/ files, and tools that drop or
+dedupe links lose them) resumes from the newest complete pair in ckpt/.
 """
 from __future__ import annotations
 
@@ -107,13 +109,23 @@ def _save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, meta: d
     return weights
 
 
+def latest_state_file(run_dir: Path) -> Path | None:
+    """The commit point, or else the newest ckpt/ state whose weights file is there too; None if neither."""
+    run_dir = Path(run_dir)
+    if (run_dir / "last.state.pt").is_file():
+        return run_dir / "last.state.pt"
+    pairs = [s for s in sorted((run_dir / "ckpt").glob("step_*.state.pt"))
+             if s.with_name(s.name.replace(".state.pt", ".safetensors")).is_file()]
+    return pairs[-1] if pairs else None
+
+
 def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(state, weights) of the newest complete checkpoint in a run folder, for --resume."""
     run_dir = Path(run_dir)
-    state_file = run_dir / "last.state.pt"
-    if not state_file.is_file():
-        raise FileNotFoundError(f"--resume {run_dir}: no checkpoint there (expected {state_file}); "
-                                "start a new run with --out instead")
+    state_file = latest_state_file(run_dir)
+    if state_file is None:
+        raise FileNotFoundError(f"--resume {run_dir}: no checkpoint there (expected {run_dir / 'last.state.pt'} "
+                                "or ckpt/step_*.state.pt); start a new run with --out instead")
     try:
         state = torch.load(state_file, map_location="cpu", weights_only=True)
     except Exception as e:

@@ -15,6 +15,7 @@ import yaml
 from ..config import TrainConfig, make_config, merge, parse_overrides
 from ..data.cifar import fetch_named
 from ..errors import CheckpointError, ConfigError
+from . import checkpoint
 from .trainer import Trainer, train_trainer
 
 
@@ -41,7 +42,7 @@ def plan_run(settings: dict | None = None, overrides=None, recipe: str | None = 
         raise ConfigError("--data PATH is required (a CIFAR folder or archive, or a class-per-folder image tree)")
     cfg = make_config(recipe, settings)
     run_dir = Path(out) if out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / "last.state.pt").exists():
+    if checkpoint.latest_state_file(run_dir) is not None:
         raise ConfigError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
     return cfg, run_dir
 

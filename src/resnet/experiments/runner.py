@@ -25,6 +25,7 @@ from ..version import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
 from ..data.split import stratified_split
+from ..engine.checkpoint import latest_state_file
 from ..engine.trainer import Trainer, describe_data, split_train_val
 from ..errors import ConfigError
 from ..models import check_model_args
@@ -129,9 +130,10 @@ class Experiment:
         done = _completed_epochs(run_dir)
         if done >= cfg.epochs:
             return _read_metrics(run_dir)
-        print(f"[{self.kind}] {spec.name}: {'resuming at epoch ' + str(done) if done else 'training'}"
+        resume = latest_state_file(run_dir) is not None  # any checkpoint, even one before the first epoch's end
+        print(f"[{self.kind}] {spec.name}: {'resuming at epoch ' + str(done) if resume else 'training'}"
               f" ({cfg.epochs} epochs)", file=self.stream)
-        trainer = Trainer(cfg, run_dir, resume=done > 0, data=self.data(), stream=io.StringIO(),
+        trainer = Trainer(cfg, run_dir, resume=resume, data=self.data(), stream=io.StringIO(),
                           callbacks=[lambda r, _: self._epoch_line(spec, cfg.epochs, r)])
         history = trainer.fit()
         last = history[-1]
@@ -193,7 +195,7 @@ def _run_in_worker(kind: str, out: str, cfg: TrainConfig, spec: RunSpec, threads
 
 
 def _completed_epochs(run_dir: Path) -> int:
-    if not (run_dir / "last.state.pt").is_file():
+    if latest_state_file(run_dir) is None:
         return 0
     records = _read_metrics(run_dir)
     return records[-1]["epoch"] if records else 0
