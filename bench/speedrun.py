@@ -1,7 +1,7 @@
 """The cifar10_speedrun recipe on the shared CIFAR-10 JPEGs (45k/5k): accuracy against training PFLOP.
 
     .venv/bin/python bench/speedrun.py [--data ../shared/data/cifar10-train-jpg.tar.gz] [--epochs N]
-        [--seeds 1] [--out runs/speedrun] [key=value ...]
+        [--seeds 1] [--first-seed 0] [--out runs/speedrun] [key=value ...]
 
 Trains the recipe (one run per seed) and prints, per validated epoch, the training compute so far
 (FlopCounterMode's count of the forward and backward passes: the same on every machine), the
@@ -28,11 +28,12 @@ def main() -> None:
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-train-jpg.tar.gz"))
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed ... first-seed + seeds - 1")
     p.add_argument("--out", default="runs/speedrun")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
     args = p.parse_args()
     finals = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         extra = [f"data.path={args.data}", f"seed={seed}", *args.overrides]
         if args.epochs:
             extra.append(f"epochs={args.epochs}")
