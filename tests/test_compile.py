@@ -1,5 +1,6 @@
 """compile=auto|true|false: the compiled training step, its exact resume, and the probe that decides."""
 import json
+import time
 
 import pytest
 import torch
@@ -135,6 +136,25 @@ def test_probe_compiles_with_the_trainers_arguments():
     probe = tc.run_probe("resnet20", {"layers": [1, 1, 1], "widths": [4, 8, 8], "stem_width": 4}, 8, CPU, True,
                          steps=2, run_steps=10 ** 9, compile_guess=1.0)
     assert probe.compiled_s is not None and probe.compiled_s > 0 and probe.compile_s > 0
+
+
+def test_probe_times_eager_and_compiled_in_turns(monkeypatch):
+    """Load that changes during the probe (here: 5x slower from the compilation on) must not decide:
+    the compiled step is 10% faster at any load, and the probe has to say so."""
+    load = {"factor": 1.0}
+
+    def fake_build(model_name, precision, channels_last, options, model_args=None, lr=0.05):
+        if options is not None:
+            load["factor"] = 5.0
+        cost = 0.002 if options is None else 0.0018
+
+        def step(x, y):
+            time.sleep(cost * load["factor"])
+        return step
+    monkeypatch.setattr(tc, "build_step_fn", fake_build)
+    probe = tc.run_probe("resnet20", {}, 8, CPU, True, steps=6, run_steps=10 ** 9, compile_guess=0.0)
+    assert probe.compiled_s < tc.MIN_GAIN * probe.eager_s and probe.wins(10 ** 9)
+    assert probe.eager_s > 0.005  # measured under the same (changed) load as the compiled steps
 
 
 def test_damaged_cache_is_ignored(tmp_path):
