@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import json
 import statistics
 import sys
 import time
@@ -27,7 +26,8 @@ import torch
 from resnet.config import make_config
 from resnet.engine.precision import cpu_model
 from resnet.engine.trainer import Trainer, split_train_val
-from resnet.experiments.runner import rescale_paper_milestones
+from resnet.engine.checkpoint import latest_state_file
+from resnet.experiments.runner import completed_epochs, read_metrics, rescale_paper_milestones
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 # (name, recipe, overrides): cumulative, so each row says what one more ingredient bought.
@@ -64,12 +64,9 @@ def _data(cfg, limit: str | None):
 def run_one(cfg, data, run_dir: Path, device: str) -> list[dict]:
     steps = len(data[0]) // cfg.data.batch_size
     cfg = rescale_paper_milestones(cfg, steps)
-    done = 0
-    if (run_dir / "metrics.jsonl").is_file():
-        done = len((run_dir / "metrics.jsonl").read_text().splitlines())
-    if done >= cfg.epochs and (run_dir / "last.state.pt").is_file():
-        return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    trainer = Trainer(cfg, run_dir, resume=done > 0 and (run_dir / "last.state.pt").is_file(), data=data,
+    if completed_epochs(run_dir) >= cfg.epochs:
+        return read_metrics(run_dir)
+    trainer = Trainer(cfg, run_dir, resume=latest_state_file(run_dir) is not None, data=data,
                       device=device, stream=io.StringIO())
     return trainer.fit()
 

@@ -127,9 +127,9 @@ class Experiment:
         cfg = rescale_paper_milestones(dataclasses.replace(
             self.cfg, model=spec.model, seed=spec.seed, model_args={**self.cfg.model_args, **spec.model_args},
             data=data), steps)
-        done = _completed_epochs(run_dir)
+        done = completed_epochs(run_dir)
         if done >= cfg.epochs:
-            return _read_metrics(run_dir)
+            return read_metrics(run_dir)
         resume = latest_state_file(run_dir) is not None  # any checkpoint, even one before the first epoch's end
         print(f"[{self.kind}] {spec.name}: {'resuming at epoch ' + str(done) if resume else 'training'}"
               f" ({cfg.epochs} epochs)", file=self.stream)
@@ -194,14 +194,15 @@ def _run_in_worker(kind: str, out: str, cfg: TrainConfig, spec: RunSpec, threads
     return Experiment(kind, out, cfg, [spec], stream=sys.stderr, train_size=train_size).run(spec)
 
 
-def _completed_epochs(run_dir: Path) -> int:
+def completed_epochs(run_dir: Path) -> int:
+    """Epochs a run folder holds a checkpoint for (0: none, start it; the epochs: read it back)."""
     if latest_state_file(run_dir) is None:
         return 0
-    records = _read_metrics(run_dir)
+    records = read_metrics(run_dir)
     return records[-1]["epoch"] if records else 0
 
 
-def _read_metrics(run_dir: Path) -> list[dict]:
+def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
