@@ -192,7 +192,7 @@ def test_sigterm_with_jobs_stops_the_workers_after_a_checkpoint(tiny_folder, tmp
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert "SIGTERM: stopped at step" in err
+    assert "SIGTERM: stopped at step" in err and "continue with the same command" in err
     done = [len(_metrics(r / "metrics.jsonl")) for r in runs]
     time.sleep(2)
     assert [len(_metrics(r / "metrics.jsonl")) for r in runs] == done and max(done) < 300

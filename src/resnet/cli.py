@@ -468,7 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resnet {args.command}: interrupted", file=sys.stderr)
         return 130
     except TrainingInterrupted as e:  # a clean stop on SIGINT/SIGTERM, checkpoint written
-        print(f"resnet {args.command}: {e}", file=sys.stderr)
+        message = str(e)
+        if args.command == "experiment":  # the experiment resumes all its runs, not one `train --resume`
+            message = f"{e.where} in {e.run_dir}; continue with the same command (finished runs are read back)"
+        print(f"resnet {args.command}: {message}", file=sys.stderr)
         return 143 if e.signal_name == "SIGTERM" else 130
     except (ResNetError, OSError) as e:  # expected: the message says what to do
         if debug:

@@ -43,8 +43,8 @@ class TrainingInterrupted(RuntimeError):
 
     def __init__(self, signal_name: str, run_dir: Path, epoch: int, step: int):
         self.signal_name, self.run_dir, self.epoch, self.step = signal_name, run_dir, epoch, step
-        super().__init__(f"{signal_name}: stopped at step {step} (epoch {epoch + 1}) after saving a checkpoint; "
-                         f"continue with: resnet train --resume {run_dir}")
+        self.where = f"{signal_name}: stopped at step {step} (epoch {epoch + 1}) after saving a checkpoint"
+        super().__init__(f"{self.where}; continue with: resnet train --resume {run_dir}")
 
     def __reduce__(self):  # rebuilt from its fields when a worker process raises it (experiments --jobs)
         return type(self), (self.signal_name, self.run_dir, self.epoch, self.step)
