@@ -29,7 +29,9 @@ BUDGET_SECONDS = 300.0  # the README promises five minutes
 # Everything but the training steps: data, building the networks, per-epoch validation, the test
 # evaluation, the figure and the report (about 10 s on the AMX machine); kept from the budget.
 OVERHEAD_SECONDS = 30.0
-SAFETY = 1.15  # the training loop adds augmentation and metrics to the bare step
+# The training loop adds augmentation, validation and metrics to the fastest bare step: measured
+# 1.07-1.25x on a slow day of the AMD EPYC (2026-12-03, where 1.15 let the demo run 306 s).
+SAFETY = 1.3
 MAX_EPOCHS = 20
 MIN_EPOCHS = 5  # below this the curves say little: train on fewer images instead
 TRAIN_IMAGES = 1350  # the digits' training split less the recipe's 150 held out
