@@ -41,8 +41,7 @@ def aten_batch_norm():
     from torch._inductor import decomposition
 
     tables = [decomposition.decompositions, decomposition.fast_random_decomps()]
-    removed = [(t, k, t.pop(k)) for t in tables for k in list(t) if str(k).split(".")[1:2] and
-               str(k).split(".")[1] in BN_OPS]
+    removed = [(t, k, t.pop(k)) for t in tables for k in list(t) if str(k).partition(".")[2].split(".")[0] in BN_OPS]
     try:  # without the caches: AOTAutograd's is keyed on the graph before decomposition, so it would
         with torch._inductor.config.patch(force_disable_caches=True):  # hand back default's kernels
             yield
