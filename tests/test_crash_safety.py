@@ -289,3 +289,34 @@ def test_deferred_checks_as_on_a_gpu_give_the_same_run_and_still_stop_at_a_nan(t
     a, b = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("checked", "deferred"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     _assert_nan_at_step_5_stops_with_a_good_checkpoint(tiny_folder, tmp_path / "nan")
+
+
+def test_parked_run_resumes_exactly_from_its_one_checkpoint(tiny_folder, tmp_path, capsys):
+    """`resnet park`: what a session commits of an unfinished run (an experiment folder of them)."""
+    reference = tmp_path / "reference"
+    train(_cfg(tiny_folder), reference)
+    experiment = tmp_path / "experiment"
+    run = experiment / "runs" / "r-s0"
+    trainer = Trainer(_cfg(tiny_folder), run)
+    _on_call(trainer.model.fc, 7, lambda out: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    signal.signal(signal.SIGTERM, before)
+    (experiment / "experiment.yaml").write_text("kind: test\n")
+    (run / "tensorboard").mkdir(exist_ok=True)
+    assert len(list((run / "ckpt").glob("*.state.pt"))) == 2
+    parked = tmp_path / "parked"
+    assert main(["park", str(experiment), str(parked)]) == 0
+    assert "1 run" in capsys.readouterr().out
+    copy = parked / "runs" / "r-s0"
+    assert sorted(p.name for p in (copy / "ckpt").iterdir()) == ["step_00000006.safetensors", "step_00000006.state.pt"]
+    assert not (copy / "last.state.pt").exists() and not (copy / "tensorboard").exists()
+    assert (parked / "experiment.yaml").read_text() == "kind: test\n"
+    assert (copy / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
+    train(_cfg(tiny_folder), copy, resume=True)
+    assert _same_weights(reference, copy)
+    assert main(["park", str(experiment), str(parked)]) == 2  # never over an earlier copy
+    assert "parked is not empty" in capsys.readouterr().err
+    assert main(["park", str(tmp_path / "none"), str(tmp_path / "x")]) == 2
+    assert "no such folder" in capsys.readouterr().err

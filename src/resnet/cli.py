@@ -23,6 +23,7 @@ from .deploy.backends import BACKENDS, CLI_BACKENDS
 from .deploy.benchmark import DEFAULT_BACKENDS, DEFAULT_BUDGET, benchmark, format_table as format_benchmark
 from .deploy.choose import ChoiceCache
 from .deploy.export import DEFAULT_OPSET, FORMATS, export_model, format_report
+from .engine.checkpoint import copy_resumable
 from .engine.runs import expand_overrides
 from .engine.trainer import TrainingInterrupted
 from .errors import ResNetError
@@ -30,6 +31,7 @@ from .experiments import analysis, papers
 from .experiments.demo import run_demo
 from .experiments.jpeg_quality import jpeg_quality
 from .experiments.pretrained import pretrained
+from .experiments.runner import count
 from .models.complexity import format_rows, format_table, measure_registered, model_rows
 from .serve.evaluate import run_eval
 from .serve.load import load_spec
@@ -113,6 +115,13 @@ def cmd_cache(args) -> int:
     for entry in removed:
         print(f"removed {entry.kind} {entry.path} ({human(entry.size)})")
     print(f"{len(removed)} entries, {human(sum(e.size for e in removed))} freed")
+    return 0
+
+
+def cmd_park(args) -> int:
+    runs = copy_resumable(args.src, args.dst)
+    print(f"{args.dst}: {count(len(runs), 'run')} with its newest checkpoint, metrics and config; resume each "
+          "where it lies (`resnet train --resume RUN`, or the experiment's own command with --out there)")
     return 0
 
 
@@ -414,6 +423,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="clear: every kind the toolkit made")
     p.add_argument("--json", action="store_true", help="list: print JSON")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("park", help="copy a run or experiment folder in the smallest form that still resumes "
+                       "(to commit an unfinished run, or move it to another machine)",
+                       description="Keeps each run's newest complete ckpt/ pair, best.safetensors, config.yaml and "
+                                   "metrics.jsonl (and an experiment's own files); leaves out the last.* hard links, "
+                                   "older pairs and tensorboard/. Stop the run first (SIGTERM writes a checkpoint).")
+    p.add_argument("src", help="a run folder or an experiment folder")
+    p.add_argument("dst", help="a new (or empty) folder")
+    p.set_defaults(func=cmd_park)
 
     _add_experiment_parsers(sub)
     _add_deploy_parsers(sub)

@@ -119,6 +119,41 @@ def latest_state_file(run_dir: Path) -> Path | None:
     return pairs[-1] if pairs else None
 
 
+def copy_resumable(src: str | os.PathLike, dst: str | os.PathLike) -> list[Path]:
+    """Copy a run folder, or a folder of them (an experiment), to `dst` in the smallest form that still
+    resumes exactly: each run's newest complete ckpt/ pair, best.safetensors, its config and metrics;
+    no last.* hard links (the pair stands in for them), no older pairs, no tensorboard/. For moving a
+    run to another machine or committing an unfinished one. Returns the run folders written."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such folder; give a run folder (with ckpt/) or an experiment folder")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise CheckpointError(f"{dst}: inside {src}; copy to a folder outside it")
+    if dst.exists() and any(dst.iterdir()):
+        raise FileExistsError(f"{dst} is not empty; give a new folder (or remove it first)")
+    runs = []
+    for current, dirs, files in os.walk(src):
+        here = Path(current)
+        dirs[:] = sorted(d for d in dirs if d not in ("tensorboard", "ckpt"))
+        target = dst / here.relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if name in ("last.state.pt", "last.safetensors") or name.endswith(".tmp"):
+                continue
+            shutil.copy2(here / name, target / name)
+        state = latest_state_file(here)
+        if state is not None:
+            if state.name == "last.state.pt":  # the pair it names, not the link
+                named = torch.load(state, map_location="cpu", weights_only=True)["weights_file"]
+                state = here / named.replace(".safetensors", ".state.pt")
+            (target / "ckpt").mkdir(exist_ok=True)
+            weights = state.with_name(state.name.replace(".state.pt", ".safetensors"))
+            shutil.copy2(weights, target / "ckpt" / weights.name)
+            shutil.copy2(state, target / "ckpt" / state.name)
+            runs.append(target)
+    return runs
+
+
 def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(state, weights) of the newest complete checkpoint in a run folder, for --resume."""
     run_dir = Path(run_dir)
