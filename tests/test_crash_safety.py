@@ -136,17 +136,22 @@ def test_unwritable_output_folder_is_a_clear_error(tiny_folder, tmp_path, capsys
     assert str(blocker) in capsys.readouterr().err
 
 
-def test_resume_without_the_commit_point_uses_the_newest_complete_checkpoint(tiny_folder, tmp_path):
-    """last.* are hard links of ckpt/ files; a copy that drops links (dedupe, some archivers) loses them."""
-    reference = tmp_path / "reference"
-    train(_cfg(tiny_folder), reference)
-    run = tmp_path / "run"
+def _stop_at_step_6(tiny_folder, run):
+    """A run stopped by SIGTERM at epoch 2's second step (checkpoints at steps 4 and 6)."""
     trainer = Trainer(_cfg(tiny_folder), run)
     _on_call(trainer.model.fc, 7, lambda out: os.kill(os.getpid(), signal.SIGTERM))
     before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
     with pytest.raises(TrainingInterrupted):
         trainer.fit()
     signal.signal(signal.SIGTERM, before)
+
+
+def test_resume_without_the_commit_point_uses_the_newest_complete_checkpoint(tiny_folder, tmp_path):
+    """last.* are hard links of ckpt/ files; a copy that drops links (dedupe, some archivers) loses them."""
+    reference = tmp_path / "reference"
+    train(_cfg(tiny_folder), reference)
+    run = tmp_path / "run"
+    _stop_at_step_6(tiny_folder, run)
     (run / "last.state.pt").unlink()
     (run / "last.safetensors").unlink()
     (run / "ckpt" / "step_00000006.safetensors").rename(run / "ckpt" / "step_00000006.safetensors.gone")
@@ -297,12 +302,7 @@ def test_parked_run_resumes_exactly_from_its_one_checkpoint(tiny_folder, tmp_pat
     train(_cfg(tiny_folder), reference)
     experiment = tmp_path / "experiment"
     run = experiment / "runs" / "r-s0"
-    trainer = Trainer(_cfg(tiny_folder), run)
-    _on_call(trainer.model.fc, 7, lambda out: os.kill(os.getpid(), signal.SIGTERM))
-    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    with pytest.raises(TrainingInterrupted):
-        trainer.fit()
-    signal.signal(signal.SIGTERM, before)
+    _stop_at_step_6(tiny_folder, run)
     (experiment / "experiment.yaml").write_text("kind: test\n")
     (run / "tensorboard").mkdir(exist_ok=True)
     assert len(list((run / "ckpt").glob("*.state.pt"))) == 2
