@@ -89,6 +89,18 @@ def test_resnet110_warmup_is_decided_alike_on_every_process(tiny_folder, tmp_pat
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
 
 
+def test_processes_that_finished_leave_the_process_group_together(tmp_path):
+    """gloo now and then aborts a process (SIGABRT) that tears down its connections while a peer still works:
+    a finished process waits at exit for the others (without it, rank 1 here would leave 2 s before rank 0)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(Path(__file__).with_name("ddp_exit_worker.py")), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    left = [float((tmp_path / f"exit{r}.txt").read_text()) for r in (0, 1)]
+    assert abs(left[0] - left[1]) < 1.0, left
+
+
 def test_streamed_run_resumes_on_two_processes(tmp_path):
     folder = make_large_folder(tmp_path / "data")
     opts = ["data.batch_size=4", "data.val_size=3", "sync_bn=true", *TINY_STREAM, LR]

@@ -479,6 +479,7 @@ class Trainer:
             while self.epoch < self.cfg.epochs:
                 self._fit_epoch()
         self.log.close()
+        distributed.mark_finished()
         return self.history
 
     def _fit_epoch(self) -> None:
