@@ -81,11 +81,11 @@ def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
 def test_degradation_verdict_says_what_the_numbers_show():
     """Final training-error gaps (deepest minus shallowest): the CPU report at 12 epochs (ResNet-56 +3.87)
     is only partly the paper's finding; the H200 one (-0.62) is; a plain net that does not degrade is not."""
-    assert papers.degradation_verdict({"plain": 42.67, "resnet": 3.87})[0] == "partly"
+    assert papers.degradation_verdict({"plain": 42.67, "resnet": 3.87})[0] == "partly reproduced"
     assert papers.degradation_verdict({"plain": 29.15, "resnet": -0.62})[0] == "reproduced"
     assert papers.degradation_verdict({"plain": 29.15, "resnet": 0.9})[0] == "reproduced"  # within 1 point
-    assert papers.degradation_verdict({"plain": 0.8, "resnet": -3.0})[0] == "not at this budget"
-    assert papers.degradation_verdict({"plain": -2.0, "resnet": 5.0})[0] == "not at this budget"
+    assert papers.degradation_verdict({"plain": 0.8, "resnet": -3.0})[0] == "not reproduced at this budget"
+    assert papers.degradation_verdict({"plain": -2.0, "resnet": 5.0})[0] == "not reproduced at this budget"
     verdict, why = papers.degradation_verdict({"plain": 42.67, "resnet": 3.87}, tolerance=5.0)
     assert verdict == "reproduced" and "+3.87 points, within the tolerance of 5.00 points" in why
     assert "beyond the tolerance of 1.00 points" in papers.degradation_verdict({"plain": 42.67, "resnet": 3.87})[1]

@@ -105,15 +105,16 @@ TOLERANCE = 1.0  # points of final training error within which two depths count 
 
 def degradation_verdict(gaps: dict[str, float], tolerance: float = TOLERANCE) -> tuple[str, str]:
     """What the final training-error gaps (deepest minus shallowest, per family) show of Fig. 6's finding:
-    'reproduced' (the deeper plain net trains worse, the deeper ResNet no worse), 'partly' (the plain
-    net degrades, but so does the ResNet) or 'not at this budget' (the plain net does not degrade)."""
+    'reproduced' (the deeper plain net trains worse, the deeper ResNet no worse), 'partly reproduced' (the
+    plain net degrades, but so does the ResNet) or 'not reproduced at this budget' (the plain net does not
+    degrade). Each reads whole after "the finding is"."""
     plain, res = gaps["plain"], gaps["resnet"]
     within = f"within the tolerance of {tolerance:.2f} points"
     if plain <= tolerance:
-        return "not at this budget", (f"the deeper plain net trains no worse ({plain:+.2f} points, {within}), so "
+        return "not reproduced at this budget", (f"the deeper plain net trains no worse ({plain:+.2f} points, {within}), so "
                                       "there is no degradation to show yet")
     if res > tolerance:
-        return "partly", (f"the deeper plain net trains worse ({plain:+.2f} points), but so does the deeper ResNet "
+        return "partly reproduced", (f"the deeper plain net trains worse ({plain:+.2f} points), but so does the deeper ResNet "
                           f"({res:+.2f} points, beyond the tolerance of {tolerance:.2f} points)")
     return "reproduced", (f"the deeper plain net trains worse ({plain:+.2f} points) and the deeper ResNet no "
                           f"worse ({res:+.2f} points, {within})")
