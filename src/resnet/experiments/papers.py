@@ -111,11 +111,11 @@ def degradation_verdict(gaps: dict[str, float], tolerance: float = TOLERANCE) ->
     plain, res = gaps["plain"], gaps["resnet"]
     within = f"within the tolerance of {tolerance:.2f} points"
     if plain <= tolerance:
-        return "not reproduced at this budget", (f"the deeper plain net trains no worse ({plain:+.2f} points, {within}), so "
-                                      "there is no degradation to show yet")
+        return "not reproduced at this budget", (f"the deeper plain net trains no worse ({plain:+.2f} points, "
+                                                 f"{within}), so there is no degradation to show yet")
     if res > tolerance:
-        return "partly reproduced", (f"the deeper plain net trains worse ({plain:+.2f} points), but so does the deeper ResNet "
-                          f"({res:+.2f} points, beyond the tolerance of {tolerance:.2f} points)")
+        return "partly reproduced", (f"the deeper plain net trains worse ({plain:+.2f} points), but so does the deeper "
+                                     f"ResNet ({res:+.2f} points, beyond the tolerance of {tolerance:.2f} points)")
     return "reproduced", (f"the deeper plain net trains worse ({plain:+.2f} points) and the deeper ResNet no "
                           f"worse ({res:+.2f} points, {within})")
 
