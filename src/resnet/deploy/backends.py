@@ -150,6 +150,18 @@ def _eager_bf16(model: nn.Module) -> Predictor:
                      "BN folded, channels_last, bf16 weights", extra={"module": m})
 
 
+# Inductor's C++ wrapper (kernels called from C++, not from a Python function) for compilations of batches
+# up to this size, where the per-kernel Python overhead shows: ResNet-50 PT2E int8 at batch 1 14.4 against
+# 15.3 ms, compiled-bf16 23.2 against 24.0; at batch 16 int8 was slower with it (183 against 170 ms).
+# AMD EPYC (AVX-512 VNNI/BF16), two threads, 2026-12-04, `bench/inductor_wrapper.py`, which changes this.
+CPP_WRAPPER_MAX_BATCH = 4
+
+
+def frozen_settings(batch: int, settings: dict | None = None) -> dict:
+    """Inductor's settings for compiling a frozen inference model for batches of `batch` images."""
+    return {"freezing": True, "cpp_wrapper": batch <= CPP_WRAPPER_MAX_BATCH, **(settings or {})}
+
+
 def _compile_frozen(module: nn.Module, autocast_bf16: bool = False,
                     settings: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """torch.compile with inductor's freezing: weights become constants, so inductor folds BN,
@@ -159,14 +171,16 @@ def _compile_frozen(module: nn.Module, autocast_bf16: bool = False,
     which does not reach the int8 weight-prepacking passes (torch 2.13 + torchao 0.18), and
     rather than globally, which would change the user's other compiled code. `settings`: more
     inductor settings for this module's compilation only. Compilation happens at the first call
-    of each input shape; inductor's on-disk cache keeps the results."""
+    of each input shape; inductor's on-disk cache keeps the results. Small batches compile with
+    the C++ wrapper (CPP_WRAPPER_MAX_BATCH)."""
     from torch._inductor import config as inductor_config  # here: it costs 1.6 s at import
 
     configure_compile_cache()
     compiled = torch.compile(module, dynamic=False)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with inductor_config.patch(freezing=True, **(settings or {})), torch.no_grad(), warnings.catch_warnings():
+        # read at compilation: the first call of each input shape
+        with inductor_config.patch(frozen_settings(x.shape[0], settings)), torch.no_grad(), warnings.catch_warnings():
             # inductor's int8 lowering warns about its own torch.tensor(tensor) calls while compiling
             warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
             if autocast_bf16:
