@@ -140,8 +140,9 @@ def test_int8_quantizes_to_seven_bits_without_vnni(monkeypatch):
     from torch._inductor import config as inductor_config
 
     # importing torchao installs it, on the process's first import only: set as that import leaves it, so
-    # the check holds whichever test imported torchao first
-    monkeypatch.setattr(inductor_config, "pre_grad_custom_pass", xiq.quant_lift_up)
+    # the check holds whichever test imported torchao first (not with monkeypatch: its undo deletes
+    # inductor's config entries, and every later torch.compile of the process then fails)
+    inductor_config.pre_grad_custom_pass = xiq.quant_lift_up
     predictor = _int8_pt2e(model, calibration)
     # torchao's int8 graph pass must not stay installed for every later torch.compile of the process
     assert inductor_config.pre_grad_custom_pass is None
