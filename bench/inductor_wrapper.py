@@ -19,7 +19,7 @@ import time
 import torch
 
 from resnet.deploy import backends, parity
-from resnet.deploy.benchmark import reestimate_bn
+from resnet.deploy.benchmark import reestimate_bn, time_backend
 from resnet.engine.precision import cpu_model
 from resnet.models.zoo import create_model
 
@@ -36,17 +36,6 @@ def prepare(model, backend: str, cpp_wrapper: bool, images: torch.Tensor):
         finally:
             backends.CPP_WRAPPER_MAX_BATCH = saved
     return run
-
-
-def median_ms(run, x: torch.Tensor, calls: int) -> float:
-    for _ in range(2):
-        run(x)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        run(x)
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -78,7 +67,8 @@ def main() -> None:
         times = {name: [] for name in runs}
         for _ in range(args.rounds):
             for name, run in runs.items():
-                times[name].append(median_ms(run, x, max(3, 20 // batch)))
+                row = time_backend(run, x, seconds=0, min_iters=max(3, 20 // batch), warmup=2)
+                times[name].append(row["latency_ms_p50"])
         ref = statistics.median(times[args.reference])
         print(f"\nbatch {batch}\n| backend | ms (median) | range | vs {args.reference} | first call s |\n"
               "| --- | ---: | ---: | ---: | ---: |")
