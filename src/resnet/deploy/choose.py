@@ -6,7 +6,12 @@ fastest row whose agreement is >= 99%). Measured (ResNet-50, 224x224, images/s, 
 
 - Intel with AMX (amx_int8, amx_bf16; 2026-11-27): int8 (PT2E) 164-192 at batch 16, compiled-bf16
   107-214, eager-bf16 79, onnxruntime int8 96, onnxruntime fp32 34-47. At batch 1 onnxruntime-int8
-  has the least per-call overhead (ResNet-20: 0.34 ms against 1.6 ms; ResNet-50 about equal).
+  has the least per-call overhead (ResNet-20: 0.34 ms against 1.6 ms). 2026-12-04, batch 1 frozen
+  compilations through inductor's C++ wrapper (bench/inductor_wrapper.py): ResNet-50 PT2E int8 9.47 ms
+  against onnxruntime-int8 11.82 (`resnet benchmark`: 8.19 against 10.48 p50), so int8 leads at batch 1
+  there too; ResNet-20 at 32x32 still 1.22 against 0.30 ms.
+- AMD EPYC with AVX-512 VNNI/BF16, no AMX (2026-12-04): ResNet-50 batch 1 PT2E int8 (C++ wrapper)
+  14.42 ms against onnxruntime-int8 13.50; batch 16 int8 90 against 87 images/s.
 - AMD Zen 3, AVX2 + FMA, no VNNI, no bf16 (issue 17, 2026-12-01): onnxruntime-int8 25.0 / 25.4-30,
   int8 (PT2E) 18.7 / 28.7, compiled (fp32 there) 11.7 / 12.4, onnxruntime fp32 12.6 / 11-15.5,
   eager fp32 6.7 / 5.7. Without VNNI, int8 products of unsigned 8-bit activations and signed 8-bit
@@ -18,7 +23,7 @@ ResNet-20 at 32x32 on the AMX machine (README): compiled-bf16 8,514 images/s at 
 onnxruntime-int8 4,198; at batch 1 onnxruntime-int8 0.51 ms, onnxruntime 0.79, compiled-bf16 1.46.
 
 So: AMX or VNNI -> int8 (PT2E) for batches (compiled-bf16 first for small images where bf16 is
-native), onnxruntime-int8 for batch 1; AVX2 without VNNI ->
+native), onnxruntime-int8 for batch 1 except images over 64 pixels on AMX (int8); AVX2 without VNNI ->
 onnxruntime-int8 (reduced range) at every batch; a backend whose packages are missing gives way to
 the next of int8 / onnxruntime-int8 / compiled / eager. Preparing a quantized or compiled backend
 costs seconds to a minute, so one-shot jobs (`resnet eval`, `resnet predict`) take this choice only
@@ -56,7 +61,10 @@ def rule(flags: frozenset[str] | set[str], batch: int, bf16: bool, image_size: i
     compiled = ["compiled-bf16"]  # bf16 where native, else the same path in fp32
     eager = ["eager-bf16", "eager-fp32"] if bf16 else ["eager-fp32"]
     if kind in ("amx", "vnni"):
-        int8 = ["onnxruntime-int8", "int8"] if batch == 1 else ["int8", "onnxruntime-int8"]
+        # batch 1: onnxruntime-int8's lower per-call overhead wins, except ResNet-50-sized images on AMX,
+        # where PT2E int8 through inductor's C++ wrapper measured 8.2-9.5 against 10.5-11.8 ms
+        lowest_overhead_first = batch == 1 and not (kind == "amx" and image_size > 64)
+        int8 = ["onnxruntime-int8", "int8"] if lowest_overhead_first else ["int8", "onnxruntime-int8"]
         if batch > 1 and bf16 and image_size <= 64:  # ResNet-20 at batch 256: 8,514 against int8's 7,753
             return compiled + int8 + ["onnxruntime"] + eager
     else:
