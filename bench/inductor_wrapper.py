@@ -3,8 +3,8 @@
     .venv/bin/python bench/inductor_wrapper.py [--model resnet50] [--batch 1,16] [--rounds 5]
         [--backends int8,compiled-bf16] [--reference onnxruntime-int8]
 
-Each compiled backend is prepared twice, once with each wrapper (deploy.backends.CPP_WRAPPER_MAX_BATCH
-set for all batches or none), plus
+Each compiled backend is prepared twice, once with each wrapper (deploy.backends.CPP_WRAPPER_MAX_PIXELS
+set for all inputs or none), plus
 the reference backend; then, per batch size, all of them take turns for `--rounds` rounds of timed
 calls, so that drift on a shared machine hits all alike. Prints the median latency over rounds, its
 range and each row's ratio to the reference. Random weights with BN statistics re-estimated on the
@@ -29,12 +29,12 @@ def prepare(model, backend: str, cpp_wrapper: bool, images: torch.Tensor):
     predictor = backends.prepare_inference(model, backend, calibration=images, example=images[:2])
 
     def run(x):
-        saved = backends.CPP_WRAPPER_MAX_BATCH
-        backends.CPP_WRAPPER_MAX_BATCH = 1 << 30 if cpp_wrapper else 0
+        saved = backends.CPP_WRAPPER_MAX_PIXELS
+        backends.CPP_WRAPPER_MAX_PIXELS = 1 << 30 if cpp_wrapper else 0
         try:
             return predictor(x)
         finally:
-            backends.CPP_WRAPPER_MAX_BATCH = saved
+            backends.CPP_WRAPPER_MAX_PIXELS = saved
     return run
 
 

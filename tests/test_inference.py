@@ -143,15 +143,18 @@ def test_fast_paths_agree_with_fp32(trained, backend, threshold, tmp_path):
 def test_small_batches_compile_with_the_cpp_wrapper(monkeypatch):
     """Inductor's C++ wrapper only where the per-kernel Python overhead shows (batch 1 latency); the
     caller's settings win."""
-    assert inf.frozen_settings(1) == {"freezing": True, "cpp_wrapper": True}
-    assert inf.frozen_settings(inf.CPP_WRAPPER_MAX_BATCH)["cpp_wrapper"]
-    assert not inf.frozen_settings(16)["cpp_wrapper"]
-    assert inf.frozen_settings(1, {"cpp_wrapper": False, "x": 1}) == {"freezing": True, "cpp_wrapper": False, "x": 1}
+    assert inf.frozen_settings((1, 3, 224, 224)) == {"freezing": True, "cpp_wrapper": True}
+    assert inf.frozen_settings((256, 3, 32, 32))["cpp_wrapper"]  # ResNet-20: small kernels at any batch
+    assert inf.frozen_settings((5, 3, 224, 224))["cpp_wrapper"]
+    assert not inf.frozen_settings((16, 3, 224, 224))["cpp_wrapper"]  # ResNet-50 at batch 16 ran slower with it
+    assert not inf.frozen_settings((257, 3, 32, 32))["cpp_wrapper"]
+    assert inf.frozen_settings((1, 3, 224, 224), {"cpp_wrapper": False, "x": 1}) == \
+        {"freezing": True, "cpp_wrapper": False, "x": 1}
     seen = []
-    monkeypatch.setattr(inf, "frozen_settings", lambda batch, settings=None: seen.append(batch) or {"freezing": True})
+    monkeypatch.setattr(inf, "frozen_settings", lambda shape, settings=None: seen.append(shape) or {"freezing": True})
     run = inf._compile_frozen(nn.Identity())
     run(torch.ones(3, 2))
-    assert seen == [3]  # each call's batch size decides its compilation's settings
+    assert seen == [(3, 2)]  # each call's input shape decides its compilation's settings
 
 
 def test_bf16_arithmetic_on_any_cpu(trained, monkeypatch):

@@ -150,17 +150,19 @@ def _eager_bf16(model: nn.Module) -> Predictor:
                      "BN folded, channels_last, bf16 weights", extra={"module": m})
 
 
-# Inductor's C++ wrapper (kernels called from C++, not from a Python function) for compilations of batches
-# up to this size, where the per-kernel Python overhead shows: ResNet-50 PT2E int8 at batch 1 14.4 against
-# 15.3 ms, compiled-bf16 23.2 against 24.0; at batch 16 int8 was slower with it (183 against 170 ms).
-# AMD EPYC (AVX-512 VNNI/BF16), two threads, 2026-12-04, `bench/inductor_wrapper.py`, which changes this.
-# Intel Xeon with AMX the same day: batch 1 int8 9.5 against 10.7 ms, batch 16 71.7 against 64.7 ms.
-CPP_WRAPPER_MAX_BATCH = 4
+# Inductor's C++ wrapper (kernels called from C++, not from a Python function) for compilations whose
+# batch holds up to this many pixels (256 CIFAR images, 5 of 224x224), where the per-kernel Python overhead
+# shows against each kernel's work. ResNet-50 at batch 1: PT2E int8 14.4 against 15.3 ms (AMD EPYC with
+# AVX-512 VNNI/BF16), 9.5 against 10.7 (Intel Xeon with AMX); at batch 16 int8 was slower with it on both
+# (183 against 170 ms, 71.7 against 64.7). ResNet-20 at batch 256 (AMX): compiled-bf16 20.7 against 22.3 ms,
+# int8 24.1 against 24.3. Two threads, 2026-12-04, `bench/inductor_wrapper.py`, which changes this.
+CPP_WRAPPER_MAX_PIXELS = 256 * 32 * 32
 
 
-def frozen_settings(batch: int, settings: dict | None = None) -> dict:
-    """Inductor's settings for compiling a frozen inference model for batches of `batch` images."""
-    return {"freezing": True, "cpp_wrapper": batch <= CPP_WRAPPER_MAX_BATCH, **(settings or {})}
+def frozen_settings(shape: tuple[int, ...], settings: dict | None = None) -> dict:
+    """Inductor's settings for compiling a frozen inference model for inputs of `shape` (N, C, H, W)."""
+    pixels = shape[0] * (shape[-2] * shape[-1] if len(shape) >= 4 else 1)
+    return {"freezing": True, "cpp_wrapper": pixels <= CPP_WRAPPER_MAX_PIXELS, **(settings or {})}
 
 
 def _compile_frozen(module: nn.Module, autocast_bf16: bool = False,
@@ -172,8 +174,8 @@ def _compile_frozen(module: nn.Module, autocast_bf16: bool = False,
     which does not reach the int8 weight-prepacking passes (torch 2.13 + torchao 0.18), and
     rather than globally, which would change the user's other compiled code. `settings`: more
     inductor settings for this module's compilation only. Compilation happens at the first call
-    of each input shape; inductor's on-disk cache keeps the results. Small batches compile with
-    the C++ wrapper (CPP_WRAPPER_MAX_BATCH)."""
+    of each input shape; inductor's on-disk cache keeps the results. Batches of few pixels compile
+    with the C++ wrapper (CPP_WRAPPER_MAX_PIXELS)."""
     from torch._inductor import config as inductor_config  # here: it costs 1.6 s at import
 
     configure_compile_cache()
@@ -181,7 +183,7 @@ def _compile_frozen(module: nn.Module, autocast_bf16: bool = False,
 
     def run(x: torch.Tensor) -> torch.Tensor:
         # read at compilation: the first call of each input shape
-        with inductor_config.patch(frozen_settings(x.shape[0], settings)), torch.no_grad(), warnings.catch_warnings():
+        with inductor_config.patch(frozen_settings(tuple(x.shape), settings)), torch.no_grad(), warnings.catch_warnings():
             # inductor's int8 lowering warns about its own torch.tensor(tensor) calls while compiling
             warnings.filterwarnings("ignore", "To copy construct from a tensor", UserWarning)
             if autocast_bf16:
