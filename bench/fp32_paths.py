@@ -1,0 +1,82 @@
+"""Our fp32 inference paths against onnxruntime's fp32 session (issue 17: "bring our fp32 path up to
+onnxruntime's").
+
+    .venv/bin/python bench/fp32_paths.py [--model resnet50] [--batch 1,16] [--rounds 5] [--image-size 224]
+
+Rows, all fp32, prepared once, then timed in alternating rounds (so drift on a shared machine hits all
+alike): `eager-fp32` (the model as trained), BN folded + channels_last (eager), inductor with freezing
+(weights prepacked for oneDNN; what `compiled-bf16` runs on a processor without native bf16) with its
+Python and its C++ wrapper, and `onnxruntime`. Prints median latency over rounds and each row's ratio to
+onnxruntime. Random weights with BN statistics re-estimated (speed does not depend on the weights).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from unittest import mock
+
+import torch
+
+from resnet.deploy import backends, parity
+from resnet.deploy.benchmark import reestimate_bn, time_backend
+from resnet.deploy.fold import fold_bn
+from resnet.engine.precision import cpu_model
+from resnet.models.zoo import create_model
+
+
+def compiled_fp32(model, cpp_wrapper: bool):
+    """inductor with freezing in fp32, as `compiled-bf16` runs where bf16 is not native."""
+    with mock.patch.object(backends, "cpu_supports_bf16", lambda: False), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no native bf16, running fp32": what this row wants
+        predictor = backends.prepare_inference(model, "compiled-bf16")
+
+    def run(x):  # the wrapper is read at each input shape's first call (its compilation)
+        with mock.patch.object(backends, "CPP_WRAPPER_MAX_PIXELS", 1 << 40 if cpp_wrapper else 0):
+            return predictor(x)
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--batch", default="1,16")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--image-size", type=int, default=224)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    images = parity.random_images(64, args.image_size, 3)
+    model = reestimate_bn(create_model(args.model).eval(), images)
+    folded = fold_bn(model).to(memory_format=torch.channels_last)
+    runs = {"onnxruntime": backends.prepare_inference(model, "onnxruntime", calibration=images, example=images[:2]),
+            "eager-fp32": backends.prepare_inference(model, "eager-fp32"),
+            "eager, BN folded, channels_last": lambda x: folded(x.contiguous(memory_format=torch.channels_last)),
+            "compiled fp32 (Python wrapper)": compiled_fp32(model, False),
+            "compiled fp32 (C++ wrapper)": compiled_fp32(model, True)}
+    print(f"{args.model}, {args.image_size}x{args.image_size}, fp32, {torch.get_num_threads()} threads, "
+          f"{cpu_model()}; medians of {args.rounds} rounds")
+    for batch in (int(b) for b in args.batch.split(",")):
+        x = images.repeat(-(-batch // images.shape[0]), 1, 1, 1)[:batch].contiguous()
+        setup = {}
+        with torch.no_grad():
+            for name, run in runs.items():  # the first call compiles this shape
+                t0 = time.perf_counter()
+                run(x)
+                setup[name] = time.perf_counter() - t0
+            times = {name: [] for name in runs}
+            for _ in range(args.rounds):
+                for name, run in runs.items():
+                    row = time_backend(run, x, seconds=0, min_iters=max(3, 20 // batch), warmup=2)
+                    times[name].append(row["latency_ms_p50"])
+        ref = statistics.median(times["onnxruntime"])
+        print(f"\nbatch {batch}\n| path | ms (median) | range | vs onnxruntime | images/s | first call s |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: |")
+        for name, ts in times.items():
+            m = statistics.median(ts)
+            print(f"| {name} | {m:.2f} | {min(ts):.2f}-{max(ts):.2f} | {m / ref:.2f}x | {1000 * batch / m:.1f} | "
+                  f"{setup[name]:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
