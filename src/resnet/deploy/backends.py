@@ -30,7 +30,8 @@ from .fold import fold_bn, unshare_modules
 # images/s against 54 for onnxruntime's static QDQ quantization (`onnxruntime-int8`); ResNet-20
 # at batch 256, 8,700 against 3,800. So it is the default int8 path. onnxruntime-int8 has much
 # less per-call overhead (ResNet-20 at batch 1: 0.34 ms against 1.6 ms; ResNet-50 at batch 1
-# about equal, 15.8 against 15.4 ms), so it stays as the low-latency choice and needs no torchao.
+# about equal, 15.8 against 15.4 ms), so it stays as the low-latency choice and needs no torchao
+# (on AMX, ResNet-50's batch 1 went to PT2E int8 once compiled with the C++ wrapper: deploy/choose.py).
 BACKENDS = ("eager-fp32", "eager-bf16", "compiled-bf16", "int8", "onnxruntime", "onnxruntime-int8")
 REFERENCE = "eager-fp32"
 _NEEDS = {"int8": extras.TORCHAO, "onnxruntime": extras.ONNX + extras.ONNXRUNTIME,
