@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from unittest import mock
 
 import torch
 
-from resnet.deploy import backends, parity
-from resnet.deploy.benchmark import reestimate_bn, time_backend
+from resnet.deploy import backends
+from resnet.deploy.benchmark import alternating_latencies, random_model, with_wrapper
 from resnet.deploy.fold import fold_bn
 from resnet.engine.precision import cpu_model
-from resnet.models.zoo import create_model
 
 
 def compiled_fp32(model, cpp_wrapper: bool):
@@ -31,11 +29,7 @@ def compiled_fp32(model, cpp_wrapper: bool):
     with mock.patch.object(backends, "cpu_supports_bf16", lambda: False), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no native bf16, running fp32": what this row wants
         predictor = backends.prepare_inference(model, "compiled-bf16")
-
-    def run(x):  # the wrapper is read at each input shape's first call (its compilation)
-        with mock.patch.object(backends, "CPP_WRAPPER_MAX_PIXELS", 1 << 40 if cpp_wrapper else 0):
-            return predictor(x)
-    return run
+    return with_wrapper(predictor, cpp_wrapper)
 
 
 def main() -> None:
@@ -45,9 +39,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args()
-    torch.manual_seed(0)
-    images = parity.random_images(64, args.image_size, 3)
-    model = reestimate_bn(create_model(args.model).eval(), images)
+    model, images = random_model(args.model, args.image_size)
     folded = fold_bn(model).to(memory_format=torch.channels_last)
     runs = {"onnxruntime": backends.prepare_inference(model, "onnxruntime", calibration=images, example=images[:2]),
             "eager-fp32": backends.prepare_inference(model, "eager-fp32"),
@@ -58,17 +50,7 @@ def main() -> None:
           f"{cpu_model()}; medians of {args.rounds} rounds")
     for batch in (int(b) for b in args.batch.split(",")):
         x = images.repeat(-(-batch // images.shape[0]), 1, 1, 1)[:batch].contiguous()
-        setup = {}
-        with torch.no_grad():
-            for name, run in runs.items():  # the first call compiles this shape
-                t0 = time.perf_counter()
-                run(x)
-                setup[name] = time.perf_counter() - t0
-            times = {name: [] for name in runs}
-            for _ in range(args.rounds):
-                for name, run in runs.items():
-                    row = time_backend(run, x, seconds=0, min_iters=max(3, 20 // batch), warmup=2)
-                    times[name].append(row["latency_ms_p50"])
+        setup, times = alternating_latencies(runs, x, args.rounds)
         ref = statistics.median(times["onnxruntime"])
         print(f"\nbatch {batch}\n| path | ms (median) | range | vs onnxruntime | images/s | first call s |\n"
               "| --- | ---: | ---: | ---: | ---: | ---: |")

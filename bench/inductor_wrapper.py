@@ -14,28 +14,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
-from resnet.deploy import backends, parity
-from resnet.deploy.benchmark import reestimate_bn, time_backend
+from resnet.deploy import backends
+from resnet.deploy.benchmark import alternating_latencies, random_model, with_wrapper
 from resnet.engine.precision import cpu_model
-from resnet.models.zoo import create_model
 
 
 def prepare(model, backend: str, cpp_wrapper: bool, images: torch.Tensor):
     """A predictor whose compilations (one per input shape, at its first call) use the given wrapper."""
-    predictor = backends.prepare_inference(model, backend, calibration=images, example=images[:2])
-
-    def run(x):
-        saved = backends.CPP_WRAPPER_MAX_PIXELS
-        backends.CPP_WRAPPER_MAX_PIXELS = 1 << 30 if cpp_wrapper else 0
-        try:
-            return predictor(x)
-        finally:
-            backends.CPP_WRAPPER_MAX_PIXELS = saved
-    return run
+    return with_wrapper(backends.prepare_inference(model, backend, calibration=images, example=images[:2]), cpp_wrapper)
 
 
 def main() -> None:
@@ -47,9 +36,7 @@ def main() -> None:
     p.add_argument("--reference", default="onnxruntime-int8")
     p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args()
-    torch.manual_seed(0)
-    images = parity.random_images(64, args.image_size, 3)
-    model = reestimate_bn(create_model(args.model).eval(), images)
+    model, images = random_model(args.model, args.image_size)
     runs = {args.reference: backends.prepare_inference(model, args.reference, calibration=images,
                                                        example=images[:2])}
     for backend in args.backends.split(","):
@@ -59,16 +46,7 @@ def main() -> None:
           f"{cpu_model()}; medians of {args.rounds} rounds")
     for batch in (int(b) for b in args.batch.split(",")):
         x = images.repeat(-(-batch // images.shape[0]), 1, 1, 1)[:batch].contiguous()
-        setup = {}
-        for name, run in runs.items():  # the first call compiles this shape
-            t0 = time.perf_counter()
-            run(x)
-            setup[name] = time.perf_counter() - t0
-        times = {name: [] for name in runs}
-        for _ in range(args.rounds):
-            for name, run in runs.items():
-                row = time_backend(run, x, seconds=0, min_iters=max(3, 20 // batch), warmup=2)
-                times[name].append(row["latency_ms_p50"])
+        setup, times = alternating_latencies(runs, x, args.rounds)
         ref = statistics.median(times[args.reference])
         print(f"\nbatch {batch}\n| backend | ms (median) | range | vs {args.reference} | first call s |\n"
               "| --- | ---: | ---: | ---: | ---: |")

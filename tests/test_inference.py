@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import resnet
 from resnet.deploy import backends as inf
 from resnet.deploy import choose
 from resnet.deploy import fold, parity
-from resnet.deploy.benchmark import FIELDS, run_benchmark, time_backend
+from resnet.deploy.benchmark import FIELDS, alternating_latencies, run_benchmark, time_backend, with_wrapper
 from resnet.cli import main
 from resnet.engine.precision import cpu_supports_bf16
 
@@ -202,6 +203,27 @@ def test_time_backend_fields():
     row = time_backend(lambda x: x * 2, torch.ones(4, 3), seconds=0.01, min_iters=20)
     assert row["iters"] >= 20 and row["latency_ms_p99"] >= row["latency_ms_p50"] >= 0
     assert row["images_per_sec"] > 0 and row["peak_mem_mb"] > 0
+
+
+def test_alternating_latencies_take_turns():
+    """The bench scripts' A/B timing: every callable's first call apart, then one timed loop each per round,
+    in turn."""
+    order = []
+    runs = {"fast": lambda x: order.append("fast"), "slow": lambda x: order.append("slow") or time.sleep(0.005)}
+    setup, times = alternating_latencies(runs, torch.ones(4, 3), rounds=2)
+    assert set(setup) == {"fast", "slow"} and all(len(t) == 2 for t in times.values())
+    assert order[:2] == ["fast", "slow"]  # first calls (compilation) before any timing
+    per_loop = 2 + 5  # warm-up calls + min_iters for a batch of 4
+    assert order[2:] == (["fast"] * per_loop + ["slow"] * per_loop) * 2
+    assert min(times["slow"]) >= 5 > max(times["fast"])
+
+
+def test_with_wrapper_forces_either_wrapper_during_the_call_only():
+    seen = []
+    for cpp in (True, False):
+        run = with_wrapper(lambda x: seen.append(inf.frozen_settings(tuple(x.shape))["cpp_wrapper"]), cpp)
+        run(torch.ones(16, 3, 224, 224))  # over the pixel limit: the Python wrapper by the rule
+    assert seen == [True, False] and inf.CPP_WRAPPER_MAX_PIXELS == 256 * 32 * 32
 
 
 def test_run_benchmark_rows_and_skipped(trained, monkeypatch):

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models.zoo import create_model
+from . import backends as inference_backends  # the module: `backends` names lists of backend names below
 from . import parity
 from .backends import REFERENCE, Predictor, backend_status, prepare_inference
 
@@ -104,6 +106,44 @@ def time_backend(predictor, x: torch.Tensor, seconds: float = 3.0, min_iters: in
     if len(times) < min_iters:
         row["note_timing"] = f"{len(times)} timed call(s): the time budget was spent"
     return row
+
+
+def with_wrapper(predictor, cpp_wrapper: bool):
+    """`predictor` whose frozen compilations (one per input shape, at its first call) use inductor's C++
+    wrapper or its Python one, whatever backends.CPP_WRAPPER_MAX_PIXELS says: for A/B timings."""
+    def run(x):
+        saved = inference_backends.CPP_WRAPPER_MAX_PIXELS
+        inference_backends.CPP_WRAPPER_MAX_PIXELS = 1 << 40 if cpp_wrapper else 0
+        try:
+            return predictor(x)
+        finally:
+            inference_backends.CPP_WRAPPER_MAX_PIXELS = saved
+    return run
+
+
+def random_model(model_name: str, image_size: int, images: int = 64) -> tuple[nn.Module, torch.Tensor]:
+    """(model, images): `model_name` with random weights (seed 0) whose BN statistics are re-estimated on
+    `images` random images of `image_size`: speed does not depend on the weights, but BN's must be sane."""
+    torch.manual_seed(0)
+    x = parity.random_images(images, image_size, 3)
+    return reestimate_bn(create_model(model_name).eval(), x), x
+
+
+def alternating_latencies(runs: dict, x: torch.Tensor, rounds: int) -> tuple[dict, dict]:
+    """({name: first-call seconds}, {name: [p50 ms per round]}) of every callable in `runs` on `x`, taking
+    turns round by round, so that drift on a shared machine hits all alike (the bench/ scripts' A/B timings)."""
+    setup = {}
+    with torch.no_grad():
+        for name, run in runs.items():  # the first call compiles this shape
+            t0 = time.perf_counter()
+            run(x)
+            setup[name] = time.perf_counter() - t0
+        times = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                row = time_backend(run, x, seconds=0, min_iters=max(3, 20 // x.shape[0]), warmup=2)
+                times[name].append(row["latency_ms_p50"])
+    return setup, times
 
 
 def _release():
