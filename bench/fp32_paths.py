@@ -19,7 +19,7 @@ from unittest import mock
 import torch
 
 from resnet.deploy import backends
-from resnet.deploy.benchmark import alternating_latencies, random_model, with_wrapper
+from resnet.deploy.benchmark import alternating_latencies, batch_inputs, random_model, with_wrapper
 from resnet.deploy.fold import fold_bn
 from resnet.engine.precision import cpu_model
 
@@ -49,7 +49,7 @@ def main() -> None:
     print(f"{args.model}, {args.image_size}x{args.image_size}, fp32, {torch.get_num_threads()} threads, "
           f"{cpu_model()}; medians of {args.rounds} rounds")
     for batch in (int(b) for b in args.batch.split(",")):
-        x = images.repeat(-(-batch // images.shape[0]), 1, 1, 1)[:batch].contiguous()
+        x = batch_inputs(images, batch)
         setup, times = alternating_latencies(runs, x, args.rounds)
         ref = statistics.median(times["onnxruntime"])
         print(f"\nbatch {batch}\n| path | ms (median) | range | vs onnxruntime | images/s | first call s |\n"

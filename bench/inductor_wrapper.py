@@ -18,7 +18,7 @@ import statistics
 import torch
 
 from resnet.deploy import backends
-from resnet.deploy.benchmark import alternating_latencies, random_model, with_wrapper
+from resnet.deploy.benchmark import alternating_latencies, batch_inputs, random_model, with_wrapper
 from resnet.engine.precision import cpu_model
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     print(f"{args.model}, {args.image_size}x{args.image_size}, {torch.get_num_threads()} threads, "
           f"{cpu_model()}; medians of {args.rounds} rounds")
     for batch in (int(b) for b in args.batch.split(",")):
-        x = images.repeat(-(-batch // images.shape[0]), 1, 1, 1)[:batch].contiguous()
+        x = batch_inputs(images, batch)
         setup, times = alternating_latencies(runs, x, args.rounds)
         ref = statistics.median(times[args.reference])
         print(f"\nbatch {batch}\n| backend | ms (median) | range | vs {args.reference} | first call s |\n"

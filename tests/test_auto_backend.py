@@ -9,7 +9,7 @@ from resnet.deploy.choose import inference_model
 
 # /proc/cpuinfo flags of the two processors this project runs on (abridged to what matters)
 AMX = frozenset("fma avx avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8".split())
-VNNI = frozenset("fma avx avx2 avx512f avx512bw avx512_vnni avx512_bf16".split())  # AMD EPYC (Zen 4)
+VNNI = frozenset("fma avx avx2 avx512f avx512bw avx512_vnni avx512_bf16".split())  # the AMD EPYC with AVX-512 of earlier sessions: VNNI, no AMX
 ZEN3 = frozenset("fma avx avx2 bmi2 sha_ni vaes vpclmulqdq".split())  # AMD EPYC Zen 3: no AVX-512, no VNNI
 
 

@@ -152,7 +152,8 @@ def _release():
         torch._dynamo.reset()
 
 
-def _inputs(images: torch.Tensor, batch: int) -> torch.Tensor:
+def batch_inputs(images: torch.Tensor, batch: int) -> torch.Tensor:
+    """A contiguous batch of `batch` images cut from `images`, repeating them when there are too few."""
     reps = -(-batch // images.shape[0])
     return images.repeat(reps, 1, 1, 1)[:batch].contiguous() if reps > 1 else images[:batch].contiguous()
 
@@ -187,7 +188,7 @@ def run_benchmark(model: nn.Module, backends=DEFAULT_BACKENDS, batches=(1, 16), 
             if skip is None:
                 t0 = clock()
                 loops_left = (len(backends) - k) * len(batches) - j
-                row.update(time_backend(predictor, _inputs(images, batch), clock_budget.share(loops_left, seconds),
+                row.update(time_backend(predictor, batch_inputs(images, batch), clock_budget.share(loops_left, seconds),
                                         min_iters, spent=lambda: clock_budget.left() <= 0))
                 if log:
                     log(f"{backend} batch {batch}: {row['images_per_sec']:.1f} img/s "
