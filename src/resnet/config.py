@@ -68,9 +68,11 @@ class OptimConfig:
     no_decay_bn_bias: bool = False  # exempt BN parameters and biases from weight decay
     bias_lr_scale: float = 1.0  # lr multiplier of BN parameters and biases (their decay per step unchanged)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    name: str = "sgd"  # sgd | adamw | lamb (timm's, with its global gradient-norm clip at 1.0)
+    name: str = "sgd"  # sgd | adamw | lamb (timm's, with its global gradient-norm clip at 1.0) | muon (conv filters; SGD the rest)
     betas: tuple[float, ...] = (0.9, 0.999)  # adamw, lamb
     eps: float = 0.0  # adamw, lamb; 0 = the optimizer's default (adamw 1e-8, lamb 1e-6)
+    muon_lr: float = 0.24  # muon: the conv filters' peak lr (airbench94_muon's), shaped by the schedule
+    muon_momentum: float = 0.6  # muon: the filters' Nesterov momentum (airbench94_muon's)
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ def _check_modern(cfg: TrainConfig) -> None:
         (cfg.loss in ("ce", "bce"), "loss must be ce or bce"),
         (0 <= cfg.bce_target_thresh < 1, "bce_target_thresh must be in [0, 1)"),
         (cfg.ema_steps >= 1, "ema_steps must be >= 1"),
-        (o.name in ("sgd", "adamw", "lamb"), "optim.name must be sgd, adamw or lamb"),
+        (o.name in ("sgd", "adamw", "lamb", "muon"), "optim.name must be sgd, adamw, lamb or muon"),
+        (o.muon_lr > 0 and 0 <= o.muon_momentum < 1, "optim.muon_lr must be > 0 and optim.muon_momentum in [0, 1)"),
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1)"),
         (o.eps >= 0, "optim.eps must be >= 0"),
         (s.warmup_epochs >= 0, "schedule.warmup_epochs must be >= 0"),

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..config import OptimConfig, ScheduleConfig
 from .lamb import Lamb
+from .muon import Muon
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool,
@@ -42,15 +43,34 @@ def _lamb(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
     return Lamb(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps or 1e-6)
 
 
-OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw, "lamb": _lamb}
+def _muon(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
+    return Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw, "lamb": _lamb, "muon": _muon}
+
+
+def muon_groups(groups: list[dict], cfg: OptimConfig) -> list[dict]:
+    """The conv filters (4-D) out of `groups` into a Muon group of their own: lr `muon_lr` (as an
+    "lr_scale" of the schedule's lr, so the schedule shapes it too), momentum `muon_momentum`, no decay."""
+    filters = [p for g in groups for p in g["params"] if p.ndim == 4]
+    if not filters:
+        raise ValueError("optim.name=muon needs a network with trainable conv filters (Muon takes the 4-D weights)")
+    rest = [{**g, "params": [p for p in g["params"] if p.ndim != 4]} for g in groups]
+    muon = {"params": filters, "muon": True, "weight_decay": 0.0, "momentum": cfg.muon_momentum,
+            "lr_scale": cfg.muon_lr / cfg.lr}
+    return [muon] + [g for g in rest if g["params"]]
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer `cfg.name` over `model`'s parameters; with no_decay_bn_bias, BN parameters and biases
-    (every 1-D tensor) are in a group of their own without weight decay, whichever the optimizer."""
+    (every 1-D tensor) are in a group of their own without weight decay, whichever the optimizer. With
+    muon, the conv filters take Muon and the rest SGD (engine/muon.py)."""
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {cfg.name!r}")
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias, cfg.bias_lr_scale)
+    if cfg.name == "muon":
+        groups = muon_groups(groups, cfg)
     for group in groups:
         group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
     return OPTIMIZERS[cfg.name](groups, cfg)

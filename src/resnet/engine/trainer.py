@@ -365,8 +365,7 @@ class Trainer:
         seen = max(acc["seen"], 1)
         record = {"lr": lr, "train_loss": acc["loss_sum"] / seen, "train_err": 100.0 * acc["wrong"] / seen,
                   "images_per_sec": acc["seen"] / max(acc["seconds"], 1e-9), "train_seconds": acc["seconds"],
-                  # training compute so far, all processes (FlopCounterMode's count: machine-independent)
-                  "train_pflop": self.step * self.cfg.data.batch_size * self._flops_per_image / 1e15}
+                  "train_pflop": self.train_flops() / 1e15}
         if acc["skipped"]:
             record["skipped_steps"] = acc["skipped"]
         if self._epoch_compile_seconds is not None:  # counted in this epoch's time and images/s
@@ -379,6 +378,12 @@ class Trainer:
         self._compile_pending, self._epoch_compile_seconds = False, round(seconds, 2)
         print(f"compiled the training step in {seconds:.1f} s (counted in this epoch's time)", file=self.stream)
         note_compile_seconds(self._compile_key, seconds)
+
+    def train_flops(self) -> float:
+        """Training compute so far, all processes: FlopCounterMode's count of the forward and backward
+        passes (machine-independent), with what the optimizer computes itself (Muon's Newton-Schulz)."""
+        return self.step * (self.cfg.data.batch_size * self._flops_per_image
+                            + getattr(self.optimizer, "flops_per_step", 0))
 
     def _settle(self, totals: "_DeviceTotals") -> None:
         """The device totals into self.partial; a loss that went non-finite since the last check stops here."""
