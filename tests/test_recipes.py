@@ -120,7 +120,8 @@ def test_recipes_command_lists_every_recipe_with_its_published_accuracy(capsys):
 def test_bad_recipe_values_name_the_setting(tmp_path):
     from resnet.config import ConfigError
 
-    for override, message in [("optim.name=rmsprop", "optim.name must be sgd, adamw or lamb"),
+    for override, message in [("optim.name=rmsprop", "optim.name must be sgd, adamw, lamb or muon"),
+                              ("optim.muon_momentum=1.0", "optim.muon_momentum in"),
                               ("loss=focal", "loss must be ce or bce"),
                               ("data.random_erase=1.5", "data.random_erase"),
                               ("schedule.warmup_method=cubic", "schedule.warmup_method"),
