@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from resnet import create_model
 from resnet.config import make_config
@@ -11,7 +10,7 @@ from resnet.engine.muon import Muon, newton_schulz_flops, orthogonalize
 from resnet.engine.optim import make_optimizer, set_lr
 from resnet.engine.trainer import Trainer
 from resnet.models.complexity import train_flops_per_image
-from test_speedrun import SMALL
+from test_speedrun import SMALL, assert_resume_is_exact
 
 
 @pytest.mark.parametrize("shape", [(64, 576), (576, 64)])
@@ -81,24 +80,10 @@ def test_muon_run_resumes_exactly_and_counts_its_flops(tiny_folder, tmp_path):
     """The speedrun recipe with Muon, stopped after epoch 1 and resumed: the weights of an uninterrupted
     run (the momentum buffers are in the checkpoint); train_pflop adds the Newton-Schulz FLOPs."""
     cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "optim.name=muon", "epochs=2", *SMALL])
-    full, part = tmp_path / "full", tmp_path / "part"
-    trainer = Trainer(cfg, full)
-    trainer.fit()
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_one(record, _):
-        if record["epoch"] == 1:
-            raise Stop
-    with pytest.raises(Stop):
-        Trainer(cfg, part, callbacks=[stop_after_one]).fit()
-    Trainer(cfg, part, resume=True).fit()
-    a, b = load_file(str(full / "last.safetensors")), load_file(str(part / "last.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    trainer = assert_resume_is_exact(cfg, tmp_path, stop_epoch=1)
     flops = train_flops_per_image("speedrun_resnet8", {"num_classes": 3, "in_chans": 3, "widths": [8, 16, 16]}, 32)
     steps = 2 * (36 // 8)
     assert trainer.optimizer.flops_per_step > 0
     assert trainer.train_flops() == pytest.approx(steps * (8 * flops + trainer.optimizer.flops_per_step))
-    record = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()][-1]
+    record = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()][-1]
     assert record["train_pflop"] == round(trainer.train_flops() / 1e15, 6)

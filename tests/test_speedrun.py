@@ -113,22 +113,30 @@ def test_speedrun_recipe_resumes_exactly_with_lookahead_and_alternating_flips(ti
     ends with the weights of an uninterrupted one: the average is in the checkpoint, the flips follow the epoch."""
     cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "lookahead_start=0.5", "lookahead_every=2",
                                            "epochs=4", *SMALL])
+    resumed = assert_resume_is_exact(cfg, tmp_path, stop_epoch=2)
+    assert resumed.lookahead.shadow is not None
+
+
+def assert_resume_is_exact(cfg, tmp_path, stop_epoch: int) -> Trainer:
+    """Train `cfg` through, and again stopped after `stop_epoch` and resumed: the same final weights.
+    Returns the resumed trainer."""
     full, part = tmp_path / "full", tmp_path / "part"
     train(cfg, full)
 
     class Stop(Exception):
         pass
 
-    def stop_after_two(record, trainer):
-        if record["epoch"] == 2:
+    def stop(record, trainer):
+        if record["epoch"] == stop_epoch:
             raise Stop
     with pytest.raises(Stop):
-        Trainer(cfg, part, callbacks=[stop_after_two]).fit()
+        Trainer(cfg, part, callbacks=[stop]).fit()
     resumed = Trainer(cfg, part, resume=True)
-    assert resumed.lookahead.shadow is not None and resumed.epoch == 2
+    assert resumed.epoch == stop_epoch
     resumed.fit()
     a, b = load_file(str(full / "last.safetensors")), load_file(str(part / "last.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return resumed
 
 
 def test_bias_lr_scale_keeps_the_decay_per_step():
