@@ -180,6 +180,7 @@ def test_training_flops_are_counted_by_flop_counter():
 def test_speedrun_recipe_trains_end_to_end(tiny_folder, tmp_path):
     cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "epochs=2", "lookahead_start=0.5", *SMALL])
     assert cfg.model == "speedrun_resnet8" and cfg.optim.bias_lr_scale == 64 and cfg.tta_shift == 1
+    assert cfg.optim.name == "muon" and cfg.optim.muon_lr == 0.12
     assert cfg.label_smoothing == 0.2 and cfg.data.batch_size == 8 and cfg.lookahead_decay == 0.95
     assert cfg.data.flip == "alternate" and cfg.data.pad_mode == "reflect"
     run = tmp_path / "run"
