@@ -16,10 +16,13 @@ eager measured in the same rounds. Variants:
   aten-bn        default without inductor's batch-norm decompositions: BN forward and backward stay
                  ATen's kernels, inductor fuses the rest (pytorch/torchdynamo#1988 traced ResNet-50
                  training at 0.88x eager on CPU to the decomposed BN)
+  inductor:K=V[;K=V]  default with inductor settings of your own, e.g. "inductor:cpp.simdlen=256"
+                 (values read as Python literals: numbers, True/False, strings)
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import statistics
 import sys
@@ -30,7 +33,13 @@ import torch
 from resnet.engine.compile import build_step_fn
 from resnet.engine.precision import Precision, cpu_supports_bf16
 
-VARIANTS = ("eager", "default", "cpp_wrapper", "max-autotune", "no-layout-opt", "step", "aten-bn")
+OPTIONS = {"eager": None, "default": {}, "cpp_wrapper": {"cpp_wrapper": True},
+           "max-autotune": {"mode": "max-autotune-no-cudagraphs"},
+           "no-layout-opt": {"layout_optimization": False}, "step": {"compile_update": True},
+           # a setting that changes nothing but the backend's identity: dynamo would otherwise
+           # reuse default's graph (same code, same guards) instead of compiling without the decomps
+           "aten-bn": {"trace.enabled": False}}
+VARIANTS = tuple(OPTIONS)
 BN_OPS = {"native_batch_norm", "native_batch_norm_backward", "batch_norm_backward", "_native_batch_norm_legit",
           "_native_batch_norm_legit_functional", "_batch_norm_with_update", "_batch_norm_with_update_functional"}
 
@@ -50,14 +59,21 @@ def aten_batch_norm():
             table[key] = value
 
 
+def inductor_options(variant: str) -> dict:
+    """ "inductor:cpp.simdlen=256;split_reductions=False" -> {"cpp.simdlen": 256, "split_reductions": False}"""
+    options = {}
+    for item in variant.partition(":")[2].split(";"):
+        key, _, value = item.partition("=")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
 def make(variant: str, model_name: str, batch: int, precision: str, channels_last: bool):
     torch.manual_seed(0)
-    options = {"eager": None, "default": {}, "cpp_wrapper": {"cpp_wrapper": True},
-               "max-autotune": {"mode": "max-autotune-no-cudagraphs"},
-               "no-layout-opt": {"layout_optimization": False}, "step": {"compile_update": True},
-               # a setting that changes nothing but the backend's identity: dynamo would otherwise
-               # reuse default's graph (same code, same guards) instead of compiling without the decomps
-               "aten-bn": {"trace.enabled": False}}[variant]
+    options = inductor_options(variant) if variant.startswith("inductor:") else OPTIONS[variant]
     x = torch.randn(batch, 3, 32, 32)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -82,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     names = args.variants.split(",")
     for n in names:
-        if n not in VARIANTS:
+        if n not in VARIANTS and not n.startswith("inductor:"):
             parser.error(f"--variants: unknown {n!r}; choose from {', '.join(VARIANTS)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, capability "
           f"{torch.backends.cpu.get_cpu_capability()}, native bf16: {cpu_supports_bf16()}")
@@ -106,11 +122,12 @@ def main() -> None:
         print("  round: " + ", ".join(f"{n} {v:,.0f}" for n, v in this.items()), file=sys.stderr, flush=True)
     layout = "NCHW" if args.nchw else "channels_last"
     print(f"\n{args.model}, batch {args.batch}, {args.precision} {layout}, {args.steps} steps x {args.rounds} rounds")
-    print(f"{'variant':<16}{'img/s':>9}{'range':>17}{'vs eager':>10}{'setup s':>9}")
+    width = max(16, *(len(n) + 2 for n in names))
+    print(f"{'variant':<{width}}{'img/s':>9}{'range':>17}{'vs eager':>10}{'setup s':>9}")
     for n in names:
         r = rates[n]
         ratio = f"{statistics.median(ratios[n]):.2f}x" if ratios[n] else "-"
-        print(f"{n:<16}{statistics.median(r):>9,.0f}{min(r):>8,.0f}-{max(r):<8,.0f}{ratio:>10}{setup[n]:>9.1f}")
+        print(f"{n:<{width}}{statistics.median(r):>9,.0f}{min(r):>8,.0f}-{max(r):<8,.0f}{ratio:>10}{setup[n]:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/train_throughput.py [--model resnet20] [--steps 60] [--repeats 3] [--device cuda]
 
-Rows: the bare SGD step (forward, backward, update on one pre-made batch) in fp32 NCHW, fp32
-channels_last and bf16 autocast + channels_last, and compiled (as the trainer compiles it: on a GPU
-with CUDA graphs); then `Trainer.train_epoch` (augmentation on whole batches, progress, metric
+Rows: the bare SGD step (forward, backward, update on one pre-made batch; torch.optim.SGD as a user
+writes it) in fp32 NCHW, fp32 channels_last and bf16 autocast + channels_last; the same with the
+toolkit's fused SGD; compiled (as the trainer compiles it: on a GPU with CUDA graphs); then `Trainer.train_epoch` (augmentation on whole batches, progress, metric
 accumulation) on random in-memory images with the default precision, eager and compiled. Medians
 over repeats, all in one process; run with nothing else on the machine. The ratios at the end are
-against the bare eager step in the default precision (issue 17's targets: >= 1.2x on a CPU,
+against the bare eager step in the default precision, and against it with fused SGD (issue 17's targets: >= 1.2x on a CPU,
 >= 2x on a GPU for the compiled loop).
 """
 from __future__ import annotations
@@ -31,13 +31,20 @@ from resnet.engine.precision import Precision, cpu_supports_bf16, resolve_precis
 from resnet.engine.trainer import Trainer
 
 
-def make_step(model_name: str, batch: int, precision: str, channels_last: bool, device: str = "cpu"):
-    """The bare SGD step (forward, backward, update) on one pre-made random batch, as a function."""
+def make_step(model_name: str, batch: int, precision: str, channels_last: bool, device: str = "cpu",
+              fused: bool = False):
+    """The bare SGD step (forward, backward, update) on one pre-made random batch, as a function. The
+    update is torch.optim.SGD as a user writes it (PyTorch's default: a loop over the tensors on a CPU,
+    its foreach kernels on a GPU), or with `fused` the toolkit's (make_optimizer: torch's fused kernel)."""
     torch.manual_seed(0)
     dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = create_model(model_name).to(dev).to(memory_format=fmt).train()
-    opt = make_optimizer(model, make_config().optim)
+    cfg = make_config().optim
+    opt = make_optimizer(model, cfg)
+    if not fused:  # the same groups and settings, torch's default kernel choice
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     prec = Precision(precision, dev)
     x = torch.randn(batch, 3, 32, 32, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=dev)
@@ -53,9 +60,9 @@ def make_step(model_name: str, batch: int, precision: str, channels_last: bool, 
 
 
 def bare_step(model_name: str, batch: int, steps: int, precision: str, channels_last: bool,
-              device: str = "cpu") -> float:
+              device: str = "cpu", fused: bool = False) -> float:
     dev = torch.device(device)
-    step = make_step(model_name, batch, precision, channels_last, device)
+    step = make_step(model_name, batch, precision, channels_last, device, fused)
     for _ in range(5):  # oneDNN (cuDNN) builds (picks) its kernels on the first calls
         step()
     _sync(dev)
@@ -127,6 +134,7 @@ def main() -> None:
     rows = [("bare step fp32 NCHW", lambda: bare_step(m, b, n, "fp32", False, d)),
             ("bare step fp32 channels_last", lambda: bare_step(m, b, n, "fp32", True, d)),
             ("bare step bf16 channels_last", lambda: bare_step(m, b, n, "bf16", True, d)),
+            (f"bare step {default} channels_last, fused SGD", lambda: bare_step(m, b, n, default, True, d, fused=True)),
             (f"bare step {default} compiled", lambda: compiled_bare_step(m, b, n, default, d)),
             (f"training loop {default} (compile=false)", lambda: whole_loop(m, b, n, d)),
             (f"training loop {default} (compile=true)", lambda: whole_loop(m, b, n, d, compile=True))]
@@ -144,9 +152,11 @@ def main() -> None:
         print(f"{name:<46}{statistics.median(values):>9,.0f}  {min(values):>7,.0f}-{max(values):<7,.0f}")
     base = statistics.median(results[bare])
     print()
+    fused = statistics.median(results[f"{bare}, fused SGD"])
     for name in results:
-        if name.startswith("training loop") or "compiled" in name:
-            print(f"{name} / {bare}: {statistics.median(results[name]) / base:.2f}x")
+        if name.startswith("training loop") or "compiled" in name or "fused" in name:
+            value = statistics.median(results[name])
+            print(f"{name} / {bare}: {value / base:.2f}x (/ the same with fused SGD: {value / fused:.2f}x)")
     print("targets (issue 17): the compiled loop >= 1.2x the bare eager step on a CPU, >= 2x on a GPU")
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..files import cache_root, read_json_cache, write_json_cache
 from ..models import create_model
+from .optim import can_fuse
 from .precision import Precision, cpu_model
 
 CACHE_FILE = "compile-probe.json"
@@ -55,18 +56,20 @@ def build_step_fn(model_name: str, precision: Precision, channels_last: bool, op
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    options = None if options is None else dict(options)
+    compile_update = bool(options and options.pop("compile_update", False))
+    # the trainer's update (make_optimizer: fused); a compiled update starts from torch's own per-tensor code
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9,
+                          fused=None if compile_update else can_fuse([{"params": params}]) or None)
     forward = model
-    update = opt.step
+    update = torch.compile(opt.step) if compile_update else opt.step
     if options is not None:
-        options = dict(options)
         kwargs = {"dynamic": options.pop("dynamic", False)}
         if "mode" in options:
             kwargs["mode"] = options.pop("mode")
         elif device.type == "cuda":
             kwargs["mode"] = "reduce-overhead"
-        if options.pop("compile_update", False):
-            update = torch.compile(opt.step)
         if options:
             kwargs["options"] = options
         forward = torch.compile(model, **kwargs)

