@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..files import cache_root, read_json_cache, write_json_cache
 from ..models import create_model
@@ -34,23 +35,43 @@ FIRST_COMPILE_GUESS = 60.0  # seconds, before anything was measured on this mach
 MIN_PROBE_STEPS = 100
 
 
-def compile_kwargs(device: torch.device) -> dict:
+# Inductor vectorises a channels_last CPU kernel (BN, ReLU, the residual adds) over the channels. A
+# 512-bit vector of bf16 holds 32 channels, so the BN/ReLU/add kernels of a 16-channel layer (a CIFAR
+# ResNet's first stage, its largest activations) run on half-empty vectors; 256-bit vectors fit them.
+# Measured (bench/compile_step.py, ResNet-20, batch 128, Intel Xeon with AMX, 2026-12-05, two rounds):
+# the bf16 compiled step 1.23x / 1.26x eager with 256-bit vectors against 1.20x / 1.23x with 512; in
+# fp32, where 16 channels fill a 512-bit vector, 256 was slower (1.10x against 1.15x).
+NARROW_CHANNELS = 32
+
+
+def inductor_options(model: nn.Module, precision: Precision) -> dict:
+    """Inductor settings for compiling `model`'s training step in `precision` (see NARROW_CHANNELS)."""
+    if precision.device.type != "cpu" or precision.dtype is None:
+        return {}
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return {"cpp.simdlen": 256} if widths and min(widths) < NARROW_CHANNELS else {}
+
+
+def compile_kwargs(device: torch.device, model: nn.Module | None = None, precision: Precision | None = None) -> dict:
     """torch.compile's arguments for a training step on `device`.
 
     CUDA: CUDA graphs (mode="reduce-overhead"): CIFAR networks are launch-bound there, about 8 ms of
     kernel launches a ResNet-20 step on an H200, and a graph replays the whole step in one launch.
-    CPU: inductor's default mode (fused BN/ReLU/add passes around oneDNN's convolutions); static
-    shapes, so a last batch of another size gets a graph of its own instead of slower dynamic kernels."""
+    CPU: inductor's default mode (fused BN/ReLU/add passes around oneDNN's convolutions), with
+    `inductor_options` for `model` in `precision`; static shapes, so a last batch of another size gets
+    a graph of its own instead of slower dynamic kernels."""
     if device.type == "cuda":
         return {"mode": "reduce-overhead", "dynamic": False}
-    return {"dynamic": False}
+    options = inductor_options(model, precision) if model is not None and precision is not None else {}
+    return {"dynamic": False, **({"options": options} if options else {})}
 
 
 def build_step_fn(model_name: str, precision: Precision, channels_last: bool, options: dict | None,
                   model_args: dict | None = None, lr: float = 0.05):
     """An SGD step (forward, loss, backward, update) of a fresh `model_name`, eager (`options=None`)
-    or compiled with `options`: torch.compile's `mode` and inductor settings, `compile_update` to
-    compile the optimizer's update too. For the probe and bench/compile_step.py."""
+    or compiled with `options`: torch.compile's `mode` and inductor settings (over the trainer's own,
+    `inductor_options`; a setting of None restores inductor's default), `compile_update` to compile
+    the optimizer's update too. For the probe and bench/compile_step.py."""
     device = precision.device
     model = create_model(model_name, **(model_args or {})).to(device)
     if channels_last:
@@ -65,6 +86,7 @@ def build_step_fn(model_name: str, precision: Precision, channels_last: bool, op
     forward = model
     update = torch.compile(opt.step) if compile_update else opt.step
     if options is not None:
+        options = {**inductor_options(model, precision), **options.pop("options", {}), **options}
         kwargs = {"dynamic": options.pop("dynamic", False)}
         if "mode" in options:
             kwargs["mode"] = options.pop("mode")
