@@ -42,6 +42,9 @@ MIN_PROBE_STEPS = 100
 # the bf16 compiled step 1.23x / 1.26x eager with 256-bit vectors against 1.20x / 1.23x with 512; in
 # fp32, where 16 channels fill a 512-bit vector, 256 was slower (1.10x against 1.15x).
 NARROW_CHANNELS = 32
+# Bumped when the step the probe times changes, so that cached decisions are measured again
+# (2: fused optimizer updates and inductor_options, 2026-12-05).
+STEP_VERSION = 2
 
 
 def inductor_options(model: nn.Module, precision: Precision) -> dict:
@@ -134,7 +137,7 @@ def probe_key(model_name: str, model_args: dict, batch: int, precision: Precisio
     args = json.dumps(model_args, sort_keys=True)
     layout = "cl" if channels_last else "nchw"
     return f"{where}|torch {torch.__version__}|{torch.get_num_threads()} threads|{model_name} {args}|" \
-           f"batch {batch}x{image_size}px|{precision.name}|{layout}"
+           f"batch {batch}x{image_size}px|{precision.name}|{layout}|step v{STEP_VERSION}"
 
 
 def time_steps(step, x: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> float:
