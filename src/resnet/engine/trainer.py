@@ -231,7 +231,8 @@ class Trainer:
             if why:
                 print(why, file=self.stream)
         if self.compiled:
-            self.train_module = torch.compile(self.train_module, **compile_kwargs(self.device, self.model, self.precision))
+            kwargs = compile_kwargs(self.device, self.model, self.precision)
+            self.train_module = torch.compile(self.train_module, **kwargs)
             self._compile_pending = True
 
     def _setup_loss_and_ema(self) -> None:
