@@ -166,14 +166,16 @@ def test_damaged_cache_is_ignored(tmp_path):
 
 
 def test_narrow_bf16_networks_compile_with_256_bit_vectors():
-    """Inductor's 512-bit bf16 vectors hold 32 channels: a net with 16-channel layers compiles its bf16
-    CPU step with 256-bit ones; fp32 (16 floats fill 512 bits), wide nets and GPUs keep the default."""
+    """Inductor's 512-bit bf16 vectors hold 32 channels: a net with 16-channel BN layers compiles its bf16
+    CPU step with 256-bit ones; fp32 (16 floats fill 512 bits), wide nets (the speedrun net's one narrow
+    conv, its whitening, has no BN after it) and GPUs keep the default."""
     from resnet import create_model
 
     bf16, fp32 = Precision("bf16", torch.device("cpu")), Precision("fp32", torch.device("cpu"))
     narrow, wide = create_model("resnet20"), create_model("resnet20", widths=[32, 64, 128], stem_width=32)
     assert tc.inductor_options(narrow, bf16) == {"cpp.simdlen": 256}
     assert tc.inductor_options(narrow, fp32) == {} and tc.inductor_options(wide, bf16) == {}
+    assert tc.inductor_options(create_model("speedrun_resnet8"), bf16) == {}
     assert tc.inductor_options(narrow, Precision("bf16", torch.device("cuda"))) == {}
     assert tc.compile_kwargs(torch.device("cpu"), narrow, bf16) == {"dynamic": False, "options": {"cpp.simdlen": 256}}
     assert tc.compile_kwargs(torch.device("cpu"), narrow, fp32) == {"dynamic": False}

@@ -38,20 +38,22 @@ MIN_PROBE_STEPS = 100
 # Inductor vectorises a channels_last CPU kernel (BN, ReLU, the residual adds) over the channels. A
 # 512-bit vector of bf16 holds 32 channels, so the BN/ReLU/add kernels of a 16-channel layer (a CIFAR
 # ResNet's first stage, its largest activations) run on half-empty vectors; 256-bit vectors fit them.
-# Measured (bench/compile_step.py, ResNet-20, batch 128, Intel Xeon with AMX, 2026-12-05, two rounds):
-# the bf16 compiled step 1.23x / 1.26x eager with 256-bit vectors against 1.20x / 1.23x with 512; in
-# fp32, where 16 channels fill a 512-bit vector, 256 was slower (1.10x against 1.15x).
+# Measured (bench/compile_step.py, Intel Xeon with AMX, 2026-12-05): ResNet-20 (BN widths 16-64, batch
+# 128) bf16 compiled step 1.23x / 1.26x eager with 256-bit vectors against 1.20x / 1.23x with 512 (two
+# runs); in fp32, where 16 channels fill a 512-bit vector, 256 was slower (1.10x against 1.15x); the
+# speedrun net (a 24-channel whitening conv without BN, BN widths 64-256, batch 1024) 0.75x with 256
+# against 0.83x with 512 (it stays eager). So the rule looks at the BN layers' widths.
 NARROW_CHANNELS = 32
 # Bumped when the step the probe times changes, so that cached decisions are measured again
-# (2: fused optimizer updates and inductor_options, 2026-12-05).
-STEP_VERSION = 2
+# (2: fused optimizer updates and inductor_options, 2026-12-05; 3: the rule reads BN widths).
+STEP_VERSION = 3
 
 
 def inductor_options(model: nn.Module, precision: Precision) -> dict:
     """Inductor settings for compiling `model`'s training step in `precision` (see NARROW_CHANNELS)."""
     if precision.device.type != "cpu" or precision.dtype is None:
         return {}
-    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    widths = [m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     return {"cpp.simdlen": 256} if widths and min(widths) < NARROW_CHANNELS else {}
 
 
