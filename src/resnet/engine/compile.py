@@ -74,9 +74,9 @@ def compile_kwargs(device: torch.device, model: nn.Module | None = None, precisi
 def build_step_fn(model_name: str, precision: Precision, channels_last: bool, options: dict | None,
                   model_args: dict | None = None, lr: float = 0.05):
     """An SGD step (forward, loss, backward, update) of a fresh `model_name`, eager (`options=None`)
-    or compiled with `options`: torch.compile's `mode` and inductor settings (over the trainer's own,
-    `inductor_options`; a setting of None restores inductor's default), `compile_update` to compile
-    the optimizer's update too. For the probe and bench/compile_step.py."""
+    or compiled as the trainer compiles it (compile_kwargs) with `options` over that: torch.compile's
+    `mode` and `dynamic`, inductor settings (a setting of None restores inductor's default),
+    `compile_update` to compile the optimizer's update too. For the probe and the benches."""
     device = precision.device
     model = create_model(model_name, **(model_args or {})).to(device)
     if channels_last:
@@ -91,14 +91,11 @@ def build_step_fn(model_name: str, precision: Precision, channels_last: bool, op
     forward = model
     update = torch.compile(opt.step) if compile_update else opt.step
     if options is not None:
-        options = {**inductor_options(model, precision), **options.pop("options", {}), **options}
-        kwargs = {"dynamic": options.pop("dynamic", False)}
-        if "mode" in options:
-            kwargs["mode"] = options.pop("mode")
-        elif device.type == "cuda":
-            kwargs["mode"] = "reduce-overhead"
-        if options:
-            kwargs["options"] = options
+        kwargs = compile_kwargs(device, model, precision)
+        settings = {**kwargs.pop("options", {}), **options}
+        kwargs.update({k: settings.pop(k) for k in ("mode", "dynamic") if k in settings})
+        if settings:
+            kwargs["options"] = settings
         forward = torch.compile(model, **kwargs)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -186,7 +183,7 @@ def run_probe(model_name: str, model_args: dict, batch: int, precision: Precisio
         eager_s = time_steps(eager, x, y, max(steps // 2, 1), device)  # enough to see if a compile could pay
         if run_steps is not None and run_steps * eager_s * BEST_SAVING < compile_guess:
             return Probe(eager_s, None, compile_guess)
-        compiled = build_step_fn(model_name, precision, channels_last, compile_kwargs(device), model_args)
+        compiled = build_step_fn(model_name, precision, channels_last, {}, model_args)  # as the trainer compiles
         start = time.perf_counter()
         time_steps(compiled, x, y, 2, device)  # compiles the forward and the backward
         compile_s = max(time.perf_counter() - start - 2 * eager_s, 0.0)
