@@ -8,11 +8,15 @@ alike): `eager-fp32` (the model as trained), BN folded + channels_last (eager), 
 (weights prepacked for oneDNN; what `compiled-bf16` runs on a processor without native bf16) with its
 Python and its C++ wrapper, and `onnxruntime`. Prints median latency over rounds and each row's ratio to
 onnxruntime. Random weights with BN statistics re-estimated (speed does not depend on the weights).
+Each row's compute rate (the model's FLOPs, FlopCounterMode's count, over its latency) is also given as a
+share of this machine's fp32 matrix-multiply rate (a 4096 x 4096 `torch.mm`, MKL/oneDNN sgemm: about the
+most the cores do in fp32), so the table shows how far from the machine's limit each path runs.
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 import warnings
 from unittest import mock
 
@@ -22,6 +26,19 @@ from resnet.deploy import backends
 from resnet.deploy.benchmark import alternating_latencies, batch_inputs, random_model, with_wrapper
 from resnet.deploy.fold import fold_bn
 from resnet.engine.precision import cpu_model
+from resnet.models.counting import measure
+
+
+def sgemm_gflops(n: int = 4096, repeats: int = 5) -> float:
+    """Median fp32 rate of an n x n matrix product on this process's threads, in GFLOP/s."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up: MKL picks its kernel and threads
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def compiled_fp32(model, cpp_wrapper: bool):
@@ -46,18 +63,21 @@ def main() -> None:
             "eager, BN folded, channels_last": lambda x: folded(x.contiguous(memory_format=torch.channels_last)),
             "compiled fp32 (Python wrapper)": compiled_fp32(model, False),
             "compiled fp32 (C++ wrapper)": compiled_fp32(model, True)}
+    gflop = 2 * measure(model, args.image_size).macs / 1e9  # one image, forward
+    peak = sgemm_gflops()
     print(f"{args.model}, {args.image_size}x{args.image_size}, fp32, {torch.get_num_threads()} threads, "
-          f"{cpu_model()}; medians of {args.rounds} rounds")
+          f"{cpu_model()}; medians of {args.rounds} rounds; {gflop:.2f} GFLOP an image; "
+          f"sgemm {peak:.0f} GFLOP/s")
     for batch in (int(b) for b in args.batch.split(",")):
         x = batch_inputs(images, batch)
         setup, times = alternating_latencies(runs, x, args.rounds)
         ref = statistics.median(times["onnxruntime"])
-        print(f"\nbatch {batch}\n| path | ms (median) | range | vs onnxruntime | images/s | first call s |\n"
-              "| --- | ---: | ---: | ---: | ---: | ---: |")
+        print(f"\nbatch {batch}\n| path | ms (median) | range | vs onnxruntime | images/s | GFLOP/s (of sgemm) | first call s |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, ts in times.items():
             m = statistics.median(ts)
             print(f"| {name} | {m:.2f} | {min(ts):.2f}-{max(ts):.2f} | {m / ref:.2f}x | {1000 * batch / m:.1f} | "
-                  f"{setup[name]:.1f} |")
+                  f"{gflop * batch / m * 1000:.0f} ({100 * gflop * batch / m * 1000 / peak:.0f}%) | {setup[name]:.1f} |")
 
 
 if __name__ == "__main__":
