@@ -1,0 +1,96 @@
+"""Test-time augmentation schemes scored on trained runs (the speedrun's hold-out, or any CIFAR run's).
+
+    .venv/bin/python bench/speedrun_tta.py RUN [RUN ...] [--data ../shared/data/cifar10-train-jpg.tar.gz]
+
+Each run's last weights score its own hold-out (a run's validation images follow its seed) under every
+view a `--shift` pixel translation (reflect-padded) and a mirror can give; the schemes below are
+weighted means of those views' logits, so one pass over the views scores them all. Prints accuracy
+per scheme: mean over runs, over the even and the odd images (a scheme chosen on one half should
+also win on the other), and per run. `level2` is what the recipes' `tta_flip` + `tta_shift: 1` do
+(airbench's level 2): its column must equal the runs' recorded validation accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from resnet.engine.precision import default_device, resolve_precision
+from resnet.serve.evaluate import eval_dataset, eval_loader
+from resnet.serve.load import load
+
+
+def view_logits(model, loader, precision, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of every (dy, dx, mirror) view, dy and dx in -shift..shift: views x images x classes."""
+    outs, labels = [], []
+    with torch.no_grad(), precision.autocast():
+        for x, y in loader:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (shift,) * 4, mode="reflect")
+            views = []
+            for dy in range(-shift, shift + 1):
+                for dx in range(-shift, shift + 1):
+                    v = padded[..., shift + dy:shift + dy + h, shift + dx:shift + dx + w]
+                    views += [model(v).float(), model(torch.flip(v, dims=[3])).float()]
+            outs.append(torch.stack(views))
+            labels.append(y)
+    return torch.cat(outs, 1), torch.cat(labels)
+
+
+def schemes(shift: int) -> dict[str, dict[tuple[int, int], float]]:
+    """Scheme name -> weight of each translation (its mirror has the same weight)."""
+    ring = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    out = {"no TTA": {(0, 0): 1.0},  # (mirror dropped below)
+           "flip": {(0, 0): 1.0},
+           "level2": {(0, 0): 0.5, (-1, -1): 0.25, (1, 1): 0.25},
+           "all 1-pixel shifts": {d: 1 / 9 for d in [(0, 0), *ring]},
+           "centre + 1-pixel ring": {(0, 0): 0.5, **{d: 0.5 / 8 for d in ring}},
+           "centre + 1-pixel cross": {(0, 0): 0.5, (-1, 0): 0.125, (1, 0): 0.125, (0, -1): 0.125, (0, 1): 0.125}}
+    if shift >= 2:
+        n = (2 * shift + 1) ** 2
+        out[f"all {shift}-pixel shifts"] = {(dy, dx): 1 / n for dy in range(-shift, shift + 1)
+                                            for dx in range(-shift, shift + 1)}
+        out["level2 + 2-pixel diagonal"] = {(0, 0): 0.4, (-1, -1): 0.2, (1, 1): 0.2, (-2, -2): 0.1, (2, 2): 0.1}
+    return out
+
+
+def combine(logits: torch.Tensor, weights: dict[tuple[int, int], float], shift: int, mirror: bool) -> torch.Tensor:
+    side = 2 * shift + 1
+    total = torch.zeros_like(logits[0])
+    for (dy, dx), w in weights.items():
+        i = 2 * ((dy + shift) * side + dx + shift)
+        total += w * ((logits[i] + logits[i + 1]) / 2 if mirror else logits[i])
+    return total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="run folders (last.safetensors and their config)")
+    p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-train-jpg.tar.gz"))
+    p.add_argument("--shift", type=int, default=2, help="largest translation, pixels")
+    p.add_argument("--precision", default="auto")
+    args = p.parse_args()
+    device = default_device()
+    table = {name: [] for name in schemes(args.shift)}
+    for run in args.runs:
+        model, meta = load(checkpoint=run)
+        model = model.to(device).eval()
+        precision = resolve_precision(args.precision, device)
+        loader = eval_loader(eval_dataset(meta, args.data, "val"), meta, "center", 1000, device)
+        logits, labels = view_logits(model, loader, precision, args.shift)
+        for name, weights in schemes(args.shift).items():
+            right = (combine(logits, weights, args.shift, name != "no TTA").argmax(1) == labels.to(logits.device))
+            table[name].append([100 * right.float().mean().item(), 100 * right[0::2].float().mean().item(),
+                                100 * right[1::2].float().mean().item()])
+        print(f"{run}: {len(labels)} images, {precision.name}", flush=True)
+    print(f"\n| scheme | mean | even images | odd images | per run |\n| --- | ---: | ---: | ---: | --- |")
+    for name, rows in table.items():
+        mean = [statistics.fmean(col) for col in zip(*rows)]
+        print(f"| {name} | {mean[0]:.2f} | {mean[1]:.2f} | {mean[2]:.2f} | {' '.join(f'{r[0]:.2f}' for r in rows)} |")
+
+
+if __name__ == "__main__":
+    main()
