@@ -53,6 +53,21 @@ def test_whitening_stem_is_initialised_from_the_data_and_frozen():
     assert not create_model("resnet20").needs_data_init
 
 
+def test_whitening_eps_floors_the_weakest_directions():
+    """whiten_eps (model config) reaches the filters: a larger floor scales the weakest patch direction down."""
+    images = _correlated_images()
+    default, floored = create_model("speedrun_resnet8", widths=(8, 16, 16)), \
+        create_model("speedrun_resnet8", widths=(8, 16, 16), whiten_eps=5e-2)
+    assert default.config.whiten_eps == 5e-4
+    default.init_from_data(images), floored.init_from_data(images)
+    torch.testing.assert_close(floored.conv1.weight, whitening_filters(images, 2, eps=5e-2))
+    norms = lambda m: m.conv1.weight[:12].flatten(1).norm(dim=1)  # strongest direction first
+    assert norms(floored)[-1] < 0.7 * norms(default)[-1]  # the weakest is damped ...
+    torch.testing.assert_close(norms(floored)[0], norms(default)[0], rtol=0.05, atol=0)  # ... the strongest hardly
+    with pytest.raises(ValueError, match="whiten_eps must be > 0"):
+        create_model("speedrun_resnet8", whiten_eps=0)
+
+
 def test_speedrun_block_freezes_bn_scales_pools_and_adds_its_branch():
     model = create_model("speedrun_resnet8", widths=(8, 16, 16))
     block = model.layer1[0]

@@ -38,6 +38,8 @@ class ResNetConfig:
     drop_path_rate: float = 0.0
     pool: str = "avg"  # global pooling before the classifier: avg [ResNet §3.4] or max (the speedruns)
     logit_scale: float = 1.0  # multiplies the logits (airbench: 1/9, a fixed temperature)
+    whiten_eps: float = 5e-4  # the whitening stem's eigenvalue floor (airbench's): a patch direction of
+    # variance v is scaled by 1/sqrt(v + eps), so the weakest ones (JPEG's quantised detail) are not blown up
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
@@ -57,6 +59,8 @@ class ResNetConfig:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.pool not in POOLS:
             raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.whiten_eps <= 0:
+            raise ConfigError(f"whiten_eps must be > 0, got {self.whiten_eps}")
         if self.stem == "whiten" and self.stem_width != 2 * self.in_chans * WHITEN_KERNEL ** 2:
             raise ConfigError(f"a whitening stem on {self.in_chans} channels has stem_width "
                              f"{2 * self.in_chans * WHITEN_KERNEL ** 2}, got {self.stem_width}")
@@ -154,7 +158,7 @@ class ResNet(nn.Module):
         """Data-dependent initialisation, before training: the whitening stem's fixed filters from
         normalised training images (N x C x H x W; a few thousand suffice)."""
         if self.needs_data_init:
-            init_whitening(self.conv1, images)
+            init_whitening(self.conv1, images, self.config.whiten_eps)
 
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
