@@ -1,60 +1,96 @@
-"""Which test-time views pay on a trained run's hold-out (issue 17: the speedrun's TTA).
+"""Which test-time views pay on trained runs' hold-outs (issue 17: the speedrun's TTA).
 
-    .venv/bin/python bench/tta_views.py RUN [RUN ...] [--data ../shared/data/cifar10-train-jpg.tar.gz]
+    .venv/bin/python bench/tta_views.py RUN [RUN ...] [--data ../shared/data/cifar10-train-jpg.tar.gz] [--shift 2]
 
-Scores each run's validation images (bf16 autocast, as the trainer validates) under test-time
-augmentations that cost inference only, never training PFLOP: the image alone, with its mirror,
-airbench's level 2 (flip, plus half weight on 1-pixel shifts up-left and down-right: the recipe's
-`tta_shift: 1`), the four diagonal or the four axis-aligned 1-pixel shifts, all nine 1-pixel shifts,
-and level 2 with 2-pixel shifts. Shifted views are reflect-padded crops. Prints accuracy (%) per scheme.
+Each run's last weights score its own hold-out (a run's validation images follow its seed) under every
+view a `--shift` pixel translation (reflect-padded) and a mirror can give; the schemes below are
+weighted means of those views' logits, so one pass over the views scores them all. Prints accuracy
+per scheme: mean over runs, over the even and the odd images (a scheme chosen on one half should
+also win on the other), and per run. `level 2 (recipe)` is what the recipes' `tta_flip` + `tta_shift: 1` do
+(airbench's level 2): its column must equal the runs' recorded validation accuracy.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from resnet.engine.precision import default_device, resolve_precision
 from resnet.serve.evaluate import eval_dataset, eval_loader
 from resnet.serve.load import load
 
 
+def view_logits(model, loader, precision, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of every (dy, dx, mirror) view, dy and dx in -shift..shift: views x images x classes."""
+    outs, labels = [], []
+    with torch.no_grad(), precision.autocast():
+        for x, y in loader:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (shift,) * 4, mode="reflect")
+            views = []
+            for dy in range(-shift, shift + 1):
+                for dx in range(-shift, shift + 1):
+                    v = padded[..., shift + dy:shift + dy + h, shift + dx:shift + dx + w]
+                    views += [model(v).float(), model(torch.flip(v, dims=[3])).float()]
+            outs.append(torch.stack(views))
+            labels.append(y)
+    return torch.cat(outs, 1), torch.cat(labels)
+
+
+def schemes(shift: int) -> dict[str, dict[tuple[int, int], float]]:
+    """Scheme name -> weight of each translation (its mirror has the same weight)."""
+    diagonal, axis = [(-1, -1), (1, 1), (-1, 1), (1, -1)], [(0, -1), (0, 1), (-1, 0), (1, 0)]
+    out = {"image alone": {(0, 0): 1.0},  # (mirror dropped below)
+           "flip": {(0, 0): 1.0},
+           "level 2 (recipe)": {(0, 0): 0.5, (-1, -1): 0.25, (1, 1): 0.25},
+           "diagonal 4": {(0, 0): 0.5, **{d: 0.125 for d in diagonal}},
+           "axis 4": {(0, 0): 0.5, **{d: 0.125 for d in axis}},
+           "ring 8": {(0, 0): 0.5, **{d: 0.0625 for d in diagonal + axis}},
+           "all 9 1-pixel shifts": {d: 1 / 9 for d in [(0, 0), *diagonal, *axis]}}
+    if shift >= 2:
+        n = (2 * shift + 1) ** 2
+        out["level 2, 2 pixels"] = {(0, 0): 0.5, (-2, -2): 0.25, (2, 2): 0.25}
+        out[f"all {n} shifts up to {shift} pixels"] = {(dy, dx): 1 / n for dy in range(-shift, shift + 1)
+                                                      for dx in range(-shift, shift + 1)}
+    return out
+
+
+def combine(logits: torch.Tensor, weights: dict[tuple[int, int], float], shift: int, mirror: bool) -> torch.Tensor:
+    side = 2 * shift + 1
+    total = torch.zeros_like(logits[0])
+    for (dy, dx), w in weights.items():
+        i = 2 * ((dy + shift) * side + dx + shift)
+        total += w * ((logits[i] + logits[i + 1]) / 2 if mirror else logits[i])
+    return total
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+")
+    p.add_argument("runs", nargs="+", help="run folders (last.safetensors and their config)")
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-train-jpg.tar.gz"))
+    p.add_argument("--shift", type=int, default=2, help="largest translation, pixels")
+    p.add_argument("--precision", default="auto")
     args = p.parse_args()
+    device = default_device()
+    table = {name: [] for name in schemes(args.shift)}
     for run in args.runs:
-        net, meta = load(run, None, None)
-        net.eval()
-        batches = list(eval_loader(eval_dataset(meta, args.data, "val"), meta, "center", 1000, torch.device("cpu")))
-        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-        views: dict[tuple, torch.Tensor] = {}
-
-        def view(dy: int, dx: int, mirrored: bool = False, pad: int = 2) -> torch.Tensor:
-            """Logits of the images shifted by (dy, dx) pixels, mirrored or not (cached)."""
-            if (dy, dx, mirrored) not in views:
-                h, w = x.shape[-2:]
-                shifted = F.pad(x, (pad,) * 4, mode="reflect")[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w]
-                shifted = torch.flip(shifted, dims=[3]) if mirrored else shifted
-                with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
-                    views[dy, dx, mirrored] = torch.cat([net(c).float() for c in shifted.split(500)])
-            return views[dy, dx, mirrored]
-
-        flip = lambda dy, dx: (view(dy, dx) + view(dy, dx, True)) / 2  # noqa: E731
-        mean = lambda shifts: sum(flip(*s) for s in shifts) / len(shifts)  # noqa: E731
-        schemes = {
-            "image": view(0, 0), "flip": flip(0, 0),
-            "level 2 (recipe)": 0.5 * flip(0, 0) + 0.5 * mean([(-1, -1), (1, 1)]),
-            "diagonal 4": 0.5 * flip(0, 0) + 0.5 * mean([(-1, -1), (1, 1), (-1, 1), (1, -1)]),
-            "axis 4": 0.5 * flip(0, 0) + 0.5 * mean([(0, -1), (0, 1), (-1, 0), (1, 0)]),
-            "all 9": mean([(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]),
-            "level 2, 2 pixels": 0.5 * flip(0, 0) + 0.5 * mean([(-2, -2), (2, 2)]),
-        }
-        print(f"\n{run} ({len(y)} validation images)\n| views | accuracy |\n| --- | ---: |")
-        for name, logits in schemes.items():
-            print(f"| {name} | {100.0 * float((logits.argmax(1) == y).float().mean()):.2f}% |")
+        model, meta = load(checkpoint=run)
+        model = model.to(device).eval()
+        precision = resolve_precision(args.precision, device)
+        loader = eval_loader(eval_dataset(meta, args.data, "val"), meta, "center", 1000, device)
+        logits, labels = view_logits(model, loader, precision, args.shift)
+        for name, weights in schemes(args.shift).items():
+            right = (combine(logits, weights, args.shift, name != "image alone").argmax(1) == labels.to(logits.device))
+            table[name].append([100 * right.float().mean().item(), 100 * right[0::2].float().mean().item(),
+                                100 * right[1::2].float().mean().item()])
+        print(f"{run}: {len(labels)} images, {precision.name}", flush=True)
+    print(f"\n| scheme | mean | even images | odd images | per run |\n| --- | ---: | ---: | ---: | --- |")
+    for name, rows in table.items():
+        mean = [statistics.fmean(col) for col in zip(*rows)]
+        print(f"| {name} | {mean[0]:.2f} | {mean[1]:.2f} | {mean[2]:.2f} | {' '.join(f'{r[0]:.2f}' for r in rows)} |")
 
 
 if __name__ == "__main__":
