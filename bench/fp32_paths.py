@@ -76,8 +76,9 @@ def main() -> None:
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, ts in times.items():
             m = statistics.median(ts)
+            rate = gflop * batch / m * 1000  # GFLOP/s
             print(f"| {name} | {m:.2f} | {min(ts):.2f}-{max(ts):.2f} | {m / ref:.2f}x | {1000 * batch / m:.1f} | "
-                  f"{gflop * batch / m * 1000:.0f} ({100 * gflop * batch / m * 1000 / peak:.0f}%) | {setup[name]:.1f} |")
+                  f"{rate:.0f} ({100 * rate / peak:.0f}%) | {setup[name]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -75,11 +75,11 @@ def main() -> None:
     p.add_argument("--precision", default="auto")
     args = p.parse_args()
     device = default_device()
+    precision = resolve_precision(args.precision, device)
     table = {name: [] for name in schemes(args.shift)}
     for run in args.runs:
         model, meta = load(checkpoint=run)
         model = model.to(device).eval()
-        precision = resolve_precision(args.precision, device)
         loader = eval_loader(eval_dataset(meta, args.data, "val"), meta, "center", 1000, device)
         logits, labels = view_logits(model, loader, precision, args.shift)
         for name, weights in schemes(args.shift).items():
@@ -87,7 +87,7 @@ def main() -> None:
             table[name].append([100 * right.float().mean().item(), 100 * right[0::2].float().mean().item(),
                                 100 * right[1::2].float().mean().item()])
         print(f"{run}: {len(labels)} images, {precision.name}", flush=True)
-    print(f"\n| scheme | mean | even images | odd images | per run |\n| --- | ---: | ---: | ---: | --- |")
+    print("\n| scheme | mean | even images | odd images | per run |\n| --- | ---: | ---: | ---: | --- |")
     for name, rows in table.items():
         mean = [statistics.fmean(col) for col in zip(*rows)]
         print(f"| {name} | {mean[0]:.2f} | {mean[1]:.2f} | {mean[2]:.2f} | {' '.join(f'{r[0]:.2f}' for r in rows)} |")

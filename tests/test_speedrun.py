@@ -59,7 +59,8 @@ def test_whitening_eps_floors_the_weakest_directions():
     default, floored = create_model("speedrun_resnet8", widths=(8, 16, 16)), \
         create_model("speedrun_resnet8", widths=(8, 16, 16), whiten_eps=5e-2)
     assert default.config.whiten_eps == 5e-4
-    default.init_from_data(images), floored.init_from_data(images)
+    default.init_from_data(images)
+    floored.init_from_data(images)
     torch.testing.assert_close(floored.conv1.weight, whitening_filters(images, 2, eps=5e-2))
     norms = lambda m: m.conv1.weight[:12].flatten(1).norm(dim=1)  # strongest direction first
     assert norms(floored)[-1] < 0.7 * norms(default)[-1]  # the weakest is damped ...

@@ -231,8 +231,7 @@ class Trainer:
             if why:
                 print(why, file=self.stream)
         if self.compiled:
-            kwargs = compile_kwargs(self.device, self.model, self.precision)
-            self.train_module = torch.compile(self.train_module, **kwargs)
+            self.train_module = torch.compile(self.train_module, **compile_kwargs(self.device, self.model, self.precision))
             self._compile_pending = True
 
     def _setup_loss_and_ema(self) -> None:

@@ -39,7 +39,7 @@ class ResNetConfig:
     pool: str = "avg"  # global pooling before the classifier: avg [ResNet §3.4] or max (the speedruns)
     logit_scale: float = 1.0  # multiplies the logits (airbench: 1/9, a fixed temperature)
     whiten_eps: float = 5e-4  # the whitening stem's eigenvalue floor (airbench's): a patch direction of
-    # variance v is scaled by 1/sqrt(v + eps), so the weakest ones (JPEG's quantised detail) are not blown up
+    # variance v is scaled by 1/sqrt(v + eps), so the weakest ones are not blown up
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
