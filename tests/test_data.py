@@ -26,6 +26,7 @@ from resnet.data import (CifarFormatError, DatasetLayoutError, ImageDecodeError,
 from resnet.data import cifar, memory
 from resnet.data.folder import decode_image, scan
 from resnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_preset, train_preset
+from resnet.errors import ConfigError
 
 RNG = np.random.default_rng(0)
 
@@ -578,6 +579,29 @@ def test_alternating_flips_mirror_each_image_every_other_epoch():
     e0, e1, e2 = mirrored(0), mirrored(1), mirrored(2)
     assert 16 <= sum(e0) <= 48 and all(a != b for a, b in zip(e0, e1)) and e0 == e2
     assert MemoryLoader(x, y, 16, train=False, mean=(0, 0, 0), std=(1,) * 3, flip="alternate").flip is False
+
+
+def test_early_crop_epochs_train_on_unpadded_crops_then_whole_images():
+    """data.early_crop: the first epochs yield side x side crops of the unpadded images at the planned
+    offsets (mirrored where planned, no Cutout); later epochs the padded whole images, with Cutout."""
+    from resnet.data.augment import ImageAugment
+    from resnet.data.erasing import Cutout
+    x, y = _images(24, size=10), torch.arange(24)
+    ld = MemoryLoader(x, y, 8, train=True, mean=(0, 0, 0), std=(1 / 255,) * 3, pad=2, pad_mode="reflect",
+                      flip=True, seed=1, augment=ImageAugment(None, None, Cutout(4, mean=(0, 0, 0))), early_crop=6, early_crop_epochs=2)
+    for epoch in (0, 1):
+        ld.set_epoch(epoch)
+        order, oy, ox, flip, aug = ld.plan()
+        assert aug is None and int(oy.max()) <= 4 and int(ox.max()) <= 4 and len({*oy.tolist()}) > 1
+        seen = torch.cat([xb for xb, _ in ld]).round().to(torch.uint8)
+        for p in range(24):
+            ref = x[order[p], :, oy[p]:oy[p] + 6, ox[p]:ox[p] + 6]
+            assert torch.equal(seen[p], ref.flip(-1) if flip[p] else ref)
+    ld.set_epoch(2)
+    xb, _ = next(iter(ld))
+    assert xb.shape == (8, 3, 10, 10) and ld.plan()[4] is not None  # whole images, Cutout back
+    with pytest.raises(ConfigError, match="data.early_crop must be below the images' 10x10"):
+        MemoryLoader(x, y, 8, train=True, mean=(0, 0, 0), std=(1,) * 3, early_crop=10, early_crop_epochs=1)
 
 
 def test_loader_batches_match_a_per_image_reference():

@@ -12,6 +12,7 @@ from resnet.engine.evaluate import predict_logits
 from resnet.engine.optim import Lookahead, make_optimizer, param_groups, set_lr
 from resnet.engine.precision import Precision
 from resnet.engine.trainer import Trainer, train
+from resnet.errors import ConfigError
 from resnet.models.complexity import train_flops_per_image
 from resnet.models.whitening import init_whitening, patches, whitening_filters
 
@@ -194,6 +195,20 @@ def test_training_flops_are_counted_by_flop_counter():
     # frozen whitening filters get no weight gradient and the image no input gradient
     sr = train_flops_per_image("speedrun_resnet8", args, 32)
     assert sr == pytest.approx(0.7078e9, rel=1e-3)
+
+
+def test_early_crop_epochs_count_their_flops_and_resume_exactly(tiny_folder, tmp_path):
+    """data.early_crop=16 for the first epoch of two: train_pflop counts that epoch at the 16-pixel FLOPs,
+    and a run stopped after it and resumed ends with the weights of an uninterrupted one."""
+    cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "epochs=2", "data.early_crop=16",
+                                           "data.early_crop_epochs=1", "optim.name=sgd", *SMALL])
+    trainer = assert_resume_is_exact(cfg, tmp_path, stop_epoch=1)
+    args = {"num_classes": 3, "in_chans": 3, "widths": [8, 16, 16]}
+    small, whole = (train_flops_per_image("speedrun_resnet8", args, side) for side in (16, 32))
+    assert small < 0.4 * whole
+    assert trainer.train_flops() == pytest.approx((36 // 8) * 8 * (small + whole))
+    with pytest.raises(ConfigError, match="set both or neither"):
+        make_config("cifar10_speedrun", ["data.early_crop=24"])
 
 
 def test_speedrun_recipe_trains_end_to_end(tiny_folder, tmp_path):

@@ -51,6 +51,10 @@ class DataConfig:
     random_erase: float = 0.0  # probability of erasing a box (torchvision --random-erase, timm --reprob)
     erase_mode: str = "const"  # const: the mean colour (torchvision) | pixel: per-pixel noise (timm --remode pixel)
     cutout: int = 0  # side of the square cut out of every image, pixels (DeVries & Taylor 2017: 16 on CIFAR-10)
+    # The first early_crop_epochs train on random early_crop x early_crop crops of the unpadded images (no
+    # padding, no Cutout; in-memory data): cheaper epochs, (early_crop/side)^2 of the compute (0 = off)
+    early_crop: int = 0
+    early_crop_epochs: int = 0
     # Batch mixing (data/mixing.py), as timm's Mixup; label_smoothing applies to the mixed targets
     mixup_alpha: float = 0.0  # timm --mixup, torchvision --mixup-alpha
     cutmix_alpha: float = 0.0  # timm --cutmix, torchvision --cutmix-alpha
@@ -186,6 +190,8 @@ def _check_modern(cfg: TrainConfig) -> None:
         (0 <= d.random_erase <= 1, "data.random_erase must be a probability in [0, 1]"),
         (d.erase_mode in ("const", "pixel"), "data.erase_mode must be const or pixel"),
         (d.cutout >= 0, "data.cutout must be >= 0"),
+        (d.early_crop >= 0 and d.early_crop_epochs >= 0, "data.early_crop and data.early_crop_epochs must be >= 0"),
+        ((d.early_crop > 0) == (d.early_crop_epochs > 0), "data.early_crop and data.early_crop_epochs go together: set both or neither"),
         (d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "data.mixup_alpha and data.cutmix_alpha must be >= 0"),
         (0 <= d.mixup_prob <= 1 and 0 <= d.switch_prob <= 1, "data.mixup_prob and data.switch_prob must be in [0, 1]"),
         (d.repeated_aug >= 1, "data.repeated_aug must be >= 1"),

@@ -407,17 +407,21 @@ def load_image_folder(source: str | Path, split: str | None = "train",
 
 
 # --------------------------------------------------------------------------- batches
-def _crop_nhwc(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, pad: int, mode: str = "zeros") -> torch.Tensor:
+def _crop_nhwc(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, pad: int, mode: str = "zeros",
+               size: int = 0) -> torch.Tensor:
     """Pad a contiguous uint8 B x H x W x C batch by ``pad`` (zeros, or `mode="reflect"`: mirrored
-    about the edge pixels) and crop H x W at per-image offsets (oy, ox) in [0, 2*pad]. One gather of
-    whole crop rows: every row of W pixels is contiguous in the padded batch, so an overlapping
-    strided view lists each possible row."""
-    b, h, w, c = x.shape
-    hp, wp = h + 2 * pad, w + 2 * pad
-    if mode == "reflect":  # two index gathers (uint8 has no reflection-pad kernel)
-        xp = x.index_select(1, _reflect_index(h, pad, x.device)).index_select(2, _reflect_index(w, pad, x.device))
+    about the edge pixels) and crop H x W (``size`` x ``size`` when given) at per-image offsets
+    (oy, ox). One gather of whole crop rows: every row of the crop is contiguous in the padded batch,
+    so an overlapping strided view lists each possible row."""
+    b, hin, win, c = x.shape
+    hp, wp = hin + 2 * pad, win + 2 * pad
+    h, w = (size, size) if size else (hin, win)
+    if not pad:
+        xp = x
+    elif mode == "reflect":  # two index gathers (uint8 has no reflection-pad kernel)
+        xp = x.index_select(1, _reflect_index(hin, pad, x.device)).index_select(2, _reflect_index(win, pad, x.device))
     else:
-        xp = torch.nn.functional.pad(x.view(b, h, w * c), (pad * c, pad * c, pad, pad))
+        xp = torch.nn.functional.pad(x.view(b, hin, win * c), (pad * c, pad * c, pad, pad))
     rows = xp.reshape(-1).as_strided((b * hp * wp - w + 1, w * c), (c, 1))  # row k: W pixels from pixel k
     dev = x.device
     first = (torch.arange(b, device=dev) * hp + oy.to(dev)).view(b, 1) + torch.arange(h, device=dev)
@@ -450,7 +454,8 @@ class MemoryLoader:
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, batch_size: int, train: bool,
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, drop_last: bool | None = None,
                  device: str | torch.device = "cpu", channels_last: bool = True, pad: int = 4,
-                 flip: bool | str = True, augment=None, repeats: int = 1, pad_mode: str = "zeros"):
+                 flip: bool | str = True, augment=None, repeats: int = 1, pad_mode: str = "zeros",
+                 early_crop: int = 0, early_crop_epochs: int = 0):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {images_u8.dtype} "
                              f"{tuple(images_u8.shape)}")
@@ -473,7 +478,12 @@ class MemoryLoader:
         self.pad_mode = pad_mode
         # after crop and flip: a policy, erasing, Cutout (data/augment.py); repeated augmentation (data/sampling.py)
         self.augment, self.repeats = (augment, repeats) if train else (None, 1)
-        _, c, _, w = images_u8.shape
+        _, c, h, w = images_u8.shape
+        if early_crop and not 1 <= early_crop < min(h, w):
+            raise ConfigError(f"data.early_crop must be below the images' {h}x{w}, got {early_crop}")
+        # The first early_crop_epochs train on random early_crop-pixel crops of the unpadded images (no
+        # padding, no Cutout): epochs that cost (early_crop/side)^2 as much compute (data.early_crop).
+        self.early_crop, self.early_crop_epochs = (early_crop, early_crop_epochs) if train else (0, 0)
         mean_t = torch.as_tensor(mean, dtype=torch.float32)
         std_t = torch.as_tensor(std, dtype=torch.float32)
         if mean_t.numel() != c or std_t.numel() != c:
@@ -490,6 +500,10 @@ class MemoryLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def crop_side(self) -> int:
+        """The side of this epoch's early crops; 0 when it trains on whole (padded) images."""
+        return self.early_crop if self.epoch < self.early_crop_epochs else 0
 
     def __len__(self) -> int:
         n = self.nhwc.shape[0]
@@ -512,8 +526,10 @@ class MemoryLoader:
             return torch.arange(n), z, z, torch.zeros(n, dtype=torch.bool), None
         g = self._generator()
         order = epoch_order(n, g, self.repeats, self.batch_size)
-        oy = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
-        ox = torch.randint(0, 2 * self.pad + 1, (n,), generator=g)
+        side = self.crop_side()
+        span = self.nhwc.shape[1] - side + 1 if side else 2 * self.pad + 1  # offsets of the crop's corner
+        oy = torch.randint(0, span, (n,), generator=g)
+        ox = torch.randint(0, span, (n,), generator=g)
         if self.flip == "alternate":  # a fixed random half of the images mirrored in even epochs, the rest in odd ones
             half = torch.rand(n, generator=epoch_generator(self.seed, -1)) < 0.5
             flip = half[order] ^ bool(self.epoch % 2)
@@ -521,7 +537,7 @@ class MemoryLoader:
             flip = torch.rand(n, generator=g) < 0.5
         else:
             flip = torch.zeros(n, dtype=torch.bool)
-        aug = self.augment.sample(n, g, tuple(self.nhwc.shape[1:3])) if self.augment is not None else None
+        aug = self.augment.sample(n, g, tuple(self.nhwc.shape[1:3])) if self.augment is not None and not side else None
         key = torch.arange(n) // self.batch_size * 2 + (~flip).long()
         group = torch.argsort(key, stable=True)
         return order[group], oy[group], ox[group], flip[group], None if aug is None else slice_params(aug, group)
@@ -531,7 +547,10 @@ class MemoryLoader:
         order, oy, ox, flip, aug = plan
         idx = order[sl]
         x = self.nhwc.index_select(0, idx.to(self.nhwc.device))
-        if self.pad:
+        side = self.crop_side()
+        if side:
+            x = _crop_nhwc(x, oy[sl], ox[sl], 0, size=side)
+        elif self.pad:
             x = _crop_nhwc(x, oy[sl], ox[sl], self.pad, self.pad_mode)
         mirror = flip[sl]
         k = int(mirror.sum())
@@ -551,7 +570,8 @@ class MemoryLoader:
         x = x_nhwc.to(self.device, non_blocking=True)
         if not self.channels_last:
             return torch.addcmul(self._shift, x.permute(0, 3, 1, 2).contiguous(), self._scale)
-        return torch.addcmul(self._shift, x.view(b, h, w * c), self._scale).view(b, h, w, c).permute(0, 3, 1, 2)
+        row = w * c  # the tiled vectors' first W pixels (fewer than the images' for early crops)
+        return torch.addcmul(self._shift[:row], x.view(b, h, row), self._scale[:row]).view(b, h, w, c).permute(0, 3, 1, 2)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         plan = self.plan()

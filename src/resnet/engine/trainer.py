@@ -165,10 +165,14 @@ class Trainer:
         if cfg.data.flip == "alternate" and not isinstance(self.train_data, InMemoryDataset):
             raise ConfigError("data.flip=alternate needs images held in memory (CIFAR-sized); streamed images "
                               "flip at random: use data.flip=true")
+        if cfg.data.early_crop and not isinstance(self.train_data, InMemoryDataset):
+            raise ConfigError("data.early_crop needs images held in memory (CIFAR-sized); streamed images: "
+                              "set data.image_size instead")
+        early = {"early_crop": cfg.data.early_crop, "early_crop_epochs": cfg.data.early_crop_epochs} if cfg.data.early_crop else {}
         self.train_loader = self.train_data.loader(cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device,
                                                    channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip,
                                                    augment=augment, repeats=cfg.data.repeated_aug,
-                                                   pad_mode=cfg.data.pad_mode)
+                                                   pad_mode=cfg.data.pad_mode, **early)
         self.train_loader = distributed.shard_loader(self.train_loader, self.dist)  # this rank's slice of each batch
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
@@ -187,6 +191,8 @@ class Trainer:
             self.model.init_from_data(next(iter(self.train_data.loader(
                 5000, train=False, device=self.device, channels_last=cfg.channels_last)))[0])
         self._flops_per_image = train_flops_per_image(cfg.model, args, input_size(self.train_data))
+        self._early_flops_per_image = (train_flops_per_image(cfg.model, args, cfg.data.early_crop)
+                                       if cfg.data.early_crop else self._flops_per_image)
         self.train_module = distributed.wrap_model(self.model, self.dist, self.device, cfg.sync_bn)
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.scaler = self.precision.grad_scaler()
@@ -382,8 +388,9 @@ class Trainer:
     def train_flops(self) -> float:
         """Training compute so far, all processes: FlopCounterMode's count of the forward and backward
         passes (machine-independent), with what the optimizer computes itself (Muon's Newton-Schulz)."""
-        return self.step * (self.cfg.data.batch_size * self._flops_per_image
-                            + getattr(self.optimizer, "flops_per_step", 0))
+        early = min(self.step, self.cfg.data.early_crop_epochs * len(self.train_loader))  # steps on early crops
+        per_image = early * self._early_flops_per_image + (self.step - early) * self._flops_per_image
+        return self.cfg.data.batch_size * per_image + self.step * getattr(self.optimizer, "flops_per_step", 0)
 
     def _settle(self, totals: "_DeviceTotals") -> None:
         """The device totals into self.partial; a loss that went non-finite since the last check stops here."""
