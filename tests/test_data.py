@@ -581,9 +581,10 @@ def test_alternating_flips_mirror_each_image_every_other_epoch():
     assert MemoryLoader(x, y, 16, train=False, mean=(0, 0, 0), std=(1,) * 3, flip="alternate").flip is False
 
 
-def test_early_crop_epochs_train_on_unpadded_crops_then_whole_images():
+def test_early_crop_and_no_augment_epochs():
     """data.early_crop: the first epochs yield side x side crops of the unpadded images at the planned
-    offsets (mirrored where planned, no Cutout); later epochs the padded whole images, with Cutout."""
+    offsets (mirrored where planned, no Cutout); later epochs the padded whole images, with Cutout, until
+    augment_until (data.no_augment_epochs)."""
     from resnet.data.augment import ImageAugment
     from resnet.data.erasing import Cutout
     x, y = _images(24, size=10), torch.arange(24)
@@ -600,6 +601,10 @@ def test_early_crop_epochs_train_on_unpadded_crops_then_whole_images():
     ld.set_epoch(2)
     xb, _ = next(iter(ld))
     assert xb.shape == (8, 3, 10, 10) and ld.plan()[4] is not None  # whole images, Cutout back
+    ld.augment_until = 3  # data.no_augment_epochs: the epochs from 3 on without Cutout
+    assert ld.plan()[4] is not None
+    ld.set_epoch(3)
+    assert ld.plan()[4] is None
     with pytest.raises(ConfigError, match="data.early_crop must be below the images' 10x10"):
         MemoryLoader(x, y, 8, train=True, mean=(0, 0, 0), std=(1,) * 3, early_crop=10, early_crop_epochs=1)
 

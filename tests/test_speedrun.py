@@ -197,18 +197,25 @@ def test_training_flops_are_counted_by_flop_counter():
     assert sr == pytest.approx(0.7078e9, rel=1e-3)
 
 
-def test_early_crop_epochs_count_their_flops_and_resume_exactly(tiny_folder, tmp_path):
+def test_early_crop_and_no_augment_epochs_reach_the_loader(tiny_folder, tmp_path):
     """data.early_crop=16 for the first epoch of two: train_pflop counts that epoch at the 16-pixel FLOPs,
-    and a run stopped after it and resumed ends with the weights of an uninterrupted one."""
+    and a run stopped after it and resumed ends with the weights of an uninterrupted one;
+    data.no_augment_epochs sets the epoch from which the loader leaves Cutout out."""
     cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "epochs=2", "data.early_crop=16",
                                            "data.early_crop_epochs=1", "optim.name=sgd", *SMALL])
     trainer = assert_resume_is_exact(cfg, tmp_path, stop_epoch=1)
+    assert (trainer.train_loader.early_crop, trainer.train_loader.augment_until) == (16, 2)
     args = {"num_classes": 3, "in_chans": 3, "widths": [8, 16, 16]}
     small, whole = (train_flops_per_image("speedrun_resnet8", args, side) for side in (16, 32))
     assert small < 0.4 * whole
     assert trainer.train_flops() == pytest.approx((36 // 8) * 8 * (small + whole))
     with pytest.raises(ConfigError, match="set both or neither"):
         make_config("cifar10_speedrun", ["data.early_crop=24"])
+    clean_last = Trainer(make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "epochs=2",
+                                                          "data.no_augment_epochs=1", *SMALL]), tmp_path / "clean")
+    assert clean_last.train_loader.augment_until == 1  # Cutout in epoch 0 only
+    with pytest.raises(ConfigError, match=r"data.no_augment_epochs must be in \[0, epochs\]"):
+        make_config("cifar10_speedrun", ["data.no_augment_epochs=19"])
 
 
 def test_speedrun_recipe_trains_end_to_end(tiny_folder, tmp_path):

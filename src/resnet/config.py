@@ -55,6 +55,7 @@ class DataConfig:
     # padding, no Cutout; in-memory data): cheaper epochs, (early_crop/side)^2 of the compute (0 = off)
     early_crop: int = 0
     early_crop_epochs: int = 0
+    no_augment_epochs: int = 0  # the last epochs train without the policy, erasing and Cutout (YOLOX's no_aug_epochs; in-memory data)
     # Batch mixing (data/mixing.py), as timm's Mixup; label_smoothing applies to the mixed targets
     mixup_alpha: float = 0.0  # timm --mixup, torchvision --mixup-alpha
     cutmix_alpha: float = 0.0  # timm --cutmix, torchvision --cutmix-alpha
@@ -192,6 +193,7 @@ def _check_modern(cfg: TrainConfig) -> None:
         (d.cutout >= 0, "data.cutout must be >= 0"),
         (d.early_crop >= 0 and d.early_crop_epochs >= 0, "data.early_crop and data.early_crop_epochs must be >= 0"),
         ((d.early_crop > 0) == (d.early_crop_epochs > 0), "data.early_crop and data.early_crop_epochs go together: set both or neither"),
+        (0 <= d.no_augment_epochs <= cfg.epochs, "data.no_augment_epochs must be in [0, epochs]"),
         (d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "data.mixup_alpha and data.cutmix_alpha must be >= 0"),
         (0 <= d.mixup_prob <= 1 and 0 <= d.switch_prob <= 1, "data.mixup_prob and data.switch_prob must be in [0, 1]"),
         (d.repeated_aug >= 1, "data.repeated_aug must be >= 1"),

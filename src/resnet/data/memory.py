@@ -455,7 +455,7 @@ class MemoryLoader:
                  mean: Sequence[float], std: Sequence[float], seed: int = 0, drop_last: bool | None = None,
                  device: str | torch.device = "cpu", channels_last: bool = True, pad: int = 4,
                  flip: bool | str = True, augment=None, repeats: int = 1, pad_mode: str = "zeros",
-                 early_crop: int = 0, early_crop_epochs: int = 0):
+                 early_crop: int = 0, early_crop_epochs: int = 0, augment_until: int | None = None):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {images_u8.dtype} "
                              f"{tuple(images_u8.shape)}")
@@ -484,6 +484,7 @@ class MemoryLoader:
         # The first early_crop_epochs train on random early_crop-pixel crops of the unpadded images (no
         # padding, no Cutout): epochs that cost (early_crop/side)^2 as much compute (data.early_crop).
         self.early_crop, self.early_crop_epochs = (early_crop, early_crop_epochs) if train else (0, 0)
+        self.augment_until = augment_until  # `augment` in epochs before this one only (None: all; data.no_augment_epochs)
         mean_t = torch.as_tensor(mean, dtype=torch.float32)
         std_t = torch.as_tensor(std, dtype=torch.float32)
         if mean_t.numel() != c or std_t.numel() != c:
@@ -537,7 +538,8 @@ class MemoryLoader:
             flip = torch.rand(n, generator=g) < 0.5
         else:
             flip = torch.zeros(n, dtype=torch.bool)
-        aug = self.augment.sample(n, g, tuple(self.nhwc.shape[1:3])) if self.augment is not None and not side else None
+        augmented = self.augment is not None and not side and (self.augment_until is None or self.epoch < self.augment_until)
+        aug = self.augment.sample(n, g, tuple(self.nhwc.shape[1:3])) if augmented else None
         key = torch.arange(n) // self.batch_size * 2 + (~flip).long()
         group = torch.argsort(key, stable=True)
         return order[group], oy[group], ox[group], flip[group], None if aug is None else slice_params(aug, group)

@@ -168,11 +168,14 @@ class Trainer:
         if cfg.data.early_crop and not isinstance(self.train_data, InMemoryDataset):
             raise ConfigError("data.early_crop needs images held in memory (CIFAR-sized); streamed images: "
                               "set data.image_size instead")
-        early = {"early_crop": cfg.data.early_crop, "early_crop_epochs": cfg.data.early_crop_epochs} if cfg.data.early_crop else {}
+        if cfg.data.no_augment_epochs and not isinstance(self.train_data, InMemoryDataset):
+            raise ConfigError("data.no_augment_epochs needs images held in memory (CIFAR-sized)")
+        schedule = {"early_crop": cfg.data.early_crop, "early_crop_epochs": cfg.data.early_crop_epochs,
+                    "augment_until": cfg.epochs - cfg.data.no_augment_epochs} if isinstance(self.train_data, InMemoryDataset) else {}
         self.train_loader = self.train_data.loader(cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device,
                                                    channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip,
                                                    augment=augment, repeats=cfg.data.repeated_aug,
-                                                   pad_mode=cfg.data.pad_mode, **early)
+                                                   pad_mode=cfg.data.pad_mode, **schedule)
         self.train_loader = distributed.shard_loader(self.train_loader, self.dist)  # this rank's slice of each batch
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
