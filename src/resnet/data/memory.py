@@ -481,8 +481,7 @@ class MemoryLoader:
         _, c, h, w = images_u8.shape
         if early_crop and not 1 <= early_crop < min(h, w):
             raise ConfigError(f"data.early_crop must be below the images' {h}x{w}, got {early_crop}")
-        # The first early_crop_epochs train on random early_crop-pixel crops of the unpadded images (no
-        # padding, no Cutout): epochs that cost (early_crop/side)^2 as much compute (data.early_crop).
+        # data.early_crop: the first early_crop_epochs train on random crops of the unpadded images, no Cutout
         self.early_crop, self.early_crop_epochs = (early_crop, early_crop_epochs) if train else (0, 0)
         self.augment_until = augment_until  # `augment` in epochs before this one only (None: all; data.no_augment_epochs)
         mean_t = torch.as_tensor(mean, dtype=torch.float32)
@@ -527,10 +526,10 @@ class MemoryLoader:
             return torch.arange(n), z, z, torch.zeros(n, dtype=torch.bool), None
         g = self._generator()
         order = epoch_order(n, g, self.repeats, self.batch_size)
-        side = self.crop_side()
-        span = self.nhwc.shape[1] - side + 1 if side else 2 * self.pad + 1  # offsets of the crop's corner
-        oy = torch.randint(0, span, (n,), generator=g)
-        ox = torch.randint(0, span, (n,), generator=g)
+        side, (h, w) = self.crop_side(), self.nhwc.shape[1:3]
+        span_y, span_x = (h - side + 1, w - side + 1) if side else (2 * self.pad + 1,) * 2  # the crop's corners
+        oy = torch.randint(0, span_y, (n,), generator=g)
+        ox = torch.randint(0, span_x, (n,), generator=g)
         if self.flip == "alternate":  # a fixed random half of the images mirrored in even epochs, the rest in odd ones
             half = torch.rand(n, generator=epoch_generator(self.seed, -1)) < 0.5
             flip = half[order] ^ bool(self.epoch % 2)
