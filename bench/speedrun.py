@@ -1,7 +1,7 @@
 """The cifar10_speedrun recipe on the shared CIFAR-10 JPEGs (45k/5k): accuracy against training PFLOP.
 
     .venv/bin/python bench/speedrun.py [--data ../shared/data/cifar10-train-jpg.tar.gz] [--epochs N]
-        [--seeds 1] [--first-seed 0] [--out runs/speedrun] [key=value ...]
+        [--seeds 1] [--first-seed 0] [--out runs/speedrun] [--branch-from DIR] [key=value ...]
 
 Trains the recipe (one run per seed) and prints, per validated epoch, the training compute so far
 (FlopCounterMode's count of the forward and backward passes: the same on every machine), the
@@ -12,6 +12,7 @@ nothing else on the machine for the minutes to mean anything; the PFLOP and accu
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -30,6 +31,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed ... first-seed + seeds - 1")
     p.add_argument("--out", default="runs/speedrun")
+    p.add_argument("--branch-from", metavar="DIR",
+                   help="continue DIR/seedN (a copy of a run stopped after some epoch) with the overrides, into "
+                        "OUT/seedN: a setting that changes only the last epochs costs only those epochs")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
     args = p.parse_args()
     finals = []
@@ -39,7 +43,12 @@ def main() -> None:
             extra.append(f"epochs={args.epochs}")
         cfg = make_config("cifar10_speedrun", extra)
         start = time.perf_counter()
-        trainer = Trainer(cfg, Path(args.out) / f"seed{seed}")
+        run = Path(args.out) / f"seed{seed}"
+        if args.branch_from:
+            if run.exists():
+                sys.exit(f"--branch-from: {run} exists; pick another --out")
+            shutil.copytree(Path(args.branch_from) / f"seed{seed}", run)
+        trainer = Trainer(cfg, run, resume=bool(args.branch_from))
         history = trainer.fit()
         minutes = (time.perf_counter() - start) / 60
         print(f"\ncifar10_speedrun seed {seed}: {cfg.model}, batch {cfg.data.batch_size}, {cfg.epochs} epochs, "
