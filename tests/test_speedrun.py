@@ -216,6 +216,9 @@ def test_early_crop_and_no_augment_epochs_reach_the_loader(tiny_folder, tmp_path
     assert clean_last.train_loader.augment_until == 1  # Cutout in epoch 0 only
     with pytest.raises(ConfigError, match=r"data.no_augment_epochs must be in \[0, epochs\]"):
         make_config("cifar10_speedrun", ["data.no_augment_epochs=19"])
+    with pytest.raises(ConfigError, match="data.early_crop needs images held in memory"):
+        Trainer(make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "data.stream=true", "data.early_crop=16",
+                                                 "data.early_crop_epochs=1", "data.flip=true", *SMALL]), tmp_path / "s")
 
 
 def test_speedrun_recipe_trains_end_to_end(tiny_folder, tmp_path):

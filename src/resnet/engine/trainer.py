@@ -162,16 +162,14 @@ class Trainer:
         self.classes = self.train_data.classes
         self._skipped = list(self.train_data.info.get("skipped", []))  # with data.skip_bad: the images left out
         augment = build_image_augment(cfg.data, self.train_data.mean, self.train_data.std)
-        if cfg.data.flip == "alternate" and not isinstance(self.train_data, InMemoryDataset):
-            raise ConfigError("data.flip=alternate needs images held in memory (CIFAR-sized); streamed images "
-                              "flip at random: use data.flip=true")
-        if cfg.data.early_crop and not isinstance(self.train_data, InMemoryDataset):
-            raise ConfigError("data.early_crop needs images held in memory (CIFAR-sized); streamed images: "
-                              "set data.image_size instead")
-        if cfg.data.no_augment_epochs and not isinstance(self.train_data, InMemoryDataset):
-            raise ConfigError("data.no_augment_epochs needs images held in memory (CIFAR-sized)")
+        in_memory = isinstance(self.train_data, InMemoryDataset)
+        for setting, on, instead in (("data.flip=alternate", cfg.data.flip == "alternate", "use data.flip=true"),
+                                     ("data.early_crop", cfg.data.early_crop > 0, "set data.image_size"),
+                                     ("data.no_augment_epochs", cfg.data.no_augment_epochs > 0, "leave it 0")):
+            if on and not in_memory:
+                raise ConfigError(f"{setting} needs images held in memory (CIFAR-sized); for streamed images {instead}")
         schedule = {"early_crop": cfg.data.early_crop, "early_crop_epochs": cfg.data.early_crop_epochs,
-                    "augment_until": cfg.epochs - cfg.data.no_augment_epochs} if isinstance(self.train_data, InMemoryDataset) else {}
+                    "augment_until": cfg.epochs - cfg.data.no_augment_epochs} if in_memory else {}
         self.train_loader = self.train_data.loader(cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device,
                                                    channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip,
                                                    augment=augment, repeats=cfg.data.repeated_aug,
