@@ -538,7 +538,7 @@ class MemoryLoader:
         else:
             flip = torch.zeros(n, dtype=torch.bool)
         augmented = self.augment is not None and not side and (self.augment_until is None or self.epoch < self.augment_until)
-        aug = self.augment.sample(n, g, tuple(self.nhwc.shape[1:3])) if augmented else None
+        aug = self.augment.sample(n, g, (h, w)) if augmented else None
         key = torch.arange(n) // self.batch_size * 2 + (~flip).long()
         group = torch.argsort(key, stable=True)
         return order[group], oy[group], ox[group], flip[group], None if aug is None else slice_params(aug, group)

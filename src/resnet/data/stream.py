@@ -310,7 +310,7 @@ class StreamingFolder:
         """Training batches (shuffled, augmented, drop_last) or evaluation batches (in order, the test
         preset). `augment` (data/augment.py ImageAugment) runs per image in the workers after crop and
         flip; `repeats` > 1 is repeated augmentation. Keywords of MemoryLoader that do not apply here
-        (pad) are ignored."""
+        (pad, pad_mode, early_crop, augment_until: the Trainer rejects their settings on streamed data) are ignored."""
         if train:
             transform = with_augment(train_transform(self.augment, self.image_size, flip, self.lighting,
                                                      self.interpolation), augment)

@@ -168,12 +168,12 @@ class Trainer:
                                      ("data.no_augment_epochs", cfg.data.no_augment_epochs > 0, "leave it 0")):
             if on and not in_memory:
                 raise ConfigError(f"{setting} needs images held in memory (CIFAR-sized); for streamed images {instead}")
-        schedule = {"early_crop": cfg.data.early_crop, "early_crop_epochs": cfg.data.early_crop_epochs,
-                    "augment_until": cfg.epochs - cfg.data.no_augment_epochs} if in_memory else {}
         self.train_loader = self.train_data.loader(cfg.data.batch_size, train=True, seed=cfg.seed, device=self.device,
                                                    channels_last=cfg.channels_last, pad=cfg.data.pad, flip=cfg.data.flip,
                                                    augment=augment, repeats=cfg.data.repeated_aug,
-                                                   pad_mode=cfg.data.pad_mode, **schedule)
+                                                   pad_mode=cfg.data.pad_mode, early_crop=cfg.data.early_crop,
+                                                   early_crop_epochs=cfg.data.early_crop_epochs,
+                                                   augment_until=cfg.epochs - cfg.data.no_augment_epochs)
         self.train_loader = distributed.shard_loader(self.train_loader, self.dist)  # this rank's slice of each batch
         if len(self.train_loader) == 0:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
