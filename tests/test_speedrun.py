@@ -82,6 +82,24 @@ def test_speedrun_block_freezes_bn_scales_pools_and_adds_its_branch():
     torch.testing.assert_close(model.forward_head(feats), model.fc(feats.amax((2, 3))) / 9)  # max-pool, x 1/9
 
 
+def test_a_later_speedrun_block_in_a_stage_is_a_two_conv_residual_unit_without_the_pool():
+    """layers > 1: Page's ResNet-9 residual layer after the stage's pooling block."""
+    model = create_model("speedrun_resnet8", widths=(8, 16, 16), layers=(1, 1, 2))
+    first, later = model.layer3
+    assert first.pools and isinstance(first.pool, torch.nn.MaxPool2d)
+    assert not later.pools and not any(isinstance(m, torch.nn.MaxPool2d) for m in later.modules())
+    x = torch.randn(2, 16, 3, 3)
+    branch = later.act(later.bn2(later.conv2(later.act(later.bn1(later.conv1(x))))))
+    torch.testing.assert_close(later(x), x + branch)
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 16, 3, 3)  # still 31 -> 15 -> 7 -> 3
+    assert model.config.depth == 2 + 2 * 4 and len(model.state_dict()) > len(create_model(
+        "speedrun_resnet8", widths=(8, 16, 16)).state_dict())
+    base, deeper = (train_flops_per_image("speedrun_resnet8", {"widths": [8, 16, 16], "layers": layers}, 32)
+                    for layers in ([1, 1, 1], [1, 1, 2]))
+    # two more 16-channel 3x3 convs at 3x3, forward and backward (input and weight gradients): 3 x 2 x MACs
+    assert deeper - base == pytest.approx(3 * 2 * 2 * 16 * 16 * 9 * 9, rel=0.02)
+
+
 def test_speedrun_convs_start_as_identity_with_airbench_batchnorm():
     """airbench's dirac init: the first in_channels filters of every block conv pass their input through."""
     model = create_model("speedrun_resnet8", widths=(8, 16, 16))

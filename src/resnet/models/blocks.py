@@ -203,9 +203,9 @@ class SpeedrunBlock(nn.Module):
     """conv3x3-maxpool/2-BN-GELU, then + [conv3x3-BN-GELU] as a residual branch: one stage of the
     CIFAR speedrun ResNets (Page's ResNet-9 "residual layer", hlb-CIFAR10's ConvGroup).
 
-    Every block halves the resolution by its max-pool (`stride` is not used: a speedrun net has one
-    block per stage); the shortcut is the identity around the second conv (the first changes the
-    width). BN scales are frozen at 1 (`frozen_scale_bn`); GELU as airbench."""
+    A stage's first block halves the resolution by its max-pool (whatever `stride`), and its shortcut
+    is the identity around the second conv (the first changes the width). Further blocks in a stage
+    (layers > 1) keep the resolution and add [conv3x3-BN-GELU-conv3x3-BN-GELU] to their input. BN scales are frozen at 1 (`frozen_scale_bn`); GELU as airbench."""
 
     expansion = 1
     has_shortcut = True  # drop_path acts on the branch; the shortcut is always the identity (no option)
@@ -215,8 +215,11 @@ class SpeedrunBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__()
+        # A stage's first block pools (it changes the width, or gets stride 2); a later one (same width,
+        # stride 1: layers > 1) is a residual unit of two convs around the identity, Page's ResNet-9 layer.
+        self.pools = stride != 1 or in_planes != planes
         self.conv1 = conv3x3(in_planes, planes)
-        self.pool = nn.MaxPool2d(2)
+        self.pool = nn.MaxPool2d(2) if self.pools else nn.Identity()
         self.bn1 = frozen_scale_bn(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = frozen_scale_bn(planes)
@@ -224,6 +227,8 @@ class SpeedrunBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.pools:
+            return x + self.drop_path(self.act(self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))))
         x = self.act(self.bn1(self.pool(self.conv1(x))))
         return x + self.drop_path(self.act(self.bn2(self.conv2(x))))
 
