@@ -203,9 +203,11 @@ class SpeedrunBlock(nn.Module):
     """conv3x3-maxpool/2-BN-GELU, then + [conv3x3-BN-GELU] as a residual branch: one stage of the
     CIFAR speedrun ResNets (Page's ResNet-9 "residual layer", hlb-CIFAR10's ConvGroup).
 
-    A stage's first block halves the resolution by its max-pool (whatever `stride`), and its shortcut
-    is the identity around the second conv (the first changes the width). Further blocks in a stage
-    (layers > 1) keep the resolution and add [conv3x3-BN-GELU-conv3x3-BN-GELU] to their input. BN scales are frozen at 1 (`frozen_scale_bn`); GELU as airbench."""
+    A block that changes the width or gets stride 2 (each stage's first in the speedrun nets: the stem
+    is 24 wide) halves the resolution by its max-pool, and its shortcut is the identity around the
+    second conv. Further blocks in a stage (layers > 1: same width, stride 1) keep the resolution and
+    add [conv3x3-BN-GELU-conv3x3-BN-GELU] to their input. BN scales are frozen at 1
+    (`frozen_scale_bn`); GELU as airbench."""
 
     expansion = 1
     has_shortcut = True  # drop_path acts on the branch; the shortcut is always the identity (no option)
