@@ -217,9 +217,7 @@ class SpeedrunBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str | None = "B", drop_path: float = 0.0):
         super().__init__()
-        # A stage's first block pools (it changes the width, or gets stride 2); a later one (same width,
-        # stride 1: layers > 1) is a residual unit of two convs around the identity, Page's ResNet-9 layer.
-        self.pools = stride != 1 or in_planes != planes
+        self.pools = stride != 1 or in_planes != planes  # else the identity can go around both convs
         self.conv1 = conv3x3(in_planes, planes)
         self.pool = nn.MaxPool2d(2) if self.pools else nn.Identity()
         self.bn1 = frozen_scale_bn(planes)
@@ -229,10 +227,8 @@ class SpeedrunBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.pools:
-            return x + self.drop_path(self.act(self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))))
-        x = self.act(self.bn1(self.pool(self.conv1(x))))
-        return x + self.drop_path(self.act(self.bn2(self.conv2(x))))
+        y = self.act(self.bn1(self.pool(self.conv1(x))))
+        return (y if self.pools else x) + self.drop_path(self.act(self.bn2(self.conv2(y))))
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.weight)  # the BN scale is frozen: zero the conv that feeds it instead
