@@ -7,7 +7,9 @@ Rows, all fp32, prepared once, then timed in alternating rounds (so drift on a s
 alike): `eager-fp32` (the model as trained), BN folded + channels_last (eager), inductor with freezing
 (weights prepacked for oneDNN; what `compiled-bf16` runs on a processor without native bf16) with its
 Python and its C++ wrapper, and `onnxruntime`. Prints median latency over rounds and each row's ratio to
-onnxruntime. Random weights with BN statistics re-estimated (speed does not depend on the weights).
+onnxruntime. One more row tries the 1x1 convolutions (ResNet-50's bottleneck convs and projections) as
+packed matrix products over the channels of the channels_last map (`F.linear`, which inductor's freezing
+prepacks for MKL/oneDNN's GEMM) in place of oneDNN's 1x1 convolution kernels. Random weights with BN statistics re-estimated (speed does not depend on the weights).
 Each row's compute rate (the model's FLOPs, FlopCounterMode's count, over its latency) is also given as a
 share of this machine's fp32 matrix-multiply rate (a 4096 x 4096 `torch.mm`, MKL/oneDNN sgemm: about the
 most the cores do in fp32), so the table shows how far from the machine's limit each path runs.
@@ -21,6 +23,8 @@ import warnings
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from resnet.deploy import backends
 from resnet.deploy.benchmark import alternating_latencies, batch_inputs, random_model, with_wrapper
@@ -39,6 +43,32 @@ def sgemm_gflops(n: int = 4096, repeats: int = 5) -> float:
         a @ b
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+class PointwiseAsLinear(nn.Module):
+    """A 1x1 convolution (stride by slicing) as `F.linear` over the channels of a channels_last map: the
+    permutes are views, so the product runs on the map as it lies in memory."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.stride = conv.stride[0]
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1).clone())
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, ::self.stride, ::self.stride]
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+def pointwise_as_linear(model: nn.Module) -> nn.Module:
+    """`model` with every 1x1, unpadded, ungrouped conv replaced by a PointwiseAsLinear (in place)."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.Conv2d) and child.kernel_size == (1, 1) and child.padding == (0, 0) and child.groups == 1:
+            setattr(model, name, PointwiseAsLinear(child))
+        else:
+            pointwise_as_linear(child)
+    return model
 
 
 def compiled_fp32(model, cpp_wrapper: bool):
@@ -62,7 +92,8 @@ def main() -> None:
             "eager-fp32": backends.prepare_inference(model, "eager-fp32"),
             "eager, BN folded, channels_last": lambda x: folded(x.contiguous(memory_format=torch.channels_last)),
             "compiled fp32 (Python wrapper)": compiled_fp32(model, False),
-            "compiled fp32 (C++ wrapper)": compiled_fp32(model, True)}
+            "compiled fp32 (C++ wrapper)": compiled_fp32(model, True),
+            "compiled fp32, 1x1 convs as linear (C++ wrapper)": compiled_fp32(pointwise_as_linear(fold_bn(model)), True)}
     gflop = 2 * measure(model, args.image_size).macs / 1e9  # one image, forward
     peak = sgemm_gflops()
     print(f"{args.model}, {args.image_size}x{args.image_size}, fp32, {torch.get_num_threads()} threads, "
