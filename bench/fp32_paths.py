@@ -102,14 +102,17 @@ def main() -> None:
     for batch in (int(b) for b in args.batch.split(",")):
         x = batch_inputs(images, batch)
         setup, times = alternating_latencies(runs, x, args.rounds)
+        with torch.no_grad():  # each path's logits against the model as trained: a fast wrong path shows here
+            logits = {name: run(x).float() for name, run in runs.items()}
         ref = statistics.median(times["onnxruntime"])
-        print(f"\nbatch {batch}\n| path | ms (median) | range | vs onnxruntime | images/s | GFLOP/s (of sgemm) | first call s |\n"
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"\nbatch {batch}\n| path | ms (median) | range | vs onnxruntime | images/s | GFLOP/s (of sgemm) | first call s "
+              "| max logit diff vs eager-fp32 |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, ts in times.items():
             m = statistics.median(ts)
             rate = gflop * batch / m * 1000  # GFLOP/s
             print(f"| {name} | {m:.2f} | {min(ts):.2f}-{max(ts):.2f} | {m / ref:.2f}x | {1000 * batch / m:.1f} | "
-                  f"{rate:.0f} ({100 * rate / peak:.0f}%) | {setup[name]:.1f} |")
+                  f"{rate:.0f} ({100 * rate / peak:.0f}%) | {setup[name]:.1f} | "
+                  f"{(logits[name] - logits['eager-fp32']).abs().max().item():.1e} |")
 
 
 if __name__ == "__main__":
