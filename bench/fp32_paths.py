@@ -9,7 +9,9 @@ alike): `eager-fp32` (the model as trained), BN folded + channels_last (eager), 
 Python and its C++ wrapper, and `onnxruntime`. Prints median latency over rounds and each row's ratio to
 onnxruntime. One more row tries the 1x1 convolutions (ResNet-50's bottleneck convs and projections) as
 packed matrix products over the channels of the channels_last map (`F.linear`, which inductor's freezing
-prepacks for MKL/oneDNN's GEMM) in place of oneDNN's 1x1 convolution kernels. Random weights with BN statistics re-estimated (speed does not depend on the weights).
+prepacks for MKL/oneDNN's GEMM) in place of oneDNN's 1x1 convolution kernels; on the Intel Xeon with AMX it
+was 1.15x slower at batch 16 (README). Random weights with BN statistics re-estimated (speed does not
+depend on the weights); each path's logits are compared with eager-fp32's.
 Each row's compute rate (the model's FLOPs, FlopCounterMode's count, over its latency) is also given as a
 share of this machine's fp32 matrix-multiply rate (a 4096 x 4096 `torch.mm`, MKL/oneDNN sgemm: about the
 most the cores do in fp32), so the table shows how far from the machine's limit each path runs.
