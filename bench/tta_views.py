@@ -1,6 +1,7 @@
 """Which test-time views pay on trained runs' hold-outs (issue 17: the speedrun's TTA).
 
     .venv/bin/python bench/tta_views.py RUN [RUN ...] [--data ../shared/data/cifar10-train-jpg.tar.gz] [--shift 2]
+        [--ensemble]
 
 Each run's last weights score its own hold-out (a run's validation images follow its seed) under every
 view a `--shift` pixel translation (reflect-padded) and a mirror can give; the schemes below are
@@ -8,6 +9,8 @@ weighted means of those views' logits, so one pass over the views scores them al
 per scheme: mean over runs, over the even and the odd images (a scheme chosen on one half should
 also win on the other), and per run. `level 2 (recipe)` is what the recipes' `tta_flip` + `tta_shift: 1` do
 (airbench's level 2): its column must equal the runs' recorded validation accuracy.
+`--ensemble`: the runs share one hold-out (the same `data.split_seed`); also score the mean of their
+logits under each scheme, an ensemble whose training compute is the runs' together.
 """
 from __future__ import annotations
 
@@ -23,9 +26,10 @@ from resnet.serve.evaluate import eval_dataset, eval_loader
 from resnet.serve.load import load
 
 
-def view_logits(model, loader, precision, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of every (dy, dx, mirror) view, dy and dx in -shift..shift: views x images x classes."""
-    outs, labels = [], []
+def view_logits(model, loader, precision, shift: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits of every (dy, dx, mirror) view, dy and dx in -shift..shift: views x images x classes; the
+    labels; and each image's pixel sum (which identifies the hold-out when runs are compared)."""
+    outs, labels, sums = [], [], []
     with torch.no_grad(), precision.autocast():
         for x, y in loader:
             h, w = x.shape[-2:]
@@ -37,7 +41,8 @@ def view_logits(model, loader, precision, shift: int) -> tuple[torch.Tensor, tor
                     views += [model(v).float(), model(torch.flip(v, dims=[3])).float()]
             outs.append(torch.stack(views))
             labels.append(y)
-    return torch.cat(outs, 1), torch.cat(labels)
+            sums.append(x.float().flatten(1).sum(1).cpu())
+    return torch.cat(outs, 1), torch.cat(labels), torch.cat(sums)
 
 
 def schemes(shift: int) -> dict[str, dict[tuple[int, int], float]]:
@@ -73,17 +78,27 @@ def main() -> None:
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10-train-jpg.tar.gz"))
     p.add_argument("--shift", type=int, default=2, help="largest translation, pixels")
     p.add_argument("--precision", default="auto")
+    p.add_argument("--ensemble", action="store_true", help="also score the mean of the runs' logits (one shared hold-out)")
     args = p.parse_args()
     device = default_device()
     precision = resolve_precision(args.precision, device)
     table = {name: [] for name in schemes(args.shift)}
+    members, holdout = {name: [] for name in schemes(args.shift)}, None
     for run in args.runs:
         model, meta = load(checkpoint=run)
         model = model.to(device).eval()
         loader = eval_loader(eval_dataset(meta, args.data, "val"), meta, "center", 1000, device)
-        logits, labels = view_logits(model, loader, precision, args.shift)
+        logits, labels, sums = view_logits(model, loader, precision, args.shift)
+        if args.ensemble:
+            if holdout is not None and not (torch.equal(labels, holdout[0]) and torch.allclose(sums, holdout[1])):
+                raise SystemExit(f"--ensemble: {run} validates on other images than {args.runs[0]}; "
+                                 "train the members with the same data.split_seed")
+            holdout = (labels, sums)
         for name, weights in schemes(args.shift).items():
-            right = (combine(logits, weights, args.shift, name != "image alone").argmax(1) == labels.to(logits.device))
+            combined = combine(logits, weights, args.shift, name != "image alone")
+            if args.ensemble:
+                members[name].append(combined)
+            right = (combined.argmax(1) == labels.to(logits.device))
             table[name].append([100 * right.float().mean().item(), 100 * right[0::2].float().mean().item(),
                                 100 * right[1::2].float().mean().item()])
         print(f"{run}: {len(labels)} images, {precision.name}", flush=True)
@@ -91,6 +106,12 @@ def main() -> None:
     for name, rows in table.items():
         mean = [statistics.fmean(col) for col in zip(*rows)]
         print(f"| {name} | {mean[0]:.2f} | {mean[1]:.2f} | {mean[2]:.2f} | {' '.join(f'{r[0]:.2f}' for r in rows)} |")
+    if args.ensemble:
+        labels = holdout[0]
+        print(f"\n| scheme | ensemble of the {len(args.runs)} runs (mean of logits) |\n| --- | ---: |")
+        for name, logits in members.items():
+            right = torch.stack(logits).mean(0).argmax(1) == labels.to(logits[0].device)
+            print(f"| {name} | {100 * right.float().mean().item():.2f} |")
 
 
 if __name__ == "__main__":
