@@ -98,7 +98,7 @@ def main() -> None:
             combined = combine(logits, weights, args.shift, name != "image alone")
             if args.ensemble:
                 members[name].append(combined)
-            right = (combined.argmax(1) == labels.to(logits.device))
+            right = combined.argmax(1) == labels.to(logits.device)
             table[name].append([100 * right.float().mean().item(), 100 * right[0::2].float().mean().item(),
                                 100 * right[1::2].float().mean().item()])
         print(f"{run}: {len(labels)} images, {precision.name}", flush=True)
