@@ -155,3 +155,14 @@ def test_gradient_accumulation_adds_up_to_the_whole_batch(tiny_folder, tmp_path)
     (l1, w1), (l2, w2) = results
     assert torch.allclose(l1, l2, atol=1e-6)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+def test_whitening_bias_freezes_on_two_processes(tiny_folder, tmp_path):
+    """The speedrun recipe with whiten_bias_epochs=1 of 2: after the freeze the DDP wrapper is rebuilt
+    (its reducer would otherwise wait for the bias's gradient) and the run matches one process's."""
+    small = [f"data.path={tiny_folder}", "epochs=2", "whiten_bias_epochs=1", "model_args.widths=[8,16,16]",
+             "data.batch_size=8", "data.val_size=12", "data.eval_batch_size=12", "precision=fp32", "compile=false",
+             "checkpoint_minutes=0", "sync_bn=true", "lookahead_decay=0", "optim.name=sgd", "optim.lr=0.01"]
+    _torchrun(["--recipe", "cifar10_speedrun", "--out", str(tmp_path / "ddp"), *small], tmp_path)
+    train(make_config("cifar10_speedrun", small), tmp_path / "one")
+    _close(tmp_path / "ddp", tmp_path / "one", atol=1e-4)

@@ -239,6 +239,28 @@ def test_early_crop_and_no_augment_epochs_reach_the_loader(tiny_folder, tmp_path
                                                  "data.early_crop_epochs=1", "data.flip=true", *SMALL]), tmp_path / "s")
 
 
+def test_whitening_bias_freezes_after_its_epochs_and_stops_the_first_input_gradient(tiny_folder, tmp_path):
+    """whiten_bias_epochs=1 of 3: the stem's bias moves in epoch 1 only; the later epochs skip the first
+    block's input gradient (exactly its forward FLOPs), which train_pflop counts; a run stopped after
+    epoch 2 and resumed ends with the weights of an uninterrupted one."""
+    args = {"num_classes": 3, "in_chans": 3, "widths": [8, 16, 16]}
+    trains, frozen = (train_flops_per_image("speedrun_resnet8", args, 32, bias) for bias in (True, False))
+    assert trains - frozen == 2 * 9 * 24 * 8 * 31 * 31  # the 24 -> 8 conv at 31 x 31 after the 2x2 stem
+    cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "epochs=3", "whiten_bias_epochs=1", *SMALL])
+    biases = []
+    trainer = Trainer(cfg, tmp_path / "run", callbacks=[lambda record, t: biases.append(t.model.conv1.bias.detach().clone())])
+    start = trainer.model.conv1.bias.detach().clone()
+    trainer.fit()
+    assert not torch.equal(start, biases[0])  # trained in epoch 1
+    assert torch.equal(biases[0], biases[1]) and torch.equal(biases[1], biases[2])  # frozen after
+    steps = 36 // 8
+    assert trainer.train_flops() == pytest.approx(steps * 8 * (trains + 2 * frozen) + 3 * steps * trainer.optimizer.flops_per_step)
+    assert_resume_is_exact(cfg, tmp_path / "resume", stop_epoch=2)
+    with pytest.raises(ConfigError, match="needs a network with a whitening stem"):
+        Trainer(make_config(None, [f"data.path={tiny_folder}", "whiten_bias_epochs=3", "model_args.widths=[4,8,8]",
+                                   "model_args.stem_width=4", "data.batch_size=8"]), tmp_path / "r20")
+
+
 def test_speedrun_recipe_trains_end_to_end(tiny_folder, tmp_path):
     cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "epochs=2", "lookahead_start=0.5", *SMALL])
     assert cfg.model == "speedrun_resnet8" and cfg.optim.bias_lr_scale == 64 and cfg.tta_shift == 1

@@ -126,6 +126,10 @@ class TrainConfig:
     lookahead_decay: float = 0.0
     lookahead_every: int = 5
     lookahead_start: float = 3.0
+    # a whitening stem's bias trains for this many epochs, then freezes (airbench's whiten_bias_train_steps:
+    # 3 epochs); the first block's input gradient is then no longer computed (3.8% of the speedrun net's
+    # training FLOPs). 0 = it trains the whole run
+    whiten_bias_epochs: int = 0
     ema_adjust: bool = False  # torchvision's EMA: decay for the global batch, ema_steps, epochs; a copy during warm-up
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -152,6 +156,7 @@ class TrainConfig:
                             (0 <= self.lookahead_decay < 1, "lookahead_decay must be in [0, 1)"),
                             (self.lookahead_every >= 1, "lookahead_every must be >= 1"),
                             (self.lookahead_start >= 0, "lookahead_start must be >= 0 epochs"),
+                            (self.whiten_bias_epochs >= 0, "whiten_bias_epochs must be >= 0"),
                             (self.data.flip in (True, False, "alternate"), "data.flip must be true, false or alternate"),
                             (self.data.pad_mode in ("zeros", "reflect"), "data.pad_mode must be zeros or reflect"),
                             (self.data.augment in ("paper", "rrc"), "data.augment must be paper or rrc"),

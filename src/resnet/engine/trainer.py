@@ -191,9 +191,10 @@ class Trainer:
         elif not resume and getattr(self.model, "needs_data_init", False):  # the whitening stem
             self.model.init_from_data(next(iter(self.train_data.loader(
                 5000, train=False, device=self.device, channels_last=cfg.channels_last)))[0])
-        self._flops_per_image = train_flops_per_image(cfg.model, args, input_size(self.train_data))
-        self._early_flops_per_image = (train_flops_per_image(cfg.model, args, cfg.data.early_crop)
-                                       if cfg.data.early_crop else self._flops_per_image)
+        if cfg.whiten_bias_epochs and not getattr(self.model, "needs_data_init", False):
+            raise ConfigError(f"whiten_bias_epochs={cfg.whiten_bias_epochs} needs a network with a whitening stem "
+                              f"(stem=whiten, e.g. speedrun_resnet8); {cfg.model} has none: set whiten_bias_epochs=0")
+        self._flop_cache: dict[tuple[int, bool], float] = {}
         self.train_module = distributed.wrap_model(self.model, self.dist, self.device, cfg.sync_bn)
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.scaler = self.precision.grad_scaler()
@@ -327,6 +328,7 @@ class Trainer:
         that way). On a CPU nothing waits, so there every step's loss is checked before its update."""
         model, opt, cfg, acc = self.model, self.optimizer, self.cfg, self.partial
         model.train()
+        self._set_whiten_bias(self._whiten_bias_trains(self.epoch))
         self.train_loader.set_epoch(self.epoch)
         if acc["batches"] and hasattr(self.train_loader, "skip_batches"):
             self.train_loader.skip_batches(acc["batches"])  # streamed: skip without decoding
@@ -386,11 +388,36 @@ class Trainer:
         print(f"compiled the training step in {seconds:.1f} s (counted in this epoch's time)", file=self.stream)
         note_compile_seconds(self._compile_key, seconds)
 
+    def _whiten_bias_trains(self, epoch: int) -> bool:
+        return not self.cfg.whiten_bias_epochs or epoch < self.cfg.whiten_bias_epochs
+
+    def _set_whiten_bias(self, on: bool) -> None:
+        """Freeze (or, resuming an earlier epoch, train) the whitening stem's bias. Under torchrun the DDP
+        wrapper is rebuilt: its reducer would wait forever for a gradient that no longer comes."""
+        if not self.cfg.whiten_bias_epochs or self.model.conv1.bias.requires_grad == on:
+            return
+        self.model.train_whiten_bias(on)
+        if self.dist.enabled:  # the model's BN is already synchronised where asked: do not convert again
+            self.train_module = distributed.wrap_model(self.model, self.dist, self.device)
+            if self.compiled:
+                self.train_module = torch.compile(self.train_module, **compile_kwargs(self.device, self.model, self.precision))
+
+    def _flops_per_image(self, epoch: int) -> float:
+        """FlopCounterMode's training FLOPs per image in `epoch` (0-based): its crop size (early crops),
+        with or without the whitening bias's gradient."""
+        d = self.cfg.data
+        size = d.early_crop if epoch < d.early_crop_epochs else input_size(self.train_data)
+        key = (size, self._whiten_bias_trains(epoch))
+        if key not in self._flop_cache:
+            self._flop_cache[key] = train_flops_per_image(self.cfg.model, self._model_args, *key)
+        return self._flop_cache[key]
+
     def train_flops(self) -> float:
         """Training compute so far, all processes: FlopCounterMode's count of the forward and backward
         passes (machine-independent), with what the optimizer computes itself (Muon's Newton-Schulz)."""
-        early = min(self.step, self.cfg.data.early_crop_epochs * len(self.train_loader))  # steps on early crops
-        per_image = early * self._early_flops_per_image + (self.step - early) * self._flops_per_image
+        per_epoch = len(self.train_loader)
+        epochs, rest = divmod(self.step, per_epoch)
+        per_image = sum(per_epoch * self._flops_per_image(e) for e in range(epochs)) + rest * self._flops_per_image(epochs)
         return self.cfg.data.batch_size * per_image + self.step * getattr(self.optimizer, "flops_per_step", 0)
 
     def _settle(self, totals: "_DeviceTotals") -> None:

@@ -160,6 +160,13 @@ class ResNet(nn.Module):
         if self.needs_data_init:
             init_whitening(self.conv1, images, self.config.whiten_eps)
 
+    def train_whiten_bias(self, on: bool) -> None:
+        """Train the whitening stem's bias or freeze it (airbench freezes it after 3 epochs): frozen, no
+        gradient flows into the first block's input any more."""
+        if self.config.stem != "whiten":
+            raise ConfigError(f"only a whitening stem has a bias to freeze; this network's stem is {self.config.stem!r}")
+        self.conv1.bias.requires_grad_(on)
+
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
 
