@@ -52,7 +52,7 @@ def main() -> None:
         history = trainer.fit()
         minutes = (time.perf_counter() - start) / 60
         print(f"\ncifar10_speedrun seed {seed}: {cfg.model}, batch {cfg.data.batch_size}, {cfg.epochs} epochs, "
-              f"{trainer.precision.name}, compiled: {trainer.compiled}, {torch.get_num_threads()} threads")
+              f"{trainer.precision.name} (validation {trainer.eval_precision.name}), compiled: {trainer.compiled}, {torch.get_num_threads()} threads")
         print("| epoch | training PFLOP | val accuracy | minutes (training) |\n| ---: | ---: | ---: | ---: |")
         train_min = 0.0
         for r in history:

@@ -1,5 +1,6 @@
 """The cifar10_speedrun recipe's parts: whitening stem, frozen BN scales, bias lr scale, TTA, FLOP count."""
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -8,9 +9,9 @@ from safetensors.torch import load_file
 
 from resnet import create_model
 from resnet.config import make_config
-from resnet.engine.evaluate import predict_logits
+from resnet.engine.evaluate import evaluate, predict_logits
 from resnet.engine.optim import Lookahead, make_optimizer, param_groups, set_lr
-from resnet.engine.precision import Precision
+from resnet.engine.precision import Precision, cpu_supports_bf16
 from resnet.engine.trainer import Trainer, train
 from resnet.errors import ConfigError
 from resnet.models.complexity import train_flops_per_image
@@ -286,3 +287,21 @@ def test_speedrun_recipe_trains_end_to_end(tiny_folder, tmp_path):
     resumed = Trainer(make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "epochs=3", *SMALL]), run,
                       resume=True)
     torch.testing.assert_close(resumed.model.conv1.weight, stem)
+
+
+def test_eval_precision_scores_validation_in_its_own_precision(tiny_folder, tmp_path):
+    """eval_precision=fp32 under bf16 training: validation runs in fp32 (what the speedrun recipe asks:
+    its accuracy is the weights', not bf16's rounding of them); the default validates as it trains."""
+    base = [f"data.path={tiny_folder}", "epochs=1", *[o for o in SMALL if not o.startswith("precision")], "precision=bf16"]
+    with pytest.warns(UserWarning, match="without native bf16") if not cpu_supports_bf16() else nullcontext():
+        same = Trainer(make_config("cifar10_speedrun", [*base, "eval_precision=train"]), tmp_path / "same")
+        fp32 = Trainer(make_config("cifar10_speedrun", [*base, "eval_precision=fp32"]), tmp_path / "fp32")
+    assert (same.precision.name, same.eval_precision.name) == ("bf16", "bf16")
+    assert (fp32.precision.name, fp32.eval_precision.name) == ("bf16", "fp32")
+    fp32.model.load_state_dict(same.model.state_dict())
+    direct = {p: evaluate(same.model, same.val_loader, Precision(p, torch.device("cpu")), 3, True, 1)["loss"]
+              for p in ("bf16", "fp32")}
+    assert direct["bf16"] != direct["fp32"]  # bf16 rounding shows in the loss
+    assert same.validate()["loss"] == direct["bf16"] and fp32.validate()["loss"] == direct["fp32"]
+    with pytest.raises(ConfigError, match="eval_precision must be train or one of auto, bf16, fp32"):
+        make_config("cifar10_speedrun", ["eval_precision=fp16"])

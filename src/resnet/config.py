@@ -103,6 +103,9 @@ class TrainConfig:
     epochs: int = 182  # total epochs; 182 x 352 iterations = the paper's 64k
     seed: int = 0
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    # validation's precision: "train" = the training's, or auto | bf16 | fp32. Training compute budgets
+    # (the speedrun's PFLOP) do not count it; fp32 scores the weights themselves, without bf16's rounding
+    eval_precision: str = "train"
     channels_last: bool = True
     # torch.compile the training step: auto = where a short measured probe (cached per machine, network,
     # batch and precision) says it finishes the run sooner, compile time counted (engine/compile.py)
@@ -140,6 +143,8 @@ class TrainConfig:
                   (self.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
                   (self.optim.lr > 0, "optim.lr must be > 0"), (self.data.val_size >= 0, "data.val_size must be >= 0"),
                   (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
+                  (self.eval_precision == "train" or self.eval_precision in INFERENCE_PRECISIONS,
+                   f"eval_precision must be train or one of {', '.join(INFERENCE_PRECISIONS)}"),
                   (self.schedule.name in ("step", "cosine", "onecycle", "constant"),
                    "schedule.name must be step, cosine, onecycle or constant"),
                   (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),

@@ -153,6 +153,8 @@ class Trainer:
         self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
         self.device = torch.device(device) if device else (self.dist.device or default_device())
         self.precision = resolve_precision(cfg.precision, self.device)
+        self.eval_precision = (self.precision if cfg.eval_precision == "train"
+                               else resolve_precision(cfg.eval_precision, self.device))
         torch.manual_seed(cfg.seed)
         self.train_data, self.val_data = data or split_train_val(cfg)
         if data is None:
@@ -505,7 +507,7 @@ class Trainer:
     def validate(self) -> dict | None:
         if self.val_loader is None or not self.dist.is_main:  # rank 0 validates for all
             return None
-        return evaluate(self.eval_model(), self.val_loader, self.precision, len(self.classes), self.cfg.tta_flip,
+        return evaluate(self.eval_model(), self.val_loader, self.eval_precision, len(self.classes), self.cfg.tta_flip,
                         self.cfg.tta_shift)
 
     def save(self, best: bool = False) -> None:
