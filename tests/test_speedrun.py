@@ -290,8 +290,8 @@ def test_speedrun_recipe_trains_end_to_end(tiny_folder, tmp_path):
 
 
 def test_eval_precision_scores_validation_in_its_own_precision(tiny_folder, tmp_path):
-    """eval_precision=fp32 under bf16 training: validation runs in fp32 (what the speedrun recipe asks:
-    its accuracy is the weights', not bf16's rounding of them); the default validates as it trains."""
+    """eval_precision=fp32 under bf16 training: validation runs in fp32 (it scores the weights, not bf16's
+    rounding of them); the default validates as it trains."""
     base = [f"data.path={tiny_folder}", "epochs=1", *[o for o in SMALL if not o.startswith("precision")], "precision=bf16"]
     with pytest.warns(UserWarning, match="without native bf16") if not cpu_supports_bf16() else nullcontext():
         same = Trainer(make_config("cifar10_speedrun", [*base, "eval_precision=train"]), tmp_path / "same")
