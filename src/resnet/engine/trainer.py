@@ -241,8 +241,11 @@ class Trainer:
             if why:
                 print(why, file=self.stream)
         if self.compiled:
-            self.train_module = torch.compile(self.train_module, **compile_kwargs(self.device, self.model, self.precision))
+            self._compile_train_module()
             self._compile_pending = True
+
+    def _compile_train_module(self) -> None:
+        self.train_module = torch.compile(self.train_module, **compile_kwargs(self.device, self.model, self.precision))
 
     def _setup_loss_and_ema(self) -> None:
         """The loss, batch mixing (mixup/CutMix) and the EMA the config asks for (engine/losses.py,
@@ -402,7 +405,7 @@ class Trainer:
         if self.dist.enabled:  # the model's BN is already synchronised where asked: do not convert again
             self.train_module = distributed.wrap_model(self.model, self.dist, self.device)
             if self.compiled:
-                self.train_module = torch.compile(self.train_module, **compile_kwargs(self.device, self.model, self.precision))
+                self._compile_train_module()
 
     def _flops_per_image(self, epoch: int) -> float:
         """FlopCounterMode's training FLOPs per image in `epoch` (0-based): its crop size (early crops),
