@@ -55,6 +55,19 @@ def test_muon_groups_take_the_filters_and_leave_the_rest_to_sgd():
     assert opt.flops_per_step == sum(newton_schulz_flops(p.shape) for p in trainable_filters)
 
 
+def test_muon_ns_steps_sets_the_iterations_and_their_flops():
+    model = create_model("speedrun_resnet8", widths=(8, 16, 16))
+    cfg = make_config("cifar10_speedrun", ["optim.muon_ns_steps=5"]).optim
+    opt = make_optimizer(model, cfg)
+    filters = opt.param_groups[0]["params"]
+    assert opt.param_groups[0]["ns_steps"] == 5
+    assert opt.flops_per_step == sum(newton_schulz_flops(p.shape, 5) for p in filters)
+    # five iterations push the singular values closer to one than three
+    g = torch.randn(16, 72, generator=torch.Generator().manual_seed(0))
+    spread = {k: torch.linalg.svdvals(orthogonalize(g, k)).aminmax() for k in (3, 5)}
+    assert spread[5].min > spread[3].min
+
+
 def test_muon_steps_along_the_orthogonalized_momentum_at_fixed_norm_and_sgd_elsewhere():
     torch.manual_seed(0)
     w = torch.nn.Parameter(torch.randn(8, 4, 3, 3) * 5)

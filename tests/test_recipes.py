@@ -122,6 +122,7 @@ def test_bad_recipe_values_name_the_setting(tmp_path):
 
     for override, message in [("optim.name=rmsprop", "optim.name must be sgd, adamw, lamb or muon"),
                               ("optim.muon_momentum=1.0", "optim.muon_momentum in"),
+                              ("optim.muon_ns_steps=0", "optim.muon_ns_steps must be >= 1"),
                               ("loss=focal", "loss must be ce or bce"),
                               ("data.random_erase=1.5", "data.random_erase"),
                               ("schedule.warmup_method=cubic", "schedule.warmup_method"),

@@ -78,6 +78,7 @@ class OptimConfig:
     eps: float = 0.0  # adamw, lamb; 0 = the optimizer's default (adamw 1e-8, lamb 1e-6)
     muon_lr: float = 0.24  # muon: the conv filters' peak lr (airbench94_muon's), shaped by the schedule
     muon_momentum: float = 0.6  # muon: the filters' Nesterov momentum (airbench94_muon's)
+    muon_ns_steps: int = 3  # muon: Newton-Schulz iterations per step (airbench94_muon's 3; Keller Jordan's Muon 5)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ def _check_modern(cfg: TrainConfig) -> None:
         (cfg.ema_steps >= 1, "ema_steps must be >= 1"),
         (o.name in ("sgd", "adamw", "lamb", "muon"), "optim.name must be sgd, adamw, lamb or muon"),
         (o.muon_lr > 0 and 0 <= o.muon_momentum < 1, "optim.muon_lr must be > 0 and optim.muon_momentum in [0, 1)"),
+        (o.muon_ns_steps >= 1, "optim.muon_ns_steps must be >= 1"),
         (len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas must be two numbers in [0, 1)"),
         (o.eps >= 0, "optim.eps must be >= 0"),
         (s.warmup_epochs >= 0, "schedule.warmup_epochs must be >= 0"),

@@ -64,13 +64,14 @@ OPTIMIZERS = {"sgd": _sgd, "adamw": _adamw, "lamb": _lamb, "muon": _muon}
 
 def muon_groups(groups: list[dict], cfg: OptimConfig) -> list[dict]:
     """The conv filters (4-D) out of `groups` into a Muon group of their own: lr `muon_lr` (as an
-    "lr_scale" of the schedule's lr, so the schedule shapes it too), momentum `muon_momentum`, no decay."""
+    "lr_scale" of the schedule's lr, so the schedule shapes it too), momentum `muon_momentum`,
+    `muon_ns_steps` Newton-Schulz iterations, no decay."""
     filters = [p for g in groups for p in g["params"] if p.ndim == 4]
     if not filters:
         raise ValueError("optim.name=muon needs a network with trainable conv filters (Muon takes the 4-D weights)")
     rest = [{**g, "params": [p for p in g["params"] if p.ndim != 4]} for g in groups]
     muon = {"params": filters, "muon": True, "weight_decay": 0.0, "momentum": cfg.muon_momentum,
-            "lr_scale": cfg.muon_lr / cfg.lr}
+            "ns_steps": cfg.muon_ns_steps, "lr_scale": cfg.muon_lr / cfg.lr}
     return [muon] + [g for g in rest if g["params"]]
 
 
