@@ -305,3 +305,61 @@ def test_eval_precision_scores_validation_in_its_own_precision(tiny_folder, tmp_
     assert same.validate()["loss"] == direct["bf16"] and fp32.validate()["loss"] == direct["fp32"]
     with pytest.raises(ConfigError, match="eval_precision must be train or one of auto, bf16, fp32"):
         make_config("cifar10_speedrun", ["eval_precision=fp16"])
+
+
+def _ghost_reference(x, ghost, bias, eps):
+    """Each group of `ghost` images normalised by its own mean and (biased) variance, then shifted."""
+    return torch.cat([(p - p.mean((0, 2, 3), keepdim=True)) / (p.var((0, 2, 3), unbiased=False, keepdim=True) + eps).sqrt()
+                      for p in x.split(ghost)]) + bias.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_ghost_batch_norm_normalises_each_group_and_keeps_the_batch_statistics(channels_last):
+    from resnet.models.layers import GhostBatchNorm2d
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, 5, 5, generator=g) * torch.linspace(0.5, 3, 6).view(1, 6, 1, 1) + 2  # 16 + 16 + 8
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    bn = GhostBatchNorm2d(6, 16, eps=1e-5, momentum=0.4)
+    with torch.no_grad():
+        bn.bias.copy_(torch.arange(6.0))
+    xr = x.clone().requires_grad_(True)
+    x = x.requires_grad_(True)
+    out = bn.train()(x)
+    ref = _ghost_reference(xr, 16, bn.bias.detach(), 1e-5)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    w = torch.randn(out.shape, generator=g)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad, atol=1e-4, rtol=1e-4)  # the gradient flows through each group's statistics
+    # running statistics: the whole batch's, at the BN momentum (what a plain BatchNorm2d would keep)
+    plain = torch.nn.BatchNorm2d(6, eps=1e-5, momentum=0.4).train()
+    plain(x.detach())
+    torch.testing.assert_close(bn.running_mean, plain.running_mean)
+    torch.testing.assert_close(bn.running_var, plain.running_var)
+    assert int(bn.num_batches_tracked) == 1
+    # evaluation: the plain BatchNorm with those statistics
+    plain.bias.data.copy_(bn.bias.data)
+    torch.testing.assert_close(bn.eval()(x.detach()), plain.eval()(x.detach()))
+
+
+def test_ghost_batch_model_arg_keeps_weights_interchangeable():
+    """model_args.ghost_batch swaps every BN for a ghost one: same state dict keys, frozen scales stay
+    frozen, and eval outputs are the plain network's with the same weights; training outputs differ."""
+    plain = create_model("speedrun_resnet8", widths=(8, 16, 16))
+    ghost = create_model("speedrun_resnet8", widths=(8, 16, 16), ghost_batch=4)
+    assert ghost.config.ghost_batch == 4 and "ghost=4" in repr(ghost.layer1[0].bn1)
+    assert plain.state_dict().keys() == ghost.state_dict().keys()
+    assert not ghost.layer1[0].bn1.weight.requires_grad and ghost.layer1[0].bn1.bias.requires_grad
+    ghost.load_state_dict(plain.state_dict())
+    x = torch.randn(16, 3, 32, 32)
+    torch.testing.assert_close(ghost.eval()(x), plain.eval()(x))
+    assert not torch.allclose(ghost.train()(x), plain.train()(x), atol=1e-3)
+    with pytest.raises(ConfigError, match="ghost_batch must be >= 0"):
+        create_model("speedrun_resnet8", ghost_batch=-1)
+
+
+def test_speedrun_recipe_trains_and_resumes_exactly_with_ghost_batch_norm(tiny_folder, tmp_path):
+    cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "model_args.ghost_batch=4", "epochs=3", *SMALL])
+    resumed = assert_resume_is_exact(cfg, tmp_path, stop_epoch=1)
+    assert resumed.model.layer2[0].bn2.ghost == 4

@@ -9,7 +9,7 @@ from torch import nn
 
 from . import hub
 from .blocks import block_class
-from .layers import SHORTCUT_OPTIONS
+from .layers import SHORTCUT_OPTIONS, use_ghost_batch_norm
 from .whitening import init_whitening
 from ..errors import ConfigError
 
@@ -40,6 +40,7 @@ class ResNetConfig:
     logit_scale: float = 1.0  # multiplies the logits (airbench: 1/9, a fixed temperature)
     whiten_eps: float = 5e-4  # the whitening stem's eigenvalue floor (airbench's): a patch direction of
     # variance v is scaled by 1/sqrt(v + eps), so the weakest ones are not blown up
+    ghost_batch: int = 0  # training BN statistics over groups of this many images (ghost batch norm); 0: the batch's
 
     def __post_init__(self):
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
@@ -59,6 +60,8 @@ class ResNetConfig:
             raise ConfigError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.pool not in POOLS:
             raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
+        if self.ghost_batch < 0:
+            raise ConfigError(f"ghost_batch must be >= 0 images (0: off), got {self.ghost_batch}")
         if self.whiten_eps <= 0:
             raise ConfigError(f"whiten_eps must be > 0, got {self.whiten_eps}")
         if self.stem == "whiten" and self.stem_width != 2 * self.in_chans * WHITEN_KERNEL ** 2:
@@ -109,6 +112,8 @@ class ResNet(nn.Module):
         # named avgpool whatever it does: torchvision's module names (it holds no parameters)
         self.avgpool = nn.AdaptiveMaxPool2d(1) if config.pool == "max" else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, config.num_classes) if config.num_classes else nn.Identity()
+        if config.ghost_batch:
+            use_ghost_batch_norm(self, config.ghost_batch)
         self.init_weights()
 
     def _make_stem(self, config: ResNetConfig) -> None:
