@@ -363,3 +363,17 @@ def test_speedrun_recipe_trains_and_resumes_exactly_with_ghost_batch_norm(tiny_f
     cfg = make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "model_args.ghost_batch=4", "epochs=3", *SMALL])
     resumed = assert_resume_is_exact(cfg, tmp_path, stop_epoch=1)
     assert resumed.model.layer2[0].bn2.ghost == 4
+
+
+def test_ghost_batch_norm_folds_like_batch_norm():
+    """BN folding (every inference backend's first step) finds a ghost BN's conv-BN pairs as a plain BN's."""
+    from resnet.deploy.fold import conv_bn_pairs, fold_bn
+    from resnet.models.layers import GhostBatchNorm2d
+    plain = create_model("resnet20", widths=(4, 8, 8), stem_width=4)
+    ghost = create_model("resnet20", widths=(4, 8, 8), stem_width=4, ghost_batch=2)
+    ghost.load_state_dict(plain.state_dict())
+    assert conv_bn_pairs(ghost) == conv_bn_pairs(plain) and len(conv_bn_pairs(ghost)) == 19
+    folded = fold_bn(ghost)
+    assert not any(isinstance(m, GhostBatchNorm2d) for m in folded.modules())
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(folded(x), plain.eval()(x), atol=1e-5, rtol=1e-5)

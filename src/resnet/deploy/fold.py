@@ -12,6 +12,18 @@ import torch
 from torch import nn
 
 
+class _Tracer(torch.fx.Tracer):
+    """fx's tracer, with every BatchNorm2d kind a leaf: a ghost BN (models/layers.py) is a BatchNorm2d
+    subclass from outside torch.nn, which fx would otherwise trace into and the pairs below would miss."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, nn.BatchNorm2d) or super().is_leaf_module(m, qualname)
+
+
+def _trace(model: nn.Module) -> torch.fx.GraphModule:
+    return torch.fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
+
+
 def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv, bn) module names where a BatchNorm2d reads a Conv2d's output and nothing else does.
 
@@ -20,7 +32,7 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     pairs inside pre-activation units (conv1 -> bn2, ...); a BN that precedes its conv (the
     pre-activation BN-ReLU-conv) is left alone, since a ReLU sits between them.
     """
-    graph = torch.fx.symbolic_trace(model).graph
+    graph = _trace(model).graph
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
@@ -77,7 +89,7 @@ def unshare_modules(model: nn.Module) -> torch.fx.GraphModule:
     The blocks reuse one nn.ReLU for both activations (as torchvision's do); PT2E quantizers find
     conv-ReLU patterns by source module, and a module called twice makes one pattern with two
     outputs, which X86InductorQuantizer rejects. Copies of parameter-free modules cost nothing."""
-    gm = torch.fx.symbolic_trace(model)
+    gm = _trace(model)
     seen: set[str] = set()
     for node in gm.graph.nodes:
         if node.op != "call_module":
