@@ -377,3 +377,9 @@ def test_ghost_batch_norm_folds_like_batch_norm():
     assert not any(isinstance(m, GhostBatchNorm2d) for m in folded.modules())
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(folded(x), plain.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_ghost_batch_and_sync_bn_are_refused_together():
+    with pytest.raises(ConfigError, match="sync_bn=true .* model_args.ghost_batch"):
+        make_config("cifar10_speedrun", ["model_args.ghost_batch=32", "sync_bn=true"])
+    assert make_config("cifar10_speedrun", ["model_args.ghost_batch=32"]).model_args["ghost_batch"] == 32

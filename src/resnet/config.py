@@ -163,6 +163,9 @@ class TrainConfig:
                             (self.lookahead_every >= 1, "lookahead_every must be >= 1"),
                             (self.lookahead_start >= 0, "lookahead_start must be >= 0 epochs"),
                             (self.whiten_bias_epochs >= 0, "whiten_bias_epochs must be >= 0"),
+                            (not (self.sync_bn and self.model_args.get("ghost_batch")),
+                             "sync_bn=true normalises over every process's batch, model_args.ghost_batch over small "
+                             "groups: set one of them, not both"),
                             (self.data.flip in (True, False, "alternate"), "data.flip must be true, false or alternate"),
                             (self.data.pad_mode in ("zeros", "reflect"), "data.pad_mode must be zeros or reflect"),
                             (self.data.augment in ("paper", "rrc"), "data.augment must be paper or rrc"),
