@@ -9,12 +9,14 @@ from safetensors.torch import load_file
 
 from resnet import create_model
 from resnet.config import make_config
+from resnet.deploy.fold import conv_bn_pairs, fold_bn
 from resnet.engine.evaluate import evaluate, predict_logits
 from resnet.engine.optim import Lookahead, make_optimizer, param_groups, set_lr
 from resnet.engine.precision import Precision, cpu_supports_bf16
 from resnet.engine.trainer import Trainer, train
 from resnet.errors import ConfigError
 from resnet.models.complexity import train_flops_per_image
+from resnet.models.layers import GhostBatchNorm2d
 from resnet.models.whitening import init_whitening, patches, whitening_filters
 
 CPU = Precision("fp32", torch.device("cpu"))
@@ -315,7 +317,6 @@ def _ghost_reference(x, ghost, bias, eps):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_ghost_batch_norm_normalises_each_group_and_keeps_the_batch_statistics(channels_last):
-    from resnet.models.layers import GhostBatchNorm2d
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 6, 5, 5, generator=g) * torch.linspace(0.5, 3, 6).view(1, 6, 1, 1) + 2  # 16 + 16 + 8
     if channels_last:
@@ -367,8 +368,6 @@ def test_speedrun_recipe_trains_and_resumes_exactly_with_ghost_batch_norm(tiny_f
 
 def test_ghost_batch_norm_folds_like_batch_norm():
     """BN folding (every inference backend's first step) finds a ghost BN's conv-BN pairs as a plain BN's."""
-    from resnet.deploy.fold import conv_bn_pairs, fold_bn
-    from resnet.models.layers import GhostBatchNorm2d
     plain = create_model("resnet20", widths=(4, 8, 8), stem_width=4)
     ghost = create_model("resnet20", widths=(4, 8, 8), stem_width=4, ghost_batch=2)
     ghost.load_state_dict(plain.state_dict())
