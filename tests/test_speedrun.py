@@ -382,3 +382,50 @@ def test_ghost_batch_and_sync_bn_are_refused_together():
     with pytest.raises(ConfigError, match="sync_bn=true .* model_args.ghost_batch"):
         make_config("cifar10_speedrun", ["model_args.ghost_batch=32", "sync_bn=true"])
     assert make_config("cifar10_speedrun", ["model_args.ghost_batch=32"]).model_args["ghost_batch"] == 32
+
+
+def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_path):
+    """select_fraction/select_epochs: in the selecting epochs each step trains on the batch's highest-loss
+    half (ranked by an eval-mode forward that leaves BN's running statistics alone), then on whole batches;
+    the FLOP count adds the ranking forward; the training error is the whole batch's; resume is exact."""
+    over = [f"data.path={tiny_folder}", "epochs=3", *SMALL, "select_fraction=0.5", "select_epochs=2"]
+    trainer = Trainer(make_config("cifar10_speedrun", over), tmp_path / "run")
+    trained, step = [], trainer._train_step
+    x, y = next(iter(trainer.train_loader))
+    stats = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k}
+    assert stats
+
+    def spy(xs, ys, *args):  # what trains, and whether ranking moved BN's running statistics
+        now = trainer.model.state_dict()
+        trained.append((xs.clone(), ys.clone(), all(torch.equal(v, now[k]) for k, v in stats.items())))
+        return step(xs, ys, *args)
+    trainer._train_step = spy
+    with torch.no_grad():
+        losses = F.cross_entropy(trainer.model.eval()(x), y, reduction="none")
+    trainer.model.train()
+    logits, loss, finite = trainer._selective_step(x, y, True)
+    assert finite and logits.shape == (8, 3)
+    assert trained[0][2] and trainer.model.training  # ranking left the running statistics; back in train mode
+    assert not all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in stats.items())  # the training step moved them
+    hard = losses.topk(4).indices.sort().values
+    assert torch.equal(trained[0][0], x[hard]) and torch.equal(trained[0][1], y[hard])  # the 4 highest losses
+    assert trained[0][0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(loss, trainer.criterion(logits, y))  # the whole batch's loss, for the metrics
+    trainer._train_step = step
+
+    full = Trainer(make_config("cifar10_speedrun", over), tmp_path / "run2")
+    sizes, full_step = [], full._train_step
+    full._train_step = lambda xs, *args: sizes.append(len(xs)) or full_step(xs, *args)
+    full.fit()
+    assert sizes == [4] * 8 + [8] * 4  # half batches while selecting (2 epochs of 4 steps), then whole ones
+    args = {"num_classes": 3, "in_chans": 3, "widths": [8, 16, 16]}
+    train_f, fwd_f = (train_flops_per_image("speedrun_resnet8", args, 32, backward=b) for b in (True, False))
+    assert fwd_f < train_f / 2
+    steps = 36 // 8
+    expected = steps * (2 * (8 * fwd_f + 4 * train_f) + 8 * train_f) + 3 * steps * full.optimizer.flops_per_step
+    assert full.train_flops() == pytest.approx(expected)
+    assert_resume_is_exact(make_config("cifar10_speedrun", over), tmp_path / "resume", stop_epoch=1)
+    with pytest.raises(ConfigError, match="select_fraction .below 1. and select_epochs"):
+        make_config("cifar10_speedrun", ["select_fraction=0.5"])
+    with pytest.raises(ConfigError, match="does not combine with data.mixup_alpha"):
+        make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "data.mixup_alpha=0.2"])

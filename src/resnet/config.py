@@ -134,6 +134,12 @@ class TrainConfig:
     # 3 epochs); the first block's input gradient is then no longer computed (3.8% of the speedrun net's
     # training FLOPs). 0 = it trains the whole run
     whiten_bias_epochs: int = 0
+    # selective backprop (Jiang et al. 2019, "Accelerating deep learning by focusing on the biggest losers"):
+    # for the first select_epochs epochs each batch goes through a no-grad forward first (eval mode), and
+    # only its select_fraction with the highest loss is trained on; the training FLOPs count both passes.
+    # select_fraction 1 = off
+    select_fraction: float = 1.0
+    select_epochs: int = 0
     ema_adjust: bool = False  # torchvision's EMA: decay for the global batch, ema_steps, epochs; a copy during warm-up
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -211,6 +217,12 @@ def _check_modern(cfg: TrainConfig) -> None:
         (d.mixup_alpha >= 0 and d.cutmix_alpha >= 0, "data.mixup_alpha and data.cutmix_alpha must be >= 0"),
         (0 <= d.mixup_prob <= 1 and 0 <= d.switch_prob <= 1, "data.mixup_prob and data.switch_prob must be in [0, 1]"),
         (d.repeated_aug >= 1, "data.repeated_aug must be >= 1"),
+        (0 < cfg.select_fraction <= 1, "select_fraction must be in (0, 1]"),
+        (0 <= cfg.select_epochs <= cfg.epochs, "select_epochs must be in [0, epochs]"),
+        ((cfg.select_fraction < 1) == (cfg.select_epochs > 0),
+         "select_fraction (below 1) and select_epochs (above 0) go together: set both or neither"),
+        (cfg.select_fraction == 1 or not (d.mixup_alpha or d.cutmix_alpha),
+         "select_fraction ranks images by their own label's loss: it does not combine with data.mixup_alpha/cutmix_alpha"),
         (cfg.loss in ("ce", "bce"), "loss must be ce or bce"),
         (0 <= cfg.bce_target_thresh < 1, "bce_target_thresh must be in [0, 1)"),
         (cfg.ema_steps >= 1, "ema_steps must be >= 1"),

@@ -355,7 +355,10 @@ class Trainer:
             else:
                 target = y
             first = time.perf_counter()
-            logits, loss, finite = self._train_step(x, y, totals.check_each_step, target)
+            if self._selects(self.epoch):  # (no mixing: the config rejects it with selection)
+                logits, loss, finite = self._selective_step(x, y, totals.check_each_step)
+            else:
+                logits, loss, finite = self._train_step(x, y, totals.check_each_step, target)
             if self._compile_pending:
                 self._compiled_in(time.perf_counter() - first)
             if finite:
@@ -407,23 +410,57 @@ class Trainer:
             if self.compiled:
                 self._compile_train_module()
 
-    def _flops_per_image(self, epoch: int) -> float:
+    def _flops_per_image(self, epoch: int, backward: bool = True) -> float:
         """FlopCounterMode's training FLOPs per image in `epoch` (0-based): its crop size (early crops),
-        with or without the whitening bias's gradient."""
+        with or without the whitening bias's gradient; backward=False: the forward pass alone."""
         d = self.cfg.data
         size = d.early_crop if epoch < d.early_crop_epochs else input_size(self.train_data)
-        key = (size, self._whiten_bias_trains(epoch))
+        key = (size, self._whiten_bias_trains(epoch), backward)
         if key not in self._flop_cache:
             self._flop_cache[key] = train_flops_per_image(self.cfg.model, self._model_args, *key)
         return self._flop_cache[key]
+
+    def _flops_per_batch(self, epoch: int) -> float:
+        """Training FLOPs of one global batch in `epoch`; with selective backprop, the ranking forward of the
+        whole batch and the training step of the part selected."""
+        batch, world = self.cfg.data.batch_size, self.dist.world_size
+        if not self._selects(epoch):
+            return batch * self._flops_per_image(epoch)
+        trained = world * self._selected(batch // world)
+        return batch * self._flops_per_image(epoch, backward=False) + trained * self._flops_per_image(epoch)
 
     def train_flops(self) -> float:
         """Training compute so far, all processes: FlopCounterMode's count of the forward and backward
         passes (machine-independent), with what the optimizer computes itself (Muon's Newton-Schulz)."""
         per_epoch = len(self.train_loader)
         epochs, rest = divmod(self.step, per_epoch)
-        per_image = sum(per_epoch * self._flops_per_image(e) for e in range(epochs)) + rest * self._flops_per_image(epochs)
-        return self.cfg.data.batch_size * per_image + self.step * getattr(self.optimizer, "flops_per_step", 0)
+        flops = sum(per_epoch * self._flops_per_batch(e) for e in range(epochs)) + rest * self._flops_per_batch(epochs)
+        return flops + self.step * getattr(self.optimizer, "flops_per_step", 0)
+
+    def _selects(self, epoch: int) -> bool:
+        return self.cfg.select_fraction < 1 and epoch < self.cfg.select_epochs
+
+    def _selected(self, images: int) -> int:
+        """How many of a batch of `images` selective backprop trains on."""
+        return max(1, round(self.cfg.select_fraction * images))
+
+    def _selective_step(self, x: torch.Tensor, y: torch.Tensor, check: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Selective backprop: a no-grad forward of the whole batch in eval mode (BN's running statistics
+        stay as they are) ranks its images by their own label's cross-entropy; the select_fraction with
+        the highest loss trains. Returns the whole batch's logits and mean loss (so the training error
+        is every image's, not only the hard ones'), and whether the trained part's loss was finite."""
+        self.model.eval()
+        with torch.no_grad(), self.precision.autocast():
+            logits = self.model(x)
+        self.model.train()
+        logits = logits.float()
+        losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        keep = losses.topk(self._selected(len(y))).indices.sort().values  # in batch order
+        xs = x[keep]
+        if self.cfg.channels_last:
+            xs = xs.contiguous(memory_format=torch.channels_last)
+        _, _, finite = self._train_step(xs, y[keep], check)
+        return logits, self.criterion(logits, y).detach(), finite
 
     def _settle(self, totals: "_DeviceTotals") -> None:
         """The device totals into self.partial; a loss that went non-finite since the last check stops here."""

@@ -56,19 +56,25 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def train_flops_per_image(name: str, model_args: dict, image_size: int, whiten_bias: bool = True) -> float:
+def train_flops_per_image(name: str, model_args: dict, image_size: int, whiten_bias: bool = True,
+                          backward: bool = True) -> float:
     """FLOPs of one training step per image: the forward pass and the backward pass as autograd runs it
     (input and weight gradients; frozen weights, like a whitening stem's, get none), convolutions and
     matrix products counted by FlopCounterMode on the meta device (no memory, no compute). Training
     budgets in FLOPs compare across machines, unlike seconds (the speedruns' PFLOP figures).
-    whiten_bias=False: with a whitening stem's bias frozen (`whiten_bias_epochs`)."""
+    whiten_bias=False: with a whitening stem's bias frozen (`whiten_bias_epochs`).
+    backward=False: the forward pass alone, without autograd (selective backprop's ranking pass)."""
     with torch.device("meta"):
-        model = create_model(name, **model_args).train()
+        model = create_model(name, **model_args).train(backward)
     if not whiten_bias:
         model.train_whiten_bias(False)
     in_chans = model_args.get("in_chans", model.config.in_chans)
     x = torch.empty(2, in_chans, image_size, image_size, device="meta")
     counter = FlopCounterMode(display=False, depth=None)
     with counter:
-        model(x).float().sum().backward()
+        if backward:
+            model(x).float().sum().backward()
+        else:
+            with torch.no_grad():
+                model(x)
     return counter.get_total_flops() / 2
