@@ -1,4 +1,5 @@
 """The cifar10_speedrun recipe's parts: whitening stem, frozen BN scales, bias lr scale, TTA, FLOP count."""
+import copy
 import json
 from contextlib import nullcontext
 
@@ -386,7 +387,7 @@ def test_ghost_batch_and_sync_bn_are_refused_together():
 
 def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_path):
     """select_fraction/select_epochs: in the selecting epochs each step trains on the batch's highest-loss
-    half (ranked by an eval-mode forward that leaves BN's running statistics alone), then on whole batches;
+    half (ranked by a no-grad train-mode forward whose running-statistics updates are undone), then on whole batches;
     the FLOP count adds the ranking forward; the training error is the whole batch's; resume is exact."""
     over = [f"data.path={tiny_folder}", "epochs=3", *SMALL, "select_fraction=0.5", "select_epochs=2"]
     trainer = Trainer(make_config("cifar10_speedrun", over), tmp_path / "run")
@@ -401,11 +402,10 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
         return step(xs, ys, *args)
     trainer._train_step = spy
     with torch.no_grad():
-        losses = F.cross_entropy(trainer.model.eval()(x), y, reduction="none")
-    trainer.model.train()
+        losses = F.cross_entropy(copy.deepcopy(trainer.model)(x), y, reduction="none")  # train mode, batch statistics
     logits, loss, finite = trainer._selective_step(x, y, True)
     assert finite and logits.shape == (8, 3)
-    assert trained[0][2] and trainer.model.training  # ranking left the running statistics; back in train mode
+    assert trained[0][2]  # ranking left BN's running statistics as they were
     assert not all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in stats.items())  # the training step moved them
     hard = losses.topk(4).indices.sort().values
     assert torch.equal(trained[0][0], x[hard]) and torch.equal(trained[0][1], y[hard])  # the 4 highest losses

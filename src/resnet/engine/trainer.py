@@ -445,15 +445,18 @@ class Trainer:
         return max(1, round(self.cfg.select_fraction * images))
 
     def _selective_step(self, x: torch.Tensor, y: torch.Tensor, check: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Selective backprop: a no-grad forward of the whole batch in eval mode (BN's running statistics
-        stay as they are) ranks its images by their own label's cross-entropy; the select_fraction with
-        the highest loss trains. Returns the whole batch's logits and mean loss (so the training error
-        is every image's, not only the hard ones'), and whether the trained part's loss was finite."""
-        self.model.eval()
-        with torch.no_grad(), self.precision.autocast():
-            logits = self.model(x)
-        self.model.train()
-        logits = logits.float()
+        """Selective backprop: a no-grad forward of the whole batch as training sees it (BN on the batch's
+        statistics; in eval mode the net errs far more while the rate is high: 47% against 26% at epoch 4
+        of the speedrun) ranks its images by their own label's cross-entropy, and the select_fraction
+        with the highest loss trains. The ranking pass's updates of BN's running statistics are undone.
+        Returns the whole batch's logits and mean loss (so the training error is every image's, not only
+        the hard ones'), and whether the trained part's loss was finite."""
+        buffers = [b.clone() for b in self.model.buffers()]
+        with torch.no_grad():
+            with self.precision.autocast():
+                logits = self.model(x).float()
+            for b, saved in zip(self.model.buffers(), buffers):
+                b.copy_(saved)
         losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
         keep = losses.topk(self._selected(len(y))).indices.sort().values  # in batch order
         xs = x[keep]

@@ -65,7 +65,7 @@ def train_flops_per_image(name: str, model_args: dict, image_size: int, whiten_b
     whiten_bias=False: with a whitening stem's bias frozen (`whiten_bias_epochs`).
     backward=False: the forward pass alone, without autograd (selective backprop's ranking pass)."""
     with torch.device("meta"):
-        model = create_model(name, **model_args).train(backward)
+        model = create_model(name, **model_args).train()
     if not whiten_bias:
         model.train_whiten_bias(False)
     in_chans = model_args.get("in_chans", model.config.in_chans)
