@@ -418,6 +418,12 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
     full._train_step = lambda xs, *args: sizes.append(len(xs)) or full_step(xs, *args)
     full.fit()
     assert sizes == [4] * 8 + [8] * 4  # half batches while selecting (2 epochs of 4 steps), then whole ones
+    later = Trainer(make_config("cifar10_speedrun", [*over[:-1], "select_epochs=1", "select_start=1"]), tmp_path / "run3")
+    sizes.clear()
+    later_step = later._train_step
+    later._train_step = lambda xs, *args: sizes.append(len(xs)) or later_step(xs, *args)
+    later.fit()
+    assert sizes == [8] * 4 + [4] * 4 + [8] * 4  # selecting in the second epoch only
     args = {"num_classes": 3, "in_chans": 3, "widths": [8, 16, 16]}
     train_f, fwd_f = (train_flops_per_image("speedrun_resnet8", args, 32, backward=b) for b in (True, False))
     assert fwd_f < train_f / 2
@@ -427,5 +433,7 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
     assert_resume_is_exact(make_config("cifar10_speedrun", over), tmp_path / "resume", stop_epoch=1)
     with pytest.raises(ConfigError, match="select_fraction .below 1. and select_epochs"):
         make_config("cifar10_speedrun", ["select_fraction=0.5"])
+    with pytest.raises(ConfigError, match="select_start \\+ select_epochs <= epochs"):
+        make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "select_start=17"])
     with pytest.raises(ConfigError, match="does not combine with data.mixup_alpha"):
         make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "data.mixup_alpha=0.2"])

@@ -135,11 +135,12 @@ class TrainConfig:
     # training FLOPs). 0 = it trains the whole run
     whiten_bias_epochs: int = 0
     # selective backprop (Jiang et al. 2019, "Accelerating deep learning by focusing on the biggest losers"):
-    # for the first select_epochs epochs each batch goes through a no-grad forward first (eval mode), and
-    # only its select_fraction with the highest loss is trained on; the training FLOPs count both passes.
-    # select_fraction 1 = off
+    # for select_epochs epochs from epoch select_start (0-based) each batch goes through a no-grad forward
+    # first, and only its select_fraction with the highest loss is trained on; the training FLOPs count
+    # both passes. select_fraction 1 = off
     select_fraction: float = 1.0
     select_epochs: int = 0
+    select_start: int = 0
     ema_adjust: bool = False  # torchvision's EMA: decay for the global batch, ema_steps, epochs; a copy during warm-up
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -218,7 +219,8 @@ def _check_modern(cfg: TrainConfig) -> None:
         (0 <= d.mixup_prob <= 1 and 0 <= d.switch_prob <= 1, "data.mixup_prob and data.switch_prob must be in [0, 1]"),
         (d.repeated_aug >= 1, "data.repeated_aug must be >= 1"),
         (0 < cfg.select_fraction <= 1, "select_fraction must be in (0, 1]"),
-        (0 <= cfg.select_epochs <= cfg.epochs, "select_epochs must be in [0, epochs]"),
+        (cfg.select_start >= 0 and cfg.select_epochs >= 0 and cfg.select_start + cfg.select_epochs <= cfg.epochs,
+         "select_start and select_epochs must be >= 0, with select_start + select_epochs <= epochs"),
         ((cfg.select_fraction < 1) == (cfg.select_epochs > 0),
          "select_fraction (below 1) and select_epochs (above 0) go together: set both or neither"),
         (cfg.select_fraction == 1 or not (d.mixup_alpha or d.cutmix_alpha),

@@ -438,7 +438,8 @@ class Trainer:
         return flops + self.step * getattr(self.optimizer, "flops_per_step", 0)
 
     def _selects(self, epoch: int) -> bool:
-        return self.cfg.select_fraction < 1 and epoch < self.cfg.select_epochs
+        c = self.cfg
+        return c.select_fraction < 1 and c.select_start <= epoch < c.select_start + c.select_epochs
 
     def _selected(self, images: int) -> int:
         """How many of a batch of `images` selective backprop trains on."""
