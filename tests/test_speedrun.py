@@ -14,6 +14,7 @@ from resnet.deploy.fold import conv_bn_pairs, fold_bn
 from resnet.engine.evaluate import evaluate, predict_logits
 from resnet.engine.optim import Lookahead, make_optimizer, param_groups, set_lr
 from resnet.engine.precision import Precision, cpu_supports_bf16
+from resnet.engine.selective import normalising_with, recording_bn_stats
 from resnet.engine.trainer import Trainer, train
 from resnet.errors import ConfigError
 from resnet.models.complexity import train_flops_per_image
@@ -437,3 +438,32 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
         make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "select_start=17"])
     with pytest.raises(ConfigError, match="does not combine with data.mixup_alpha"):
         make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "data.mixup_alpha=0.2"])
+
+
+def test_selective_backprop_can_normalise_with_the_whole_batch(tiny_folder, tmp_path):
+    """select_bn=batch: the ranking pass records each BN's whole-batch statistics (and its running statistics
+    follow them); the trained part is normalised with those, with no running-statistics update of its own."""
+    g = torch.Generator().manual_seed(0)
+    bn = torch.nn.BatchNorm2d(3).train()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, 1.0, -1.0]))
+    x = torch.randn(8, 3, 4, 4, generator=g) * 3 + 1
+    with torch.no_grad(), recording_bn_stats(bn) as stats:
+        whole = bn(x)
+    after_ranking = bn.running_mean.clone()
+    assert not torch.equal(after_ranking, torch.zeros(3))  # the ranking pass updated them, with the whole batch
+    with normalising_with(stats):
+        part = bn(x[:3])
+    torch.testing.assert_close(part, whole[:3])  # the first 3 images normalised as within the whole batch
+    assert torch.equal(bn.running_mean, after_ranking)
+    own = bn(x[:3])  # afterwards: BatchNorm's own forward again, the part's own statistics
+    assert not torch.allclose(own, whole[:3])
+    torch.testing.assert_close(own.mean((0, 2, 3)), bn.bias.detach(), atol=1e-5, rtol=0)
+
+    over = [f"data.path={tiny_folder}", "epochs=2", *SMALL, "select_fraction=0.5", "select_epochs=1", "select_bn=batch"]
+    assert_resume_is_exact(make_config("cifar10_speedrun", over), tmp_path / "resume", stop_epoch=1)
+    with pytest.raises(ConfigError, match="set compile=false"):
+        Trainer(make_config("cifar10_speedrun", [*over, "compile=true"]), tmp_path / "c")
+    with pytest.raises(ConfigError, match="select_bn must be part or batch"):
+        make_config("cifar10_speedrun", ["select_bn=whole"])

@@ -141,6 +141,9 @@ class TrainConfig:
     select_fraction: float = 1.0
     select_epochs: int = 0
     select_start: int = 0
+    # part: the trained part's BN statistics are its own (and the running statistics follow them); batch: the
+    # whole batch's, recorded in the ranking pass (no gradient through them; engine/selective.py)
+    select_bn: str = "part"
     ema_adjust: bool = False  # torchvision's EMA: decay for the global batch, ema_steps, epochs; a copy during warm-up
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -223,6 +226,9 @@ def _check_modern(cfg: TrainConfig) -> None:
          "select_start and select_epochs must be >= 0, with select_start + select_epochs <= epochs"),
         ((cfg.select_fraction < 1) == (cfg.select_epochs > 0),
          "select_fraction (below 1) and select_epochs (above 0) go together: set both or neither"),
+        (cfg.select_bn in ("part", "batch"), "select_bn must be part or batch"),
+        (not (cfg.select_bn == "batch" and cfg.model_args.get("ghost_batch")),
+         "select_bn=batch normalises with the whole batch's statistics, model_args.ghost_batch with groups': set one"),
         (cfg.select_fraction == 1 or not (d.mixup_alpha or d.cutmix_alpha),
          "select_fraction ranks images by their own label's loss: it does not combine with data.mixup_alpha/cutmix_alpha"),
         (cfg.loss in ("ce", "bce"), "loss must be ce or bce"),

@@ -27,6 +27,7 @@ from .logger import MetricsLog, Progress
 from .losses import make_loss
 from .optim import EMA, Lookahead, Schedule, ema_decay, make_optimizer, set_lr
 from .precision import default_device, resolve_precision
+from .selective import normalising_with, recording_bn_stats
 from ..data.augment import build_image_augment
 from ..data.mixing import Mixer
 from ..data.stream import image_channels, input_size, preprocess_meta, streaming_split
@@ -230,6 +231,11 @@ class Trainer:
         (engine/compile.py) and a resumed run keeps the decision it started with, so that its steps are
         the same computation as an uninterrupted run's. The model itself stays eager (evaluation, EMA,
         checkpoints see the one set of weights the compiled module shares)."""
+        if self.cfg.select_bn == "batch" and self.cfg.select_fraction < 1:  # BN's forward is swapped per pass
+            if self.cfg.compile is True:
+                raise ConfigError("select_bn=batch swaps BatchNorm's forward between the ranking and the training "
+                                  "pass, which a compiled step would not follow: set compile=false")
+            return
         if self.cfg.compile == "auto" and self._restored_compiled is not None:
             self.compiled = self._restored_compiled
         else:
@@ -452,18 +458,20 @@ class Trainer:
         with the highest loss trains. The ranking pass's updates of BN's running statistics are undone.
         Returns the whole batch's logits and mean loss (so the training error is every image's, not only
         the hard ones'), and whether the trained part's loss was finite."""
-        buffers = [b.clone() for b in self.model.buffers()]
-        with torch.no_grad():
+        whole = self.cfg.select_bn == "batch"
+        buffers = None if whole else [b.clone() for b in self.model.buffers()]
+        with torch.no_grad(), recording_bn_stats(self.model) as stats:
             with self.precision.autocast():
                 logits = self.model(x).float()
-            for b, saved in zip(self.model.buffers(), buffers):
+            for b, saved in zip(self.model.buffers(), buffers or []):
                 b.copy_(saved)
         losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
         keep = losses.topk(self._selected(len(y))).indices.sort().values  # in batch order
         xs = x[keep]
         if self.cfg.channels_last:
             xs = xs.contiguous(memory_format=torch.channels_last)
-        _, _, finite = self._train_step(xs, y[keep], check)
+        with normalising_with(stats) if whole else contextlib.nullcontext():
+            _, _, finite = self._train_step(xs, y[keep], check)
         return logits, self.criterion(logits, y).detach(), finite
 
     def _settle(self, totals: "_DeviceTotals") -> None:
