@@ -397,15 +397,15 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
     stats = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k}
     assert stats
 
-    def spy(xs, ys, *args):  # what trains, and whether ranking moved BN's running statistics
+    def spy(xs, ys, *args, **kwargs):  # what trains, and whether ranking moved BN's running statistics
         now = trainer.model.state_dict()
         trained.append((xs.clone(), ys.clone(), all(torch.equal(v, now[k]) for k, v in stats.items())))
-        return step(xs, ys, *args)
+        return step(xs, ys, *args, **kwargs)
     trainer._train_step = spy
     with torch.no_grad():
         losses = F.cross_entropy(copy.deepcopy(trainer.model)(x), y, reduction="none")  # train mode, batch statistics
-    logits, loss, finite = trainer._selective_step(x, y, True)
-    assert finite and logits.shape == (8, 3)
+    logits, loss, finite, counted = trainer._selective_step(x, y, True)
+    assert finite and logits.shape == (8, 3) and torch.equal(counted, y)
     assert trained[0][2]  # ranking left BN's running statistics as they were
     assert not all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in stats.items())  # the training step moved them
     hard = losses.topk(4).indices.sort().values
@@ -416,13 +416,13 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
 
     full = Trainer(make_config("cifar10_speedrun", over), tmp_path / "run2")
     sizes, full_step = [], full._train_step
-    full._train_step = lambda xs, *args: sizes.append(len(xs)) or full_step(xs, *args)
+    full._train_step = lambda xs, *args, **kw: sizes.append(len(xs)) or full_step(xs, *args, **kw)
     full.fit()
     assert sizes == [4] * 8 + [8] * 4  # half batches while selecting (2 epochs of 4 steps), then whole ones
     later = Trainer(make_config("cifar10_speedrun", [*over[:-1], "select_epochs=1", "select_start=1"]), tmp_path / "run3")
     sizes.clear()
     later_step = later._train_step
-    later._train_step = lambda xs, *args: sizes.append(len(xs)) or later_step(xs, *args)
+    later._train_step = lambda xs, *args, **kw: sizes.append(len(xs)) or later_step(xs, *args, **kw)
     later.fit()
     assert sizes == [8] * 4 + [4] * 4 + [8] * 4  # selecting in the second epoch only
     args = {"num_classes": 3, "in_chans": 3, "widths": [8, 16, 16]}
@@ -438,6 +438,51 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
         make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "select_start=17"])
     with pytest.raises(ConfigError, match="does not combine with data.mixup_alpha"):
         make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "data.mixup_alpha=0.2"])
+
+
+def test_selective_backprop_can_rank_with_a_proxy_network(tiny_folder, tmp_path):
+    """select_by=proxy (airbench96_faster): a small network of the same family ranks each batch and the network
+    trains on the proxy's highest-loss half (select_loss=batch: at half the part's mean loss); the proxy trains
+    on its part every select_proxy_every steps; the FLOP count adds its forwards and its training steps; the
+    proxy is checkpointed (resume is exact)."""
+    over = [f"data.path={tiny_folder}", "epochs=2", *SMALL, "select_fraction=0.5", "select_epochs=2", "select_by=proxy",
+            "select_proxy_widths=[4,8,8]", "select_proxy_every=2", "select_loss=batch"]
+    trainer = Trainer(make_config("cifar10_speedrun", over), tmp_path / "run")
+    assert trainer.proxy.config.widths == (4, 8, 8)
+    assert trainer.proxy.conv1.weight.abs().sum() > 0  # its whitening stem computed from the data
+    x, y = next(iter(trainer.train_loader))
+    calls, step = [], trainer._train_step
+    trainer._train_step = lambda xs, ys, *a, **kw: calls.append((xs.clone(), kw)) or step(xs, ys, *a, **kw)
+    before = copy.deepcopy(trainer.proxy)
+    with torch.no_grad():
+        hard = F.cross_entropy(copy.deepcopy(trainer.proxy)(x), y, reduction="none").topk(4).indices.sort().values
+    logits, loss, finite, counted = trainer._selective_step(x, y, True)  # step 0: the proxy trains too
+    assert finite and logits.shape == (4, 3)
+    assert torch.equal(calls[0][0], x[hard]) and torch.equal(counted, y[hard]) and calls[0][1]["weight"] == 0.5
+    torch.testing.assert_close(loss, trainer.criterion(logits, y[hard]))  # the part's own mean loss, for the metrics
+    assert not all(torch.equal(a, b) for a, b in zip(before.parameters(), trainer.proxy.parameters()))
+    trainer.step = 1  # not a proxy step: it only ranks
+    params = [p.clone() for p in trainer.proxy.parameters()]
+    trainer._selective_step(x, y, True)
+    assert all(torch.equal(a, b) for a, b in zip(params, trainer.proxy.parameters()))
+
+    full = Trainer(make_config("cifar10_speedrun", over), tmp_path / "run2")
+    full.fit()
+    steps = 36 // 8
+    main_args = {"num_classes": 3, "in_chans": 3, "widths": [8, 16, 16]}
+    proxy_args = {**main_args, "widths": [4, 8, 8]}
+    train_f = train_flops_per_image("speedrun_resnet8", main_args, 32)
+    proxy_fwd, proxy_train = (train_flops_per_image("speedrun_resnet8", proxy_args, 32, backward=b) for b in (False, True))
+    expected = (2 * steps * (8 * proxy_fwd + 4 * train_f + full.optimizer.flops_per_step)
+                + steps * (4 * proxy_train + full.proxy_optimizer.flops_per_step))  # the proxy trains every 2nd step
+    assert full.train_flops() == pytest.approx(expected)
+    assert_resume_is_exact(make_config("cifar10_speedrun", over), tmp_path / "resume", stop_epoch=1)
+    with pytest.raises(ConfigError, match="select_by must be self or proxy"):
+        make_config("cifar10_speedrun", ["select_by=other"])
+    with pytest.raises(ConfigError, match="select_bn=batch reuses the ranking pass"):
+        make_config("cifar10_speedrun", ["select_by=proxy", "select_bn=batch"])
+    with pytest.raises(ConfigError, match="select_loss must be part or batch"):
+        make_config("cifar10_speedrun", ["select_loss=sum"])
 
 
 def test_selective_backprop_can_normalise_with_the_whole_batch(tiny_folder, tmp_path):

@@ -144,6 +144,15 @@ class TrainConfig:
     # part: the trained part's BN statistics are its own (and the running statistics follow them); batch: the
     # whole batch's, recorded in the ranking pass (no gradient through them; engine/selective.py)
     select_bn: str = "part"
+    # what ranks the batch: self (the network's own no-grad forward, 0.35x a training step for the speedrun net)
+    # or proxy (airbench96_faster's: a small network of the same family, widths select_proxy_widths, ranks with
+    # its forward, and every select_proxy_every steps trains on its own highest-loss part)
+    select_by: str = "self"
+    select_proxy_widths: tuple[int, ...] = (32, 64, 64)
+    select_proxy_every: int = 4
+    # the trained part's loss: part = its mean; batch = its sum over the whole batch's size (airbench96_faster's:
+    # the images left out count as zero, instead of the kept ones twice)
+    select_loss: str = "part"
     ema_adjust: bool = False  # torchvision's EMA: decay for the global batch, ema_steps, epochs; a copy during warm-up
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -227,6 +236,12 @@ def _check_modern(cfg: TrainConfig) -> None:
         ((cfg.select_fraction < 1) == (cfg.select_epochs > 0),
          "select_fraction (below 1) and select_epochs (above 0) go together: set both or neither"),
         (cfg.select_bn in ("part", "batch"), "select_bn must be part or batch"),
+        (cfg.select_by in ("self", "proxy"), "select_by must be self or proxy"),
+        (cfg.select_loss in ("part", "batch"), "select_loss must be part or batch"),
+        (cfg.select_proxy_every >= 1 and all(w >= 1 for w in cfg.select_proxy_widths),
+         "select_proxy_every and select_proxy_widths must be >= 1"),
+        (not (cfg.select_by == "proxy" and cfg.select_bn == "batch"),
+         "select_bn=batch reuses the ranking pass's statistics, which with select_by=proxy are the proxy's: set one"),
         (not (cfg.select_bn == "batch" and cfg.model_args.get("ghost_batch")),
          "select_bn=batch normalises with the whole batch's statistics, model_args.ghost_batch with groups': set one"),
         (cfg.select_fraction == 1 or not (d.mixup_alpha or d.cutmix_alpha),

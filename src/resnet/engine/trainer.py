@@ -192,8 +192,8 @@ class Trainer:
         if cfg.weights and not resume and self.dist.is_main:  # DDP copies rank 0's weights to the others
             load_pretrained(self.model, cfg.weights)
         elif not resume and getattr(self.model, "needs_data_init", False):  # the whitening stem
-            self.model.init_from_data(next(iter(self.train_data.loader(
-                5000, train=False, device=self.device, channels_last=cfg.channels_last)))[0])
+            self.model.init_from_data(self._whitening_images())
+        self._setup_proxy(resume)
         if cfg.whiten_bias_epochs and not getattr(self.model, "needs_data_init", False):
             raise ConfigError(f"whiten_bias_epochs={cfg.whiten_bias_epochs} needs a network with a whitening stem "
                               f"(stem=whiten, e.g. speedrun_resnet8); {cfg.model} has none: set whiten_bias_epochs=0")
@@ -225,6 +225,30 @@ class Trainer:
         self._setup_compile()
         if self.dist.is_main:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def _whitening_images(self) -> torch.Tensor:
+        """The first 5,000 training images, normalised: what a whitening stem's filters are computed from."""
+        return next(iter(self.train_data.loader(5000, train=False, device=self.device,
+                                                channels_last=self.cfg.channels_last)))[0]
+
+    def _setup_proxy(self, resume: bool) -> None:
+        """select_by=proxy: the small ranking network (the model's family at select_proxy_widths), its own
+        optimizer (the run's settings, the run's schedule) and, for fp16, its own gradient scaler."""
+        self.proxy = self.proxy_optimizer = self.proxy_scaler = None
+        cfg = self.cfg
+        if cfg.select_fraction == 1 or cfg.select_by != "proxy":
+            return
+        if self.dist.world_size > 1:
+            raise ConfigError("select_by=proxy ranks with a proxy network on one process; under torchrun use "
+                              "select_by=self")
+        self._proxy_args = {**self._model_args, "widths": list(cfg.select_proxy_widths)}
+        self.proxy = create_model(cfg.model, **self._proxy_args).to(self.device)
+        if cfg.channels_last:
+            self.proxy = self.proxy.to(memory_format=torch.channels_last)
+        if not resume and getattr(self.proxy, "needs_data_init", False):
+            self.proxy.init_from_data(self._whitening_images())
+        self.proxy_optimizer = make_optimizer(self.proxy, cfg.optim)
+        self.proxy_scaler = self.precision.grad_scaler()
 
     def _setup_compile(self) -> None:
         """torch.compile the training module if cfg.compile says so; with `auto` a measured probe decides
@@ -290,6 +314,11 @@ class Trainer:
             state["model_raw"] = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.proxy is not None:
+            state["proxy"] = {k: v.detach().cpu() for k, v in self.proxy.state_dict().items()}
+            state["proxy_optimizer"] = self.proxy_optimizer.state_dict()
+            if self.proxy_scaler is not None:
+                state["proxy_scaler"] = self.proxy_scaler.state_dict()
         return state
 
     def _restore(self) -> None:
@@ -308,6 +337,14 @@ class Trainer:
             self.lookahead.load_state_dict(state["lookahead"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self.proxy is not None:
+            if "proxy" not in state:
+                raise CheckpointError(f"--resume {self.run_dir}: that run has no proxy network to continue "
+                                      "select_by=proxy with; start a new run for it")
+            self.proxy.load_state_dict(state["proxy"])
+            self.proxy_optimizer.load_state_dict(state["proxy_optimizer"])
+            if self.proxy_scaler is not None and "proxy_scaler" in state:
+                self.proxy_scaler.load_state_dict(state["proxy_scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history, self.best_val_err = list(state["history"]), float(state["best_val_err"])
         self.partial = {**_fresh_partial(), **state.get("partial", {})}
@@ -362,7 +399,7 @@ class Trainer:
                 target = y
             first = time.perf_counter()
             if self._selects(self.epoch):  # (no mixing: the config rejects it with selection)
-                logits, loss, finite = self._selective_step(x, y, totals.check_each_step)
+                logits, loss, finite, y = self._selective_step(x, y, totals.check_each_step)
             else:
                 logits, loss, finite = self._train_step(x, y, totals.check_each_step, target)
             if self._compile_pending:
@@ -416,32 +453,53 @@ class Trainer:
             if self.compiled:
                 self._compile_train_module()
 
-    def _flops_per_image(self, epoch: int, backward: bool = True) -> float:
+    def _flops_per_image(self, epoch: int, backward: bool = True, proxy: bool = False) -> float:
         """FlopCounterMode's training FLOPs per image in `epoch` (0-based): its crop size (early crops),
-        with or without the whitening bias's gradient; backward=False: the forward pass alone."""
+        with or without the whitening bias's gradient; backward=False: the forward pass alone;
+        proxy=True: those of the ranking proxy (whose whitening bias always trains)."""
         d = self.cfg.data
         size = d.early_crop if epoch < d.early_crop_epochs else input_size(self.train_data)
-        key = (size, self._whiten_bias_trains(epoch), backward)
+        key = (size, proxy or self._whiten_bias_trains(epoch), backward, proxy)
         if key not in self._flop_cache:
-            self._flop_cache[key] = train_flops_per_image(self.cfg.model, self._model_args, *key)
+            args = self._proxy_args if proxy else self._model_args
+            self._flop_cache[key] = train_flops_per_image(self.cfg.model, args, *key[:3])
         return self._flop_cache[key]
 
     def _flops_per_batch(self, epoch: int) -> float:
         """Training FLOPs of one global batch in `epoch`; with selective backprop, the ranking forward of the
-        whole batch and the training step of the part selected."""
+        whole batch (the network's or the proxy's) and the training step of the part selected."""
         batch, world = self.cfg.data.batch_size, self.dist.world_size
         if not self._selects(epoch):
             return batch * self._flops_per_image(epoch)
         trained = world * self._selected(batch // world)
-        return batch * self._flops_per_image(epoch, backward=False) + trained * self._flops_per_image(epoch)
+        ranking = self._flops_per_image(epoch, backward=False, proxy=self.proxy is not None)
+        return batch * ranking + trained * self._flops_per_image(epoch)
 
     def train_flops(self) -> float:
         """Training compute so far, all processes: FlopCounterMode's count of the forward and backward
-        passes (machine-independent), with what the optimizer computes itself (Muon's Newton-Schulz)."""
+        passes (machine-independent), with what the optimizer computes itself (Muon's Newton-Schulz)
+        and the ranking proxy's own training steps."""
         per_epoch = len(self.train_loader)
         epochs, rest = divmod(self.step, per_epoch)
         flops = sum(per_epoch * self._flops_per_batch(e) for e in range(epochs)) + rest * self._flops_per_batch(epochs)
+        flops += sum(n * self._proxy_step_flops(e) for e, n in self._proxy_steps_per_epoch().items())
         return flops + self.step * getattr(self.optimizer, "flops_per_step", 0)
+
+    def _proxy_trains(self, step: int) -> bool:
+        return step % self.cfg.select_proxy_every == 0
+
+    def _proxy_steps_per_epoch(self) -> dict[int, int]:
+        """{epoch: how many of its steps so far trained the proxy} (select_by=proxy)."""
+        if self.proxy is None:
+            return {}
+        per_epoch, c = len(self.train_loader), self.cfg
+        return {e: sum(map(self._proxy_trains, range(e * per_epoch, min(self.step, (e + 1) * per_epoch))))
+                for e in range(c.select_start, c.select_start + c.select_epochs)}
+
+    def _proxy_step_flops(self, epoch: int) -> float:
+        """One training step of the proxy on its selected part, with its optimizer's own computation."""
+        return (self._selected(self.cfg.data.batch_size) * self._flops_per_image(epoch, proxy=True)
+                + getattr(self.proxy_optimizer, "flops_per_step", 0))
 
     def _selects(self, epoch: int) -> bool:
         c = self.cfg
@@ -451,14 +509,22 @@ class Trainer:
         """How many of a batch of `images` selective backprop trains on."""
         return max(1, round(self.cfg.select_fraction * images))
 
-    def _selective_step(self, x: torch.Tensor, y: torch.Tensor, check: bool) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def _selective_step(self, x: torch.Tensor, y: torch.Tensor,
+                        check: bool) -> tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor]:
         """Selective backprop: a no-grad forward of the whole batch as training sees it (BN on the batch's
         statistics; in eval mode the net errs far more while the rate is high: 47% against 26% at epoch 4
         of the speedrun) ranks its images by their own label's cross-entropy, and the select_fraction
         with the highest loss trains. The ranking pass's updates of BN's running statistics are undone; with
         select_bn=batch they stay, and the trained part is normalised with the whole batch's statistics.
         Returns the whole batch's logits and mean loss (so the training error is every image's, not only
-        the hard ones'), and whether the trained part's loss was finite."""
+        the hard ones'), whether the trained part's loss was finite, and the labels the logits are for.
+        With select_by=proxy the proxy ranks instead (`_proxy_selects`), and the logits, loss and labels
+        returned are the trained part's: the network sees no other images."""
+        weight = self.cfg.select_fraction if self.cfg.select_loss == "batch" else 1.0
+        if self.proxy is not None:
+            keep = self._proxy_selects(x, y, weight)
+            logits, loss, finite = self._train_step(self._part(x, keep), y[keep], check, weight=weight)
+            return logits, loss / weight, finite, y[keep]
         whole = self.cfg.select_bn == "batch"
         buffers = None if whole else [b.clone() for b in self.model.buffers()]
         with torch.no_grad(), recording_bn_stats(self.model) if whole else contextlib.nullcontext({}) as stats:
@@ -466,14 +532,42 @@ class Trainer:
                 logits = self.model(x).float()
             for b, saved in zip(self.model.buffers(), buffers or []):
                 b.copy_(saved)
-        losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-        keep = losses.topk(self._selected(len(y))).indices.sort().values  # in batch order
-        xs = x[keep]
-        if self.cfg.channels_last:
-            xs = xs.contiguous(memory_format=torch.channels_last)
+        keep = self._hardest(logits, y)
         with normalising_with(stats) if whole else contextlib.nullcontext():
-            _, _, finite = self._train_step(xs, y[keep], check)
-        return logits, self.criterion(logits, y).detach(), finite
+            _, _, finite = self._train_step(self._part(x, keep), y[keep], check, weight=weight)
+        return logits, self.criterion(logits, y).detach(), finite, y
+
+    def _hardest(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Batch positions of the select_fraction with the highest cross-entropy, in batch order."""
+        losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        return losses.topk(self._selected(len(y))).indices.sort().values
+
+    def _part(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        xs = x[keep]
+        return xs.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else xs
+
+    def _proxy_selects(self, x: torch.Tensor, y: torch.Tensor, weight: float) -> torch.Tensor:
+        """The proxy ranks the batch with a no-grad train-mode forward (its own running statistics follow)
+        and, every select_proxy_every steps, trains on the part it selected, at the schedule's lr (a
+        forward of that part again with autograd: cheaper than a backward through the whole batch)."""
+        proxy, opt = self.proxy, self.proxy_optimizer
+        proxy.train()
+        with torch.no_grad(), self.precision.autocast():
+            keep = self._hardest(proxy(x).float(), y)
+        if self._proxy_trains(self.step):
+            set_lr(opt, self.schedule.lr(self.step))
+            opt.zero_grad(set_to_none=True)
+            with self.precision.autocast():
+                loss = self.criterion(proxy(self._part(x, keep)), y[keep]) * weight
+            if self._finite(loss):
+                if self.proxy_scaler is not None:
+                    self.proxy_scaler.scale(loss).backward()
+                    self.proxy_scaler.step(opt)
+                    self.proxy_scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+        return keep
 
     def _settle(self, totals: "_DeviceTotals") -> None:
         """The device totals into self.partial; a loss that went non-finite since the last check stops here."""
@@ -481,9 +575,9 @@ class Trainer:
         if bad is not None:
             raise self._nonfinite_error(*bad)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, check: bool = True,
-                    target: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """Forward, backward and update on this process's batch: (logits, loss, whether it was finite).
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, check: bool = True, target: torch.Tensor | None = None,
+                    weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """Forward, backward and update on this process's batch: (logits, loss x weight, whether it was finite).
         `target` is what the loss compares with: y itself, or mixed soft targets (B x classes).
         With accum_steps > 1 the batch goes through in chunks whose gradients add up, and DDP
         all-reduces them once, with the last chunk. Every process agrees on skipping a non-finite step.
@@ -501,6 +595,8 @@ class Trainer:
                 with self.precision.autocast():
                     logits = module(xc)
                 part = self.criterion(logits, tc)
+                if weight != 1.0:  # select_loss=batch
+                    part = part * weight
                 if len(chunks) > 1:
                     part = part * (yc.numel() / y.numel())
                     if not last:
