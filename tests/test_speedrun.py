@@ -1,5 +1,6 @@
 """The cifar10_speedrun recipe's parts: whitening stem, frozen BN scales, bias lr scale, TTA, FLOP count."""
 import copy
+import dataclasses
 import json
 from contextlib import nullcontext
 
@@ -476,6 +477,8 @@ def test_selective_backprop_can_rank_with_a_proxy_network(tiny_folder, tmp_path)
     expected = (2 * steps * (8 * proxy_fwd + 4 * train_f + full.optimizer.flops_per_step)
                 + steps * (4 * proxy_train + full.proxy_optimizer.flops_per_step))  # the proxy trains every 2nd step
     assert full.train_flops() == pytest.approx(expected)
+    full.cfg = dataclasses.replace(full.cfg, select_proxy_every=3)  # an interval that crosses the epochs' edges
+    assert full.step == 8 and full._proxy_steps_per_epoch() == {0: 2, 1: 1}  # steps 0 and 3, then 6
     assert_resume_is_exact(make_config("cifar10_speedrun", over), tmp_path / "resume", stop_epoch=1)
     with pytest.raises(ConfigError, match="select_by must be self or proxy"):
         make_config("cifar10_speedrun", ["select_by=other"])

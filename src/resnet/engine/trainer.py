@@ -492,8 +492,12 @@ class Trainer:
         """{epoch: how many of its steps so far trained the proxy} (select_by=proxy)."""
         if self.proxy is None:
             return {}
-        per_epoch, c = len(self.train_loader), self.cfg
-        return {e: sum(map(self._proxy_trains, range(e * per_epoch, min(self.step, (e + 1) * per_epoch))))
+        per_epoch, c, k = len(self.train_loader), self.cfg, self.cfg.select_proxy_every
+
+        def multiples_below(n: int) -> int:  # steps 0..n-1 that _proxy_trains
+            return -(-max(n, 0) // k)
+
+        return {e: max(0, multiples_below(min(self.step, (e + 1) * per_epoch)) - multiples_below(e * per_epoch))
                 for e in range(c.select_start, c.select_start + c.select_epochs)}
 
     def _proxy_step_flops(self, epoch: int) -> float:
