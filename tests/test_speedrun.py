@@ -1,6 +1,7 @@
 """The cifar10_speedrun recipe's parts: whitening stem, frozen BN scales, bias lr scale, TTA, FLOP count."""
 import copy
 import dataclasses
+import io
 import json
 from contextlib import nullcontext
 
@@ -16,7 +17,7 @@ from resnet.engine.evaluate import evaluate, predict_logits
 from resnet.engine.optim import Lookahead, make_optimizer, param_groups, set_lr
 from resnet.engine.precision import Precision, cpu_supports_bf16
 from resnet.engine.selective import normalising_with, recording_bn_stats
-from resnet.engine.trainer import Trainer, train
+from resnet.engine.trainer import NonFiniteLossError, Trainer, train
 from resnet.errors import ConfigError
 from resnet.models.complexity import train_flops_per_image
 from resnet.models.layers import GhostBatchNorm2d
@@ -486,6 +487,28 @@ def test_selective_backprop_can_rank_with_a_proxy_network(tiny_folder, tmp_path)
         make_config("cifar10_speedrun", ["select_by=proxy", "select_bn=batch"])
     with pytest.raises(ConfigError, match="select_loss must be part or batch"):
         make_config("cifar10_speedrun", ["select_loss=sum"])
+
+
+def test_a_nonfinite_proxy_loss_skips_the_proxy_step_only(tiny_folder, tmp_path):
+    """With nonfinite=skip a NaN in the proxy's training loss skips the proxy's update, not the network's step, and
+    is not counted as a skipped training step; with nonfinite=stop the error names the proxy."""
+    over = [f"data.path={tiny_folder}", "epochs=1", *SMALL, "select_fraction=0.5", "select_epochs=1", "select_by=proxy",
+            "select_proxy_widths=[4,8,8]", "select_proxy_every=1"]
+    log = io.StringIO()
+    trainer = Trainer(make_config("cifar10_speedrun", [*over, "nonfinite=skip"]), tmp_path / "skip", stream=log)
+    trainer.proxy.fc.register_forward_hook(lambda m, i, out: out * float("nan"))
+    x, y = next(iter(trainer.train_loader))
+    proxy_before, net_before = copy.deepcopy(trainer.proxy), copy.deepcopy(trainer.model)
+    _, _, finite, _ = trainer._selective_step(x, y, True)
+    assert finite and trainer.partial["skipped"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(proxy_before.parameters(), trainer.proxy.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(net_before.parameters(), trainer.model.parameters()))
+    assert "the proxy's loss is nan; the proxy's step skipped" in log.getvalue()
+
+    stops = Trainer(make_config("cifar10_speedrun", over), tmp_path / "stop", stream=io.StringIO())
+    stops.proxy.fc.register_forward_hook(lambda m, i, out: out * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="the proxy's training loss became nan at step 0"):
+        stops._selective_step(x, y, True)
 
 
 def test_selective_backprop_can_normalise_with_the_whole_batch(tiny_folder, tmp_path):

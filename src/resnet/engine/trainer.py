@@ -563,7 +563,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 loss = self.criterion(proxy(self._part(x, keep)), y[keep]) * weight
-            if self._finite(loss):
+            if self._finite(loss.detach(), whose="the proxy's"):
                 if self.proxy_scaler is not None:
                     self.proxy_scaler.scale(loss).backward()
                     self.proxy_scaler.step(opt)
@@ -612,18 +612,20 @@ class Trainer:
             self._backward_step(part)
         return (outputs[0] if len(outputs) == 1 else torch.cat(outputs)), total, finite
 
-    def _finite(self, loss: torch.Tensor) -> bool:
-        """False (after logging) for a NaN/inf loss the config says to skip; raises when it says to stop."""
+    def _finite(self, loss: torch.Tensor, whose: str = "the") -> bool:
+        """False (after logging) for a NaN/inf loss the config says to skip; raises when it says to stop.
+        `whose` names the network: a skipped proxy step (select_by=proxy) is not a skipped training step."""
         if torch.isfinite(loss):
             return True
         if self.cfg.nonfinite == "skip":
-            self.partial["skipped"] += 1
-            print(f"step {self.step}: loss is {float(loss)}; step skipped (nonfinite=skip)", file=self.stream)
+            self.partial["skipped"] += whose == "the"
+            print(f"step {self.step}: {whose} loss is {float(loss)}; {whose} step skipped (nonfinite=skip)",
+                  file=self.stream)
             return False
-        raise self._nonfinite_error(float(loss), self.step)
+        raise self._nonfinite_error(float(loss), self.step, whose)
 
-    def _nonfinite_error(self, value: float, step: int) -> NonFiniteLossError:
-        return NonFiniteLossError(f"the training loss became {value} at step {step} (epoch {self.epoch + 1}); "
+    def _nonfinite_error(self, value: float, step: int, whose: str = "the") -> NonFiniteLossError:
+        return NonFiniteLossError(f"{whose} training loss became {value} at step {step} (epoch {self.epoch + 1}); "
                                   f"the last good checkpoint is in {self.run_dir}. Lower optim.lr, set optim.grad_clip, "
                                   "or pass nonfinite=skip to skip such steps.")
 
