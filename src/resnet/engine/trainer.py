@@ -495,7 +495,7 @@ class Trainer:
         per_epoch, c, k = len(self.train_loader), self.cfg, self.cfg.select_proxy_every
 
         def multiples_below(n: int) -> int:  # steps 0..n-1 that _proxy_trains
-            return -(-max(n, 0) // k)
+            return -(-n // k)
 
         return {e: max(0, multiples_below(min(self.step, (e + 1) * per_epoch)) - multiples_below(e * per_epoch))
                 for e in range(c.select_start, c.select_start + c.select_epochs)}
@@ -563,7 +563,7 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
             with self.precision.autocast():
                 loss = self.criterion(proxy(self._part(x, keep)), y[keep]) * weight
-            if self._finite(loss.detach(), whose="the proxy's"):
+            if self._finite(loss.detach(), proxy=True):
                 if self.proxy_scaler is not None:
                     self.proxy_scaler.scale(loss).backward()
                     self.proxy_scaler.step(opt)
@@ -612,13 +612,14 @@ class Trainer:
             self._backward_step(part)
         return (outputs[0] if len(outputs) == 1 else torch.cat(outputs)), total, finite
 
-    def _finite(self, loss: torch.Tensor, whose: str = "the") -> bool:
+    def _finite(self, loss: torch.Tensor, proxy: bool = False) -> bool:
         """False (after logging) for a NaN/inf loss the config says to skip; raises when it says to stop.
-        `whose` names the network: a skipped proxy step (select_by=proxy) is not a skipped training step."""
+        A skipped step of the proxy (select_by=proxy) is not a skipped training step."""
         if torch.isfinite(loss):
             return True
+        whose = "the proxy's" if proxy else "the"
         if self.cfg.nonfinite == "skip":
-            self.partial["skipped"] += whose == "the"
+            self.partial["skipped"] += not proxy
             print(f"step {self.step}: {whose} loss is {float(loss)}; {whose} step skipped (nonfinite=skip)",
                   file=self.stream)
             return False
