@@ -138,6 +138,22 @@ def test_probe_compiles_with_the_trainers_arguments():
     assert probe.compiled_s is not None and probe.compiled_s > 0 and probe.compile_s > 0
 
 
+def test_probe_compile_time_does_not_depend_on_the_eager_timing(monkeypatch):
+    """The compilation is the first two compiled calls less two compiled steps: a busy machine that slows
+    the eager timing (here 1000 s a step) must not make it read 0."""
+    real, calls = tc.time_steps, []
+
+    def eager_slow(step, x, y, steps, device):
+        calls.append(step)
+        return 1000.0 if len(calls) <= 2 else real(step, x, y, steps, device)  # the first two time eager
+    monkeypatch.setattr(tc, "time_steps", eager_slow)
+    monkeypatch.setattr(tc, "time_alternating", lambda steps, *a: {"eager": 1000.0, "compiled": 1e-6})
+    start = time.perf_counter()
+    probe = tc.run_probe("resnet20", {"layers": [1, 1, 1], "widths": [4, 8, 8], "stem_width": 4}, 8, CPU, True,
+                         steps=2, run_steps=10 ** 9, compile_guess=1.0)
+    assert len(calls) == 3 and 0 < probe.compile_s < time.perf_counter() - start
+
+
 def test_probe_times_eager_and_compiled_in_turns(monkeypatch):
     """Load that changes during the probe (here: 5x slower from the compilation on) must not decide:
     the compiled step is 10% faster at any load, and the probe has to say so."""
