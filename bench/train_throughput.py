@@ -1,6 +1,7 @@
 """Training throughput of a CIFAR ResNet on this machine: the bare step vs the whole loop.
 
     .venv/bin/python bench/train_throughput.py [--model resnet20] [--steps 60] [--repeats 3] [--device cuda]
+        [--precision auto|bf16|fp32]
 
 Rows: the bare SGD step (forward, backward, update on one pre-made batch; torch.optim.SGD as a user
 writes it) in fp32 NCHW, fp32 channels_last and bf16 autocast + channels_last; the same with the
@@ -100,14 +101,15 @@ def compiled_bare_step(model_name: str, batch: int, steps: int, precision: str, 
     return batch * steps / (time.perf_counter() - start)
 
 
-def whole_loop(model_name: str, batch: int, steps: int, device: str = "cpu", compile: bool = False) -> float:
+def whole_loop(model_name: str, batch: int, steps: int, device: str = "cpu", compile: bool = False,
+               precision: str = "auto") -> float:
     g = torch.Generator().manual_seed(0)
     n = batch * steps
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (n,), generator=g)
     data = InMemoryDataset(images, labels, [str(i) for i in range(10)], (0.5,) * 3, (0.25,) * 3, "random")
     cfg = make_config(None, [f"model={model_name}", "epochs=2", f"data.batch_size={batch}", "data.val_size=0",
-                             f"compile={str(compile).lower()}"])
+                             f"compile={str(compile).lower()}", f"precision={precision}"])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir, data=(data.subset(range(n)), None), stream=io.StringIO(), device=device)
         trainer.train_epoch()  # warm-up epoch: kernel creation (and compilation)
@@ -122,6 +124,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                        help="the loop's and the compared rows' precision (default auto: bf16 where native); fp32 on a "
+                             "bf16 machine measures the path a processor without bf16 takes")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled rows (they compile first)")
     args = parser.parse_args()
     where = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
@@ -129,15 +134,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.device}: {where}")
     m, b, n, d = args.model, args.batch, args.steps, args.device
     dev = torch.device(d)
-    default = resolve_precision("auto", dev).name  # bf16 where native (AMX, GPUs), else fp32 (AVX2)
+    default = resolve_precision(args.precision, dev).name  # auto: bf16 where native (AMX, GPUs), else fp32 (AVX2)
     bare = f"bare step {default} channels_last"
     rows = [("bare step fp32 NCHW", lambda: bare_step(m, b, n, "fp32", False, d)),
             ("bare step fp32 channels_last", lambda: bare_step(m, b, n, "fp32", True, d)),
             ("bare step bf16 channels_last", lambda: bare_step(m, b, n, "bf16", True, d)),
             (f"bare step {default} channels_last, fused SGD", lambda: bare_step(m, b, n, default, True, d, fused=True)),
             (f"bare step {default} compiled", lambda: compiled_bare_step(m, b, n, default, d)),
-            (f"training loop {default} (compile=false)", lambda: whole_loop(m, b, n, d)),
-            (f"training loop {default} (compile=true)", lambda: whole_loop(m, b, n, d, compile=True))]
+            (f"training loop {default} (compile=false)", lambda: whole_loop(m, b, n, d, precision=default)),
+            (f"training loop {default} (compile=true)", lambda: whole_loop(m, b, n, d, True, default))]
     if args.skip_compile:
         rows = [r for r in rows if "compiled" not in r[0] and "compile=true" not in r[0]]
     results = {}
