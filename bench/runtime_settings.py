@@ -1,0 +1,147 @@
+"""Process-wide runtime settings for the CPU training step: the memory allocator, the OpenMP runtime and
+its thread binding (issue 17: "thread and allocator settings"). These must be set before Python starts
+(LD_PRELOAD, OMP_*/KMP_* variables), so each setting runs in a fresh worker process.
+
+    .venv/bin/python bench/runtime_settings.py [--model resnet20] [--batch 128] [--steps 10] [--rounds 3]
+        [--rows eager-bf16,eager-fp32,compiled-bf16] [--lib-dir DIR ...]
+
+Settings (Intel's usual advice for PyTorch on Xeons, as torch.backends.xeon.run_cpu applies it):
+  default     glibc malloc, GNU OpenMP (the one PyTorch's wheel ships), no binding
+  bind        OMP_PROC_BIND=close OMP_PLACES=cores (each OpenMP thread pinned to a core)
+  jemalloc    LD_PRELOAD libjemalloc with run_cpu's MALLOC_CONF
+  tcmalloc    LD_PRELOAD libtcmalloc(_minimal)
+  iomp        LD_PRELOAD Intel's libiomp5 (serves the GOMP calls) with KMP_BLOCKTIME=1 and compact affinity
+  iomp+jemalloc  both
+A library found in none of the searched folders (the venv's lib, /usr/lib/x86_64-linux-gnu, /usr/local/lib,
+--lib-dir) leaves its rows out, saying so. Libraries: `pip install intel-openmp` (libiomp5 into the venv's
+lib), `apt-get install libjemalloc2 libtcmalloc-minimal4` (or `apt-get download` + `dpkg -x` without root).
+Rows: bare ResNet-20 training steps (forward, backward, fused SGD) from engine/compile.py's build_step_fn,
+eager or compiled as the trainer compiles them (inductor's cache makes the later workers' compiles short).
+Each round runs every setting once, in turn, so drift hits all alike; medians over rounds, and each
+setting's ratio to `default` in the same round.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROWS = ("eager-bf16", "eager-fp32", "compiled-bf16", "compiled-fp32")
+MALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000"
+
+
+def find_library(pattern: str, extra_dirs: list[str]) -> str | None:
+    dirs = [*extra_dirs, str(Path(sys.prefix) / "lib"), "/usr/lib/x86_64-linux-gnu", "/usr/local/lib", "/usr/lib"]
+    for d in dirs:
+        hits = sorted(glob.glob(str(Path(d) / pattern)))
+        if hits:
+            return hits[0]
+    return None
+
+
+def settings(extra_dirs: list[str]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """name -> environment additions, and a line for each setting left out."""
+    jemalloc = find_library("libjemalloc.so*", extra_dirs)
+    tcmalloc = find_library("libtcmalloc*.so*", extra_dirs)
+    iomp = find_library("libiomp5.so", extra_dirs)
+    iomp_env = {"KMP_BLOCKTIME": "1", "KMP_AFFINITY": "granularity=fine,compact,1,0"}
+    found = {"default": {}, "bind": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}}
+    missing = []
+    if jemalloc:
+        found["jemalloc"] = {"LD_PRELOAD": jemalloc, "MALLOC_CONF": MALLOC_CONF}
+    else:
+        missing.append("jemalloc: libjemalloc.so not found (apt-get install libjemalloc2, or --lib-dir)")
+    if tcmalloc:
+        found["tcmalloc"] = {"LD_PRELOAD": tcmalloc}
+    else:
+        missing.append("tcmalloc: libtcmalloc*.so not found (apt-get install libtcmalloc-minimal4, or --lib-dir)")
+    if iomp:
+        found["iomp"] = {"LD_PRELOAD": iomp, **iomp_env}
+        if jemalloc:
+            found["iomp+jemalloc"] = {"LD_PRELOAD": f"{iomp}:{jemalloc}", "MALLOC_CONF": MALLOC_CONF, **iomp_env}
+    else:
+        missing.append("iomp: libiomp5.so not found (pip install intel-openmp, or --lib-dir)")
+    return found, missing
+
+
+def worker(args: argparse.Namespace) -> None:
+    """In the worker process: time each row, print {row: images/s} as JSON."""
+    import torch
+
+    from resnet.engine.compile import build_step_fn
+    from resnet.engine.precision import Precision
+
+    out = {}
+    for row in args.rows:
+        kind, precision = row.split("-")
+        torch.manual_seed(0)
+        step = build_step_fn(args.model, Precision(precision, torch.device("cpu")), True,
+                             {} if kind == "compiled" else None)
+        x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (args.batch,))
+        for _ in range(3):  # compile (if any) and build oneDNN's kernels
+            step(x, y)
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step(x, y)
+        out[row] = args.batch * args.steps / (time.perf_counter() - start)
+    print(json.dumps(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", default="eager-bf16,eager-fp32,compiled-bf16")
+    parser.add_argument("--lib-dir", action="append", default=[], help="another folder to look for the libraries in")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.rows = args.rows.split(",")
+    for row in args.rows:
+        if row not in ROWS:
+            parser.error(f"--rows: unknown {row!r}; choose from {', '.join(ROWS)}")
+    if args.worker:
+        return worker(args)
+    found, missing = settings(args.lib_dir)
+    for line in missing:
+        print(f"left out: {line}")
+    command = [sys.executable, __file__, "--worker", "--model", args.model, "--batch", str(args.batch),
+               "--steps", str(args.steps), "--rows", ",".join(args.rows)]
+    rates = {(s, r): [] for s in found for r in args.rows}
+    ratios = {(s, r): [] for s in found for r in args.rows}
+    for _ in range(args.rounds):
+        this = {}
+        for name, env in found.items():
+            done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"setting {name!r}: the worker failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+            this[name] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"  {name}: " + ", ".join(f"{r} {v:,.0f}" for r, v in this[name].items()), file=sys.stderr, flush=True)
+        for name in found:
+            for row in args.rows:
+                rates[(name, row)].append(this[name][row])
+                ratios[(name, row)].append(this[name][row] / this["default"][row])
+    import torch
+    print(f"\n{args.model}, batch {args.batch}, {torch.get_num_threads()} threads, {args.steps} steps x {args.rounds} rounds: "
+          "images/s (median; ratio to default in the same round, median)")
+    width = max(len(n) for n in found) + 2
+    print(f"{'setting':<{width}}" + "".join(f"{r:>24}" for r in args.rows))
+    for name, env in found.items():
+        cells = [f"{statistics.median(rates[(name, r)]):,.0f} ({statistics.median(ratios[(name, r)]):.2f}x)"
+                 for r in args.rows]
+        print(f"{name:<{width}}" + "".join(f"{c:>24}" for c in cells))
+    for name, env in found.items():
+        if env:
+            print(f"  {name}: " + " ".join(f"{k}={v}" for k, v in env.items() if k != "MALLOC_CONF"))
+
+
+if __name__ == "__main__":
+    main()
