@@ -134,7 +134,7 @@ def main() -> None:
           "images/s (median; ratio to default in the same round, median)")
     width = max(len(n) for n in found) + 2
     print(f"{'setting':<{width}}" + "".join(f"{r:>24}" for r in args.rows))
-    for name, env in found.items():
+    for name in found:
         cells = [f"{statistics.median(rates[(name, r)]):,.0f} ({statistics.median(ratios[(name, r)]):.2f}x)"
                  for r in args.rows]
         print(f"{name:<{width}}" + "".join(f"{c:>24}" for c in cells))
