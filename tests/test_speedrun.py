@@ -442,6 +442,24 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
         make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "data.mixup_alpha=0.2"])
 
 
+def test_a_negative_select_epochs_counts_from_the_end(tiny_folder, tmp_path):
+    """select_epochs=-N selects in every epoch from select_start but the last N, whatever epochs is, and in none
+    where that leaves none (no proxy is then built, so the recipe cut short runs anywhere, torchrun included)."""
+    window = lambda *o: make_config("cifar10_speedrun", ["select_fraction=0.5", *o]).select_window
+    assert window("epochs=31", "select_epochs=-3") == range(0, 28)
+    assert window("epochs=10", "select_epochs=-3", "select_start=2") == range(2, 7)
+    assert window("epochs=3", "select_epochs=-3") == range(0) and window("epochs=2", "select_epochs=-3") == range(0)
+    assert window("epochs=5", "select_epochs=2", "select_start=1") == range(1, 3)
+    over = [f"data.path={tiny_folder}", "epochs=3", *SMALL, "select_fraction=0.5", "select_epochs=-1", "select_by=proxy"]
+    tail = Trainer(make_config("cifar10_speedrun", over), tmp_path / "tail")
+    sizes, step = [], tail._train_step
+    tail._train_step = lambda xs, *args, **kw: sizes.append(len(xs)) or step(xs, *args, **kw)
+    tail.fit()
+    assert tail.proxy is not None and sizes == [4] * 8 + [8] * 4  # 2 selecting epochs of 4 steps, then 1 whole
+    short = Trainer(make_config("cifar10_speedrun", [*over[:1], "epochs=1", *over[2:]]), tmp_path / "short")
+    assert short.proxy is None and not short._selects(0)
+
+
 def test_selective_backprop_can_rank_with_a_proxy_network(tiny_folder, tmp_path):
     """select_by=proxy (airbench96_faster): a small network of the same family ranks each batch and the network
     trains on the proxy's highest-loss half (select_loss=batch: at half the part's mean loss); the proxy trains

@@ -137,7 +137,8 @@ class TrainConfig:
     # selective backprop (Jiang et al. 2019, "Accelerating deep learning by focusing on the biggest losers"):
     # for select_epochs epochs from epoch select_start (0-based) each batch goes through a no-grad forward
     # first, and only its select_fraction with the highest loss is trained on; the training FLOPs count
-    # both passes. select_fraction 1 = off
+    # both passes. select_fraction 1 = off. A negative select_epochs counts from the end: -3 = every epoch from
+    # select_start but the last 3 (a recipe's whole-batch tail keeps its length when epochs is overridden)
     select_fraction: float = 1.0
     select_epochs: int = 0
     select_start: int = 0
@@ -196,6 +197,15 @@ class TrainConfig:
         _check_modern(self)
 
     @property
+    def select_window(self) -> range:
+        """The epochs (0-based) in which selective backprop runs; empty when it is off, or when a negative
+        select_epochs leaves no epoch before the tail (e.g. the speedrun recipe cut to 3 epochs)."""
+        if self.select_fraction == 1:
+            return range(0)
+        end = self.select_start + self.select_epochs if self.select_epochs >= 0 else self.epochs + self.select_epochs
+        return range(self.select_start, max(end, self.select_start))
+
+    @property
     def holdout_seed(self) -> int:
         """The seed that picks the validation images (data.split_seed, else the run's seed)."""
         return self.data.split_seed if self.data.split_seed >= 0 else self.seed
@@ -231,10 +241,11 @@ def _check_modern(cfg: TrainConfig) -> None:
         (0 <= d.mixup_prob <= 1 and 0 <= d.switch_prob <= 1, "data.mixup_prob and data.switch_prob must be in [0, 1]"),
         (d.repeated_aug >= 1, "data.repeated_aug must be >= 1"),
         (0 < cfg.select_fraction <= 1, "select_fraction must be in (0, 1]"),
-        (cfg.select_start >= 0 and cfg.select_epochs >= 0 and cfg.select_start + cfg.select_epochs <= cfg.epochs,
-         "select_start and select_epochs must be >= 0, with select_start + select_epochs <= epochs"),
-        ((cfg.select_fraction < 1) == (cfg.select_epochs > 0),
-         "select_fraction (below 1) and select_epochs (above 0) go together: set both or neither"),
+        (cfg.select_start >= 0 and (cfg.select_epochs < 0 or cfg.select_start + cfg.select_epochs <= cfg.epochs),
+         "select_start must be >= 0, with select_start + select_epochs <= epochs (a negative select_epochs counts "
+         "from the end: -3 = all but the last 3 epochs)"),
+        ((cfg.select_fraction < 1) == (cfg.select_epochs != 0),
+         "select_fraction (below 1) and select_epochs (not 0) go together: set both or neither"),
         (cfg.select_bn in ("part", "batch"), "select_bn must be part or batch"),
         (cfg.select_by in ("self", "proxy"), "select_by must be self or proxy"),
         (cfg.select_loss in ("part", "batch"), "select_loss must be part or batch"),

@@ -236,7 +236,7 @@ class Trainer:
         optimizer (the run's settings, the run's schedule) and, for fp16, its own gradient scaler."""
         self.proxy = self.proxy_optimizer = self.proxy_scaler = None
         cfg = self.cfg
-        if cfg.select_fraction == 1 or cfg.select_by != "proxy":
+        if not cfg.select_window or cfg.select_by != "proxy":
             return
         if self.dist.world_size > 1:
             raise ConfigError("select_by=proxy ranks with a proxy network on one process; under torchrun use "
@@ -255,7 +255,7 @@ class Trainer:
         (engine/compile.py) and a resumed run keeps the decision it started with, so that its steps are
         the same computation as an uninterrupted run's. The model itself stays eager (evaluation, EMA,
         checkpoints see the one set of weights the compiled module shares)."""
-        if self.cfg.select_bn == "batch" and self.cfg.select_fraction < 1:  # BN's forward is swapped per pass
+        if self.cfg.select_bn == "batch" and self.cfg.select_window:  # BN's forward is swapped per pass
             if self.cfg.compile is True:
                 raise ConfigError("select_bn=batch swaps BatchNorm's forward between the ranking and the training "
                                   "pass, which a compiled step would not follow: set compile=false")
@@ -498,7 +498,7 @@ class Trainer:
             return -(-n // k)
 
         return {e: max(0, multiples_below(min(self.step, (e + 1) * per_epoch)) - multiples_below(e * per_epoch))
-                for e in range(c.select_start, c.select_start + c.select_epochs)}
+                for e in c.select_window}
 
     def _proxy_step_flops(self, epoch: int) -> float:
         """One training step of the proxy on its selected part, with its optimizer's own computation."""
@@ -506,8 +506,7 @@ class Trainer:
                 + getattr(self.proxy_optimizer, "flops_per_step", 0))
 
     def _selects(self, epoch: int) -> bool:
-        c = self.cfg
-        return c.select_fraction < 1 and c.select_start <= epoch < c.select_start + c.select_epochs
+        return epoch in self.cfg.select_window
 
     def _selected(self, images: int) -> int:
         """How many of a batch of `images` selective backprop trains on."""
