@@ -1,7 +1,7 @@
 """The cifar10_speedrun recipe on the shared CIFAR-10 JPEGs (45k/5k): accuracy against training PFLOP.
 
     .venv/bin/python bench/speedrun.py [--data ../shared/data/cifar10-train-jpg.tar.gz] [--epochs N]
-        [--seeds 1] [--first-seed 0] [--out runs/speedrun] [--branch-from DIR] [key=value ...]
+        [--seeds 1] [--first-seed 0] [--out runs/speedrun] [--branch-from DIR] [--recipe NAME|FILE] [key=value ...]
 
 Trains the recipe (one run per seed) and prints, per validated epoch, the training compute so far
 (FlopCounterMode's count of the forward and backward passes: the same on every machine), the
@@ -34,6 +34,9 @@ def main() -> None:
     p.add_argument("--branch-from", metavar="DIR",
                    help="continue DIR/seedN (a copy of a run stopped after some epoch) with the overrides, into "
                         "OUT/seedN: a setting that changes only the last epochs costs only those epochs")
+    p.add_argument("--recipe", default="cifar10_speedrun",
+                   help="a shipped recipe or a YAML file, e.g. docs/recipes/cifar10_speedrun_e18.yaml (the recipe "
+                        "before proxy selection, which the README's earlier speedrun commands ran)")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
     args = p.parse_args()
     finals = []
@@ -41,7 +44,7 @@ def main() -> None:
         extra = [f"data.path={args.data}", f"seed={seed}", *args.overrides]
         if args.epochs:
             extra.append(f"epochs={args.epochs}")
-        cfg = make_config("cifar10_speedrun", extra)
+        cfg = make_config(args.recipe, extra)
         start = time.perf_counter()
         run = Path(args.out) / f"seed{seed}"
         if args.branch_from:
@@ -51,7 +54,7 @@ def main() -> None:
         trainer = Trainer(cfg, run, resume=bool(args.branch_from))
         history = trainer.fit()
         minutes = (time.perf_counter() - start) / 60
-        print(f"\ncifar10_speedrun seed {seed}: {cfg.model}, batch {cfg.data.batch_size}, {cfg.epochs} epochs, "
+        print(f"\n{args.recipe} seed {seed}: {cfg.model}, batch {cfg.data.batch_size}, {cfg.epochs} epochs, "
               f"{trainer.precision.name} (validation {trainer.eval_precision.name}), compiled: {trainer.compiled}, {torch.get_num_threads()} threads")
         print("| epoch | training PFLOP | val accuracy | minutes (training) |\n| ---: | ---: | ---: | ---: |")
         train_min = 0.0

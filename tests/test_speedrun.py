@@ -240,7 +240,7 @@ def test_early_crop_and_no_augment_epochs_reach_the_loader(tiny_folder, tmp_path
                                                           "data.no_augment_epochs=1", *SMALL]), tmp_path / "clean")
     assert clean_last.train_loader.augment_until == 1  # Cutout in epoch 0 only
     with pytest.raises(ConfigError, match=r"data.no_augment_epochs must be in \[0, epochs\]"):
-        make_config("cifar10_speedrun", ["data.no_augment_epochs=19"])
+        make_config("cifar10_speedrun", ["data.no_augment_epochs=32"])
     with pytest.raises(ConfigError, match="data.early_crop needs images held in memory"):
         Trainer(make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "data.stream=true", "data.early_crop=16",
                                                  "data.early_crop_epochs=1", "data.flip=true", *SMALL]), tmp_path / "s")
@@ -392,7 +392,8 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
     """select_fraction/select_epochs: in the selecting epochs each step trains on the batch's highest-loss
     half (ranked by a no-grad train-mode forward whose running-statistics updates are undone), then on whole batches;
     the FLOP count adds the ranking forward; the training error is the whole batch's; resume is exact."""
-    over = [f"data.path={tiny_folder}", "epochs=3", *SMALL, "select_fraction=0.5", "select_epochs=2"]
+    over = [f"data.path={tiny_folder}", "epochs=3", *SMALL, "select_by=self", "select_loss=part", "select_fraction=0.5",
+            "select_epochs=2"]
     trainer = Trainer(make_config("cifar10_speedrun", over), tmp_path / "run")
     trained, step = [], trainer._train_step
     x, y = next(iter(trainer.train_loader))
@@ -435,9 +436,9 @@ def test_selective_backprop_trains_on_the_highest_loss_images(tiny_folder, tmp_p
     assert full.train_flops() == pytest.approx(expected)
     assert_resume_is_exact(make_config("cifar10_speedrun", over), tmp_path / "resume", stop_epoch=1)
     with pytest.raises(ConfigError, match="select_fraction .below 1. and select_epochs"):
-        make_config("cifar10_speedrun", ["select_fraction=0.5"])
+        make_config("cifar10_speedrun", ["select_epochs=0"])  # the recipe's select_fraction 0.5 without epochs
     with pytest.raises(ConfigError, match="select_start \\+ select_epochs <= epochs"):
-        make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "select_start=17"])
+        make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "select_start=30"])
     with pytest.raises(ConfigError, match="does not combine with data.mixup_alpha"):
         make_config("cifar10_speedrun", ["select_fraction=0.5", "select_epochs=2", "data.mixup_alpha=0.2"])
 
@@ -450,6 +451,9 @@ def test_a_negative_select_epochs_counts_from_the_end(tiny_folder, tmp_path):
     assert window("epochs=10", "select_epochs=-3", "select_start=2") == range(2, 7)
     assert window("epochs=3", "select_epochs=-3") == range(0) and window("epochs=2", "select_epochs=-3") == range(0)
     assert window("epochs=5", "select_epochs=2", "select_start=1") == range(1, 3)
+    recipe = make_config("cifar10_speedrun")  # proxy selection for 28 epochs, then 3 of whole batches
+    assert (recipe.epochs, recipe.select_window, recipe.select_by) == (31, range(0, 28), "proxy")
+    assert make_config("cifar10_speedrun", ["epochs=18"]).select_window == range(0, 15)
     over = [f"data.path={tiny_folder}", "epochs=3", *SMALL, "select_fraction=0.5", "select_epochs=-1", "select_by=proxy"]
     tail = Trainer(make_config("cifar10_speedrun", over), tmp_path / "tail")
     sizes, step = [], tail._train_step
@@ -550,7 +554,8 @@ def test_selective_backprop_can_normalise_with_the_whole_batch(tiny_folder, tmp_
     assert not torch.allclose(own, whole[:3])
     torch.testing.assert_close(own.mean((0, 2, 3)), bn.bias.detach(), atol=1e-5, rtol=0)
 
-    over = [f"data.path={tiny_folder}", "epochs=2", *SMALL, "select_fraction=0.5", "select_epochs=1", "select_bn=batch"]
+    over = [f"data.path={tiny_folder}", "epochs=2", *SMALL, "select_by=self", "select_loss=part", "select_fraction=0.5",
+            "select_epochs=1", "select_bn=batch"]
     assert_resume_is_exact(make_config("cifar10_speedrun", over), tmp_path / "resume", stop_epoch=1)
     with pytest.raises(ConfigError, match="set compile=false"):
         Trainer(make_config("cifar10_speedrun", [*over, "compile=true"]), tmp_path / "c")
