@@ -8,6 +8,13 @@ its thread binding (issue 17: "thread and allocator settings"). These must be se
 Settings (Intel's usual advice for PyTorch on Xeons, as torch.backends.xeon.run_cpu applies it):
   default     glibc malloc, GNU OpenMP (the one PyTorch's wheel ships), no binding
   bind        OMP_PROC_BIND=close OMP_PLACES=cores (each OpenMP thread pinned to a core)
+  glibc-keep  glibc malloc told to keep freed memory (GLIBC_TUNABLES: blocks up to 32 MiB from its heap, not
+              fresh mmap; the heap never trimmed): no page faults on each step's reused activation buffers
+  glibc-thp   glibc malloc asking the kernel for transparent huge pages (glibc.malloc.hugetlb=1, glibc >= 2.35;
+              the kernel's THP setting `madvise`, Debian's default, or `always`)
+  glibc-thp-keep  both
+  glibc-thp-heap  glibc-thp-keep with no mmap at all (glibc.malloc.mmap_max=0): blocks over 32 MiB (a batch of
+              1024's activations) are kept and reused from the heap too
   jemalloc    LD_PRELOAD libjemalloc with run_cpu's MALLOC_CONF
   tcmalloc    LD_PRELOAD libtcmalloc(_minimal)
   iomp        LD_PRELOAD Intel's libiomp5 (serves the GOMP calls) with KMP_BLOCKTIME=1 and compact affinity
@@ -33,6 +40,9 @@ import time
 from pathlib import Path
 
 ROWS = ("eager-bf16", "eager-fp32", "compiled-bf16", "compiled-fp32")
+# 32 MiB is glibc's largest mmap threshold on 64-bit; the trim threshold is "never" in practice
+GLIBC_KEEP = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736"
+GLIBC_THP = "glibc.malloc.hugetlb=1"
 MALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000"
 
 
@@ -51,7 +61,9 @@ def settings(extra_dirs: list[str]) -> tuple[dict[str, dict[str, str]], list[str
     tcmalloc = find_library("libtcmalloc*.so*", extra_dirs)
     iomp = find_library("libiomp5.so", extra_dirs)
     iomp_env = {"KMP_BLOCKTIME": "1", "KMP_AFFINITY": "granularity=fine,compact,1,0"}
-    found = {"default": {}, "bind": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}}
+    found = {"default": {}, "bind": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, "glibc-keep": {"GLIBC_TUNABLES": GLIBC_KEEP},
+             "glibc-thp": {"GLIBC_TUNABLES": GLIBC_THP}, "glibc-thp-keep": {"GLIBC_TUNABLES": f"{GLIBC_THP}:{GLIBC_KEEP}"},
+             "glibc-thp-heap": {"GLIBC_TUNABLES": f"{GLIBC_THP}:{GLIBC_KEEP}:glibc.malloc.mmap_max=0"}}
     missing = []
     if jemalloc:
         found["jemalloc"] = {"LD_PRELOAD": jemalloc, "MALLOC_CONF": MALLOC_CONF}
@@ -101,6 +113,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", default="eager-bf16,eager-fp32,compiled-bf16")
+    parser.add_argument("--settings", help="a comma-separated subset of the settings (default: all found; default always runs)")
     parser.add_argument("--lib-dir", action="append", default=[], help="another folder to look for the libraries in")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -111,6 +124,11 @@ def main() -> None:
     if args.worker:
         return worker(args)
     found, missing = settings(args.lib_dir)
+    if args.settings:
+        unknown = set(args.settings.split(",")) - set(found)
+        if unknown:
+            parser.error(f"--settings: {', '.join(sorted(unknown))} not among {', '.join(found)}")
+        found = {k: v for k, v in found.items() if k == "default" or k in args.settings.split(",")}
     for line in missing:
         print(f"left out: {line}")
     command = [sys.executable, __file__, "--worker", "--model", args.model, "--batch", str(args.batch),

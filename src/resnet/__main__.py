@@ -1,5 +1,16 @@
+"""`python -m resnet` and the `resnet` command: glibc's allocator tuned first (a relaunch, before
+PyTorch loads: allocator.py says why), then the command line."""
 import sys
 
-from .cli import main
+from .allocator import relaunch_tuned
 
-sys.exit(main())
+
+def main() -> int:
+    relaunch_tuned()
+    from .cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

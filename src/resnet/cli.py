@@ -14,6 +14,9 @@ import sys
 import traceback
 from pathlib import Path
 
+import torch
+
+from . import allocator
 from .api import train
 from .config import INFERENCE_PRECISIONS, PRECISIONS, recipe_info, recipe_names
 from .data.cache_folder import KINDS, clear_cache, format_listing, human, list_cache
@@ -37,6 +40,7 @@ from .serve.evaluate import run_eval
 from .serve.load import load_spec
 from .serve.predict import run_predict
 from .serve.share import export_hub, format_report as hub_report, push
+from .version import __version__
 from .weights.catalog import format_table as format_weights, rows as weights_rows
 
 NAMED_DATA = ", or cifar10 / cifar100 (downloaded into the cache folder when absent)"
@@ -366,8 +370,20 @@ def _add_serve_parsers(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+class PrintVersion(argparse.Action):
+    """--version: one line, never wrapped (argparse's own version action wraps at the terminal's width)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"resnet-toolkit {__version__}, torch {torch.__version__}, {allocator.describe()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet", description="Deep residual networks: models, training, experiments.")
+    parser.add_argument("--version", action=PrintVersion, help="the toolkit's and PyTorch's versions, and the allocator settings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("summary", help="per-stage table of a model: output size, blocks, parameters, MACs")

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import allocator
 from ..models.zoo import create_model
 from . import backends as inference_backends  # the module: `backends` names lists of backend names below
 from . import parity
@@ -294,6 +295,6 @@ def benchmark(model: nn.Module, meta: dict, backends=DEFAULT_BACKENDS, batches=(
     for r in rows:
         r["model"] = name
     title = (f"{name} at {image_size}x{image_size}, {torch.get_num_threads()} threads, "
-             f"torch {torch.__version__}; agreement = top-1 equal to eager fp32 on {source} "
+             f"torch {torch.__version__}, {allocator.describe()}; agreement = top-1 equal to eager fp32 on {source} "
              f"(eager fp32 predicts {rows[0]['reference_classes'] if rows else '?'} distinct classes on them)")
     return rows, title

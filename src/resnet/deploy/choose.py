@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import allocator
 from ..engine.precision import (Precision, cpu_flags, cpu_kind, cpu_model, cpu_supports_bf16,  # noqa: F401
                                needs_reduced_range, resolve_precision)
 from ..errors import BackendUnavailable, ConfigError
@@ -73,7 +74,7 @@ def rule(flags: frozenset[str] | set[str], batch: int, bf16: bool, image_size: i
 
 
 def machine_key(model_name: str, image_size: int, batch: int) -> str:
-    return f"{cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{model_name}|" \
+    return f"{cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads|{allocator.describe()}|{model_name}|" \
            f"{image_size}px|batch {batch}"
 
 

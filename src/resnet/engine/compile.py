@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import allocator
 from ..files import cache_root, read_json_cache, write_json_cache
 from ..models import create_model
 from .optim import can_fuse
@@ -129,13 +130,13 @@ class Probe:
 def probe_key(model_name: str, model_args: dict, batch: int, precision: Precision, channels_last: bool,
               image_size: int = 32) -> str:
     """What a probe's result depends on: the processor (model and ISA oneDNN runs), PyTorch, threads,
-    the network and its arguments, the batch, the precision and memory layout."""
+    the allocator settings, the network and its arguments, the batch, the precision and memory layout."""
     device = precision.device
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
              f"{cpu_model()}|{torch.backends.cpu.get_cpu_capability()}|{os.environ.get('ONEDNN_MAX_CPU_ISA', '')}")
     args = json.dumps(model_args, sort_keys=True)
     layout = "cl" if channels_last else "nchw"
-    return f"{where}|torch {torch.__version__}|{torch.get_num_threads()} threads|{model_name} {args}|" \
+    return f"{where}|torch {torch.__version__}|{torch.get_num_threads()} threads|{allocator.describe()}|{model_name} {args}|" \
            f"batch {batch}x{image_size}px|{precision.name}|{layout}|step v{STEP_VERSION}"
 
 
