@@ -3,7 +3,7 @@ its thread binding (issue 17: "thread and allocator settings"). These must be se
 (LD_PRELOAD, OMP_*/KMP_* variables), so each setting runs in a fresh worker process.
 
     .venv/bin/python bench/runtime_settings.py [--model resnet20] [--batch 128] [--steps 10] [--rounds 3]
-        [--rows eager-bf16,eager-fp32,compiled-bf16] [--lib-dir DIR ...]
+        [--rows eager-bf16,eager-fp32,compiled-bf16] [--settings tuned,...] [--lib-dir DIR ...]
 
 Settings (Intel's usual advice for PyTorch on Xeons, as torch.backends.xeon.run_cpu applies it):
   default     glibc malloc, GNU OpenMP (the one PyTorch's wheel ships), no binding
@@ -13,8 +13,8 @@ Settings (Intel's usual advice for PyTorch on Xeons, as torch.backends.xeon.run_
   glibc-thp   glibc malloc asking the kernel for transparent huge pages (glibc.malloc.hugetlb=1, glibc >= 2.35;
               the kernel's THP setting `madvise`, Debian's default, or `always`)
   glibc-thp-keep  both
-  glibc-thp-heap  glibc-thp-keep with no mmap at all (glibc.malloc.mmap_max=0): blocks over 32 MiB (a batch of
-              1024's activations) are kept and reused from the heap too
+  tuned       what the `resnet` command runs with (resnet/allocator.py): glibc-thp-keep with no mmap at all
+              (glibc.malloc.mmap_max=0), so blocks over 32 MiB (a batch of 1024's activations) are reused too
   jemalloc    LD_PRELOAD libjemalloc with run_cpu's MALLOC_CONF
   tcmalloc    LD_PRELOAD libtcmalloc(_minimal)
   iomp        LD_PRELOAD Intel's libiomp5 (serves the GOMP calls) with KMP_BLOCKTIME=1 and compact affinity
@@ -38,6 +38,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from resnet import allocator
 
 ROWS = ("eager-bf16", "eager-fp32", "compiled-bf16", "compiled-fp32")
 # 32 MiB is glibc's largest mmap threshold on 64-bit; the trim threshold is "never" in practice
@@ -63,7 +65,7 @@ def settings(extra_dirs: list[str]) -> tuple[dict[str, dict[str, str]], list[str
     iomp_env = {"KMP_BLOCKTIME": "1", "KMP_AFFINITY": "granularity=fine,compact,1,0"}
     found = {"default": {}, "bind": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, "glibc-keep": {"GLIBC_TUNABLES": GLIBC_KEEP},
              "glibc-thp": {"GLIBC_TUNABLES": GLIBC_THP}, "glibc-thp-keep": {"GLIBC_TUNABLES": f"{GLIBC_THP}:{GLIBC_KEEP}"},
-             "glibc-thp-heap": {"GLIBC_TUNABLES": f"{GLIBC_THP}:{GLIBC_KEEP}:glibc.malloc.mmap_max=0"}}
+             "tuned": {"GLIBC_TUNABLES": allocator.TUNABLES}}
     missing = []
     if jemalloc:
         found["jemalloc"] = {"LD_PRELOAD": jemalloc, "MALLOC_CONF": MALLOC_CONF}
@@ -138,7 +140,8 @@ def main() -> None:
     for _ in range(args.rounds):
         this = {}
         for name, env in found.items():
-            done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+            base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", allocator.OPT_OUT)}
+            done = subprocess.run(command, env={**base, **env}, capture_output=True, text=True)
             if done.returncode != 0:
                 sys.exit(f"setting {name!r}: the worker failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
             this[name] = json.loads(done.stdout.strip().splitlines()[-1])
