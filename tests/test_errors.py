@@ -89,6 +89,6 @@ def test_the_distribution_name_is_ours_and_the_install_lines_use_it():
     (checked absent from the index with `pip download --no-deps resnet-toolkit`)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == DISTRIBUTION == "resnet-toolkit"
-    assert project["scripts"] == {"resnet": "resnet.cli:main"}  # the command keeps its name
+    assert project["scripts"] == {"resnet": "resnet.__main__:main"}  # the command keeps its name
     readme = (ROOT / "README.md").read_text()
     assert "pip install 'resnet[" not in readme and f"pip install '{DISTRIBUTION}[deploy]'" in readme
