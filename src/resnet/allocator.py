@@ -10,9 +10,10 @@ keep freed memory for reuse (no mmap at all, the heap never trimmed) and ask the
 huge pages for it (glibc >= 2.35; the kernel's THP setting `madvise`, Debian's default, or `always`), so
 the reused buffers also miss the TLB less. Measured with `bench/runtime_settings.py` (Intel Xeon with
 AMX, 2026-12-07, images/s against glibc's defaults in the same rounds): the speedrun network at batch 1024
-1.22x (bf16) / 1.26x (fp32) eager; ResNet-20 at batch 128 eager fp32 1.09-1.13x, compiled fp32
-1.04-1.07x, bf16 within the noise (0.96-1.05x). The same effect as preloading tcmalloc, with nothing to
-install. The cost: a process keeps its peak memory until it exits.
+1.22x (bf16) / 1.24-1.26x (fp32) eager, the whole `cifar10_speedrun` 16.2 against 19.5 min; ResNet-20 at
+batch 128 (8 MB buffers) eager fp32 1.04-1.13x, compiled fp32 1.04-1.07x, bf16 within the noise
+(0.96-1.05x). Like preloading tcmalloc, with nothing to install. The cost: a process keeps its peak
+memory until it exits (the speedrun's peak: 1.92 against 1.90 GB).
 
 glibc reads GLIBC_TUNABLES only when a process starts, hence the relaunch: execve keeps the PID and the
 arguments; children (data-loader workers, the C++ compiler) inherit the setting. An older glibc ignores
