@@ -119,5 +119,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    relaunch_tuned()  # time what the `resnet` command runs with (resnet/allocator.py)
+    relaunch_tuned(training=False)  # time what `resnet benchmark` runs with (resnet/allocator.py)
     main()

@@ -12,9 +12,9 @@ Settings (Intel's usual advice for PyTorch on Xeons, as torch.backends.xeon.run_
               fresh mmap; the heap never trimmed): no page faults on each step's reused activation buffers
   glibc-thp   glibc malloc asking the kernel for transparent huge pages (glibc.malloc.hugetlb=1, glibc >= 2.35;
               the kernel's THP setting `madvise`, Debian's default, or `always`)
-  glibc-thp-keep  both
-  tuned       what the `resnet` command runs with (resnet/allocator.py): glibc-thp-keep with no mmap at all
-              (glibc.malloc.mmap_max=0), so blocks over 32 MiB (a batch of 1024's activations) are reused too
+  tuned       both: what the `resnet` command runs with (resnet/allocator.py GENERAL)
+  tuned-training  tuned with no mmap at all (glibc.malloc.mmap_max=0), so blocks over 32 MiB (a batch of 1024's
+              activations) are reused too: what `resnet train` runs with (allocator.py TRAINING)
   jemalloc    LD_PRELOAD libjemalloc with run_cpu's MALLOC_CONF
   tcmalloc    LD_PRELOAD libtcmalloc(_minimal)
   iomp        LD_PRELOAD Intel's libiomp5 (serves the GOMP calls) with KMP_BLOCKTIME=1 and compact affinity
@@ -44,7 +44,7 @@ from resnet import allocator
 ROWS = ("eager-bf16", "eager-fp32", "compiled-bf16", "compiled-fp32")
 # 32 MiB is glibc's largest mmap threshold on 64-bit; the trim threshold is "never" in practice
 GLIBC_KEEP = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736"
-GLIBC_THP = "glibc.malloc.hugetlb=1"
+GLIBC_THP = "glibc.malloc.hugetlb=1"  # (tuned and tuned-training are allocator.py's own strings)
 MALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000"
 
 
@@ -64,8 +64,8 @@ def settings(extra_dirs: list[str]) -> tuple[dict[str, dict[str, str]], list[str
     iomp = find_library("libiomp5.so", extra_dirs)
     iomp_env = {"KMP_BLOCKTIME": "1", "KMP_AFFINITY": "granularity=fine,compact,1,0"}
     found = {"default": {}, "bind": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, "glibc-keep": {"GLIBC_TUNABLES": GLIBC_KEEP},
-             "glibc-thp": {"GLIBC_TUNABLES": GLIBC_THP}, "glibc-thp-keep": {"GLIBC_TUNABLES": f"{GLIBC_THP}:{GLIBC_KEEP}"},
-             "tuned": {"GLIBC_TUNABLES": allocator.TUNABLES}}
+             "glibc-thp": {"GLIBC_TUNABLES": GLIBC_THP},
+             "tuned": {"GLIBC_TUNABLES": allocator.GENERAL}, "tuned-training": {"GLIBC_TUNABLES": allocator.TRAINING}}
     missing = []
     if jemalloc:
         found["jemalloc"] = {"LD_PRELOAD": jemalloc, "MALLOC_CONF": MALLOC_CONF}

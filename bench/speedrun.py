@@ -72,5 +72,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    relaunch_tuned()  # time what the `resnet` command runs with (resnet/allocator.py)
+    relaunch_tuned(training=True)  # time what `resnet train` runs with (resnet/allocator.py)
     main()

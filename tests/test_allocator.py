@@ -19,21 +19,30 @@ def clean_env(**extra):
 
 def test_tuned_env_adds_the_tunables_only_where_nothing_was_chosen(monkeypatch):
     monkeypatch.setattr(sys, "platform", "linux")
-    env = allocator.tuned_env({"PATH": "/bin"}, libc="glibc")
-    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": allocator.TUNABLES}
-    assert allocator.tuned_env({allocator.OPT_OUT: "tuned"}, libc="glibc")["GLIBC_TUNABLES"] == allocator.TUNABLES
+    assert allocator.tuned_env({"PATH": "/bin"}, False, libc="glibc") == {"PATH": "/bin", "GLIBC_TUNABLES": allocator.GENERAL}
+    assert allocator.tuned_env({"PATH": "/bin"}, True, libc="glibc") == {"PATH": "/bin", "GLIBC_TUNABLES": allocator.TRAINING}
+    assert allocator.tuned_env({allocator.OPT_OUT: "tuned"}, False, libc="glibc")["GLIBC_TUNABLES"] == allocator.GENERAL
     # already relaunched, or the user's own tunables: left alone (no relaunch loop)
-    assert allocator.tuned_env({"GLIBC_TUNABLES": allocator.TUNABLES}, libc="glibc") is None
-    assert allocator.tuned_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}, libc="glibc") is None
-    assert allocator.tuned_env({allocator.OPT_OUT: "default"}, libc="glibc") is None
-    assert allocator.tuned_env({}, libc="") is None  # musl and other C libraries
+    assert allocator.tuned_env({"GLIBC_TUNABLES": allocator.TRAINING}, True, libc="glibc") is None
+    assert allocator.tuned_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}, False, libc="glibc") is None
+    assert allocator.tuned_env({allocator.OPT_OUT: "default"}, True, libc="glibc") is None
+    assert allocator.tuned_env({}, True, libc="") is None  # musl and other C libraries
     monkeypatch.setattr(sys, "platform", "darwin")
-    assert allocator.tuned_env({}, libc="glibc") is None
+    assert allocator.tuned_env({}, True, libc="glibc") is None
+
+
+def test_only_training_commands_turn_mmap_off():
+    assert allocator.command_trains(["train", "--recipe", "cifar10_fast"])
+    assert allocator.command_trains(["experiment", "fig6"]) and allocator.command_trains(["demo"])
+    assert not allocator.command_trains(["benchmark", "resnet50"]) and not allocator.command_trains(["--version"])
+    assert not allocator.command_trains(["predict", "train"])  # a file named train is not the command
+    assert not allocator.command_trains([])
+    assert "mmap_max=0" in allocator.TRAINING and "mmap_max" not in allocator.GENERAL
 
 
 def test_a_bad_opt_out_value_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit) as e:
-        allocator.tuned_env({allocator.OPT_OUT: "tcmalloc"}, libc="glibc")
+        allocator.tuned_env({allocator.OPT_OUT: "tcmalloc"}, True, libc="glibc")
     assert e.value.code == 2
     assert capsys.readouterr().err.strip() == \
         "resnet: RESNET_MALLOC='tcmalloc': use 'tuned' (the default) or 'default' (glibc's own settings)"
@@ -41,7 +50,8 @@ def test_a_bad_opt_out_value_is_a_one_line_error(capsys):
 
 def test_describe_names_the_settings():
     assert allocator.describe({}) == "malloc default"
-    assert allocator.describe({"GLIBC_TUNABLES": allocator.TUNABLES}) == "malloc tuned"
+    assert allocator.describe({"GLIBC_TUNABLES": allocator.GENERAL}) == "malloc tuned"
+    assert allocator.describe({"GLIBC_TUNABLES": allocator.TRAINING}) == "malloc tuned for training"
     assert allocator.describe({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}) == "GLIBC_TUNABLES=glibc.malloc.arena_max=1"
 
 
@@ -66,10 +76,17 @@ def test_importing_the_package_does_not_load_torch():
     assert done.stdout.split() == ["False", "ResNet"]
 
 
+def run_python(code: str, **extra) -> str:
+    done = subprocess.run([sys.executable, "-c", code], env=clean_env(**extra), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @needs_glibc
-def test_the_tunables_keep_freed_activations_for_reuse():
+def test_the_training_tunables_keep_freed_activations_for_reuse():
     """The mechanism the speed comes from: a 64 MiB buffer freed and allocated again faults its pages in
-    on every round with glibc's defaults (mmap/munmap), and not at all with the tunables."""
+    on every round with glibc's defaults (mmap/munmap), and not at all with mmap off."""
     code = ("import resource, torch\n"
             "def faults():\n"
             "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
@@ -78,15 +95,23 @@ def test_the_tunables_keep_freed_activations_for_reuse():
             "for _ in range(5):\n"
             "    torch.empty(16 << 20).fill_(1)\n"
             "print((faults() - before) / 5)\n")
-
-    def faults_per_round(**extra):
-        done = subprocess.run([sys.executable, "-c", code], env=clean_env(**extra), capture_output=True, text=True,
-                              timeout=120)
-        assert done.returncode == 0, done.stderr
-        return float(done.stdout)
-
-    default = faults_per_round()
-    tuned = faults_per_round(GLIBC_TUNABLES=allocator.TUNABLES)
+    default = float(run_python(code))
+    tuned = float(run_python(code, GLIBC_TUNABLES=allocator.TRAINING))
     # 64 MiB: 16,384 pages of 4 KiB, or 32 of 2 MiB where the kernel's THP setting is `always`
     assert default >= 32
     assert tuned < default / 10
+
+
+@needs_glibc
+def test_outside_training_large_blocks_go_back_to_the_kernel():
+    """The other side of the trade: without mmap a heap keeps what it once held (onnxruntime's int8
+    calibration peaked at 7.8 GB against 1.1 GB), so the general tunables give a freed 256 MiB block back."""
+    code = ("import os, torch\n"
+            "def rss():\n"
+            "    return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') >> 20\n"
+            "before = rss()\n"
+            "x = torch.empty(64 << 20).fill_(1)\n"
+            "del x\n"
+            "print(rss() - before)\n")
+    assert int(run_python(code, GLIBC_TUNABLES=allocator.GENERAL)) < 64  # MiB still held
+    assert int(run_python(code, GLIBC_TUNABLES=allocator.TRAINING)) > 192

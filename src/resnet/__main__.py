@@ -2,11 +2,11 @@
 PyTorch loads: allocator.py says why), then the command line."""
 import sys
 
-from .allocator import relaunch_tuned
+from .allocator import command_trains, relaunch_tuned
 
 
 def main() -> int:
-    relaunch_tuned()
+    relaunch_tuned(training=command_trains(sys.argv[1:]))
     from .cli import main as cli_main
 
     return cli_main()
