@@ -63,8 +63,8 @@ def settings(extra_dirs: list[str]) -> tuple[dict[str, dict[str, str]], list[str
     tcmalloc = find_library("libtcmalloc*.so*", extra_dirs)
     iomp = find_library("libiomp5.so", extra_dirs)
     iomp_env = {"KMP_BLOCKTIME": "1", "KMP_AFFINITY": "granularity=fine,compact,1,0"}
-    found = {"default": {}, "bind": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}, "glibc-keep": {"GLIBC_TUNABLES": GLIBC_KEEP},
-             "glibc-thp": {"GLIBC_TUNABLES": GLIBC_THP},
+    found = {"default": {}, "bind": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"},
+             "glibc-keep": {"GLIBC_TUNABLES": GLIBC_KEEP}, "glibc-thp": {"GLIBC_TUNABLES": GLIBC_THP},
              "tuned": {"GLIBC_TUNABLES": allocator.GENERAL}, "tuned-training": {"GLIBC_TUNABLES": allocator.TRAINING}}
     missing = []
     if jemalloc:
