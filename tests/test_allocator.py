@@ -55,13 +55,17 @@ def test_describe_names_the_settings():
     assert allocator.describe({"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}) == "GLIBC_TUNABLES=glibc.malloc.arena_max=1"
 
 
+def run_python(args: list[str], **extra) -> str:
+    """stdout of `python ARGS` with neither GLIBC_TUNABLES nor RESNET_MALLOC set, but for `extra`."""
+    done = subprocess.run([sys.executable, *args], env=clean_env(**extra), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @needs_glibc
 def test_the_command_relaunches_itself_tuned_unless_told_not_to():
     def version(**extra):
-        done = subprocess.run([sys.executable, "-m", "resnet", "--version"], env=clean_env(**extra),
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stdout.strip()
+        return run_python(["-m", "resnet", "--version"], **extra).strip()
 
     assert version().endswith(", malloc tuned")
     assert version(RESNET_MALLOC="default").endswith(", malloc default")
@@ -71,16 +75,7 @@ def test_the_command_relaunches_itself_tuned_unless_told_not_to():
 def test_importing_the_package_does_not_load_torch():
     """What lets `python -m resnet` relaunch before PyTorch loads (a relaunch after it would cost seconds)."""
     code = "import sys, resnet.__main__; print('torch' in sys.modules); import resnet; print(resnet.ResNet.__name__)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "ResNet"]
-
-
-def run_python(code: str, **extra) -> str:
-    done = subprocess.run([sys.executable, "-c", code], env=clean_env(**extra), capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    assert run_python(["-c", code]).split() == ["False", "ResNet"]
 
 
 @needs_glibc
@@ -95,8 +90,8 @@ def test_the_training_tunables_keep_freed_activations_for_reuse():
             "for _ in range(5):\n"
             "    torch.empty(16 << 20).fill_(1)\n"
             "print((faults() - before) / 5)\n")
-    default = float(run_python(code))
-    tuned = float(run_python(code, GLIBC_TUNABLES=allocator.TRAINING))
+    default = float(run_python(["-c", code]))
+    tuned = float(run_python(["-c", code], GLIBC_TUNABLES=allocator.TRAINING))
     # 64 MiB: 16,384 pages of 4 KiB, or 32 of 2 MiB where the kernel's THP setting is `always`
     assert default >= 32
     assert tuned < default / 10
@@ -113,5 +108,5 @@ def test_outside_training_large_blocks_go_back_to_the_kernel():
             "x = torch.empty(64 << 20).fill_(1)\n"
             "del x\n"
             "print(rss() - before)\n")
-    assert int(run_python(code, GLIBC_TUNABLES=allocator.GENERAL)) < 64  # MiB still held
-    assert int(run_python(code, GLIBC_TUNABLES=allocator.TRAINING)) > 192
+    assert int(run_python(["-c", code], GLIBC_TUNABLES=allocator.GENERAL)) < 64  # MiB still held
+    assert int(run_python(["-c", code], GLIBC_TUNABLES=allocator.TRAINING)) > 192
