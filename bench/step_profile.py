@@ -8,18 +8,28 @@ convolutions (oneDNN's forward and backward kernels), batch norm, activations, a
 optimizer, the rest. torch.compile on a CPU still calls the same oneDNN convolutions; it can fuse
 and speed up everything else. So the step cannot become faster than its convolutions alone:
 eager time / convolution time bounds what any compilation gains (issue 17's target: 1.2x).
+With `--kernels`, one more table: each oneDNN convolution of one step (forward, backward data, backward
+weights per shape, from oneDNN's verbose log), its milliseconds and GFLOP/s, and the machine's fp32 matrix
+product rate (a 4096 x 4096 `torch.mm`) beside it: how near the convolutions run to what the cores do.
+Under `ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2` this gives the kernels
+of a processor without AVX-512 (issue 17's AVX2 machine), run on this one.
 Run with nothing else on the machine.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import statistics
+import tempfile
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from resnet.allocator import relaunch_tuned
 from resnet.engine.precision import resolve_precision
-from train_throughput import make_step  # bench/, the script's own folder
+from fp32_paths import sgemm_gflops  # bench/, the script's own folder
+from train_throughput import make_step
 
 GROUPS = (("convolution", ("convolution", "conv2d", "mkldnn_conv")),
           ("batch norm", ("batch_norm", "native_batch_norm")),
@@ -37,12 +47,78 @@ def group_of(name: str) -> str:
     return "the rest (pooling, loss, views, autograd bookkeeping)"
 
 
+SHAPE = re.compile(r"(?:g(?P<g>\d+))?mb(?P<mb>\d+)_ic(?P<ic>\d+)oc(?P<oc>\d+)_ih\d+oh(?P<oh>\d+)kh(?P<kh>\d+)"
+                   r"\S*?_iw\d+ow(?P<ow>\d+)kw(?P<kw>\d+)")
+
+
+def conv_flops(shape: str) -> int:
+    """Multiply-adds x 2 of a oneDNN convolution from its verbose shape, e.g.
+    mb128_ic16oc16_ih32oh32kh3sh1dh0ph1_iw32ow32kw3sw1dw0pw1 (the same count for each of the three passes)."""
+    m = SHAPE.search(shape)
+    if m is None:
+        raise ValueError(f"not a oneDNN convolution shape: {shape}")
+    n = {k: int(v) for k, v in m.groupdict().items() if v is not None}
+    return 2 * n["mb"] * n["oc"] * n["oh"] * n["ow"] * (n["ic"] // n.get("g", 1)) * n["kh"] * n["kw"]
+
+
+def onednn_log(fn) -> list[str]:
+    """oneDNN's verbose lines (it writes them to file descriptor 1) while fn() runs once."""
+    with tempfile.TemporaryFile(mode="w+") as log:
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                fn()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        return log.read().splitlines()
+
+
+def conv_kernel_table(logs: list[list[str]]) -> list[tuple[str, str, str, int, float, float]]:
+    """(pass, kernel, shape, calls a step, ms a step, GFLOP/s) per oneDNN convolution pass and shape, slowest
+    first: the median over the steps' logs (one step now and then runs slow, e.g. right after the profiler)."""
+    steps: list[dict[tuple[str, str, str], list[float]]] = []
+    for lines in logs:
+        rows: dict[tuple[str, str, str], list[float]] = {}
+        for line in lines:
+            f = line.split(",")
+            if len(f) < 10 or f[0] != "onednn_verbose" or "exec" not in f or "convolution" not in f:
+                continue
+            at = f.index("convolution")
+            kernel, pass_, shape, ms = f[at + 1], f[at + 2], f[-2], float(f[-1])
+            rows.setdefault((pass_, kernel, shape), []).append(ms)
+        steps.append(rows)
+    table = []
+    for key in steps[0]:
+        calls = len(steps[0][key])
+        ms = statistics.median(sum(rows.get(key, [])) for rows in steps)
+        table.append((*key, calls, ms, conv_flops(key[2]) * calls / ms / 1e6))
+    return sorted(table, key=lambda r: -r[4])
+
+
+def print_kernels(step, steps: int = 5) -> None:
+    table = conv_kernel_table([onednn_log(step) for _ in range(steps)])
+    if not table:
+        print("\noneDNN logged no convolutions (another convolution backend ran them)")
+        return
+    total = sum(r[4] for r in table)
+    flops = sum(conv_flops(r[2]) * r[3] for r in table)
+    print(f"\noneDNN's convolutions in a step (medians of {steps} steps): {total:.1f} ms, {flops / total / 1e6:.0f} "
+          f"GFLOP/s in all; a 4096 x 4096 fp32 torch.mm here: {sgemm_gflops():.0f} GFLOP/s")
+    print("| pass | kernel | shape | calls | ms | GFLOP/s |\n| --- | --- | --- | ---: | ---: | ---: |")
+    for pass_, kernel, shape, calls, ms, rate in table:
+        print(f"| {pass_} | {kernel} | {shape} | {calls} | {ms:.2f} | {rate:.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--precision", default="auto", help="auto (bf16 where the CPU has it) | bf16 | fp32")
+    p.add_argument("--kernels", action="store_true", help="also time each oneDNN convolution of one step (verbose log)")
     args = p.parse_args()
     prec = resolve_precision(args.precision, torch.device("cpu"))
     step = make_step(args.model, args.batch, prec.name, channels_last=True)
@@ -67,6 +143,8 @@ def main() -> None:
     print("\nthe ten largest operators (self CPU time):")
     for ev in sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:10]:
         print(f"  {ev.key}: {ev.self_cpu_time_total / args.steps / 1000:.2f} ms a step, {ev.count // args.steps} calls")
+    if args.kernels:
+        print_kernels(step)
 
 
 if __name__ == "__main__":
