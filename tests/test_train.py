@@ -12,6 +12,7 @@ from resnet.config import ConfigError, ScheduleConfig, make_config
 from resnet.engine.checkpoint import load_model
 from resnet.engine.optim import Schedule, param_groups
 from resnet.engine.trainer import Trainer, train
+from resnet.models import create_model
 
 TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12", "data.eval_batch_size=7",
         "precision=fp32", "optim.lr=0.05"]
@@ -136,8 +137,6 @@ def test_cosine_and_onecycle_shapes():
 
 
 def test_no_decay_for_bn_and_bias():
-    from resnet import create_model
-
     model = create_model("resnet20")
     decay, no_decay = param_groups(model, 1e-4, True)
     assert all(p.ndim == 4 or p.ndim == 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
@@ -335,6 +334,22 @@ def test_precision_auto_says_when_the_cpu_lacks_bf16(monkeypatch):
     assert precision.resolve_precision("auto", torch.device("cpu")).name == "bf16"
     with pytest.raises(ValueError, match="fp16 is for CUDA"):
         precision.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_the_inference_choice_does_not_warn_about_training_in_fp32(monkeypatch):
+    """Only training warns that a CPU without bf16 trains in fp32: `auto` inference (eval, predict, the demo's
+    test) asks which precision training would get, and said "training in fp32" where nothing trained."""
+    import warnings
+
+    from resnet.deploy.choose import inference_model
+    from resnet.engine import precision
+
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert precision.resolve_precision("auto", torch.device("cpu"), warn=False).name == "fp32"
+        inference_model(create_model("resnet20"), "auto", "auto", torch.device("cpu"))
+    assert not [w for w in caught if "no native bf16" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_gradient_clipping_changes_the_update(tiny_folder, tmp_path):

@@ -185,7 +185,7 @@ def inference_model(model: nn.Module, backend: str, precision: str, device: torc
         return model.to(memory_format=torch.channels_last), resolve_precision(precision, device)
     fp32 = Precision("fp32", device)
     if backend == "auto":
-        bf16 = resolve_precision(precision, device).name == "bf16"
+        bf16 = resolve_precision(precision, device, warn=False).name == "bf16"  # auto measures; the trainer warns
         return PredictorModule(_auto_predictor(model, bf16, work, calibration, dynamic_sizes)), fp32
     images = calibration() if backend in CALIBRATED_BACKENDS and calibration is not None else None
     predictor = prepare_inference(model, backend, calibration=images,

@@ -83,8 +83,9 @@ class Precision:
         return torch.amp.GradScaler("cuda") if self.name == "fp16" and self.device.type == "cuda" else None
 
 
-def resolve_precision(requested: str, device: torch.device) -> Precision:
-    """'auto' = bf16 where the hardware runs it natively, else fp32 (with a warning on CPU)."""
+def resolve_precision(requested: str, device: torch.device, warn: bool = True) -> Precision:
+    """'auto' = bf16 where the hardware runs it natively, else fp32 (with a warning on CPU unless `warn` is
+    False: callers that only ask which precision training would get, such as the inference choice)."""
     if requested not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if device.type == "cuda":
@@ -95,7 +96,7 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
         raise ConfigError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
     native = cpu_supports_bf16()
     if requested == "auto":
-        if not native:
+        if not native and warn:
             warnings.warn("this CPU has no native bf16 (AVX-512 BF16/AMX): training in fp32, "
                           "about half the speed of a CPU that has it", stacklevel=2)
         requested = "bf16" if native else "fp32"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,9 +116,7 @@ def fit_to_budget(depths: tuple[int, ...], budget: float) -> tuple[DemoPlan, str
     """Measure each network's step here and plan the demo's training to fit `budget` seconds in all."""
     start = time.perf_counter()
     cfg = make_config(RECIPE)
-    with warnings.catch_warnings():  # the trainer itself warns about fp32 on CPUs without bf16
-        warnings.simplefilter("ignore")
-        precision = resolve_precision(cfg.precision, default_device())
+    precision = resolve_precision(cfg.precision, default_device(), warn=False)  # the trainer warns about fp32
     specs = [cifar_spec(family, d, 0) for d in depths for family in ("plain", "resnet")]
     steps = measure_step_seconds({s.title: (s.model, s.model_args) for s in specs}, cfg.data.batch_size, 1, precision)
     for d in depths:  # a plain net and its ResNet twin run the same convolutions (option A adds no weights)
