@@ -15,6 +15,8 @@ Settings (Intel's usual advice for PyTorch on Xeons, as torch.backends.xeon.run_
   tuned       both: what the `resnet` command runs with (resnet/allocator.py GENERAL)
   tuned-training  tuned with no mmap at all (glibc.malloc.mmap_max=0), so blocks over 32 MiB (a batch of 1024's
               activations) are reused too: what `resnet train` runs with (allocator.py TRAINING)
+  tuned-spin  tuned-training with OMP_WAIT_POLICY=ACTIVE (GNU OpenMP's threads spin between parallel regions
+              instead of sleeping: the many short kernels of a step start without a wake-up)
   jemalloc    LD_PRELOAD libjemalloc with run_cpu's MALLOC_CONF
   tcmalloc    LD_PRELOAD libtcmalloc(_minimal)
   iomp        LD_PRELOAD Intel's libiomp5 (serves the GOMP calls) with KMP_BLOCKTIME=1 and compact affinity
@@ -65,7 +67,8 @@ def settings(extra_dirs: list[str]) -> tuple[dict[str, dict[str, str]], list[str
     iomp_env = {"KMP_BLOCKTIME": "1", "KMP_AFFINITY": "granularity=fine,compact,1,0"}
     found = {"default": {}, "bind": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"},
              "glibc-keep": {"GLIBC_TUNABLES": GLIBC_KEEP}, "glibc-thp": {"GLIBC_TUNABLES": GLIBC_THP},
-             "tuned": {"GLIBC_TUNABLES": allocator.GENERAL}, "tuned-training": {"GLIBC_TUNABLES": allocator.TRAINING}}
+             "tuned": {"GLIBC_TUNABLES": allocator.GENERAL}, "tuned-training": {"GLIBC_TUNABLES": allocator.TRAINING},
+             "tuned-spin": {"GLIBC_TUNABLES": allocator.TRAINING, "OMP_WAIT_POLICY": "ACTIVE"}}
     missing = []
     if jemalloc:
         found["jemalloc"] = {"LD_PRELOAD": jemalloc, "MALLOC_CONF": MALLOC_CONF}
