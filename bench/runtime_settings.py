@@ -45,8 +45,8 @@ from resnet import allocator
 
 ROWS = ("eager-bf16", "eager-fp32", "compiled-bf16", "compiled-fp32")
 # 32 MiB is glibc's largest mmap threshold on 64-bit; the trim threshold is "never" in practice
-GLIBC_KEEP = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=68719476736"
-GLIBC_THP = "glibc.malloc.hugetlb=1"  # (tuned and tuned-training are allocator.py's own strings)
+GLIBC_KEEP = f"{allocator.MMAP_ABOVE_32MIB}:{allocator.NEVER_TRIM}"
+GLIBC_THP = allocator.HUGE_PAGES
 MALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:9000000000,muzzy_decay_ms:9000000000"
 
 

@@ -32,9 +32,13 @@ import platform
 import sys
 from collections.abc import Mapping
 
-_KEEP = "glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=68719476736"
-GENERAL = f"{_KEEP}:glibc.malloc.mmap_threshold=33554432"  # fixed at 32 MiB (else glibc moves it with each free)
-TRAINING = f"{_KEEP}:glibc.malloc.mmap_max=0"
+# The parts (bench/runtime_settings.py measures them one by one)
+HUGE_PAGES = "glibc.malloc.hugetlb=1"
+NEVER_TRIM = "glibc.malloc.trim_threshold=68719476736"
+MMAP_ABOVE_32MIB = "glibc.malloc.mmap_threshold=33554432"  # fixed at 32 MiB (else glibc moves it with each free)
+NO_MMAP = "glibc.malloc.mmap_max=0"
+GENERAL = f"{HUGE_PAGES}:{NEVER_TRIM}:{MMAP_ABOVE_32MIB}"
+TRAINING = f"{HUGE_PAGES}:{NEVER_TRIM}:{NO_MMAP}"
 TRAINING_COMMANDS = {"train", "experiment", "demo"}
 OPT_OUT = "RESNET_MALLOC"  # =default: glibc's own settings
 
