@@ -1,6 +1,6 @@
 """Where the eager CIFAR ResNet training step spends its time, and what that allows compilation.
 
-    .venv/bin/python bench/step_profile.py [--model resnet20] [--batch 128] [--steps 20] [--precision bf16]
+    .venv/bin/python bench/step_profile.py [--model resnet20] [--batch 128] [--steps 20] [--precision bf16] [--kernels | --perf]
 
 Profiles the bare eager step (forward, backward, SGD update on one batch; channels_last, as the
 trainer runs it) with torch.profiler and sums each operator's own time (self CPU time) into groups:
@@ -8,6 +8,9 @@ convolutions (oneDNN's forward and backward kernels), batch norm, activations, a
 optimizer, the rest. torch.compile on a CPU still calls the same oneDNN convolutions; it can fuse
 and speed up everything else. So the step cannot become faster than its convolutions alone:
 eager time / convolution time bounds what any compilation gains (issue 17's target: 1.2x).
+With `--perf`, where the CPU time of the eager and the compiled step goes, from Linux `perf` sampling the
+process (no profiler hooks, which inflate a compiled step by a third): oneDNN's JIT kernels, inductor's
+generated kernels, the OpenMP runtime (threads waiting for one another), ATen's C++, Python; per thread.
 With `--kernels`, one more table: each oneDNN convolution of one step (forward, backward data, backward
 weights per shape, from oneDNN's verbose log), its milliseconds and GFLOP/s, and the machine's fp32 matrix
 product rate (a 4096 x 4096 `torch.mm`) beside it: how near the convolutions run to what the cores do.
@@ -20,13 +23,19 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import signal
 import statistics
+import subprocess
 import tempfile
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from resnet.allocator import relaunch_tuned
+from resnet.engine.compile import build_step_fn
+from resnet.engine.precision import Precision
 from resnet.engine.precision import resolve_precision
 from fp32_paths import sgemm_gflops  # bench/, the script's own folder
 from train_throughput import make_step
@@ -112,6 +121,77 @@ def print_kernels(step, steps: int = 5) -> None:
         print(f"| {pass_} | {kernel} | {shape} | {calls} | {ms:.2f} | {rate:.0f} |")
 
 
+# Linux perf's shared-object names -> what runs there (first match wins)
+PERF_GROUPS = (("oneDNN's JIT kernels (convolutions, reorders)", re.compile(r"^\[JIT\]")),
+               ("inductor's generated kernels (fused BN, ReLU, adds)", re.compile(r"^c[a-z0-9]{40,}(\.main)?\.so$")),
+               ("OpenMP runtime (threads waiting for each other)", re.compile(r"^lib(g|i)omp")),
+               ("ATen and oneDNN C++ (eager kernels, primitive set-up)", re.compile(r"^libtorch_cpu")),
+               ("Python and its bindings", re.compile(r"^lib(python|torch_python)")),
+               ("libc, libstdc++, c10 (malloc, hash tables)", re.compile(r"^(libc[.-]|libstdc|libc10|ld-linux)")),
+               ("Linux kernel (page faults, scheduling)", re.compile(r"^\[kernel")))
+
+
+def perf_group(dso: str) -> str:
+    return next((name for name, pattern in PERF_GROUPS if pattern.search(dso)), "other")
+
+
+def perf_samples(report: str, main_tid: int) -> dict[tuple[str, bool], int]:
+    """{(group, on the main thread): samples} from `perf report --sort pid,dso -F sample,pid,dso -t '|'`."""
+    counts: dict[tuple[str, bool], int] = {}
+    for line in report.splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if line.startswith("#") or len(fields) != 3 or not fields[0].isdigit():
+            continue
+        key = (perf_group(fields[2]), int(fields[1].partition(":")[0]) == main_tid)
+        counts[key] = counts.get(key, 0) + int(fields[0])
+    return counts
+
+
+def perf_profile(step, steps: int, frequency: int = 999) -> tuple[float, dict[tuple[str, bool], float]]:
+    """(wall ms a step, {(group, main thread): CPU ms a step}) of `steps` calls of step(), sampled by perf."""
+    if shutil.which("perf") is None:
+        raise SystemExit("--perf: Linux `perf` is not on PATH; install it (e.g. apt install linux-tools-generic)")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.path.join(tmp, "perf.data")
+        record = subprocess.Popen(["perf", "record", "-q", "-F", str(frequency), "-p", str(os.getpid()), "-o", data],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)  # perf attaches to every thread (the OpenMP pool exists after the warm-up steps)
+        if record.poll() is not None:
+            raise SystemExit(f"--perf: perf record stopped: {record.stderr.read().strip()} "
+                             "(check /proc/sys/kernel/perf_event_paranoid)")
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - start) / steps * 1000
+        record.send_signal(signal.SIGINT)
+        record.wait(timeout=120)
+        report = subprocess.run(["perf", "report", "-i", data, "--stdio", "--sort", "pid,dso", "-F", "sample,pid,dso",
+                                 "-t", "|"], capture_output=True, text=True, check=True).stdout
+    per_sample = 1000 / frequency / steps  # CPU ms a step that one sample stands for
+    return wall, {k: n * per_sample for k, n in perf_samples(report, os.getpid()).items()}
+
+
+def print_perf(model: str, batch: int, precision: str, steps: int) -> None:
+    """The eager and the compiled step (as the trainer builds them), each sampled by perf: CPU ms a step by group."""
+    prec = Precision(precision, torch.device("cpu"))
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    for name, options in (("eager", None), ("compiled", {})):
+        torch.manual_seed(0)
+        step_fn = build_step_fn(model, prec, True, options)
+        for _ in range(8):  # compile, build oneDNN's kernels, settle the allocator
+            step_fn(x, y)
+        wall, ms = perf_profile(lambda: step_fn(x, y), steps)
+        total = sum(ms.values())
+        print(f"\n{name} step, {model} batch {batch} {precision} channels_last, {torch.get_num_threads()} threads: "
+              f"{wall:.1f} ms a step (wall), {total:.1f} CPU ms a step sampled ({steps} steps, perf)")
+        print("| where | main thread, ms | other threads, ms | share of CPU time |\n| --- | ---: | ---: | ---: |")
+        groups = {g for (g, _), v in ms.items() if v >= 0.05}  # rows that round to 0.0 say nothing
+        for group in sorted(groups, key=lambda g: -(ms.get((g, True), 0) + ms.get((g, False), 0))):
+            main_ms, other_ms = ms.get((group, True), 0.0), ms.get((group, False), 0.0)
+            print(f"| {group} | {main_ms:.1f} | {other_ms:.1f} | {100 * (main_ms + other_ms) / total:.1f}% |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
@@ -119,8 +199,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--precision", default="auto", help="auto (bf16 where the CPU has it) | bf16 | fp32")
     p.add_argument("--kernels", action="store_true", help="also time each oneDNN convolution of one step (verbose log)")
+    p.add_argument("--perf", action="store_true",
+                   help="only: the eager and the compiled step sampled by Linux perf, CPU time by library and thread")
     args = p.parse_args()
     prec = resolve_precision(args.precision, torch.device("cpu"))
+    if args.perf:
+        print_perf(args.model, args.batch, prec.name, args.steps)
+        return
     step = make_step(args.model, args.batch, prec.name, channels_last=True)
 
     for _ in range(5):
