@@ -16,6 +16,10 @@ eager measured in the same rounds. Variants:
   aten-bn        default without inductor's batch-norm decompositions: BN forward and backward stay
                  ATen's kernels, inductor fuses the rest (pytorch/torchdynamo#1988 traced ResNet-50
                  training at 0.88x eager on CPU to the decomposed BN)
+  no-bn          default on the network with every BatchNorm2d removed (nn.Identity): what the compiled
+                 step would take if batch norm cost nothing, forward and backward (a bound, not a network;
+                 in bf16 it also loses the narrow-BN rule's 256-bit vectors, so read it in fp32)
+  no-bn-relu     the same without the ReLUs too: convolutions, shortcut additions, loss and update only
   inductor:K=V[;K=V]  default with inductor settings of your own, e.g. "inductor:cpp.simdlen=256"
                  (values read as Python literals: numbers, True/False, strings)
 """
@@ -29,6 +33,7 @@ import sys
 import time
 
 import torch
+from torch import nn
 
 from resnet.allocator import relaunch_tuned
 from resnet.engine.compile import build_step_fn
@@ -39,8 +44,9 @@ OPTIONS = {"eager": None, "default": {}, "cpp_wrapper": {"cpp_wrapper": True},
            "no-layout-opt": {"layout_optimization": False}, "step": {"compile_update": True},
            # a setting that changes nothing but the backend's identity: dynamo would otherwise
            # reuse default's graph (same code, same guards) instead of compiling without the decomps
-           "aten-bn": {"trace.enabled": False}}
+           "aten-bn": {"trace.enabled": False}, "no-bn": {}, "no-bn-relu": {}}
 VARIANTS = tuple(OPTIONS)
+STRIPPED = {"no-bn": (nn.BatchNorm2d,), "no-bn-relu": (nn.BatchNorm2d, nn.ReLU)}  # variant -> layers removed
 BN_OPS = {"native_batch_norm", "native_batch_norm_backward", "batch_norm_backward", "_native_batch_norm_legit",
           "_native_batch_norm_legit_functional", "_batch_norm_with_update", "_batch_norm_with_update_functional"}
 
@@ -58,6 +64,16 @@ def aten_batch_norm():
     finally:
         for table, key, value in removed:
             table[key] = value
+
+
+def strip(model: nn.Module, kinds: tuple[type, ...]) -> nn.Module:
+    """`model` with every submodule of one of `kinds` replaced by nn.Identity (in place)."""
+    for name, child in model.named_children():
+        if isinstance(child, kinds):
+            setattr(model, name, nn.Identity())
+        else:
+            strip(child, kinds)
+    return model
 
 
 def inductor_options(variant: str) -> dict:
@@ -79,7 +95,9 @@ def make(variant: str, model_name: str, batch: int, precision: str, channels_las
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
-    step = build_step_fn(model_name, Precision(precision, torch.device("cpu")), channels_last, options)
+    kinds = STRIPPED.get(variant)
+    step = build_step_fn(model_name, Precision(precision, torch.device("cpu")), channels_last, options,
+                         prepare=(lambda m: strip(m, kinds)) if kinds else None)
     start = time.perf_counter()
     with aten_batch_norm() if variant == "aten-bn" else contextlib.nullcontext():
         for _ in range(3):  # compile (if any: forward and backward) and build oneDNN's kernels

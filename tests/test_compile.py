@@ -131,6 +131,25 @@ def test_probe_measures_and_leaves_the_random_state_alone():
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_build_step_fn_trains_the_network_prepare_returns():
+    """`prepare` sees the fresh network and the step trains what it returns (the benches strip layers)."""
+    seen = []
+
+    def prepare(model):
+        seen.append(model)
+        model.fc = torch.nn.Linear(model.fc.in_features, 10, bias=False)  # a head of its own, to look for below
+        torch.nn.init.zeros_(model.fc.weight)
+        return model
+
+    step = tc.build_step_fn("resnet20", CPU, False, None,
+                            model_args={"layers": [1, 1, 1], "widths": [4, 8, 8], "stem_width": 4}, prepare=prepare)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    first = step(x, y)
+    assert len(seen) == 1 and seen[0].fc.bias is None
+    assert torch.isclose(first, torch.log(torch.tensor(10.0)))  # zeroed head: uniform logits
+    assert seen[0].fc.weight.abs().sum() > 0  # the step updated the head prepare put in
+
+
 def test_probe_compiles_with_the_trainers_arguments():
     """A probe long enough to pay compiles the step with compile_kwargs and times it."""
     probe = tc.run_probe("resnet20", {"layers": [1, 1, 1], "widths": [4, 8, 8], "stem_width": 4}, 8, CPU, True,

@@ -14,6 +14,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -73,13 +74,16 @@ def compile_kwargs(device: torch.device, model: nn.Module | None = None, precisi
 
 
 def build_step_fn(model_name: str, precision: Precision, channels_last: bool, options: dict | None,
-                  model_args: dict | None = None, lr: float = 0.05):
+                  model_args: dict | None = None, lr: float = 0.05,
+                  prepare: Callable[[nn.Module], nn.Module] | None = None):
     """An SGD step (forward, loss, backward, update) of a fresh `model_name`, eager (`options=None`)
     or compiled as the trainer compiles it (compile_kwargs) with `options` over that: torch.compile's
     `mode` and `dynamic`, inductor settings (a setting of None restores inductor's default),
-    `compile_update` to compile the optimizer's update too. For the probe and the benches."""
+    `compile_update` to compile the optimizer's update too. `prepare` may change the fresh network
+    first (a bench strips layers to time the rest). For the probe and the benches."""
     device = precision.device
-    model = create_model(model_name, **(model_args or {})).to(device)
+    model = create_model(model_name, **(model_args or {}))
+    model = (prepare(model) if prepare else model).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
