@@ -122,7 +122,8 @@ def print_kernels(step, steps: int = 5) -> None:
 
 
 # Linux perf's shared-object names -> what runs there (first match wins)
-PERF_GROUPS = (("oneDNN's JIT kernels (convolutions, reorders)", re.compile(r"^\[JIT\]")),
+# code generated at run time has no file: perf names it "[JIT] tid N", older versions "[unknown]" or "//anon"
+PERF_GROUPS = (("oneDNN's JIT kernels (convolutions, reorders)", re.compile(r"^(\[JIT\]|\[unknown\]|//anon)")),
                ("inductor's generated kernels (fused BN, ReLU, adds)", re.compile(r"^c[a-z0-9]{40,}(\.main)?\.so$")),
                ("OpenMP runtime (threads waiting for each other)", re.compile(r"^lib(g|i)omp")),
                ("ATen and oneDNN C++ (eager kernels, primitive set-up)", re.compile(r"^libtorch_cpu")),
