@@ -9,7 +9,8 @@ optimizer, the rest. torch.compile on a CPU still calls the same oneDNN convolut
 and speed up everything else. So the step cannot become faster than its convolutions alone:
 eager time / convolution time bounds what any compilation gains (issue 17's target: 1.2x).
 With `--perf`, where the CPU time of the eager and the compiled step goes, from Linux `perf` sampling the
-process (no profiler hooks, which inflate a compiled step by a third): oneDNN's JIT kernels, inductor's
+process (no profiler hooks: torch.profiler with inductor's kernel profile took a compiled step from 168 to 229 ms):
+oneDNN's JIT kernels, inductor's
 generated kernels, the OpenMP runtime (threads waiting for one another), ATen's C++, Python; per thread.
 With `--kernels`, one more table: each oneDNN convolution of one step (forward, backward data, backward
 weights per shape, from oneDNN's verbose log), its milliseconds and GFLOP/s, and the machine's fp32 matrix
@@ -35,8 +36,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from resnet.allocator import relaunch_tuned
 from resnet.engine.compile import build_step_fn
-from resnet.engine.precision import Precision
-from resnet.engine.precision import resolve_precision
+from resnet.engine.precision import Precision, resolve_precision
 from fp32_paths import sgemm_gflops  # bench/, the script's own folder
 from train_throughput import make_step
 
