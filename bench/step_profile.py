@@ -9,9 +9,9 @@ optimizer, the rest. torch.compile on a CPU still calls the same oneDNN convolut
 and speed up everything else. So the step cannot become faster than its convolutions alone:
 eager time / convolution time bounds what any compilation gains (issue 17's target: 1.2x).
 With `--perf`, where the CPU time of the eager and the compiled step goes, from Linux `perf` sampling the
-process (no profiler hooks: torch.profiler with inductor's kernel profile took a compiled step from 168 to 229 ms):
-oneDNN's JIT kernels, inductor's
-generated kernels, the OpenMP runtime (threads waiting for one another), ATen's C++, Python; per thread.
+process (no profiler hooks: torch.profiler with inductor's kernel profile took a compiled step from 168 to
+229 ms): oneDNN's JIT kernels, inductor's generated kernels, the OpenMP runtime (threads waiting for one
+another), ATen's C++, Python; per thread.
 With `--kernels`, one more table: each oneDNN convolution of one step (forward, backward data, backward
 weights per shape, from oneDNN's verbose log), its milliseconds and GFLOP/s, and the machine's fp32 matrix
 product rate (a 4096 x 4096 `torch.mm`) beside it: how near the convolutions run to what the cores do.
