@@ -35,9 +35,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from resnet.allocator import relaunch_tuned
-from resnet.engine.compile import build_step_fn
-from resnet.engine.precision import Precision, resolve_precision
-from fp32_paths import sgemm_gflops  # bench/, the script's own folder
+from resnet.engine.precision import resolve_precision
+from compile_step import make as make_variant  # bench/, the script's own folder
+from fp32_paths import sgemm_gflops
 from train_throughput import make_step
 
 GROUPS = (("convolution", ("convolution", "conv2d", "mkldnn_conv")),
@@ -174,15 +174,11 @@ def perf_profile(step, steps: int, frequency: int = 999) -> tuple[float, dict[tu
 
 def print_perf(model: str, batch: int, precision: str, steps: int) -> None:
     """The eager and the compiled step (as the trainer builds them), each sampled by perf: CPU ms a step by group."""
-    prec = Precision(precision, torch.device("cpu"))
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    for name, options in (("eager", None), ("compiled", {})):
-        torch.manual_seed(0)
-        step_fn = build_step_fn(model, prec, True, options)
-        for _ in range(8):  # compile, build oneDNN's kernels, settle the allocator
-            step_fn(x, y)
-        wall, ms = perf_profile(lambda: step_fn(x, y), steps)
+    for name, variant in (("eager", "eager"), ("compiled", "default")):
+        step, _ = make_variant(variant, model, batch, precision, channels_last=True)  # compiled and warmed up
+        for _ in range(5):  # and a few more steps for the allocator to settle
+            step()
+        wall, ms = perf_profile(step, steps)
         total = sum(ms.values())
         print(f"\n{name} step, {model} batch {batch} {precision} channels_last, {torch.get_num_threads()} threads: "
               f"{wall:.1f} ms a step (wall), {total:.1f} CPU ms a step sampled ({steps} steps, perf)")
