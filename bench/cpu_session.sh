@@ -7,7 +7,8 @@
 #   2. the fp32 bound: the compiled step with batch norm (and ReLU) removed (bench/compile_step.py no-bn);
 #   3. where the fp32 step's CPU time goes, by library and thread (bench/step_profile.py --perf; needs perf);
 #   4. ResNet-50 inference, every backend at batch 1 and 16 (resnet benchmark; targets: batch 16 >= 3x
-#      onnxruntime fp32 on AVX2 and ahead of onnxruntime-int8, batch 1 <= onnxruntime-int8);
+#      onnxruntime fp32 on AVX2 and ahead of onnxruntime-int8, batch 1 <= onnxruntime-int8), and the cores'
+#      fp32 / int8 / bf16 matrix-product rates with what 3x onnxruntime fp32 asks of int8 (bench/matmul_rates.py);
 #   5. int8 agreement with fp32 on the committed trained ResNet-20 (needs the CIFAR-10 JPEGs);
 #   6. `resnet demo`'s wall time (target <= 5 minutes).
 # Run it from the repository root with nothing else on the machine (it creates .venv if needed):
@@ -19,8 +20,8 @@ OUT=${OUT:-runs/cpu-session}
 DATA=${DATA:-../shared/data/cifar10-train-jpg.tar.gz}
 QUICK=${QUICK:-0}
 DEMO=${DEMO:-1}
-if [ "$QUICK" = 1 ]; then STEPS=4 REPEATS=1 ROUNDS=1 SECONDS_=0.2 IMAGES=64 PERF_STEPS=3
-else STEPS=60 REPEATS=3 ROUNDS=7 SECONDS_=3 IMAGES=1024 PERF_STEPS=60; fi
+if [ "$QUICK" = 1 ]; then STEPS=4 REPEATS=1 ROUNDS=1 SECONDS_=0.2 IMAGES=64 PERF_STEPS=3 MM_SIZE=1024
+else STEPS=60 REPEATS=3 ROUNDS=7 SECONDS_=3 IMAGES=1024 PERF_STEPS=60 MM_SIZE=4096; fi
 mkdir -p "$OUT"
 bash bin/with-env true || exit 1  # the environment first, so that no step below times its creation
 run() {  # run NAME LIMIT_SECONDS COMMAND...: COMMAND's output into $OUT/NAME.txt, killed past the limit
@@ -52,6 +53,7 @@ else
     echo "fp32-perf: skipped, Linux perf is not installed" | tee -a "$OUT/summary.txt"
 fi
 run resnet50-inference 1500 resnet benchmark resnet50 --batch 1,16 --seconds "$SECONDS_" --min-iters 3 --budget 0
+run matmul-rates 900 python bench/matmul_rates.py --size "$MM_SIZE" --rounds "$ROUNDS" --onnxruntime
 if [ -f "$DATA" ]; then
     run int8-agreement 900 python bench/int8_agreement.py --checkpoint docs/results/2026-12-02-amd-epyc/cifar10_fast-resnet20 \
         --data "$DATA" --images "$IMAGES"

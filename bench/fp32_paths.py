@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 from unittest import mock
 
@@ -34,18 +33,7 @@ from resnet.deploy.benchmark import alternating_latencies, batch_inputs, random_
 from resnet.deploy.fold import fold_bn
 from resnet.engine.precision import cpu_model
 from resnet.models.counting import measure
-
-
-def sgemm_gflops(n: int = 4096, repeats: int = 5) -> float:
-    """Median fp32 rate of an n x n matrix product on this process's threads, in GFLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up: MKL picks its kernel and threads
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+from matmul_rates import matmul_rate  # bench/, the script's own folder
 
 
 class PointwiseAsLinear(nn.Module):
@@ -98,7 +86,7 @@ def main() -> None:
             "compiled fp32 (C++ wrapper)": compiled_fp32(model, True),
             "compiled fp32, 1x1 convs as linear (C++ wrapper)": compiled_fp32(pointwise_as_linear(fold_bn(model)), True)}
     gflop = 2 * measure(model, args.image_size).macs / 1e9  # one image, forward
-    peak = sgemm_gflops()
+    peak = matmul_rate(torch.float32)
     print(f"{args.model}, {args.image_size}x{args.image_size}, fp32, {torch.get_num_threads()} threads, "
           f"{cpu_model()}; medians of {args.rounds} rounds; {gflop:.2f} GFLOP an image; "
           f"sgemm {peak:.0f} GFLOP/s")

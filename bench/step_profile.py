@@ -37,7 +37,7 @@ from torch.profiler import ProfilerActivity, profile
 from resnet.allocator import relaunch_tuned
 from resnet.engine.precision import resolve_precision
 from compile_step import make as make_variant  # bench/, the script's own folder
-from fp32_paths import sgemm_gflops
+from matmul_rates import matmul_rate
 from train_throughput import make_step
 
 GROUPS = (("convolution", ("convolution", "conv2d", "mkldnn_conv")),
@@ -115,7 +115,7 @@ def print_kernels(step, steps: int = 5) -> None:
     total = sum(r[4] for r in table)
     flops = sum(conv_flops(r[2]) * r[3] for r in table)
     print(f"\noneDNN's convolutions in a step (medians of {steps} steps): {total:.1f} ms, {flops / total / 1e6:.0f} "
-          f"GFLOP/s in all; a 4096 x 4096 fp32 torch.mm here: {sgemm_gflops():.0f} GFLOP/s")
+          f"GFLOP/s in all; a 4096 x 4096 fp32 torch.mm here: {matmul_rate(torch.float32):.0f} GFLOP/s")
     print("| pass | kernel | shape | calls | ms | GFLOP/s |\n| --- | --- | --- | ---: | ---: | ---: |")
     for pass_, kernel, shape, calls, ms, rate in table:
         print(f"| {pass_} | {kernel} | {shape} | {calls} | {ms:.2f} | {rate:.0f} |")
