@@ -15,7 +15,7 @@ from safetensors.torch import save
 from imagenet_utils import one_thread
 from interop_utils import deterministic_input, deterministic_state_dict
 from resnet import create_model
-from resnet.weights import WeightsError, model_from_weights, timm_hub
+from resnet.weights import WeightsError, WeightsUnavailableError, model_from_weights, timm_hub
 from resnet.weights import sources as W
 
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -97,6 +97,16 @@ def test_a_download_that_does_not_match_the_hubs_hash_is_not_kept(timm_file, cac
     with pytest.raises(WeightsError, match="corrupt"):
         W.download(W.get_source("timm:resnet18.a1_in1k"), opener=lambda url, timeout: Response(blob[:-5], sha),
                    stream=io.StringIO())
+    assert not (caches / "w").exists() or list((caches / "w").iterdir()) == []
+
+
+def test_a_download_whose_hash_the_server_does_not_state_is_not_kept(timm_file, caches):
+    """A proxy or mirror that drops X-Linked-Etag: timm's files have no hash of their own, so the bytes cannot be
+    checked and must not reach the cache (the next call would load them unchecked)."""
+    blob, _ = timm_file
+    for _ in range(2):  # and the second call is not served from the cache
+        with pytest.raises(WeightsUnavailableError, match="stated no sha256.*place it at"):
+            model_from_weights("timm:resnet18.a1_in1k", opener=lambda url, timeout: Response(blob, None))
     assert not (caches / "w").exists() or list((caches / "w").iterdir()) == []
 
 

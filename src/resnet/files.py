@@ -118,8 +118,9 @@ def download(url: str, dest: Path, algorithm: str, expected: str | None, offline
     every network operation waits at most `timeout` seconds. A failed or stalled transfer raises
     `offline(reason)`, a digest that does not start with `expected` raises `corrupt(digest)`; either
     way nothing is left in the folder. Where the file's hash is not known beforehand (`expected`
-    None: hub files), `stated(response)` may read the one the server states for it. Progress goes to
-    `stream` (default stderr)."""
+    None: hub files), `stated(response)` may read the one the server states for it; when neither
+    is known the file cannot be checked and is not kept (`offline`: a proxy or mirror that drops the
+    hub's hash header must not put unchecked bytes in the cache). Progress goes to `stream` (default stderr)."""
     dest = Path(dest)
     stream = stream if stream is not None else sys.stderr
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,9 @@ def download(url: str, dest: Path, algorithm: str, expected: str | None, offline
         try:
             with os.fdopen(fd, "wb") as out:
                 got, said = _copy(url, dest.name, out, algorithm, offline, opener, stream, timeout, stated)
-            if not got.startswith(expected or said or ""):
+            if expected is None and said is None:
+                raise offline(f"the server stated no {algorithm} for the file, so the download could not be checked")
+            if not got.startswith(expected or said):
                 raise corrupt(got)
             os.replace(tmp, dest)
         finally:
