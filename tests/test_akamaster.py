@@ -5,6 +5,7 @@ import hashlib
 import io
 import tarfile
 import urllib.error
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,31 @@ def test_a_local_akamaster_file_is_recognised(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x).double(), reference_forward(sd, x, 3), rtol=1e-5, atol=1e-4)
+
+
+def test_fine_tuning_to_another_head_keeps_every_other_tensor(tmp_path):
+    """`load_pretrained` into CIFAR-100 (or a headless) ResNet-20: akamaster's 10-class head is left out and the
+    body is akamaster's, permuted; a model with the file's own head still takes the file's head."""
+    from resnet.weights import load_pretrained
+    sd = synthetic_akamaster(20, seed=4)
+    path = tmp_path / "mine.th"
+    path.write_bytes(legacy_file(sd))
+    same = create_model("resnet20")
+    load_pretrained(same, str(path))
+    for classes in (100, 0):
+        model = create_model("resnet20", num_classes=classes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fine-tuning notice about the head
+            load_pretrained(model, str(path))
+        body = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+        assert body.keys() == {k for k in same.state_dict() if not k.startswith("fc.")}
+        for k, v in body.items():
+            torch.testing.assert_close(v, same.state_dict()[k], rtol=0, atol=0)
+        assert [tuple(v.shape) for k, v in model.state_dict().items() if k.startswith("fc.")] == (
+            [(classes, 64), (classes,)] if classes else [])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(same.eval()(x).double(), reference_forward(sd, x, 3), rtol=1e-5, atol=1e-4)
 
 
 def test_errors_are_one_line(fake_named, tmp_path, monkeypatch, capsys):

@@ -93,10 +93,14 @@ def _check_network(model: nn.Module) -> None:
 def to_toolkit(state_dict: Mapping[str, torch.Tensor], model: nn.Module, origin: str = "akamaster's weights"
                ) -> dict[str, torch.Tensor]:
     """akamaster's state dict as the toolkit's, for `model`: every tensor used, none invented (the
-    BN counters, which the files lack, keep the model's own), each stage's channels permuted."""
+    BN counters, which the files lack, keep the model's own), each stage's channels permuted. The classifier
+    may differ from the model's (another number of classes, or none): it is converted all the same and
+    `load_weights` keeps the model's fresh head, as for fine-tuning from any other layout."""
     _check_network(model)
     given = rename(state_dict)
     missing, unexpected, mismatched = compare_state_dicts(model.state_dict(), given)
+    unexpected = [k for k in unexpected if not k.startswith("fc.")]
+    mismatched = [m for m in mismatched if not m[0].startswith("fc.")]
     if missing or unexpected or mismatched:
         raise WeightsError(format_problems(missing, unexpected, mismatched, origin))
     by_prefix = _orders_by_key(model)

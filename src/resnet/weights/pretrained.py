@@ -122,7 +122,7 @@ def load_pretrained(model: nn.Module, spec: str, opener=None) -> dict:
     path, source = resolve(spec, opener=opener)
     load_weights(model, toolkit_state_dict(path, model, source))
     return weights_meta(source, path, getattr(model, "model_name", source.model if source else "resnet"),
-                        model.fc.out_features if hasattr(model, "fc") else 0)
+                        getattr(getattr(model, "fc", None), "out_features", 0))
 
 
 def preprocess_of(spec: str) -> Preprocess | None:

@@ -108,7 +108,8 @@ def load_weights(model: nn.Module, source, strict: bool = True) -> nn.Module:
     Prefixes from DDP/compile are stripped. On any mismatch one error lists missing keys,
     unexpected keys and shape mismatches. When only the classifier differs in size
     (fine-tuning to a new `num_classes`), the rest loads and the head keeps its fresh
-    initialisation, with a warning. `strict=False` loads what fits and warns about the rest.
+    initialisation, with a warning; a headless model (`num_classes=0`) leaves the file's head out,
+    also with a warning. `strict=False` loads what fits and warns about the rest.
     """
     origin = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
     given = read_state_dict(source) if isinstance(source, (str, os.PathLike)) else _unwrap(source, origin)
@@ -117,7 +118,11 @@ def load_weights(model: nn.Module, source, strict: bool = True) -> nn.Module:
     missing, unexpected, mismatched = compare_state_dicts(model_sd, given)
     head_only = (not missing and not unexpected and mismatched
                  and all(k.startswith(HEAD_PREFIX) for k, _, _ in mismatched))
-    if head_only:
+    headless = (not missing and not mismatched and unexpected and all(k.startswith(HEAD_PREFIX) for k in unexpected)
+                and not any(k.startswith(HEAD_PREFIX) for k in model_sd))
+    if headless:
+        warnings.warn(f"{origin}: the model has no classifier; loaded everything but the file's", stacklevel=2)
+    elif head_only:
         warnings.warn(f"{origin}: classifier shape differs ({mismatched[0][2]} in the file, {mismatched[0][1]} in the model); "
                       "loaded everything else and kept a freshly initialised head", stacklevel=2)
         if hasattr(model, "reset_classifier"):
