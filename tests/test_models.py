@@ -82,6 +82,9 @@ def test_options_users_expect():
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 100)
     model.reset_classifier(0)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 64)
+    half = resnet.create_model("resnet20").to(torch.bfloat16)  # the new head takes the model's dtype
+    half.reset_classifier(5)
+    assert half.fc.weight.dtype == torch.bfloat16 and half(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).shape == (2, 5)
     with pytest.raises(TypeError, match="unknown argument"):
         resnet.create_model("resnet20", num_clases=10)
     with pytest.raises(ValueError, match="did you mean.*resnet50"):

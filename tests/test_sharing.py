@@ -95,6 +95,11 @@ def test_model_save_pretrained_round_trip(tmp_path):
     cfg = json.loads((tmp_path / "n" / "config.json").read_text())
     assert cfg["pretrained_cfg"]["pool_size"] == [7, 7] and cfg["pretrained_cfg"]["input_size"] == [3, 224, 224]
     assert torch.equal(_logits(named, 64, 2), _logits(resnet.from_pretrained(tmp_path / "n"), 64, 2))
+    # the speedrun net: a 32-pixel whitening stem, max-pooling in every stage, global max-pooling
+    resnet.create_model("speedrun_resnet8").save_pretrained(tmp_path / "s")
+    cfg = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (cfg["preprocess"]["crop"], cfg["preprocess"]["resize"], cfg["pretrained_cfg"]["pool_size"],
+            cfg["global_pool"]) == (32, 32, [3, 3], "max")
 
 
 def test_a_timm_layout_folder_reads_with_its_test_size(tmp_path):

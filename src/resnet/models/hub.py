@@ -24,19 +24,16 @@ FORMAT = 1  # config.json's `resnet_format`: raised when a reader would misread 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's defaults, for bare models
 
 
-def native_size(config) -> int:
-    return 32 if config.stem == "cifar" else 224
-
-
-def feature_stride(config) -> int:
-    """Input pixels per cell of the last feature map (32 for ImageNet nets, 4 for 3-stage CIFAR nets)."""
-    return (4 if config.stem == "imagenet" else 1) * 2 ** (len(config.layers) - 1)
+def last_map_size(model, size: int) -> list[int]:
+    """[H, W] of the last feature map for `size` x `size` inputs (timm's pool_size), from a meta-device
+    pass: the speedrun nets max-pool in every stage, so no fixed stride per stem gives it."""
+    return [s for s in measure(model, size).stages if s.stage != "head"][-1].output_size[1:]
 
 
 def describe(model, meta: dict | None) -> dict:
     """The model's description, with what a bare (never loaded) model would need filled in."""
     meta = dict(meta or getattr(model, "pretrained_meta", None) or {})
-    size = int(meta.get("input_size") or native_size(model.config))
+    size = int(meta.get("input_size") or model.config.input_size)  # 32 for the CIFAR and whitening stems
     meta.setdefault("model", getattr(model, "model_name", "resnet"))
     meta.setdefault("mean", list(IMAGENET_MEAN))
     meta.setdefault("std", list(IMAGENET_STD))
@@ -55,13 +52,13 @@ def build_config(model, meta: dict, license: str | None = None) -> dict:
         "tag": meta.get("tag"), "input_size": [cfg.in_chans, size, size], "fixed_input_size": False,
         "interpolation": meta["interpolation"], "crop_pct": round(size / resize, 6), "crop_mode": "center",
         "mean": list(meta["mean"]), "std": list(meta["std"]), "num_classes": num_classes,
-        "pool_size": [max(1, size // feature_stride(cfg))] * 2, "first_conv": "conv1", "classifier": "fc",
+        "pool_size": last_map_size(model, size), "first_conv": "conv1", "classifier": "fc",
         "license": license or meta.get("license") or "unknown", "origin_url": meta.get("origin_url"),
         **{k: v for k, v in (meta.get("timm_cfg") or {}).items() if k in ("test_input_size", "test_crop_pct", "paper_ids")},
     }
     return {
         "architecture": meta["model"], "num_classes": num_classes, "num_features": model.num_features,
-        "global_pool": "avg", "label_names": classes if len(classes) == num_classes else None,
+        "global_pool": cfg.pool, "label_names": classes if len(classes) == num_classes else None,
         "pretrained_cfg": {k: v for k, v in pretrained_cfg.items() if v is not None},
         "library_name": "resnet", "resnet_version": __version__, "resnet_format": FORMAT,
         "model_config": cfg.to_dict(),

@@ -213,6 +213,8 @@ class ResNet(nn.Module):
         """A new, freshly initialised classifier for `num_classes` (0 removes it)."""
         if num_classes < 0:
             raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
-        device = next(self.parameters()).device
-        self.fc = nn.Linear(self.num_features, num_classes, device=device) if num_classes else nn.Identity()
+        old = next(self.fc.parameters(), None) if isinstance(self.fc, nn.Linear) else None
+        like = old if old is not None else next(self.parameters())  # a bf16 model keeps a bf16 head
+        self.fc = (nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype)
+                   if num_classes else nn.Identity())
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
