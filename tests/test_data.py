@@ -350,6 +350,43 @@ def test_archive_split_folders(tmp_path):
         load_dataset(archive, "test", cache_dir=tmp_path / "c")
 
 
+def test_archive_splits_of_different_sizes(tmp_path):
+    """An archive's images are all decoded in one pass, but only the wanted split's decide its common size
+    and the fail-fast size probe, as for the same folder tree."""
+    make_tree(tmp_path / "d" / "train", size=6)
+    make_tree(tmp_path / "d" / "test", per_class=2, size=8)  # fewer, larger, and first in the archive
+    archive = make_tar(tmp_path / "d", tmp_path / "d.tar.gz", "d")
+    for path in (tmp_path / "d", archive):
+        assert load_dataset(path, "test", cache_dir=tmp_path / "c").images.shape == (6, 3, 8, 8)
+        _, images, _ = memory.decode_source(path, "train", workers=0, max_side=7)  # the test images are too large
+        assert images.shape == (12, 3, 6, 6)
+    with pytest.raises(ImagesTooLargeError, match="test/bird/000.PNG is 8x8: only images up to 7x7"):
+        memory.decode_source(archive, "test", workers=0, max_side=7)  # the probe still fails fast
+
+
+def test_class_named_like_a_split_is_a_class(tmp_path):
+    """CIFAR-100 has a class 'train': a folder holding images is a class whatever its name; only one holding
+    class folders (and no images) is a split."""
+    from resnet.data import has_test_split
+    root = tmp_path / "d"
+    for c in ("bus", "train", "val"):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    for path in (root, make_tar(root, tmp_path / "d.tar.gz", "d")):
+        for split in ("train", "test"):  # no split folders: 'test' is the training images, as for any such tree
+            ds = load_dataset(path, split, cache_dir=tmp_path / "c")
+            assert ds.classes == ["bus", "train", "val"] and ds.labels.tolist() == [0, 0, 1, 1, 2, 2]
+        assert not has_test_split(path)
+    split_tree = tmp_path / "s"  # split folders whose classes are named like splits
+    for split in ("train", "test"):
+        for c in ("bus", "train"):
+            (split_tree / split / c).mkdir(parents=True)
+            Image.fromarray(RNG.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(split_tree / split / c / "0.png")
+    assert load_dataset(split_tree, "test", cache_dir=tmp_path / "c").classes == ["bus", "train"]
+    assert has_test_split(split_tree)
+
+
 def test_modes_are_converted_to_rgb(tmp_path):
     root = tmp_path / "modes"
     (root / "a").mkdir(parents=True)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from imagenet_utils import TINY_STREAM, make_large_folder, one_thread
 from resnet.config import make_config
 from resnet.data import load_dataset
+from resnet.data.memory import MemoryLoader
 from resnet.engine.distributed import CPUSyncBatchNorm, ShardedMemoryLoader, convert_sync_batchnorm
 from resnet.engine.trainer import Trainer, train
 from resnet.models import create_model
@@ -124,6 +125,25 @@ def test_sharded_memory_batches_are_slices_of_the_global_batch(tiny_folder):
         assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
     with pytest.raises(ValueError, match="multiple of 3"):
         ShardedMemoryLoader(whole, 0, 3)
+
+
+def test_sharded_repeated_augmentation_puts_copies_on_different_processes():
+    """With data.repeats=2 on 2 processes no process gets two copies of one image in a step (the README's
+    promise); the plan used to re-sort each batch by flip, undoing epoch_order's layout."""
+    n = 64
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    labels = torch.arange(n)  # the label names the image
+    make = lambda: MemoryLoader(images, labels, 16, True, (0.5,), (0.5,), seed=3, repeats=2, pad=0)  # noqa: E731
+    whole, shards = make(), [ShardedMemoryLoader(make(), r, 2) for r in (0, 1)]
+    for loader in (whole, *shards):
+        loader.set_epoch(0)
+    steps = 0
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *shards):
+        assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+        assert len(y0.unique()) == len(y0) == 8 and len(y1.unique()) == len(y1) == 8
+        assert len(y.unique()) == 8  # 8 images, 2 copies each
+        steps += 1
+    assert steps == 4
 
 
 def test_sync_batchnorm_is_batchnorm_outside_distributed_training():

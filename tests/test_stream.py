@@ -14,8 +14,8 @@ from resnet.cli import main
 from resnet.config import make_config
 from resnet.data.folder import load_rgb
 from resnet.data.transforms import (PCA_EIGVAL, CenterTest, MultiScaleTest, PaperTrain, RRCTrain, TenCropTest,
-                                    lighting_offset, normalize_batch)
-from resnet.data.stream import EpochBatchSampler, StreamingFolder
+                                    eval_transform, lighting_offset, normalize_batch)
+from resnet.data.stream import EpochBatchSampler, StreamingFolder, tensor_view_loader
 from resnet.engine.trainer import Trainer, train
 
 
@@ -188,6 +188,18 @@ def test_sampler_shards_are_slices_of_the_global_batches():
     assert list(whole) != list(shards[0])
     with pytest.raises(ValueError, match="multiple of 3"):
         EpochBatchSampler(23, 8, shuffle=True, world_size=3)
+
+
+def test_sharded_evaluation_with_a_short_last_batch_yields_no_empty_batch():
+    """9 images in batches of 8 over 4 ranks: the last batch's one image goes to rank 0, and the other
+    ranks yield one batch fewer instead of an empty one (which cannot be collated)."""
+    shards = [EpochBatchSampler(9, 8, shuffle=False, rank=r, world_size=4) for r in range(4)]
+    assert [len(list(s)) for s in shards] == [2, 1, 1, 1]
+    assert sorted(i for s in shards for b in s for i, _ in b) == list(range(9))
+    loader = tensor_view_loader(torch.zeros(9, 3, 8, 8, dtype=torch.uint8), torch.arange(9) % 2,
+                                eval_transform("center", 8, 8), 8, (0.5,) * 3, (0.5,) * 3)
+    loader.shard(3, 4)
+    assert [tuple(x.shape) for x, _ in loader] == [(2, 3, 8, 8)]
 
 
 def test_batches_do_not_depend_on_worker_count(large_folder):

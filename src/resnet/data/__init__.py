@@ -98,8 +98,11 @@ def load_split(path: str | Path, split: str, run_config: dict | None = None,
                cache_dir: str | Path | None = None) -> InMemoryDataset:
     """`split` of a dataset in memory: 'train', 'test', or 'val' (the hold-out of the training run
     whose saved configuration is `run_config`, rebuilt from its seed and data.val_size)."""
-    if split == "val":
-        return run_holdout(load_dataset(path, "train", cache_dir=cache_dir), run_config)
+    if split == "val":  # the training set as the run loaded it: without the images data.skip_bad left out
+        data = (run_config or {}).get("data", {})
+        train = load_dataset(path, "train", cache_dir=cache_dir or data.get("cache_dir") or None,
+                             skip_bad=bool(data.get("skip_bad", False)))
+        return run_holdout(train, run_config)
     return load_dataset(path, split, cache_dir=cache_dir)
 
 

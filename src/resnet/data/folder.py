@@ -178,7 +178,10 @@ def _class_root(dirs: set[str], files: list[str], split: str | None, where: str)
         subdirs, here = _children(dirs, files, prefix)
         join = (lambda d: f"{prefix}/{d}" if prefix else d)
         if split is not None:
-            splits = {d.lower(): d for d in subdirs if d.lower() in sum(SPLIT_NAMES.values(), ())}
+            def is_split(d: str) -> bool:  # class folders inside and no images: a folder with images is a
+                sub, imgs = _children(dirs, files, join(d))  # class of that name (CIFAR-100 has 'train')
+                return bool(sub) and not any(is_image_file(f) for f in imgs)
+            splits = {d.lower(): d for d in subdirs if d.lower() in sum(SPLIT_NAMES.values(), ()) and is_split(d)}
             if splits:
                 pick = next((splits[n] for n in SPLIT_NAMES[split] if n in splits), None)
                 if pick is None:

@@ -31,7 +31,7 @@ from ..errors import ConfigError, DataError
 from .augment import slice_params
 from .sampling import epoch_order
 from .cifar import default_cache_dir
-from .folder import (DatasetLayoutError, FolderIndex, ImageDecodeError, _reason, decode_image,
+from .folder import (SPLIT_NAMES, DatasetLayoutError, FolderIndex, ImageDecodeError, _reason, decode_image,
                      index_from_names, is_archive, iter_encoded, scan, walk_archive, walk_tree)
 from .split import epoch_generator
 
@@ -108,9 +108,12 @@ class _ChunkDecoder:
     that the caller raises only for images it wants (an archive holds other splits too)."""
 
     def __init__(self, workers: int | None, chunk: int, max_side: int, prefix: str = "",
-                 skip_bad: bool = False):
+                 skip_bad: bool = False, split: str | None = None):
         self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
         self.chunk, self.max_side, self.prefix, self.skip_bad = chunk, max_side, prefix, skip_bad
+        # folder names that mark an image of another split than `split` (an archive holds them all)
+        self._other_splits = {n for s, names in SPLIT_NAMES.items() if s != split for n in names} \
+            if split in SPLIT_NAMES else set()
         self.names: list[str] = []
         self._buf: list[tuple[str, bytes]] = []
         self._done: list = []  # results or AsyncResults, in feed order
@@ -134,8 +137,8 @@ class _ChunkDecoder:
                 "(data.stream=true to ask for it; in code, resnet.data.StreamingFolder).")
 
     def add(self, name: str, data: bytes) -> None:
-        if not self._probed:
-            self._probe(name, data)
+        if not self._probed and not self._other_splits.intersection(p.lower() for p in name.split("/")[:-1]):
+            self._probe(name, data)  # probe only images that may be of the wanted split
         self.names.append(name)
         self._buf.append((name, data))
         if len(self._buf) >= self.chunk:
@@ -151,19 +154,23 @@ class _ChunkDecoder:
             self._done.append(self._pool.apply_async(_decode_chunk, args) if self._pool
                               else _decode_chunk(*args))
 
-    def finish(self) -> tuple[np.ndarray, list[str], list[tuple[str, str, str]]]:
+    def finish(self, wanted: set[str] | None = None) -> tuple[np.ndarray, list[str], list[tuple[str, str, str]]]:
         """(N x H x W x 3 uint8 of the images kept, their keys in feed order, problems). Kept
-        images have the most common size; others become problems of kind 'size'."""
+        images have the most common size among the `wanted` keys (all when None: an archive's other
+        split may differ in size); others become problems of kind 'size'."""
         self._flush()
         results = [r if isinstance(r, tuple) else r.get() for r in self._done]
         problems = [p for _, probs in results for p in probs]
         counts: dict[tuple[int, ...], int] = {}
+        first = None
         for groups, _ in results:
             for shape, (_, keys) in groups.items():
-                counts[shape] = counts.get(shape, 0) + len(keys)
+                k = len(keys) if wanted is None else sum(key in wanted for key in keys)
+                if k:
+                    counts[shape] = counts.get(shape, 0) + k
+                    first = shape if first is None else first
         if not counts:
             return np.zeros((0, 1, 1, 3), np.uint8), [], problems
-        first = next(shape for groups, _ in results for shape in groups)
         common = max(counts, key=lambda sh: (counts[sh], sh == first))
         arrays, kept = [], []
         for groups, _ in results:
@@ -198,7 +205,7 @@ def decode_source(source: str | Path, split: str | None = None, workers: int | N
     but problems there are ignored)."""
     source = Path(source).expanduser()
     archive = is_archive(source)
-    dec = _ChunkDecoder(workers, chunk, max_side, f"{source}:" if archive else "", skip_bad)
+    dec = _ChunkDecoder(workers, chunk, max_side, f"{source}:" if archive else "", skip_bad, split)
     unreadable: list[tuple[str, str, str]] = []
     try:
         if archive:
@@ -208,7 +215,7 @@ def decode_source(source: str | Path, split: str | None = None, workers: int | N
             for name, data, _ in iter_encoded(
                     index, on_error=lambda n, e: unreadable.append((n, "decode", str(e)))):
                 dec.add(name, data)
-        arrays, kept, problems = dec.finish()
+        arrays, kept, problems = dec.finish({k for k, _ in index.samples})
     finally:
         dec.close()
     wanted = {k: i for i, (k, _) in enumerate(index.samples)}
@@ -519,7 +526,8 @@ class MemoryLoader:
     def plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict | None]:
         """(order, oy, ox, flip, augment choices) for every position of this epoch, drawn up front.
         Within each batch the images to mirror come first (batch order is immaterial to training), so a
-        batch is mirrored with one slice instead of a scatter."""
+        batch is mirrored with one slice instead of a scatter; not with repeated augmentation, whose
+        layout of each global batch (epoch_order) puts the copies of an image on different processes."""
         n = self.nhwc.shape[0]
         if not self.train:
             z = torch.zeros(n, dtype=torch.long)
@@ -539,6 +547,8 @@ class MemoryLoader:
             flip = torch.zeros(n, dtype=torch.bool)
         augmented = self.augment is not None and not side and (self.augment_until is None or self.epoch < self.augment_until)
         aug = self.augment.sample(n, g, (h, w)) if augmented else None
+        if self.repeats > 1:  # keep epoch_order's layout: the copies of an image on different processes
+            return order, oy, ox, flip, aug  # (batch() mirrors images anywhere in the batch)
         key = torch.arange(n) // self.batch_size * 2 + (~flip).long()
         group = torch.argsort(key, stable=True)
         return order[group], oy[group], ox[group], flip[group], None if aug is None else slice_params(aug, group)

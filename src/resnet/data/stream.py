@@ -183,7 +183,10 @@ class EpochBatchSampler(torch.utils.data.Sampler):
                 per_rank = math.ceil((end - start) / self.world_size)
             lo = min(start + self.rank * per_rank, end)
             hi = min(lo + per_rank, end)
-            yield [(order[j], seeds[j]) for j in range(lo, hi)]
+            if lo < hi:  # a short last batch may leave the higher ranks nothing: no empty batch (it cannot be
+                # collated), so those ranks yield one batch fewer. Training always drops the last batch;
+                # only evaluation-style use (drop_last=False, world_size > 1) sees this.
+                yield [(order[j], seeds[j]) for j in range(lo, hi)]
 
 
 class StreamLoader:
