@@ -1,5 +1,6 @@
 """Nothing lost: clean stops on signals, SIGKILL at random moments, full disks, NaN losses, unsafe files."""
 import errno
+import io
 import os
 import pickle
 import signal
@@ -60,6 +61,24 @@ def test_signal_stops_cleanly_mid_epoch_and_resume_is_exact(tiny_folder, tmp_pat
     assert (run / "metrics.jsonl").read_text().count("\n") == 3
     assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)  # handlers restored
     signal.signal(sig, before)
+
+
+def test_signal_in_an_epochs_last_step_stops_after_that_epoch(tiny_folder, tmp_path):
+    """With one step an epoch, every signal arrives in an epoch's last step, which the mid-epoch check skips
+    (the epoch's end checkpoint follows): the run must stop there, not train on to the end."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run = tmp_path / "run"
+        trainer = Trainer(_cfg(tiny_folder, "data.batch_size=36"), run)  # 36 training images: 1 step an epoch
+        assert len(trainer.train_loader) == 1
+        _on_call(trainer.model.fc, 1, lambda out: os.kill(os.getpid(), signal.SIGINT))
+        with pytest.raises(TrainingInterrupted, match="SIGINT: stopped at step 1 .*resnet train --resume"):
+            trainer.fit()
+        state = torch.load(run / "last.state.pt", weights_only=True)
+        assert state["step"] == 1 and state["epoch"] == 1 and state["partial"]["batches"] == 0
+        assert (run / "metrics.jsonl").read_text().count("\n") == 1
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_cli_exit_code_and_message_on_sigterm(tiny_folder, tmp_path, capsys, monkeypatch):
@@ -144,6 +163,32 @@ def _stop_at_step_6(tiny_folder, run):
     with pytest.raises(TrainingInterrupted):
         trainer.fit()
     signal.signal(signal.SIGTERM, before)
+
+
+def test_progress_after_a_mid_epoch_resume_counts_only_the_steps_since(tiny_folder, tmp_path, monkeypatch):
+    """Resumed at epoch 2's third step, the progress line's images/s and ETA are those of the steps this
+    process ran (1 s each on a fake clock), not the epoch's whole count over the time since the resume."""
+    run = tmp_path / "run"
+    _stop_at_step_6(tiny_folder, run)
+    clock = {"t": 1000.0}
+    monkeypatch.setattr("resnet.engine.logger.time", type("Clock", (), {"perf_counter": lambda: clock["t"]}))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    stream = Terminal()
+    trainer = Trainer(_cfg(tiny_folder, epochs=2), run, resume=True, stream=stream)
+    step = trainer._train_step
+
+    def one_second_step(*args, **kwargs):
+        clock["t"] += 1.0
+        return step(*args, **kwargs)
+    trainer._train_step = one_second_step
+    trainer.fit()
+    lines = stream.getvalue().split("\r")
+    # step 3 of 4: 8 images in 1 s, and 1 step left at 1 s a step
+    assert any(" 3/4 " in line and "8 img/s ETA    1s" in line for line in lines), lines
+    assert any(" 4/4 " in line and "8 img/s" in line for line in lines), lines
 
 
 def test_resume_without_the_commit_point_uses_the_newest_complete_checkpoint(tiny_folder, tmp_path):

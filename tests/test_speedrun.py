@@ -150,6 +150,23 @@ def test_lookahead_resets_the_model_to_a_warming_average():
     assert torch.equal(restored.shadow["weight"], la.shadow["weight"])
 
 
+def test_lookahead_restored_onto_the_models_device():
+    """A checkpoint loads onto the CPU; resumed on a GPU, the average must move to the model's device or the
+    first step's foreach ops fail. The meta device stands in for CUDA here."""
+    model = torch.nn.Linear(2, 2)
+    la = Lookahead(0.9, every=1, start=0, total=10)
+    la.step(model, 1)
+    buffer = io.BytesIO()
+    torch.save(la.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, map_location="cpu", weights_only=True)  # as checkpoint.load_training_state does
+    elsewhere = torch.nn.Linear(2, 2).to("meta")
+    restored = Lookahead(0.9, every=1, start=0, total=10)
+    restored.load_state_dict(state, elsewhere)  # as Trainer._restore does
+    assert {v.device.type for v in restored.shadow.values()} == {"meta"}
+    restored.step(elsewhere, 2)
+
+
 def test_speedrun_recipe_resumes_exactly_with_lookahead_and_alternating_flips(tiny_folder, tmp_path):
     """Stopped after epoch 2 (the lookahead running since half-way through epoch 1) and resumed, the run
     ends with the weights of an uninterrupted one: the average is in the checkpoint, the flips follow the epoch."""

@@ -240,6 +240,26 @@ def test_ema_weights_are_the_ones_published_and_validated(tiny_folder, tmp_path)
     assert history[-1]["val_loss"] != pytest.approx(raw_val["loss"], rel=1e-5)
 
 
+def test_ema_turned_on_at_resume_starts_from_the_restored_weights(tiny_folder, tmp_path):
+    """`--resume RUN ema_decay=...` on a run that had no EMA: the average begins at the trained weights,
+    not at the random ones the trainer was built with."""
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)
+    trained = _weights(run)
+    trainer = Trainer(_cfg(tiny_folder, "ema_decay=0.9", epochs=2), run, resume=True)
+    assert all(torch.equal(trainer.ema.shadow[k], trained[k]) for k in trained)
+
+
+def test_small_learning_rates_are_logged_not_rounded_to_zero(tiny_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    trainer = Trainer(_cfg(tiny_folder, "optim.lr=2.5e-7", "schedule.name=constant",
+                           epochs=1), run)
+    history = trainer.fit()
+    assert history[-1]["lr"] == 2.5e-7
+    assert json.loads((run / "metrics.jsonl").read_text())["lr"] == 2.5e-7
+    assert " lr 2.5e-07 " in capsys.readouterr().err
+
+
 def test_nesterov_momentum_is_the_update_asked_for():
     from resnet.config import OptimConfig
     from resnet.engine.optim import make_optimizer

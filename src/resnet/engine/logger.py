@@ -10,8 +10,11 @@ from pathlib import Path
 class Progress:
     """A progress bar (or plain lines when stderr is not a terminal) with loss, error, images/s and ETA."""
 
-    def __init__(self, total: int, prefix: str, stream=None, min_interval: float = 0.5):
+    def __init__(self, total: int, prefix: str, stream=None, min_interval: float = 0.5, done: int = 0, images: int = 0):
+        """`done` steps and `images` already counted when it starts (a resumed epoch's): images/s and the ETA
+        are those of the steps since, which its clock times."""
         self.total, self.prefix = total, prefix
+        self.done0, self.images0 = done, images
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = self.last = time.perf_counter()
@@ -28,8 +31,8 @@ class Progress:
             return
         self.last = now
         elapsed = now - self.start
-        rate = images / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / max(done, 1) * (self.total - done)
+        rate = (images - self.images0) / elapsed if elapsed > 0 else 0.0
+        eta = elapsed / max(done - self.done0, 1) * (self.total - done)
         width = 24
         bar = "#" * int(width * done / max(self.total, 1))
         line = (f"{self.prefix} [{bar:<{width}}] {done}/{self.total} loss {loss:.4f} err {err:5.2f}% "

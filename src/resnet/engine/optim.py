@@ -241,5 +241,9 @@ class Lookahead:
     def state_dict(self) -> dict:
         return dict(self.shadow or {})
 
-    def load_state_dict(self, state: dict) -> None:
-        self.shadow = {k: v.clone() for k, v in state.items()} or None
+    def load_state_dict(self, state: dict, model: nn.Module | None = None) -> None:
+        """With `model`, the shadow goes to the device of the tensors it shadows: a checkpoint is loaded
+        onto the CPU, and step's foreach ops need it where the model is (CUDA)."""
+        where = model.state_dict() if model is not None else {}
+        self.shadow = {k: v.to(where[k].device if k in where else v.device, copy=True)
+                       for k, v in state.items()} or None

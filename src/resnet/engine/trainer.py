@@ -331,10 +331,10 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"])
-        if self.ema is not None and "ema" in state:
-            self.ema.load_state_dict(state["ema"])
+        if self.ema is not None:  # EMA turned on at resume: average from the restored weights, not the random init
+            self.ema.load_state_dict(state["ema"] if "ema" in state else self.model.state_dict())
         if self.lookahead is not None and "lookahead" in state:
-            self.lookahead.load_state_dict(state["lookahead"])
+            self.lookahead.load_state_dict(state["lookahead"], self.model)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
         if self.proxy is not None:
@@ -380,7 +380,8 @@ class Trainer:
         self.train_loader.set_epoch(self.epoch)
         if acc["batches"] and hasattr(self.train_loader, "skip_batches"):
             self.train_loader.skip_batches(acc["batches"])  # streamed: skip without decoding
-        progress = Progress(len(self.train_loader), f"epoch {self.epoch + 1}/{cfg.epochs}", self.stream)
+        progress = Progress(len(self.train_loader), f"epoch {self.epoch + 1}/{cfg.epochs}", self.stream,
+                            done=acc["batches"], images=acc["seen"])  # after a mid-epoch resume: counts so far
         start, lr = time.perf_counter() - acc["seconds"], None
         # Deferred checks need no sync; with several processes every one must stop at the same step, and
         # nonfinite=skip must know before the update: those (and CPUs, where it is free) check every step.
@@ -675,6 +676,10 @@ class Trainer:
         with _stop_on_signals(self):
             while self.epoch < self.cfg.epochs:
                 self._fit_epoch()
+                # The mid-epoch check skips an epoch's last step (its end checkpoint follows), so a signal
+                # during that step or validation (every signal, with one step an epoch) is acted on here.
+                if self.stop_signal and self.epoch < self.cfg.epochs:
+                    raise TrainingInterrupted(self.stop_signal, self.run_dir, self.epoch, self.step)
         self.log.close()
         distributed.mark_finished()
         return self.history
@@ -691,7 +696,9 @@ class Trainer:
         best = val is not None and val["top1_err"] < self.best_val_err
         if best:
             self.best_val_err = val["top1_err"]
-        record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        # lr to 6 significant figures: 6 decimals would log a small one (2.5e-7) as 0
+        record = {k: (float(f"{v:.6g}") if k == "lr" else round(v, 6)) if isinstance(v, float) else v
+                  for k, v in record.items()}
         self.history.append(record)
         self.save(best=best)
         self.log.append(record)
