@@ -33,8 +33,8 @@ def main() -> None:
     p.add_argument("--backends", default="int8,onnxruntime-int8")
     args = p.parse_args()
     model, meta = load_spec(args.checkpoint)
-    x, y = parity.real_images(args.data, meta, args.images, seed=0, split="val")
-    calib, _ = parity.real_images(args.data, meta, 256, seed=1, split="train")
+    x, y, _ = parity.real_images(args.data, meta, args.images, seed=0, split="val")
+    calib = parity.real_images(args.data, meta, 256, seed=1, split="train")[0]
     with torch.no_grad():
         ref = model(x).argmax(1)
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "the processor's own")

@@ -180,6 +180,23 @@ def test_skip_bad_cache_is_never_read_without_skip_bad(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "c").glob("*.safetensors")] == [Path(clean.info["cache"]).name]
 
 
+def test_val_split_of_a_skip_bad_run_is_its_hold_out(tmp_path):
+    """`resnet eval --split val` rebuilds the hold-out from the training set as the run loaded it: with the
+    run's data.skip_bad (and data.cache_dir), not a reload that stops at the images the run left out."""
+    from resnet.data import load_split
+    from resnet.data.split import holdout
+    from resnet.serve.evaluate import eval_dataset
+    root = make_tree(tmp_path / "d", per_class=4)
+    (root / "a" / "bad.png").write_bytes(b"not an image")
+    os.symlink(root, root / "b" / "back")  # a symlink loop: what the streamed index leaves out with skip_bad
+    cfg = {"seed": 0, "data": {"val_size": 0.25, "skip_bad": True, "cache_dir": str(tmp_path / "c")}}
+    _, expected = holdout(load_dataset(root, cache_dir=tmp_path / "c", skip_bad=True), 0.25, 0)
+    val = load_split(root, "val", cfg)
+    assert torch.equal(val.images, expected.images) and torch.equal(val.labels, expected.labels)
+    meta = {"input_size": 8, "streamed": True, "mean": [0.5] * 3, "std": [0.5] * 3, "config": cfg}
+    assert len(eval_dataset(meta, str(root), "val", workers=0)) == 2  # the streamed fallback too
+
+
 # --------------------------------------------------------------------------- valid but odd images
 def _gray16(values) -> Image.Image:
     return Image.fromarray(np.array(values, dtype=np.uint16).reshape(1, -1))

@@ -125,18 +125,31 @@ def test_cli_export_checkpoint(checkpoint, tmp_path, capsys):
     assert "parity on random" in capsys.readouterr().out
 
 
-def test_cli_export_real_images(checkpoint, tmp_path, capsys):
+def image_folder(root, per_class: int = 4):
     from PIL import Image
 
     g = np.random.default_rng(0)
     for cls in "ab":
-        (tmp_path / "imgs" / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(g.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(g.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_cli_export_real_images(checkpoint, tmp_path, capsys):
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "r.onnx"), "--batch", "2",
-                 "--data", str(tmp_path / "imgs")]) == 0
+                 "--data", str(image_folder(tmp_path / "imgs"))]) == 0
     out = capsys.readouterr().out
     assert "real images" in out and "n=8" in out
+
+
+def test_cli_export_real_images_fewer_than_one_batch(checkpoint, tmp_path, capsys):
+    """--batch 16 with 8 real images: the fixed-batch graph gets them repeated to one whole batch
+    (cut to whole batches, they made a short batch that onnxruntime refused)."""
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "r.onnx"), "--batch", "16",
+                 "--data", str(image_folder(tmp_path / "imgs"))]) == 0
+    out = capsys.readouterr().out
+    assert "real images" in out and "n=16" in out
 
 
 def test_cli_export_parity_failure_exits_nonzero(checkpoint, tmp_path, monkeypatch, capsys):

@@ -182,6 +182,23 @@ def test_int8_needs_calibration(trained):
         inf.prepare_inference(trained[0], "int8")
 
 
+def test_int8_calibration_starting_with_one_image(trained, monkeypatch):
+    """`resnet predict one.jpg --backend int8` calibrates on a single image: torch.export traced on a
+    one-image batch specialised the batch to 1 and raised. The quantized graph runs uncompiled here
+    (compiling is tested above); what matters is that it was exported and takes any batch."""
+    if inf.backend_status("int8"):
+        pytest.skip(inf.backend_status("int8"))
+    monkeypatch.setattr(inf, "_compile_frozen", lambda module, **kw: module)
+    model, val_x, _, calib = trained
+    pred = inf.prepare_inference(model, "int8", calibration=[calib[:1], calib[1:3]], chunk=None)
+    assert "3 calibration images" in pred.note  # calibrated on the real images, not on the repeated one
+    with torch.no_grad():
+        for n in (1, 3):
+            out, ref = pred(val_x[:n]), model(val_x[:n])
+            assert out.shape == (n, 4)
+            assert float((out - ref).abs().max()) < 0.2 * float(ref.abs().max())
+
+
 def test_chunked_predictor_pads_the_last_chunk():
     seen = []
 
@@ -263,6 +280,48 @@ def test_benchmark_cli_table(capsys):
                  "--seconds", "0", "--min-iters", "2"]) == 0
     out = capsys.readouterr().out
     assert "images/s" in out and "eager-fp32" in out and "resnet20 at 32x32" in out
+
+
+def test_benchmark_accuracy_maps_the_data_classes_onto_the_model_s(tmp_path, capsys):
+    """Labels are the data's class indices: paired with the model's by name, as `resnet eval` pairs them.
+    A model that always says c3, on a folder of c1 and c3: 50%, not the 0% of unmapped labels; data
+    whose classes do not pair with the model's: no accuracy at all."""
+    import numpy as np
+    from PIL import Image
+
+    from resnet.engine.checkpoint import save_weights
+
+    model = resnet.build_resnet(8, "basic", shortcut="A", widths=[4, 8, 8], stem_width=4, num_classes=5).eval()
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 10.0, 0.0]))  # always c3
+    ckpt = tmp_path / "c3.safetensors"
+    save_weights(ckpt, model, {"model": "tiny", "model_config": model.config.to_dict(), "mean": [0.5] * 3,
+                               "std": [0.25] * 3, "classes": [f"c{i}" for i in range(5)], "input_size": 16})
+    g = np.random.default_rng(0)
+    for folder, classes in (("named", ("c1", "c3")), ("other", ("x", "y"))):
+        for cls in classes:
+            (tmp_path / folder / cls).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(g.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(tmp_path / folder / cls / f"{i}.png")
+    args = ["benchmark", str(ckpt), "--batch", "1", "--backends", "eager-fp32", "--check-images", "4",
+            "--calib-images", "4", "--seconds", "0", "--min-iters", "1", "--json"]
+    assert main(args + ["--data", str(tmp_path / "named")]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["accuracy"] == row["accuracy_fp32"] == 50.0
+    assert main(args + ["--data", str(tmp_path / "other")]) == 0
+    assert "accuracy" not in json.loads(capsys.readouterr().out)[0]
+
+
+@pytest.mark.parametrize("batch", ["0", ",", "-2", "1,0"])
+def test_benchmark_cli_rejects_batches_below_one(batch, capsys):
+    """A usage error naming --batch before anything runs, not a traceback from the first timed call."""
+    with pytest.raises(SystemExit) as e:
+        main(["benchmark", "resnet20", "--batch", batch, "--backends", "eager-fp32", "--check-images", "2",
+              "--seconds", "0", "--min-iters", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --batch" in err and "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------- the path eval and predict run

@@ -141,6 +141,14 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _batch_list(text: str) -> list[int]:
+    """--batch of `resnet benchmark`: a usage error, not a traceback later, for 0, -1 or nothing."""
+    values = _int_list(text)
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes of at least 1, got {text!r}")
+    return values
+
+
 def cmd_experiment(args) -> int:
     out = {"out": args.out} if args.out else {}
     # `--data cifar10`: fetched once here, before any run starts (the runs share it)
@@ -310,7 +318,7 @@ def _add_deploy_parsers(sub) -> None:
                                    "with e.g. --budget 900 --seconds 5 --check-images 256, or --budget 0 for no "
                                    "limit.")
     p.add_argument("model", metavar="NAME_OR_CKPT", help="a registered name (random weights) or a checkpoint")
-    p.add_argument("--batch", type=_int_list, default=[1, 16], help="comma-separated batch sizes (default 1,16)")
+    p.add_argument("--batch", type=_batch_list, default=[1, 16], help="comma-separated batch sizes (default 1,16)")
     p.add_argument("--backends", type=_backend_list, default=list(DEFAULT_BACKENDS),
                    help=f"comma-separated, from {','.join(BACKENDS)} (default all, cheapest to prepare first)")
     p.add_argument("--image-size", type=_positive_int, help="input side (default: the model's)")

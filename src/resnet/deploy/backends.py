@@ -234,8 +234,11 @@ def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
     batches = _calibration_batches(calibration)
     m = unshare_modules(fold_bn(model))
     batch = torch.export.Dim("batch", min=1, max=65536)
+    # Traced on one image, torch.export specialises the batch to 1 and refuses the dynamic batch:
+    # trace on at least two (one image repeated), calibrate on the real images below.
+    example = batches[0] if batches[0].shape[0] >= 2 else batches[0][:1].repeat(2, 1, 1, 1)
     with torch.no_grad():
-        graph = torch.export.export(m, (batches[0],), dynamic_shapes=({0: batch},)).module()
+        graph = torch.export.export(m, (example,), dynamic_shapes=({0: batch},)).module()
     reduced = needs_reduced_range()  # no VNNI: 7-bit activations, or 16-bit pair sums may saturate
     config = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduced)
     quantizer = xiq.X86InductorQuantizer().set_global(config)

@@ -27,10 +27,12 @@ import torch
 from torch import nn
 
 from .. import allocator
+from ..errors import DataError
 from ..models.zoo import create_model
 from . import backends as inference_backends  # the module: `backends` names lists of backend names below
 from . import parity
 from .backends import REFERENCE, Predictor, backend_status, prepare_inference
+from .parity import batch_inputs
 
 FIELDS = ("backend", "batch", "images_per_sec", "latency_ms_p50", "latency_ms_p99", "peak_mem_mb", "agreement")
 # Cheapest to prepare first: eager (nothing), ONNX Runtime (an export), then the compiled ones
@@ -153,12 +155,6 @@ def _release():
         torch._dynamo.reset()
 
 
-def batch_inputs(images: torch.Tensor, batch: int) -> torch.Tensor:
-    """A contiguous batch of `batch` images cut from `images`, repeating them when there are too few."""
-    reps = -(-batch // images.shape[0])
-    return images.repeat(reps, 1, 1, 1)[:batch].contiguous() if reps > 1 else images[:batch].contiguous()
-
-
 def run_benchmark(model: nn.Module, backends=DEFAULT_BACKENDS, batches=(1, 16), image_size: int = 224,
                   images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                   calibration: torch.Tensor | None = None, seconds: float = 3.0, check_batch: int | None = None,
@@ -264,6 +260,17 @@ def reestimate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 32) 
     return model.eval()
 
 
+def _model_labels(labels: torch.Tensor, classes: list[str], meta: dict, model: nn.Module) -> torch.Tensor | None:
+    """The data's labels as the model's class indices, paired as `resnet eval` pairs them (by name or
+    WordNet id; by position only for a model without class names); None (no accuracy) when they do
+    not pair. A random-init model's classes are not the dataset's: the caller gives it no labels."""
+    try:
+        mapping = parity.class_mapping(classes, meta.get("classes"), int(getattr(model.fc, "out_features", 0)))
+    except DataError:
+        return None
+    return torch.tensor(mapping)[labels]
+
+
 def benchmark(model: nn.Module, meta: dict, backends=DEFAULT_BACKENDS, batches=(1, 16), image_size: int | None = None,
               data: str | None = None, check_images: int = 64, calib_images: int = 64, seconds: float = 2.0,
               log=None, min_iters: int = 3, budget: float | None = DEFAULT_BUDGET) -> tuple[list[dict], str]:
@@ -277,10 +284,9 @@ def benchmark(model: nn.Module, meta: dict, backends=DEFAULT_BACKENDS, batches=(
     image_size = image_size or int(meta.get("input_size") or model.config.input_size)
     labels = calibration = None
     if data:
-        images, labels = parity.real_images(data, meta, check_images, image_size, seed=0, split="val")
-        calibration, _ = parity.real_images(data, meta, calib_images, image_size, seed=1, split="train")
-        if meta.get("random_init") or not meta.get("classes"):
-            labels = None  # a random-init model's classes are not the dataset's
+        images, labels, classes = parity.real_images(data, meta, check_images, image_size, seed=0, split="val")
+        calibration = parity.real_images(data, meta, calib_images, image_size, seed=1, split="train")[0]
+        labels = None if meta.get("random_init") else _model_labels(labels, classes, meta, model)
         source = f"{images.shape[0]} real images of {data}"
     else:
         chans = model.config.in_chans

@@ -41,8 +41,9 @@ def _check_inputs(example: torch.Tensor, real: torch.Tensor | None, dynamic_batc
     if dynamic_batch:
         checks.append(("random, batch 5", torch.randn((5,) + shape[1:], generator=g)))
     if real is not None:
-        if not dynamic_batch:  # a fixed-batch graph only takes its own batch size
-            real = real[: shape[0] * max(1, real.shape[0] // shape[0])]
+        if not dynamic_batch:  # a fixed-batch graph only takes whole batches of its own size:
+            # fewer images than one batch are repeated up to one (onnxruntime rejects a short batch)
+            real = parity.batch_inputs(real, shape[0] * max(1, real.shape[0] // shape[0]))
         checks.append(("real images", real.float()))
     return checks
 

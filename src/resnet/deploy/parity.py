@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from ..data import load_split
-from ..errors import ConfigError, ExportParityError
+from ..errors import ConfigError, DataError, ExportParityError
+from ..weights.sources import imagenet_wnids
 
 # Export parity: |exported - torch| <= ATOL + RTOL * max|torch| over every logit. Folding BN and
 # the runtimes' different summation orders move fp32 logits by ~1e-6 relative; a wrong graph by >1%.
@@ -61,14 +62,47 @@ def compare_with_fp32(model: nn.Module, predictor, images: torch.Tensor, labels:
 
 
 # --------------------------------------------------------------------------- inputs
+def class_mapping(data_classes: list[str], model_classes: list[str] | None, num_classes: int,
+                  by_position: bool = False, data: str = "the data", head: str = "the model's") -> list[int]:
+    """Model index of each of the data's classes: by name, by ImageNet WordNet id, or (only when
+    the model has no class names, or with `by_position`) by sorted position. `data` and `head`
+    name the two sides in the errors."""
+    if model_classes and all(c in model_classes for c in data_classes):
+        return [list(model_classes).index(c) for c in data_classes]
+    if num_classes == 1000:
+        wnids = imagenet_wnids()
+        if all(c in wnids for c in data_classes):
+            return [wnids.index(c) for c in data_classes]
+    if len(data_classes) == num_classes and (by_position or not model_classes):
+        return list(range(num_classes))
+    if len(data_classes) == num_classes:
+        raise DataError(f"the data's classes ({_names(data_classes)}) are not the model's ({_names(model_classes)}); "
+                        "rename the folders, or pass --map-classes-by-position to pair them in sorted order")
+    raise DataError(f"{data} has {len(data_classes)} classes but {head} head has {num_classes}, and their names "
+                    f"do not match ({_names(data_classes)})")
+
+
+def _names(names, shown: int = 10) -> str:
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" ... ({len(names)} in all)" if len(names) > shown else "")
+
+
 def random_images(n: int, image_size: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
     """Standard-normal inputs: what normalised images look like to the first layer."""
     return torch.randn(n, channels, image_size, image_size, generator=torch.Generator().manual_seed(seed))
 
 
+def batch_inputs(images: torch.Tensor, batch: int) -> torch.Tensor:
+    """A contiguous batch of `batch` images cut from `images`, repeating them when there are too few."""
+    reps = -(-batch // images.shape[0])
+    return images.repeat(reps, 1, 1, 1)[:batch].contiguous() if reps > 1 else images[:batch].contiguous()
+
+
 def real_images(data: str, meta: dict, n: int, image_size: int | None = None, seed: int = 0,
-                split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` images of a dataset, normalised with the model's mean/std and resized to `image_size`.
+                split: str = "val") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """`n` images of a dataset, normalised with the model's mean/std and resized to `image_size`,
+    their labels and the dataset's class names (labels index these, not the model's classes:
+    `class_mapping` pairs the two).
 
     `split='val'` takes the training run's hold-out (as `resnet eval --split val`) when the
     description has a training config, else random images of the training set."""
@@ -88,4 +122,4 @@ def real_images(data: str, meta: dict, n: int, image_size: int | None = None, se
     x = (x - mean) / std
     if image_size and x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
-    return x.contiguous(), ds.labels[idx]
+    return x.contiguous(), ds.labels[idx], list(ds.classes)

@@ -27,11 +27,11 @@ from ..data.stream import tensor_view_loader
 from ..data.transforms import eval_transform
 from ..deploy.backends import first_images, require_dynamic_sizes
 from ..deploy.choose import inference_model
+from ..deploy.parity import class_mapping  # there: `resnet benchmark --data` maps labels too
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_confusion
 from ..engine.precision import default_device
 from ..errors import DataError
-from ..weights.sources import imagenet_wnids
 from .load import load, num_outputs
 
 
@@ -56,31 +56,6 @@ class ViewAverage(nn.Module):
         return self.model(x)
 
 
-def class_mapping(data_classes: list[str], model_classes: list[str] | None, num_classes: int,
-                  by_position: bool = False, data: str = "the data", head: str = "the model's") -> list[int]:
-    """Model index of each of the data's classes: by name, by ImageNet WordNet id, or (only when
-    the model has no class names, or with `by_position`) by sorted position. `data` and `head`
-    name the two sides in the errors."""
-    if model_classes and all(c in model_classes for c in data_classes):
-        return [list(model_classes).index(c) for c in data_classes]
-    if num_classes == 1000:
-        wnids = imagenet_wnids()
-        if all(c in wnids for c in data_classes):
-            return [wnids.index(c) for c in data_classes]
-    if len(data_classes) == num_classes and (by_position or not model_classes):
-        return list(range(num_classes))
-    if len(data_classes) == num_classes:
-        raise DataError(f"the data's classes ({_names(data_classes)}) are not the model's ({_names(model_classes)}); "
-                        "rename the folders, or pass --map-classes-by-position to pair them in sorted order")
-    raise DataError(f"{data} has {len(data_classes)} classes but {head} head has {num_classes}, and their names "
-                    f"do not match ({_names(data_classes)})")
-
-
-def _names(names, shown: int = 10) -> str:
-    names = list(names)
-    return ", ".join(names[:shown]) + (f" ... ({len(names)} in all)" if len(names) > shown else "")
-
-
 def eval_dataset(meta: dict, data: str, split: str, workers: int = -1, test: str = "center"):
     """The images to score: an InMemoryDataset (CIFAR, digits, small image folders) or a
     StreamingFolder (large images, and models that expect a resize and crop: pretrained weights,
@@ -95,7 +70,8 @@ def eval_dataset(meta: dict, data: str, split: str, workers: int = -1, test: str
             pass  # stream them
     ds = StreamingFolder(data, source_split, image_size=size, resize=int(meta.get("resize") or size), test=test,
                          workers=workers, mean=meta["mean"], std=meta["std"],
-                         interpolation=meta.get("interpolation", "bilinear"))
+                         interpolation=meta.get("interpolation", "bilinear"),
+                         skip_bad=split == "val" and bool((meta.get("config") or {}).get("data", {}).get("skip_bad")))
     return run_holdout(ds, meta.get("config")) if split == "val" else ds
 
 
