@@ -102,6 +102,21 @@ def test_processes_that_finished_leave_the_process_group_together(tmp_path):
     assert abs(left[0] - left[1]) < 1.0, left
 
 
+def test_a_signal_on_one_process_stops_every_process_at_the_same_step(tiny_folder, tmp_path):
+    """Only rank 1 is signalled: both processes stop after the same step and rank 0 saves that position
+    (each stopping on its own flag, rank 1 left and rank 0 waited in the next all-reduce, no checkpoint)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    cfg = [f"data.path={tiny_folder}", "model=resnet20", "epochs=2", "data.batch_size=8", *TINY]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(Path(__file__).with_name("ddp_stop_worker.py")), str(tmp_path), *cfg]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stops = [json.loads((tmp_path / f"stop{r}.json").read_text()) for r in (0, 1)]
+    assert stops[1] == {"signal": "SIGTERM", "step": 2} and stops[0]["step"] == 2, stops
+    state = torch.load(tmp_path / "run" / "last.state.pt", map_location="cpu", weights_only=True)
+    assert (state["epoch"], state["step"]) == (0, 2)
+
+
 def test_streamed_run_resumes_on_two_processes(tmp_path):
     folder = make_large_folder(tmp_path / "data")
     opts = ["data.batch_size=4", "data.val_size=3", "sync_bn=true", *TINY_STREAM, LR]

@@ -630,16 +630,29 @@ class Trainer:
                                   f"the last good checkpoint is in {self.run_dir}. Lower optim.lr, set optim.grad_clip, "
                                   "or pass nonfinite=skip to skip such steps.")
 
+    def _agreed_stop(self) -> str | None:
+        """The stop signal as every process sees it. Under torchrun each process's flag is summed over all
+        (one all-reduce of two numbers), so all stop after the same step: a signal reaches the processes at
+        slightly different moments, and one that stopped alone would leave the others waiting in the next
+        all-reduce, with rank 0's checkpoint unwritten."""
+        if not self.dist.enabled:
+            return self.stop_signal
+        flags = torch.tensor([self.stop_signal == "SIGINT", self.stop_signal == "SIGTERM"], dtype=torch.float64,
+                             device=self.device)
+        interrupt, terminate = distributed.all_sum(flags, self.dist).tolist()
+        return "SIGTERM" if terminate else "SIGINT" if interrupt else None
+
     def _maybe_checkpoint_mid_epoch(self, totals: "_DeviceTotals") -> None:
         """On SIGINT/SIGTERM, and every cfg.checkpoint_minutes, save the exact mid-epoch position."""
         interval = self.cfg.checkpoint_minutes * 60
         due = interval > 0 and time.perf_counter() - self.last_save > interval
-        if not (self.stop_signal or due):
+        stop = self._agreed_stop()
+        if not (stop or due):
             return
         self._settle(totals)  # never save weights that a non-finite step has touched
         self.save()
-        if self.stop_signal:
-            raise TrainingInterrupted(self.stop_signal, self.run_dir, self.epoch, self.step)
+        if stop:
+            raise TrainingInterrupted(stop, self.run_dir, self.epoch, self.step)
 
     def _backward_step(self, loss: torch.Tensor) -> None:
         clip = self.cfg.optim.grad_clip
@@ -678,8 +691,8 @@ class Trainer:
                 self._fit_epoch()
                 # The mid-epoch check skips an epoch's last step (its end checkpoint follows), so a signal
                 # during that step or validation (every signal, with one step an epoch) is acted on here.
-                if self.stop_signal and self.epoch < self.cfg.epochs:
-                    raise TrainingInterrupted(self.stop_signal, self.run_dir, self.epoch, self.step)
+                if self.epoch < self.cfg.epochs and (stop := self._agreed_stop()):
+                    raise TrainingInterrupted(stop, self.run_dir, self.epoch, self.step)
         self.log.close()
         distributed.mark_finished()
         return self.history
