@@ -150,6 +150,22 @@ def test_view_tests_run_on_in_memory_data(test, small_folder, memory_ckpt):
     assert out["n"] == 12 and not out["streamed"] and np.isfinite(out["loss"])
 
 
+def test_auto_backend_counts_every_view_of_the_test(small_folder, memory_ckpt, monkeypatch):
+    """--backend auto judges the job by its views (ten-crop runs each image 10 times), not by the images alone."""
+    from resnet.serve import evaluate as ev
+    works = []
+    real = ev.inference_model
+
+    def spy(*args, work=None, **kw):
+        works.append(work)
+        return real(*args, work=work, **kw)
+    monkeypatch.setattr(ev, "inference_model", spy)
+    for test, flip in (("center", False), ("center", True), ("ten-crop", False), ("multi-scale", False)):
+        run_eval(str(memory_ckpt), str(small_folder), split="train", test=test, tta_flip=flip, precision="fp32",
+                 workers=0)
+    assert [w[0] for w in works] == [12, 24, 120, 12 * 36]
+
+
 def test_tensor_views_feed_the_preset_sizes():
     images = torch.randint(0, 255, (3, 3, 16, 20), dtype=torch.uint8)
     loader = tensor_view_loader(images, torch.tensor([0, 1, 2]), eval_transform("multi-scale", 16, 16), 2,

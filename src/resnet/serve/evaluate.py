@@ -24,7 +24,7 @@ from ..data import DatasetLayoutError, ImagesTooLargeError, MemoryLoader, Stream
 from ..data.cifar import fetch_named
 from ..data.split import run_holdout
 from ..data.stream import tensor_view_loader
-from ..data.transforms import eval_transform
+from ..data.transforms import MULTI_SCALES, eval_transform
 from ..deploy.backends import first_images, require_dynamic_sizes
 from ..deploy.choose import inference_model
 from ..deploy.parity import class_mapping  # there: `resnet benchmark --data` maps labels too
@@ -54,6 +54,18 @@ class ViewAverage(nn.Module):
             b, v = x.shape[:2]
             return self._probs(x.flatten(0, 1)).view(b, v, -1).mean(1).clamp_min(1e-30).log()
         return self.model(x)
+
+
+def view_work(test: str, tta_flip: bool = False) -> int:
+    """How many centre crops' worth of compute a test preset runs an image through, for `--backend auto`'s
+    judgement of whether a fast backend pays for its preparation: 10 for ten-crop, 2 with --tta-flip, and for
+    the multi-scale test its scales' pixels (a square image's shorter side at 224..640 for 224-pixel crops),
+    mirrored: about 36."""
+    if test == "ten-crop":
+        return 10
+    if test == "multi-scale":
+        return round(2 * sum((s / MULTI_SCALES[0]) ** 2 for s in MULTI_SCALES))
+    return 2 if tta_flip else 1
 
 
 def eval_dataset(meta: dict, data: str, split: str, workers: int = -1, test: str = "center"):
@@ -142,9 +154,10 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
     # int8 calibrates on centre crops of the first images (views of one size; labels unused)
     calibration = lambda: first_images(eval_loader(ds, meta, "center", min(batch_size, 64), device,  # noqa: E731
                                                    workers))
+    side = int(meta.get("input_size") or 224)
     runner, prec = inference_model(net, backend, precision, device, calibration,
                                    dynamic_sizes=test == "multi-scale",
-                                   work=(len(ds), batch_size, int(meta.get("input_size") or 224)))
+                                   work=(len(ds) * view_work(test, tta_flip), batch_size, side))
     scorer = ViewAverage(runner) if test != "center" else runner
     result = evaluate(scorer, loader, prec, num_classes, tta_flip=tta_flip and test == "center")
     rows = torch.tensor(result.pop("confusion"))[mapping]
