@@ -8,7 +8,10 @@
 #   3. ResNet-50 training, bf16 + channels_last, eager and compiled, at batch 256 (bench/train_resnet50.py);
 #   4. the streamed JPEG loader alone with 2, 8 and 14 worker processes: images/s per decoding core, to say
 #      how many cores ResNet-50's step needs (bench/stream_loader.py);
-#   5. with SIDE_BY_SIDE=1 (when time is left): the degradation experiment, four runs at once (--jobs 4).
+#   5. with SIDE_BY_SIDE=1 (when time is left): the degradation experiment, four runs at once (--jobs 4);
+#   6. a check, not a timing: gradient accumulation with the compiled step (accum_steps=2 compile=true, one
+#      epoch), never run on a GPU: CUDA graphs replay one graph per chunk, and chunk 1's logits (kept for the
+#      metrics) may be overwritten by chunk 2's replay. rc and the log's last lines say whether it holds.
 # Usage (repo root, the CIFAR archive copied into the ignored .devdata/):
 #   bash bench/gpu_session.sh            # on the device: results in $OUT/gpu-results.tar.gz
 #   PY=/work/main/.venv/bin/python DATA=digits DEVICE=cpu PAPER_BUDGET=20 R50=0 STREAM=0 STEPS=5 \
@@ -99,6 +102,13 @@ if [ "$SIDE_BY_SIDE" = 1 ]; then
   timeout 300 $PY -m resnet experiment degradation --depths 20,56 --epochs "$DEG_EPOCHS" --jobs 4 --data "$DATA" \
     --out "$WORK/degradation" compile=true $EXTRA > "$WORK/degradation.log" 2>&1
   tail -12 "$WORK/degradation.log"; echo "t=$(elapsed)s degradation done"
+fi
+
+# 6. Gradient accumulation through the compiled step (CUDA graphs), one epoch.
+if [ "${ACCUM:-1}" = 1 ]; then
+  timeout 240 $PY -m resnet train --recipe cifar10_paper --model resnet20 --data "$DATA" --out "$WORK/accum" \
+    --epochs 1 accum_steps=2 compile=true $EXTRA > "$WORK/accum.log" 2>&1
+  echo "accum_steps=2 compile=true: rc $?"; tail -3 "$WORK/accum.log"; echo "t=$(elapsed)s accumulation check done"
 fi
 
 tar czf "$RESULTS/gpu-results.tar.gz" --exclude='*.safetensors' --exclude='*.pt' -C "$WORK" .
