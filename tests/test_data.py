@@ -133,6 +133,17 @@ def test_cifar_archive_extracted_once(tmp_path, monkeypatch):
                        load_dataset(src, "test").images)
 
 
+def test_cifar_archive_written_from_inside_its_folder_is_recognised(tmp_path):
+    """`tar -C dir .` writes "./" first: the folder below it names the CIFAR, not the root entry."""
+    src = make_cifar10(tmp_path / "src")
+    archive = tmp_path / "retarred.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src.parent, arcname=".")  # ./ then ./cifar-10-batches-py/...
+    assert tarfile.open(archive).getnames()[0] == "."
+    assert cifar.cifar_archive_spec(archive) is cifar.CIFAR10
+    assert len(load_dataset(archive, "train", cache_dir=tmp_path / "cache")) == 100
+
+
 class _Evil:
     def __reduce__(self):
         return (os.system, ("echo pwned",))

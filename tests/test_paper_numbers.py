@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import statistics
+import tarfile
 
 import numpy as np
 import pytest
@@ -168,6 +169,19 @@ def test_linear_fit_matches_the_textbook_formulas():
     assert fit["df"] == 10 and fit["t975"] == 2.228 and t975(1) == 12.706 and t975(60) == pytest.approx(2.000, abs=0.003)
     with pytest.raises(ValueError, match="two different x"):
         linear_fit([75, 75], [1, 2])
+
+
+def test_encoding_is_judged_by_a_visible_image_of_an_archive(tmp_path):
+    """A macOS resource fork (./._x.jpg, not a JPEG) first in the archive is hidden, not the image to judge."""
+    jpg = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(jpg, "JPEG", quality=75)
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in (("./._x.jpg", b"\x00\x05\x16\x07 resource fork"), ("./a/x.jpg", jpg.getvalue())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert source_encoding(archive)["format"] == "JPEG" and source_encoding(archive)["quality"] == 75
 
 
 def test_jpeg_quality_slope(tmp_path, monkeypatch):

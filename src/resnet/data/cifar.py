@@ -236,15 +236,15 @@ def read_cifar_folder(folder: Path, spec: CifarSpec, split: str = "train") -> Ci
 
 # --------------------------------------------------------------------------- archives
 def cifar_archive_spec(archive: Path) -> CifarSpec | None:
-    """Which CIFAR the ``.tar.gz`` holds, judged by its first member; None if not CIFAR."""
+    """Which CIFAR the ``.tar.gz`` holds, judged by its first member below the archive's root ("./" itself,
+    as `tar -C dir .` writes first, names no folder); None if not CIFAR."""
     try:
         with tarfile.open(archive, "r:*") as tar:
-            first = tar.next()
+            top = ""
+            while not top and (member := tar.next()) is not None:
+                top = Path(member.name).parts[0] if Path(member.name).parts else ""
     except (tarfile.TarError, OSError):
         return None
-    if first is None:
-        return None
-    top = first.name.lstrip("./").split("/", 1)[0]
     return next((s for s in (CIFAR10, CIFAR100) if s.folder == top), None)
 
 

@@ -76,7 +76,7 @@ def first_image_bytes(path: str | Path) -> bytes | None:
     if is_archive(p):
         with tarfile.open(p, "r:*") as tar:
             for m in tar:  # the first image member in archive order: a sequential read, no full listing
-                if m.isfile() and is_image_file(m.name) and not _hidden(m.name.lstrip("./")):
+                if m.isfile() and is_image_file(m.name) and not _hidden(m.name.removeprefix("./")):
                     with tar.extractfile(m) as f:  # type: ignore[union-attr]
                         return f.read()
     return None
