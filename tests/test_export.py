@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from imagenet_utils import make_large_folder
+
 import resnet
 from resnet.deploy import export as ex
 from resnet.deploy import fold, parity
@@ -156,3 +158,17 @@ def test_cli_export_parity_failure_exits_nonzero(checkpoint, tmp_path, monkeypat
     monkeypatch.setattr(parity, "check_close", lambda *a, **k: (_ for _ in ()).throw(ex.ExportParityError("boom")))
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "boom" in capsys.readouterr().err
+
+
+def test_real_images_of_a_folder_too_large_for_memory_are_streamed(tmp_path, capsys):
+    """`--data` with ImageNet-sized images (here 72-110 px, over the in-memory limit of 64): the images taken
+    are decoded through the model's resize and centre crop, as `resnet eval` streams them."""
+    folder = make_large_folder(tmp_path / "large")
+    meta = {"input_size": 48, "resize": 56, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}
+    x, y, classes = parity.real_images(str(folder), meta, 5, 48)
+    assert x.shape == (5, 3, 48, 48) and x.dtype == torch.float32 and classes == ["blue", "green", "red"]
+    assert y.shape == (5,) and set(y.tolist()) <= {0, 1, 2}
+    assert -2.0 - 1e-6 <= float(x.min()) and float(x.max()) <= 2.0 + 1e-6  # (0..1 - 0.5) / 0.25
+    assert torch.equal(parity.real_images(str(folder), meta, 5, 48)[0], x)  # the same images again (seeded)
+    assert main(["export", "resnet18", "--image-size", "48", "--format", "onnx", "--data", str(folder),
+                 "--out", str(tmp_path / "r18.onnx")]) == 0

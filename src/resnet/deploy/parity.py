@@ -6,7 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..data import load_split
+from ..data import ImagesTooLargeError, StreamingFolder, load_split
+from ..data.split import run_holdout
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError, DataError, ExportParityError
 from ..weights.sources import imagenet_wnids
 
@@ -105,7 +107,16 @@ def real_images(data: str, meta: dict, n: int, image_size: int | None = None, se
     `class_mapping` pairs the two).
 
     `split='val'` takes the training run's hold-out (as `resnet eval --split val`) when the
-    description has a training config, else random images of the training set."""
+    description has a training config, else random images of the training set. Images too large to
+    hold in memory (an ImageNet folder) are streamed: only the `n` taken are decoded, through the
+    model's resize and centre crop, as `resnet eval` sees them."""
+    try:
+        return _in_memory_images(data, meta, n, image_size, seed, split)
+    except ImagesTooLargeError:
+        return _streamed_images(data, meta, n, image_size, seed, split)
+
+
+def _in_memory_images(data: str, meta: dict, n: int, image_size: int | None, seed: int, split: str):
     ds = None
     if split == "val" and meta.get("config"):
         try:
@@ -123,3 +134,21 @@ def real_images(data: str, meta: dict, n: int, image_size: int | None = None, se
     if image_size and x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return x.contiguous(), ds.labels[idx], list(ds.classes)
+
+
+def _streamed_images(data: str, meta: dict, n: int, image_size: int | None, seed: int, split: str):
+    size = image_size or int(meta.get("input_size") or 224)
+    resize = int(meta.get("resize") or 0) if not image_size or image_size == meta.get("input_size") else 0
+    ds = StreamingFolder(data, "test" if split == "test" else "train", image_size=size, resize=resize, workers=0,
+                         mean=meta.get("mean") or IMAGENET_MEAN, std=meta.get("std") or IMAGENET_STD,
+                         interpolation=meta.get("interpolation", "bilinear"))
+    if split == "val" and meta.get("config"):
+        try:
+            ds = run_holdout(ds, meta["config"])
+        except ConfigError:  # that run held nothing out: any training images will do
+            pass
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))
+    batches = list(ds.subset(idx).loader(min(len(idx), 64), train=False, channels_last=False))
+    return (torch.cat([x for x, _ in batches]).float().contiguous(), torch.cat([y for _, y in batches]),
+            list(ds.classes))
