@@ -172,3 +172,15 @@ def test_real_images_of_a_folder_too_large_for_memory_are_streamed(tmp_path, cap
     assert torch.equal(parity.real_images(str(folder), meta, 5, 48)[0], x)  # the same images again (seeded)
     assert main(["export", "resnet18", "--image-size", "48", "--format", "onnx", "--data", str(folder),
                  "--out", str(tmp_path / "r18.onnx")]) == 0
+
+
+def test_calibration_images_are_those_the_run_trained_on_not_its_hold_out(tiny_folder):
+    """`resnet benchmark --data`: agreement on the run's hold-out, int8 calibrated on the other images."""
+    meta = {"config": {"seed": 3, "data": {"val_size": 12}}, "mean": [0.5] * 3, "std": [0.25] * 3}
+    val = parity.real_images(str(tiny_folder), meta, 100, split="val")[0]
+    train = parity.real_images(str(tiny_folder), meta, 100, split="train")[0]
+    assert (val.shape[0], train.shape[0]) == (12, 48 - 12)
+    flat_val, flat_train = val.flatten(1), train.flatten(1)
+    assert not any(torch.equal(v, t) for v in flat_val for t in flat_train)
+    everything = parity.real_images(str(tiny_folder), {**meta, "config": None}, 100, split="train")[0]
+    assert everything.shape[0] == 48

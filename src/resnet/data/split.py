@@ -75,17 +75,18 @@ def holdout_count(val_size: int | float, n: int) -> int:
     return int(round(val_size * n)) if val_size < 1 else int(val_size)
 
 
-def run_holdout(data, run_config: dict | None):
+def run_holdout(data, run_config: dict | None, part: str = "val"):
     """The validation images a training run held out, rebuilt from its saved configuration (seed and
-    data.val_size): what `resnet eval --split val` and the experiments score."""
+    data.val_size): what `resnet eval --split val` and the experiments score. part="train": the images it
+    trained on instead (the rest), e.g. to calibrate int8 on images other than those it is checked on."""
     if not run_config:
         raise ConfigError("--split val needs a checkpoint of a training run (it rebuilds that run's hold-out); "
                           "use --split test")
     val_size = run_config.get("data", {}).get("val_size", DataConfig().val_size)
-    _, val = holdout(data, val_size, holdout_seed(run_config))
+    train, val = holdout(data, val_size, holdout_seed(run_config))
     if val is None:
         raise ConfigError("this checkpoint's run had no validation split (data.val_size=0); use --split test")
-    return val
+    return train if part == "train" else val
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

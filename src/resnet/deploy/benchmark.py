@@ -278,7 +278,7 @@ def benchmark(model: nn.Module, meta: dict, backends=DEFAULT_BACKENDS, batches=(
     backend within `budget` seconds: (rows, title).
 
     With `data`, agreement is measured on real images (the run's validation hold-out for a
-    checkpoint) and int8 is calibrated on other images of the training set; without it, on
+    checkpoint) and int8 is calibrated on other images (those the run trained on); without it, on
     standard-normal inputs."""
     name = meta.get("model", "model")
     image_size = image_size or int(meta.get("input_size") or model.config.input_size)

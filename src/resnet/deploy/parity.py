@@ -107,7 +107,8 @@ def real_images(data: str, meta: dict, n: int, image_size: int | None = None, se
     `class_mapping` pairs the two).
 
     `split='val'` takes the training run's hold-out (as `resnet eval --split val`) when the
-    description has a training config, else random images of the training set. Images too large to
+    description has a training config, else random images of the training set; `split='train'` with a
+    training config the images that run trained on (not its hold-out), else any training images. Images too large to
     hold in memory (an ImageNet folder) are streamed: only the `n` taken are decoded, through the
     model's resize and centre crop, as `resnet eval` sees them."""
     try:
@@ -125,6 +126,7 @@ def _in_memory_images(data: str, meta: dict, n: int, image_size: int | None, see
             ds = None
     if ds is None:
         ds = load_split(data, "test" if split == "test" else "train")
+        ds = _training_part(ds, meta, split)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))
     x = ds.images[idx].float().div_(255)
@@ -134,6 +136,16 @@ def _in_memory_images(data: str, meta: dict, n: int, image_size: int | None, see
     if image_size and x.shape[-1] != image_size:
         x = torch.nn.functional.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     return x.contiguous(), ds.labels[idx], list(ds.classes)
+
+
+def _training_part(ds, meta: dict, split: str):
+    """For split='train' of a training run's data: the images the run trained on, not its hold-out."""
+    if split != "train" or not meta.get("config"):
+        return ds
+    try:
+        return run_holdout(ds, meta["config"], part="train")
+    except ConfigError:  # no hold-out: every training image was trained on
+        return ds
 
 
 def _streamed_images(data: str, meta: dict, n: int, image_size: int | None, seed: int, split: str):
@@ -147,6 +159,7 @@ def _streamed_images(data: str, meta: dict, n: int, image_size: int | None, seed
             ds = run_holdout(ds, meta["config"])
         except ConfigError:  # that run held nothing out: any training images will do
             pass
+    ds = _training_part(ds, meta, split)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))
     batches = list(ds.subset(idx).loader(min(len(idx), 64), train=False, channels_last=False))
