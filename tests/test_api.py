@@ -41,6 +41,25 @@ def test_train_evaluate_predict(tiny_folder, tmp_path, capsys):
     assert resnet.predict(tiny_folder / "red", run.dir / "last.safetensors", topk=1)[0]["topk"][0]["prob"] > 0
 
 
+def test_predict_calibrates_int8_on_the_images_that_decoded(tiny_folder, tmp_path, monkeypatch):
+    """A file that does not decode gets an error row; its blank stand-in is not a calibration image."""
+    from resnet.serve import predict as pr
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    images = [*sorted((tiny_folder / "red").glob("*.png"))[:2], bad]
+    calibrated = []
+    real = pr.inference_model
+
+    def spy(model, backend, precision, device, calibration, **kw):
+        calibrated.append(calibration())
+        return real(model, "eager-fp32", precision, device, calibration, **kw)
+    monkeypatch.setattr(pr, "inference_model", spy)
+    resnet.create_model("resnet20", num_classes=3).save_pretrained(tmp_path / "net")
+    rows = resnet.predict(images, weights=str(tmp_path / "net"), topk=1, precision="fp32")
+    assert "error" in rows[2] and all("topk" in r for r in rows[:2])
+    assert calibrated[0].shape[0] == 2 and bool((calibrated[0].flatten(1).abs().sum(1) > 0).all())
+
+
 def test_resume_through_the_api_and_bad_arguments(tiny_folder, tmp_path):
     calls = []
     resnet.train(model="resnet20", data=str(tiny_folder), epochs=1, out=tmp_path / "r", **TINY)

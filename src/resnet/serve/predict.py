@@ -89,8 +89,10 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
         return StreamLoader(dataset, EpochBatchSampler(len(paths), batch_size, shuffle=False), meta["mean"],
                             meta["std"], device, True, workers)
 
-    # int8 calibrates on the images it is asked about (their first 256; nothing else is at hand)
-    model, prec = inference_model(model, backend, precision, device, lambda: first_images(loader()),
+    # int8 calibrates on the images it is asked about (their first 256; nothing else is at hand), leaving out
+    # the blank stand-ins of files that did not decode (their zeros would widen the activations' ranges)
+    decoded = lambda: ((x[failed < 0], failed) for x, failed in loader())  # noqa: E731
+    model, prec = inference_model(model, backend, precision, device, lambda: first_images(decoded()),
                                   work=(len(paths), batch_size, size))
     done = 0
     for x, failed in loader():
