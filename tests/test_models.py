@@ -77,6 +77,13 @@ def test_imagenet_native_size(name):
         assert model.forward_head(feats).shape == (1, 1000)
 
 
+def test_build_resnet_by_depth_is_the_papers_cifar_net():
+    """build_resnet(56) is resnet56 (option A); preact blocks keep projections, as preact_resnet110/164."""
+    assert resnet.build_resnet(56).config == resnet.create_model("resnet56").config
+    assert resnet.build_resnet(110, "preact_basic").config == resnet.create_model("preact_resnet110").config
+    assert resnet.build_resnet(56, shortcut="B").config.shortcut == "B"
+
+
 def test_options_users_expect():
     model = resnet.create_model("resnet20", num_classes=100, in_chans=1, drop_path_rate=0.1)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 100)

@@ -134,7 +134,8 @@ def build_resnet(depth: int | None = None, block: str = "basic", *, layers=None,
                  stem: str | None = None, **kwargs) -> ResNet:
     """A network of any depth or shape without writing a class.
 
-    `build_resnet(1001, "preact_bottleneck")` gives a CIFAR net of that depth; `layers=`,
+    `build_resnet(1001, "preact_bottleneck")` gives a CIFAR net of that depth (with basic blocks the paper's
+    option-A shortcuts, as `resnet56`; `shortcut=` to choose); `layers=`,
     `widths=` and `stem=` describe any other shape, e.g. a 10-stage plain net:
     `build_resnet(block="plain_basic", layers=[1]*10, widths=[16]*10, stem="cifar")`.
     """
@@ -142,7 +143,8 @@ def build_resnet(depth: int | None = None, block: str = "basic", *, layers=None,
     if layers is None:
         if depth is None:
             raise ConfigError("give a depth (CIFAR-style 6n+2 / 9n+2) or layers=[blocks per stage]")
-        config = cifar_config(depth, block)
+        # basic blocks take option A as the paper's CIFAR ResNets do (resnet20..1202); other blocks the config's B
+        config = cifar_config(depth, block, **({"shortcut": "A"} if block == "basic" else {}))
         if widths is not None:
             config["widths"] = tuple(widths)
         if stem is not None:
