@@ -7,7 +7,7 @@ import pytest
 import torch
 
 OLD = {"resnet.inference": ("fold_bn", "prepare_inference", "load_for_inference", "compare_with_fp32"),
-       "resnet.evaluation": ("run_eval", "eval_data"), "resnet.eval_stream": ("run_eval_stream", "label_map"),
+       "resnet.evaluation": ("run_eval", "eval_data"), "resnet.eval_stream": ("run_eval_stream", "label_map", "eval_folder"),
        "resnet.predict": ("load_any", "run_predict"), "resnet.export": ("export_onnx", "compare_outputs"),
        "resnet.benchmark": ("benchmark", "run_benchmark"), "resnet.plots": ("plot_confusion",),
        "resnet.demo": ("run_demo",), "resnet.models.interop": ("load_weights", "WeightsError"),

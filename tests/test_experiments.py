@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from resnet.cli import main
 from resnet.experiments import analysis, papers
@@ -76,6 +77,11 @@ def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
     # A complete experiment is read back, not retrained.
     monkeypatch.setattr("resnet.engine.trainer.Trainer.fit", lambda self: pytest.fail("retrained a finished run"))
     papers.degradation(str(tiny_folder), [8, 14], epochs=2, out=str(out), overrides=TINY)
+    # ... but not under other settings: fewer epochs or another lr would report runs this experiment did not ask for
+    with pytest.raises(ValueError, match="other settings .*epochs 2 there, 1 now"):
+        papers.degradation(str(tiny_folder), [8, 14], epochs=1, out=str(out), overrides=TINY)
+    with pytest.raises(ValueError, match="optim.lr 0.05 there, 0.1 now"):
+        papers.degradation(str(tiny_folder), [8, 14], epochs=2, out=str(out), overrides=TINY + ["optim.lr=0.1"])
 
 
 def test_degradation_verdict_says_what_the_numbers_show():
@@ -96,12 +102,18 @@ def test_depth_sweep_mean_and_spread_over_seeds(tiny_folder, tmp_path):
     result = papers.depth_sweep(str(tiny_folder), ["resnet20", "resnet32"], epochs=1, seeds=2, out=str(out),
                                 overrides=TINY)
     rows = {r["label"]: r for r in result["rows"]}
-    assert rows["resnet20"]["seeds"] == 2 and rows["resnet20"]["paper_err"] == 8.75
+    # three made-up classes: the papers' CIFAR-10 errors are not shown beside them; the parameters are the nets'
+    # as trained (widths 4-8-8, three classes), not the registry's defaults
+    assert rows["resnet20"]["seeds"] == 2 and rows["resnet20"]["paper_err"] is None
+    trained = torch.load(out / "runs" / "resnet20-s0" / "last.state.pt", weights_only=True)
+    weights = load_file(str(out / "runs" / "resnet20-s0" / trained["weights_file"]))
+    assert rows["resnet20"]["params"] == sum(v.numel() for k, v in weights.items()
+                                             if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     vals = [_metrics(out / "runs" / f"resnet20-s{s}" / "metrics.jsonl")[-1]["val_err"] for s in (0, 1)]
     assert rows["resnet20"]["val_err"][0] == pytest.approx(sum(vals) / 2)
     assert rows["resnet20"]["best_val_err"] == min(vals)
     report = (out / "report.md").read_text()
-    assert re.search(r"\| resnet32 \| [0-9.]+M \| 2 \|", report) and "8.75" in report
+    assert re.search(r"\| resnet32 \| [0-9.]+M \| 2 \|", report) and "8.75" not in report
 
 
 def test_shortcut_options_sizes(tiny_folder, tmp_path):
@@ -115,7 +127,17 @@ def test_preactivation_pairs(tiny_folder, tmp_path):
                                   overrides=TINY + ["model_args.layers=[1,1,1]"])
     labels = [r["label"] for r in result["rows"]]
     assert labels == ["original-110", "preact_resnet110"]
-    assert [r["paper_err"] for r in result["rows"]] == [6.61, 6.37]
+    assert [r["paper_err"] for r in result["rows"]] == [None, None]  # not CIFAR-10: no paper numbers beside it
+
+
+def test_paper_numbers_only_beside_cifar10():
+    """The papers' and akamaster's errors are CIFAR-10 test errors: shown for CIFAR-10 data only."""
+    results = [(papers.RunSpec("resnet20", 0), [{"train_err": 5.0, "val_err": 10.0, "step": 10}])]
+    for cifar10, paper, akamaster in ((True, 8.75, 8.27), (False, None, None)):
+        context = {"model_args": {}, "num_classes": 10, "cifar10": cifar10}
+        (row,) = papers.protocol_rows(results, "val", {}, context)
+        assert (row["paper_err"], row["akamaster_err"], row["params"]) == (paper, akamaster, 269722)
+        assert papers.summary_rows(results, context)[0]["paper_err"] == paper
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +172,15 @@ def test_gradients_at_init_and_trained(tiny_folder, tmp_path, trained_pair, caps
     assert set(series) == {"plain14-s0 init", "plain14-s0 trained", "resnet14-s0 init", "resnet14-s0 trained"}
     assert all(len(v) == 13 and all(n > 0 for n in v) for v in series.values())  # stem + 12 convs
     assert "first / last" in capsys.readouterr().out
+
+
+def test_gradient_norms_leave_out_frozen_filters():
+    """The speedrun net's whitening stem is frozen (no gradient): its layers are left out, not a crash."""
+    torch.manual_seed(0)
+    model = papers.create_model("speedrun_resnet8", num_classes=3)
+    norms = analysis.gradient_norms(model, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))
+    names = [n for n, _ in norms]
+    assert "conv1" not in names and len(names) == 6 and all(v > 0 for _, v in norms)
 
 
 def test_cli_degradation_and_bad_depth(tiny_folder, tmp_path, capsys):

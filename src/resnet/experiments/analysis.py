@@ -97,12 +97,13 @@ def responses(checkpoints: list[str], data: str, out: str = "experiments/respons
 
 
 def gradient_norms(model: ResNet, x: torch.Tensor, y: torch.Tensor) -> list[tuple[str, float]]:
-    """L2 norm of the loss gradient with respect to each conv layer's weights, input to output (train mode)."""
+    """L2 norm of the loss gradient with respect to each conv layer's weights, input to output (train mode);
+    frozen filters (a whitening stem's) have none and are left out."""
     model.train()
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()
     return [(name, float(m.weight.grad.norm())) for name, m in model.named_modules()
-            if isinstance(m, nn.Conv2d) and "downsample" not in name]
+            if isinstance(m, nn.Conv2d) and "downsample" not in name and m.weight.grad is not None]
 
 
 def gradients(checkpoints: list[str], data: str, out: str = "experiments/gradients", split: str = "val",

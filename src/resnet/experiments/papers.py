@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.cifar import CIFAR10_CLASSES
 from ..models import create_model, get_entry, list_models
 from ..models.blocks import block_class
 from .figures import plot_bars, plot_degradation
@@ -35,10 +36,19 @@ def cifar_spec(family: str, depth: int, seed: int, **model_args) -> RunSpec:
     return RunSpec(f"{family}20", seed, {"layers": [n, n, n], **model_args}, label=name)
 
 
-def params_of(spec: RunSpec, num_classes: int = 10) -> int:
+def params_of(spec: RunSpec, num_classes: int = 10, model_args: dict | None = None) -> int:
+    """Parameters of the run's network as trained: the experiment's model_args under the run's own, the data's classes."""
     with torch.device("meta"):
-        model = create_model(spec.model, **{"num_classes": num_classes, **spec.model_args})
+        model = create_model(spec.model, **{**(model_args or {}), **spec.model_args, "num_classes": num_classes})
     return sum(p.numel() for p in model.parameters())
+
+
+def run_context(exp: Experiment) -> dict:
+    """What the tables need of the experiment beyond its runs: the model_args every run shares, the data's
+    class count, and whether the data is CIFAR-10 (the papers' and akamaster's errors are CIFAR-10's: beside
+    any other data they would mislead)."""
+    classes = tuple(exp.data()[0].classes)
+    return {"model_args": dict(exp.cfg.model_args), "num_classes": len(classes), "cifar10": classes == CIFAR10_CLASSES}
 
 
 def _final(records: list[dict], key: str) -> float | None:
@@ -47,7 +57,7 @@ def _final(records: list[dict], key: str) -> float | None:
     return values[-1] if values else None
 
 
-def summary_rows(results: list[tuple[RunSpec, list[dict]]]) -> list[dict]:
+def summary_rows(results: list[tuple[RunSpec, list[dict]]], context: dict) -> list[dict]:
     """Per label: params, final training and validation error as mean, std over seeds, and the best run."""
     groups: dict[str, list[tuple[RunSpec, list[dict]]]] = {}
     for spec, records in results:
@@ -58,10 +68,11 @@ def summary_rows(results: list[tuple[RunSpec, list[dict]]]) -> list[dict]:
         val = [v for v in (_final(r, "val_err") for _, r in runs) if v is not None]
         # Mean training error over all epochs: how fast a network trains, the heart of Fig. 6.
         over_run = [sum(x["train_err"] for x in r) / len(r) for _, r in runs]
-        rows.append({"label": label, "model": runs[0][0].model, "params": params_of(runs[0][0]), "seeds": len(runs),
+        rows.append({"label": label, "model": runs[0][0].model, "seeds": len(runs),
+                     "params": params_of(runs[0][0], context["num_classes"], context["model_args"]),
                      "train_err": mean_std(train), "mean_train_err": mean_std(over_run),
                      "val_err": mean_std(val) if val else None, "best_val_err": min(val) if val else None,
-                     "steps": runs[0][1][-1]["step"], "paper_err": PAPER_ERR.get(label)})
+                     "steps": runs[0][1][-1]["step"], "paper_err": PAPER_ERR.get(label) if context["cifar10"] else None})
     return rows
 
 
@@ -92,7 +103,7 @@ def _write_report(exp: Experiment, title: str, body: list[str]) -> Path:
 
 def _bar_report(exp: Experiment, name: str, plot_title: str, title: str, note: str = "") -> dict:
     """Train every run, then the table, a bar chart of validation error and report.md."""
-    rows = summary_rows(exp.run_all())
+    rows = summary_rows(exp.run_all(), run_context(exp))
     key = "val_err" if all(r["val_err"] is not None for r in rows) else "train_err"  # data.val_size=0: no val_err
     plot_bars([r["label"] for r in rows], [r[key][0] for r in rows], [r[key][1] for r in rows],
               exp.out / f"{name}.png", f"{'validation' if key == 'val_err' else 'training'} error (%)", plot_title)
@@ -136,7 +147,7 @@ def degradation(data: str, depths: list[int], epochs: int, seeds: int = 1, out: 
         if spec.seed == 0:
             curves[family][int(spec.title[len(family):])] = records
     plot_degradation(curves, exp.out / "degradation.png")
-    rows = summary_rows(results)
+    rows = summary_rows(results, run_context(exp))
     by = {r["label"]: r for r in rows}
     lo, hi = min(depths), max(depths)
     gaps = {f: by[f"{f}{hi}"]["train_err"][0] - by[f"{f}{lo}"]["train_err"][0] for f in ("plain", "resnet")}
@@ -182,7 +193,7 @@ def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: 
         tests = score_on_test(exp, results) if p == "final" and info["test_split"] else {}
         if tests:
             info["test_images"] = next(iter(tests.values()))["n"]
-        rows += protocol_rows(results, p, tests)
+        rows += protocol_rows(results, p, tests, run_context(exp))
         notes.append(describe_protocol(info, data))
     report = Experiment("depth", out, cfg, specs, stream, jobs)  # the report folder (its runs: 'val')
     scored = [r for r in rows if r["err"] is not None]
@@ -203,7 +214,8 @@ AKAMASTER_NOTE = ("Paper: He et al. 2015, Table 6, test error of the final netwo
                   "picked on the test set itself).")
 
 
-def protocol_rows(results: list[tuple[RunSpec, list[dict]]], protocol: str, tests: dict[str, dict]) -> list[dict]:
+def protocol_rows(results: list[tuple[RunSpec, list[dict]]], protocol: str, tests: dict[str, dict],
+                  context: dict) -> list[dict]:
     """Per network: the error of every seed (validation error for 'val', test error for 'final', None
     where there is no test split), their mean and std, and the references."""
     groups: dict[str, list[tuple[RunSpec, list[dict]]]] = {}
@@ -217,12 +229,14 @@ def protocol_rows(results: list[tuple[RunSpec, list[dict]]], protocol: str, test
             per_seed = [(spec.seed, tests[spec.name]["top1_err"] if spec.name in tests else None) for spec, _ in runs]
         errs = [e for _, e in per_seed if e is not None]
         err = mean_std(errs) if errs else None
-        rows.append({"label": label, "model": runs[0][0].model, "params": params_of(runs[0][0]), "protocol": protocol,
+        rows.append({"label": label, "model": runs[0][0].model, "protocol": protocol,
+                     "params": params_of(runs[0][0], context["num_classes"], context["model_args"]),
                      "seeds": len(runs), "steps": runs[0][1][-1]["step"],
                      "train_err": mean_std([_final(r, "train_err") for _, r in runs]), "err": err,
                      "per_seed": per_seed, "best_err": min(errs) if errs else None,
                      "val_err": err if protocol == "val" else None, "best_val_err": min(errs) if protocol == "val" and errs else None,
-                     "paper_err": PAPER_ERR.get(label), "akamaster_err": AKAMASTER_ERR.get(label)})
+                     "paper_err": PAPER_ERR.get(label) if context["cifar10"] else None,
+                     "akamaster_err": AKAMASTER_ERR.get(label) if context["cifar10"] else None})
     return rows
 
 

@@ -64,10 +64,12 @@ def score_as_is(spec: str, model_name: str | None, val) -> dict:
     if classes != len(val.classes):
         raise ConfigError(f"--weights {spec}: a {classes}-class head, but the data has {len(val.classes)} classes")
     device = default_device()
+    # the weights' statistics, not the data's own (the hold-out carries those: fine-tuning replaces them below too)
+    val = dataclasses.replace(val, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
     loader = val.loader(1000, train=False, device=device, channels_last=False)
     result = evaluate(model.to(device), loader, resolve_precision("fp32", device), classes)
     return {"model": meta["model"], "mean": list(meta["mean"]), "std": list(meta["std"]), "top1_err": result["top1_err"],
-            "n": result["n"]}
+            "loss": result["loss"], "n": result["n"]}
 
 
 def pretrained(data: str, weights: list[str], epochs: int = 3, seeds: int = 1, out: str = "experiments/pretrained",
@@ -81,6 +83,11 @@ def pretrained(data: str, weights: list[str], epochs: int = 3, seeds: int = 1, o
         runs = [RunSpec(name, s, dict(source.model_args) if source else {}, label=_label(spec, model_name))
                 for s in range(seeds)]
         items.append((spec, model_name, runs))
+    names = [runs[0].name for _, _, runs in items]
+    if len(set(names)) < len(names):  # two files of one name would share a run folder: the second never trains
+        same = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"--weights: two entries would share the run folder {same[0]} (files of the same name); "
+                          "rename one of the files")
     cfg = base_config(data, epochs, recipe, [*FINETUNE, *(overrides or [])])
     if cfg.data.val_size == 0:
         raise ConfigError("pretrained networks are scored on the hold-out: data.val_size=0 leaves none")

@@ -75,6 +75,43 @@ def rescale_paper_milestones(cfg: TrainConfig, steps_per_epoch: int) -> TrainCon
     return dataclasses.replace(cfg, schedule=schedule)
 
 
+# Settings a rerun may change without changing what a run computes (where the data and cache live, the
+# loader's processes, compilation, how often a checkpoint is written).
+_FREE_SETTINGS = {"compile", "checkpoint_minutes", "data.path", "data.cache_dir", "data.workers"}
+
+
+def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        name, a, b = prefix + key, saved.get(key), wanted.get(key)
+        if name in _FREE_SETTINGS:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, name + ".")
+        elif a != b:
+            out.append(f"{name} {a!r} there, {b!r} now")
+    return out
+
+
+def _check_same_settings(run_dir: Path, cfg: TrainConfig) -> None:
+    """A run folder already there is read back or continued only when it ran with these settings: otherwise
+    the report would present runs of another schedule (fewer epochs, another lr) as this experiment's. More
+    epochs are allowed: the runs continue (with the paper's milestones rescaled to the new length)."""
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = yaml.safe_load(saved_file.read_text()) or {}
+    wanted = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # tuples as the saved file's lists
+    if isinstance(saved.get("epochs"), int) and saved["epochs"] < cfg.epochs:  # extended: the schedule follows
+        saved = {**saved, "epochs": cfg.epochs, "schedule": {**saved.get("schedule", {}),
+                                                            "milestones": wanted["schedule"].get("milestones")}}
+    diff = _differences(saved, wanted)
+    if diff:
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise ConfigError(f"{run_dir} holds a run with other settings ({'; '.join(diff[:3])}{more}): rerun with "
+                          "the settings it started with to continue it, or pick another --out")
+
+
 class Experiment:
     """A report folder: experiment.yaml (config, seeds, version, commit), runs/<name>/, plots, report.md."""
 
@@ -127,6 +164,7 @@ class Experiment:
         cfg = rescale_paper_milestones(dataclasses.replace(
             self.cfg, model=spec.model, seed=spec.seed, model_args={**self.cfg.model_args, **spec.model_args},
             data=data), steps)
+        _check_same_settings(run_dir, cfg)
         done = completed_epochs(run_dir)
         if done >= cfg.epochs:
             return read_metrics(run_dir)
