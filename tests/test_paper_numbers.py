@@ -87,6 +87,7 @@ def test_depth_sweep_both_protocols(split_tree, tmp_path):
     assert tests[1]["top1_err"] == pytest.approx(direct["top1_err"]) and tests[1]["n"] == 18
     assert [e for _, e in final["per_seed"]] == [t["top1_err"] for t in tests]
     report = (out / "report.md").read_text()
+    assert "2 epochs per run (val) and 1 epoch per run (final)" in report
     assert "| resnet20 | 0.01M | 2 | val (hold-out) |" in report  # widths 4-8-8 and 3 classes, as trained and "| final (test) |" in report
     assert f"s0: {seeds[0]:.2f}, s1: {seeds[1]:.2f}" in report
     assert "error on the 12 held out" in report and "error on the 18 images of the test split" in report

@@ -11,7 +11,7 @@ from ..models import create_model, get_entry, list_models
 from ..models.blocks import block_class
 from .figures import plot_bars, plot_degradation
 from .protocol import PROTOCOLS, describe_protocol, final_experiment, score_on_test
-from .runner import Experiment, RunSpec, base_config, format_mean_std, markdown_table, mean_std
+from .runner import Experiment, RunSpec, base_config, count, format_mean_std, markdown_table, mean_std
 from ..errors import ConfigError
 
 # CIFAR-10 test error (%) reported by the papers: ResNet Table 6, Identity Mappings Table 3.
@@ -89,9 +89,11 @@ def results_table(rows: list[dict]) -> str:
           "–" if r["best_val_err"] is None else f"{r['best_val_err']:.2f}", r["paper_err"] if r["paper_err"] is not None else "–"] for r in rows])
 
 
-def _write_report(exp: Experiment, title: str, body: list[str]) -> Path:
+def _write_report(exp: Experiment, title: str, body: list[str], epochs: str | None = None) -> Path:
+    """report.md; `epochs` replaces "N epochs per run" where runs differ (the depth sweep's two protocols)."""
     cfg = exp.cfg
-    head = [f"# {title}", "", f"Data: `{cfg.data.path}`, {cfg.epochs} epochs per run, batch {cfg.data.batch_size}, "
+    epochs = epochs or f"{count(cfg.epochs, 'epoch')} per run"
+    head = [f"# {title}", "", f"Data: `{cfg.data.path}`, {epochs}, batch {cfg.data.batch_size}, "
             f"schedule {cfg.schedule.name}, seeds {sorted({s.seed for s in exp.specs})}. "
             "Errors are the last epoch's, in percent; validation = the held-out part of the training set "
             "(the papers report test error). Config, version and commit: `experiment.yaml`; per-run metrics: "
@@ -179,7 +181,7 @@ def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: 
     cfg = base_config(data, epochs, recipe, overrides)
     if protocol != "final" and cfg.data.val_size == 0:
         raise ValueError("--protocol val needs a hold-out, and data.val_size=0 leaves none: use --protocol final")
-    rows, notes = [], []
+    rows, notes, epochs = [], [], {}
     for p in (("val", "final") if protocol == "both" else (protocol,)):
         if p == "val":
             exp, info = Experiment("depth", out, cfg, specs, stream, jobs), {"protocol": "val"}
@@ -188,6 +190,7 @@ def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: 
         else:
             exp, info = final_experiment("depth-final", Path(out) / "final", cfg, specs, stream, jobs)
         exp.describe(models=models, protocol=info)
+        epochs[p] = exp.cfg.epochs  # the final protocol's runs take the split's iterations in fewer epochs
         results = exp.run_all()
         info["iterations"] = results[0][1][-1]["step"]
         tests = score_on_test(exp, results) if p == "final" and info["test_split"] else {}
@@ -204,7 +207,8 @@ def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: 
                   "error by depth: val = 45k/5k validation, final = test")
         figure = ["![depth](depth.png)"]
     _write_report(report, "Depth sweep [ResNet Table 6, Identity Mappings Table 3]",
-                  [depth_table(rows), "", "Protocols:", "", *[f"- {n}" for n in notes], "", AKAMASTER_NOTE, "", *figure])
+                  [depth_table(rows), "", "Protocols:", "", *[f"- {n}" for n in notes], "", AKAMASTER_NOTE, "", *figure],
+                  epochs=" and ".join(f"{count(n, 'epoch')} per run ({p})" for p, n in epochs.items()))
     return {"rows": rows, "out": str(report.out)}
 
 
