@@ -3,6 +3,7 @@
 Everything is built in tmp_path; no network."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ from PIL import Image
 from resnet.data import (CifarFormatError, DatasetLayoutError, ImageDecodeError, ImageFolderDataset,
                          ImagesTooLargeError, InMemoryDataset, MemoryLoader, load_dataset,
                          stratified_split)
+from resnet import files
 from resnet.data import cifar, memory
 from resnet.data.folder import decode_image, scan
 from resnet.data.transforms import CIFAR10_MEAN, CIFAR10_STD, eval_preset, train_preset
@@ -204,6 +206,23 @@ def test_download_offline_says_where_to_put_the_file(tmp_path):
         cifar.download_cifar("cifar100", tmp_path, opener=offline)
     assert cifar.CIFAR100.url in str(e.value) and str(tmp_path / "cifar-100-python.tar.gz") in str(e.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_is_not_called_offline(tmp_path):
+    """A write that fails (ENOSPC) is this machine's disk: the error names the file and says why; it is not the
+    ConnectionError that tells the user to download by hand."""
+    src = tmp_path / "remote.bin"
+    src.write_bytes(os.urandom(1 << 20))
+
+    class Full:
+        name = str(tmp_path / ".file.part")
+
+        def write(self, block):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError, match="cannot write the download to .*file.part .No space left") as e:
+        files._copy(src.as_uri(), "file", Full(), "md5", lambda reason: ConnectionError(reason),
+                    urllib.request.urlopen, io.StringIO(), 5.0)
+    assert not isinstance(e.value, ConnectionError)
 
 
 def test_cifar_by_name(tmp_path):

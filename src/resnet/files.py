@@ -142,6 +142,10 @@ def download(url: str, dest: Path, algorithm: str, expected: str | None, offline
     return dest
 
 
+class _LocalWriteError(OSError):
+    """A failed write of a download into its folder: one line naming the file, never "offline"."""
+
+
 def _copy(url: str, name: str, out, algorithm: str, offline, opener, stream, timeout: float,
           stated=None) -> tuple[str, str | None]:
     """Copy the response of `url` into `out`, showing progress; returns its digest and the digest
@@ -154,10 +158,15 @@ def _copy(url: str, name: str, out, algorithm: str, offline, opener, stream, tim
             progress = DownloadProgress(name, total, stream)
             for block in iter(lambda: resp.read(1 << 20), b""):
                 h.update(block)
-                out.write(block)
+                try:
+                    out.write(block)
+                except OSError as e:  # this machine's disk (full, read-only), not the network: say so
+                    raise _LocalWriteError(f"cannot write the download to {out.name} ({e.strerror or e})") from e
                 done += len(block)
                 progress.update(done)
             progress.update(done, final=True)
+    except _LocalWriteError:
+        raise
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         # ValueError: a malformed URL; TimeoutError (an OSError): a read waited `timeout` seconds
         reason = getattr(e, "reason", None) or e or type(e).__name__
