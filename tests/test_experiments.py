@@ -99,8 +99,9 @@ def test_degradation_verdict_says_what_the_numbers_show():
 
 def test_depth_sweep_mean_and_spread_over_seeds(tiny_folder, tmp_path):
     out = tmp_path / "depth"
-    result = papers.depth_sweep(str(tiny_folder), ["resnet20", "resnet32"], epochs=1, seeds=2, out=str(out),
-                                overrides=TINY)
+    result = papers.depth_sweep(str(tiny_folder), ["resnet20", "resnet32", "resnet20"], epochs=1, seeds=2,
+                                out=str(out), overrides=TINY)  # a name given twice is one network
+    assert [r["label"] for r in result["rows"]] == ["resnet20", "resnet32"]
     rows = {r["label"]: r for r in result["rows"]}
     # three made-up classes: the papers' CIFAR-10 errors are not shown beside them; the parameters are the nets'
     # as trained (widths 4-8-8, three classes), not the registry's defaults

@@ -175,6 +175,7 @@ def depth_sweep(data: str, models: list[str], epochs: int, seeds: int = 1, out: 
     or 'both'. The report says which protocol produced each number."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    models = list(dict.fromkeys(models))  # a name given twice would count one run as two seeds
     for name in models:
         get_entry(name)  # clear error with suggestions for a typo
     specs = [RunSpec(m, s) for m in models for s in range(seeds)]
