@@ -116,6 +116,11 @@ def main() -> None:
     parser.add_argument("--nchw", action="store_true")
     args = parser.parse_args()
     names = args.variants.split(",")
+    # Every variant compiles the same ResNet.forward; each set of inductor options is another cache entry, and
+    # past dynamo's recompile limit (8) a variant would quietly run eager under its compiled label: raise the
+    # limit for this many, and fail rather than mislabel.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(names) + 2)
+    torch._dynamo.config.fail_on_recompile_limit_hit = True
     for n in names:
         if n not in VARIANTS and not n.startswith("inductor:"):
             parser.error(f"--variants: unknown {n!r}; choose from {', '.join(VARIANTS)}")

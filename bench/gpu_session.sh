@@ -32,6 +32,8 @@ SIDE_BY_SIDE=${SIDE_BY_SIDE:-0}
 DEG_EPOCHS=${DEG_EPOCHS:-30}
 EXTRA=${EXTRA:-}  # key=value overrides for every run (a smoke test shrinks the hold-out)
 mkdir -p "$WORK" "$RESULTS"
+# A second call in the same WORK must not summarise the first call's runs (resnet train refuses a used --out)
+rm -rf "$WORK/paper-r20" "$WORK/accum" "$WORK/degradation"
 start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - start )); }
 
@@ -64,6 +66,8 @@ waited=0
 while kill -0 $paper 2>/dev/null && [ "$waited" -lt "$PAPER_BUDGET" ]; do sleep 2; waited=$((waited + 2)); done
 kill -0 $paper 2>/dev/null && kill -TERM $paper  # it checkpoints and stops: resumable
 wait $paper
+paper_rc=$?  # 0 (finished) or 143 (stopped at the budget, checkpointed) are both fine
+[ "$paper_rc" = 0 ] || [ "$paper_rc" = 143 ] || { echo "paper-r20 failed, rc $paper_rc:"; tail -5 "$WORK/paper-r20.log"; }
 $PY - "$WORK/paper-r20/metrics.jsonl" <<'EOF' | tee "$WORK/paper-r20.summary"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])] if __import__("os").path.exists(sys.argv[1]) else []
@@ -89,7 +93,8 @@ fi
 # 4. The streamed loader: images/s with 2, 8 and 14 decoding processes (the rest of 16 cores feed the GPU).
 if [ "$STREAM" = 1 ]; then
   for w in 2 8 14; do
-    timeout 120 $PY bench/stream_loader.py --data "$DATA" --workers $w --batch 256 --batches 10 --loader-only \
+    # batch 64: the clock starts after the 1 + 4 x workers batches decoded ahead, then times 30 (stream_loader.py)
+    timeout 180 $PY bench/stream_loader.py --data "$DATA" --workers $w --batch 64 --batches 30 --loader-only \
       > "$WORK/stream-w$w.txt" 2>&1
     echo "workers $w:"; tail -6 "$WORK/stream-w$w.txt"
   done

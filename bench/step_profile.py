@@ -43,15 +43,16 @@ from train_throughput import make_step
 GROUPS = (("convolution", ("convolution", "conv2d", "mkldnn_conv")),
           ("batch norm", ("batch_norm", "native_batch_norm")),
           ("activation (ReLU, GELU, threshold)", ("relu", "threshold", "gelu", "clamp_min")),
-          ("addition (shortcuts, gradient sums)", ("aten::add", "aten::add_")),
+          # by operator name only: torch's per-tensor SGD adds (weight decay, momentum, update) land here too
+          ("addition (shortcuts, gradient sums, SGD's adds)", ("aten::add", "aten::add_")),
           ("optimizer (SGD, zero_grad)", ("_foreach", "sgd", "aten::mul_", "aten::zero_", "aten::fill_")),
           ("casts and copies (autocast, layout)", ("aten::copy_", "aten::to", "_to_copy", "clone", "contiguous")))
 
 
 def group_of(name: str) -> str:
     low = name.lower()
-    for group, keys in GROUPS:
-        if any(k in low for k in keys):
+    for group, keys in GROUPS:  # "aten::..." keys name one operator exactly (aten::add is not aten::addmm)
+        if any(low == k if k.startswith("aten::") else k in low for k in keys):
             return group
     return "the rest (pooling, loss, views, autograd bookkeeping)"
 

@@ -54,13 +54,27 @@ def synthetic_imagenet(dest: Path, n: int = 704, classes: int = 10) -> Path:
     return dest
 
 
-def loader_rate(folder: Path, augment: str, batch: int, batches: int, workers: int) -> float:
+PREFETCH = 4  # the loader's prefetch_factor (data/stream.py): batches each worker decodes ahead
+
+
+def ahead(workers: int) -> int:
+    """Batches consumed before the clock starts: the first, then all the workers decoded ahead of it."""
+    return 1 + workers * PREFETCH
+
+
+def loader_rate(folder: Path, augment: str, batch: int, batches: int, workers: int) -> float | None:
+    """The loader's steady images/s: the clock starts once the batches decoded before it started (worker
+    start-up, then workers x prefetch queued) are consumed, so it times decoding, not a queue filled
+    beforehand (with 14 workers and 10 timed batches that queue made the rate 11x too high). None when
+    the folder is too small for that."""
     ds = StreamingFolder(folder, "train", image_size=224, augment=augment, workers=workers)
     loader = ds.loader(batch, train=True, seed=0)
     loader.set_epoch(0)
-    batches = min(batches, len(loader) - 1)
+    if len(loader) < ahead(workers) + batches:
+        return None
     it = iter(loader)
-    next(it)  # worker start-up is not timed
+    for _ in range(ahead(workers)):
+        next(it)
     start = time.perf_counter()
     for _ in range(batches):
         x, y = next(it)
@@ -103,11 +117,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cifar = extract(Path(args.data), Path(tmp) / "cifar")
-        big = synthetic_imagenet(Path(tmp) / "imagenet-like")
+        # enough batches for the most workers: those decoded ahead, then the timed ones
+        big = synthetic_imagenet(Path(tmp) / "imagenet-like", n=max(704, (ahead(args.workers) + args.batches) * args.batch))
         for name, folder in (("CIFAR-10 JPEGs 32x32, upscaled", cifar), ("synthetic 500x375 JPEGs", big)):
             for augment in ("paper", "rrc"):
                 for workers in [args.workers] if args.loader_only else sorted({0, args.workers}):
                     rate = loader_rate(folder, augment, args.batch, args.batches, workers)
+                    if rate is None:
+                        print(f"loader: {name}, {augment}, {workers} workers: too few images for "
+                              f"{ahead(workers) + args.batches} batches of {args.batch}", file=sys.stderr)
+                        continue
                     rows.append((f"loader: {name}, {augment}", workers, rate))
                     print(rows[-1], file=sys.stderr)
         if args.loader_only:

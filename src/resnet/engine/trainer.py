@@ -421,6 +421,9 @@ class Trainer:
                 self._maybe_checkpoint_mid_epoch(totals)
         progress.close()
         self._settle(totals)
+        if self.device.type == "cuda":  # the last steps may still be queued on the GPU: count them in the time
+            torch.cuda.synchronize(self.device)
+            acc["seconds"] = time.perf_counter() - start
         if self.lookahead is not None:
             self.lookahead.sync(self.model)
         seen = max(acc["seen"], 1)
