@@ -140,7 +140,12 @@ def test_a_local_akamaster_file_is_recognised(tmp_path):
     sd = synthetic_akamaster(20, seed=3)
     path = tmp_path / "mine.th"
     path.write_bytes(legacy_file(sd))
-    model, _ = model_from_weights(str(path), model_name="resnet20")
+    model, meta = model_from_weights(str(path), model_name="resnet20")
+    # a bare file of a CIFAR net is evaluated at its own 32 pixels (at 256 -> 224 akamaster's ResNet-20 erred 89%)
+    assert (meta["resize"], meta["input_size"], meta["mean"]) == (32, 32, [0.485, 0.456, 0.406])
+    big = tmp_path / "r18.pth"
+    torch.save(create_model("resnet18").state_dict(), big)
+    assert (lambda m: (m["resize"], m["input_size"]))(model_from_weights(str(big), model_name="resnet18")[1]) == (256, 224)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x).double(), reference_forward(sd, x, 3), rtol=1e-5, atol=1e-4)
