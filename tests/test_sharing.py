@@ -71,13 +71,16 @@ def test_a_folder_gives_back_the_same_logits_preprocessing_and_names(run, tmp_pa
     common = ["--data", str(tiny_folder), "--split", "train", "--json", "--precision", "fp32", "--backend", "eager-fp32"]
     assert main(["eval", "--checkpoint", str(run), *common]) == 0
     by_checkpoint = json.loads(capsys.readouterr().out)
+    scores = lambda d: {k: d[k] for k in ("top1_err", "top5_err", "loss", "n", "backend")}  # noqa: E731
     assert main(["eval", "--weights", str(out), *common]) == 0
-    assert json.loads(capsys.readouterr().out) == by_checkpoint
+    by_weights = json.loads(capsys.readouterr().out)
+    assert scores(by_weights) == scores(by_checkpoint) and by_weights["weights_file"] is None
+    assert by_checkpoint["weights_file"] == str(run / "best.safetensors")  # a run folder: its best epoch
     val = [c if c != "train" else "val" for c in common]  # the run's hold-out, rebuilt from the folder's config
     assert main(["eval", "--checkpoint", str(run), *val]) == 0
     by_checkpoint = json.loads(capsys.readouterr().out)
     assert main(["eval", "--weights", str(out), *val]) == 0
-    assert json.loads(capsys.readouterr().out) == by_checkpoint and by_checkpoint["n"] == 12
+    assert scores(json.loads(capsys.readouterr().out)) == scores(by_checkpoint) and by_checkpoint["n"] == 12
     assert main(["predict", str(tiny_folder / "red" / "00.png"), "--weights", str(out), "--json", "--topk", "3"]) == 0
     top = json.loads(capsys.readouterr().out)["topk"]
     assert sorted(t["name"] for t in top) == ["blue", "green", "red"]
@@ -262,6 +265,11 @@ def test_weights_lists_every_source_and_what_is_cached(tmp_path, monkeypatch, ca
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("akamaster:")}
     assert len(lines) == 6 and lines["akamaster:resnet20"].rstrip().endswith("yes")
     assert lines["akamaster:resnet32"].rstrip().endswith("BAD HASH") and lines["akamaster:resnet44"].rstrip().endswith("no")
+    # globs, as `list_models("preact*")` takes them; a pattern that matches nothing is said in one line
+    assert main(["weights", "akamaster:resnet2*", "--json"]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == ["akamaster:resnet20"]
+    assert main(["weights", "*resnet1202*"]) == 0 and "akamaster:resnet1202" in capsys.readouterr().out
+    assert main(["weights", "tim:*"]) == 2 and "no named weights match 'tim:*'" in capsys.readouterr().err
 
 
 def test_fine_tuning_starts_from_a_folder_with_a_new_head(tmp_path):

@@ -75,7 +75,12 @@ def test_eval_cli_reproduces_the_validation_error(tiny_folder, tmp_path, capsys)
     assert main(["eval", "--checkpoint", str(run / "last.safetensors"), "--data", str(tiny_folder), "--split", "val",
                  "--precision", "fp32", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n"] == 12 and set(out) == {"top1_err", "top5_err", "loss", "n"}
+    assert out["n"] == 12 and set(out) == {"top1_err", "top5_err", "loss", "n", "backend", "weights_file"}
+    assert out["backend"] in ("eager-fp32", "eager-bf16") and out["weights_file"].endswith("last.safetensors")
+    assert main(["eval", "--checkpoint", str(run), "--data", str(tiny_folder), "--split", "val", "--precision",
+                 "fp32"]) == 0  # the text says which file of the run folder and which backend it scored
+    first = capsys.readouterr().out.splitlines()[0]
+    assert f"{run} (best.safetensors) on" in first and first.endswith(", backend eager-fp32")
     assert out["top1_err"] == pytest.approx(history[-1]["val_err"], abs=1e-4)
     assert out["loss"] == pytest.approx(history[-1]["val_loss"], rel=1e-4)
     # the fast inference paths, calibrated on the evaluated images: the same images, (nearly) the same errors

@@ -29,7 +29,7 @@ from .deploy.export import DEFAULT_OPSET, FORMATS, export_model, format_report
 from .engine.checkpoint import copy_resumable
 from .engine.runs import expand_overrides
 from .engine.trainer import TrainingInterrupted
-from .errors import ResNetError
+from .errors import ConfigError, ResNetError
 from .experiments import analysis, papers
 from .experiments.demo import run_demo
 from .experiments.jpeg_quality import jpeg_quality
@@ -92,9 +92,12 @@ def cmd_eval(args) -> int:
                       workers=args.workers, plots=args.plots, backend=args.backend,
                       map_classes_by_position=args.map_classes_by_position)
     if args.json:
-        print(json.dumps({k: result[k] for k in ("top1_err", "top5_err", "loss", "n")}))
+        print(json.dumps({k: result[k] for k in ("top1_err", "top5_err", "loss", "n", "backend", "weights_file")}))
         return 0
-    print(f"{result['checkpoint']} on {args.data} ({result.get('split', args.split)}, {result['n']} images)")
+    scored = result.get("weights_file")
+    scored = f" ({Path(scored).name})" if scored and Path(scored).name != Path(result["checkpoint"]).name else ""
+    print(f"{result['checkpoint']}{scored} on {args.data} ({result.get('split', args.split)}, {result['n']} images), "
+          f"backend {result['backend']}")
     print(f"top-1 error {result['top1_err']:.2f}%  top-5 error {result['top5_err']:.2f}%  loss {result['loss']:.4f}")
     for name, acc in zip(result["classes"], result["per_class_acc"]):
         print(f"  {name:<20} {acc:6.2f}%")
@@ -268,6 +271,8 @@ def cmd_benchmark(args) -> int:
 
 def cmd_weights(args) -> int:
     items = weights_rows(args.pattern or "")
+    if not items and args.pattern:  # an empty table says nothing: name what was asked
+        raise ConfigError(f"no named weights match {args.pattern!r}; `resnet weights` lists them all")
     print(json.dumps(items, indent=1) if args.json else format_weights(items))
     return 0
 

@@ -17,13 +17,13 @@ from .digits import load_digits
 from .split import run_holdout, stratified_split
 from .stream import ImageFolderDataset, StreamingFolder
 from .transforms import STATS, eval_preset, train_preset
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 __all__ = [
     "load_dataset", "load_split", "InMemoryDataset", "MemoryLoader", "ImageFolderDataset", "StreamingFolder", "stratified_split",
     "load_cifar", "load_image_folder", "scan", "train_preset", "eval_preset", "STATS",
     "default_cache_dir", "CifarFormatError", "DatasetLayoutError", "ImageDecodeError",
-    "ImagesTooLargeError", "has_test_split",
+    "ImagesTooLargeError", "DataError", "has_test_split",
 ]
 
 

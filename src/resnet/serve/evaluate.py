@@ -28,6 +28,7 @@ from ..data.transforms import MULTI_SCALES, eval_transform
 from ..deploy.backends import first_images, require_dynamic_sizes
 from ..deploy.choose import inference_model
 from ..deploy.parity import class_mapping  # there: `resnet benchmark --data` maps labels too
+from ..engine.checkpoint import resolve_weights_path
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_confusion
 from ..engine.precision import default_device
@@ -164,6 +165,8 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
     per_class = rows.gather(1, mapping.view(-1, 1)).view(-1).double() / rows.sum(1).clamp(min=1).double()
     result.update(per_class_acc=[100.0 * float(a) for a in per_class], classes=list(ds.classes), split=split,
                   test=test, tta_flip=tta_flip, backend=_ran(runner, backend), checkpoint=str(checkpoint or weights),
+                  # a run folder is scored by its best validation epoch's weights, else its last
+                  weights_file=str(resolve_weights_path(checkpoint)) if checkpoint else None,
                   weights=weights, model=meta.get("model"), confusion=rows[:, mapping].tolist(),
                   streamed=streamed)
     if plots:

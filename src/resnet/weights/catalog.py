@@ -1,6 +1,8 @@
 """`resnet weights`: every named source with what a user chooses by (one row each)."""
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 
 from ..models import create_model
@@ -25,11 +27,18 @@ def _cached(source: WeightSource) -> tuple[str | None, str | None]:
     return (str(path) if path else None), None
 
 
+def matches(name: str, pattern: str) -> bool:
+    """A glob (`akamaster*`, `*resnet50*`, as `list_models` takes) when it has a wildcard, else a substring."""
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
+
+
 def rows(pattern: str = "") -> list[dict]:
-    """One dict per named source whose name contains `pattern`."""
+    """One dict per named source whose name matches `pattern` (see `matches`)."""
     out = []
     for name, s in SOURCES.items():
-        if pattern not in name:
+        if not matches(name, pattern):
             continue
         params, size = _size(s)
         cached, problem = _cached(s)
