@@ -1,6 +1,7 @@
 """Nothing lost: clean stops on signals, SIGKILL at random moments, full disks, NaN losses, unsafe files."""
 import errno
 import io
+import json
 import os
 import pickle
 import signal
@@ -16,6 +17,7 @@ from safetensors.torch import load_file
 from resnet.cli import main
 from resnet.config import make_config
 from resnet.engine import checkpoint
+from resnet.engine.logger import MetricsLog
 from resnet.engine.runs import plan_run
 from resnet.errors import ConfigError
 from resnet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train
@@ -225,6 +227,21 @@ def _assert_nan_at_step_5_stops_with_a_good_checkpoint(tiny_folder, run):
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_folder, tmp_path):
     _assert_nan_at_step_5_stops_with_a_good_checkpoint(tiny_folder, tmp_path / "run")
+
+
+def test_nan_before_any_checkpoint_says_there_is_none_and_the_log_stays_json(tiny_folder, tmp_path):
+    trainer = Trainer(_cfg(tiny_folder), tmp_path / "early")
+    _on_call(trainer.model.fc, 1, _nan)  # the very first step
+    with pytest.raises(NonFiniteLossError, match="at step 0 .*no checkpoint was written before it"):
+        trainer.fit()
+    assert checkpoint.latest_state_file(tmp_path / "early") is None
+    # a diverged epoch's NaN is written as null: every line of metrics.jsonl stays strict JSON
+    (tmp_path / "log").mkdir()
+    log = MetricsLog(tmp_path / "log")
+    log.append({"epoch": 1, "step": 4, "train_loss": float("nan"), "val_loss": float("inf"), "val_err": 90.0})
+    line = (tmp_path / "log" / "metrics.jsonl").read_text()
+    assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in the log")) == {
+        "epoch": 1, "step": 4, "train_loss": None, "val_loss": None, "val_err": 90.0}
 
 
 def test_nan_loss_skipped_on_request(tiny_folder, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,12 @@ class Progress:
             self.stream.flush()
 
 
+def _json_line(record: dict) -> str:
+    """One JSON line; a diverged run's NaN or infinite loss is written as null (bare NaN is not JSON)."""
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False) + "\n"
+
+
 class MetricsLog:
     """One JSON object per epoch in RUN_DIR/metrics.jsonl, mirrored to TensorBoard if it is installed."""
 
@@ -65,11 +72,11 @@ class MetricsLog:
 
     def rewrite(self, records: list[dict]) -> None:
         """On resume: the file becomes exactly the checkpointed history (drops epochs that were redone)."""
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        self.path.write_text("".join(_json_line(r) for r in records))
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(_json_line(record))
         if self.tb is not None:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("epoch", "step"):

@@ -629,9 +629,11 @@ class Trainer:
         raise self._nonfinite_error(float(loss), self.step, whose)
 
     def _nonfinite_error(self, value: float, step: int, whose: str = "the") -> NonFiniteLossError:
+        kept = (f"the last good checkpoint is in {self.run_dir}" if checkpoint.latest_state_file(self.run_dir)
+                else "no checkpoint was written before it")
         return NonFiniteLossError(f"{whose} training loss became {value} at step {step} (epoch {self.epoch + 1}); "
-                                  f"the last good checkpoint is in {self.run_dir}. Lower optim.lr, set optim.grad_clip, "
-                                  "or pass nonfinite=skip to skip such steps.")
+                                  f"{kept}. Lower optim.lr, set optim.grad_clip, or pass nonfinite=skip to skip "
+                                  "such steps.")
 
     def _agreed_stop(self) -> str | None:
         """The stop signal as every process sees it. Under torchrun each process's flag is summed over all
