@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from safetensors.torch import save_file
 
 from ..models import ResNet, ResNetConfig
 from ..errors import CheckpointError
-from ..weights.state_dict import read_state_dict
+from ..weights.state_dict import read_state_dict, unpickling_reason
 
 META_KEY = "resnet"
 KEEP = 2  # versioned checkpoints kept in ckpt/
@@ -163,6 +164,10 @@ def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
                                 "or ckpt/step_*.state.pt); start a new run with --out instead")
     try:
         state = torch.load(state_file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's text would advise weights_only=False: never for a file like this
+        raise CheckpointError(f"refusing to read {state_file}: it holds more than tensors and plain values (a file "
+                              f"not written by this toolkit, or objects whose unpickling could run code): "
+                              f"{unpickling_reason(e)}") from None
     except Exception as e:
         raise CheckpointError(f"cannot read {state_file} ({type(e).__name__}: {str(e)[:200]}); "
                            "it may not come from this toolkit") from None

@@ -17,6 +17,15 @@ PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP and torch.compile wrapp
 HEAD_PREFIX = "fc."
 
 
+def unpickling_reason(e: Exception) -> str:
+    """torch.load(weights_only=True)'s one-line reason for refusing a file, without its advice to load it with
+    weights_only=False (which would run whatever code the file holds)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    reason = next((line for line in lines if line.startswith(("Unsupported", "WeightsUnpickler", "Trying to load"))
+                   and line != "WeightsUnpickler error:"), None)
+    return reason or next((line for line in lines if "weights_only" not in line), "not a file of tensors")[:120]
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors from `.safetensors`, or from `.pt/.pth/.bin` through `torch.load(weights_only=True)`.
 
@@ -36,8 +45,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as e:
         # torch says the same for code-running pickles and for files that are no pickle at all (an
         # HTML error page, a partial download): name both, with torch's one-line reason.
-        reason = next((line.strip() for line in str(e).splitlines() if line.strip().startswith(("Unsupported", "WeightsUnpickler"))
-                       and line.strip() != "WeightsUnpickler error:"), str(e).strip().splitlines()[0][:120])
+        reason = unpickling_reason(e)
         raise WeightsError(
             f"refusing to load {path}: it is not a file of tensors alone (a corrupt or partial file, another format, "
             f"or Python objects whose unpickling could run arbitrary code); re-download it, or re-save it as "
