@@ -173,6 +173,7 @@ def test_gradients_at_init_and_trained(tiny_folder, tmp_path, trained_pair, caps
     assert set(series) == {"plain14-s0 init", "plain14-s0 trained", "resnet14-s0 init", "resnet14-s0 trained"}
     assert all(len(v) == 13 and all(n > 0 for n in v) for v in series.values())  # stem + 12 convs
     assert "first / last" in capsys.readouterr().out
+    assert "one batch of 12 val images" in (tmp_path / "g" / "report.md").read_text()  # the hold-out's 12, not 256
 
 
 def test_gradient_norms_leave_out_frozen_filters():

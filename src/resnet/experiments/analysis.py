@@ -111,10 +111,11 @@ def gradients(checkpoints: list[str], data: str, out: str = "experiments/gradien
     """Gradient flow, plain vs residual: per-layer gradient norms at initialisation and after training."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    series, rows = {}, []
+    series, rows, images = {}, [], batch
     for path in checkpoints:
         trained, meta = load(checkpoint=path)
         x, y = next(iter(_loader(meta, data, split, batch, batch)))
+        images = len(y)  # the split may hold fewer than `batch`
         torch.manual_seed(seed)
         fresh = ResNet(ResNetConfig(**meta["model_config"]))
         name = _label(path, meta, series)
@@ -126,7 +127,7 @@ def gradients(checkpoints: list[str], data: str, out: str = "experiments/gradien
                          f"{norms[0] / max(norms[-1], 1e-30):.3g}"])
     plot_layer_values(series, out_dir / "gradients.png", "‖∂loss/∂W‖", "gradient norm by layer (input → output)",
                       sort=False, log=True)
-    intro = (f"Norm of the loss gradient with respect to each conv layer's weights on one batch of {batch} {split} "
+    intro = (f"Norm of the loss gradient with respect to each conv layer's weights on one batch of {images} {split} "
              "images, at initialisation (same seed) and after training. In deep plain networks the gradient shrinks "
              "toward the input; shortcuts carry it through.")
     return _layer_report(out_dir, "gradients", "Gradient flow", intro, series,
