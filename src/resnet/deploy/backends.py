@@ -223,7 +223,8 @@ def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
     # (tests/test_compile.py after tests/test_auto_backend.py). The pass is kept for this model's
     # compilation only, and the global setting given back.
     global_pass = inductor_config.pre_grad_custom_pass
-    with extras.quiet_loggers("torchao"):
+    # torch.utils._pytree: torchao registers an Enum the way torch now deprecates (a warning on every import)
+    with extras.quiet_loggers("torchao", "torch.utils._pytree"):
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     int8_pass = getattr(xiq, "quant_lift_up", None)

@@ -5,6 +5,7 @@ import contextlib
 import platform
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from ..config import PRECISIONS
@@ -17,7 +18,7 @@ def cpu_supports_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         try:
-            flags = open("/proc/cpuinfo").read()
+            flags = Path("/proc/cpuinfo").read_text()
         except OSError:
             return False
         return "avx512_bf16" in flags or "amx_bf16" in flags
@@ -26,9 +27,10 @@ def cpu_supports_bf16() -> bool:
 def cpu_flags() -> frozenset[str]:
     """The processor's feature flags (Linux /proc/cpuinfo); empty where they cannot be read."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
     return frozenset()
@@ -51,9 +53,10 @@ def needs_reduced_range(flags: frozenset[str] | set[str] | None = None) -> bool:
 def cpu_model() -> str:
     """The processor's model name (`lscpu`'s), for keys of measurements cached per machine."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
