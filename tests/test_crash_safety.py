@@ -252,6 +252,16 @@ def test_nan_loss_skipped_on_request(tiny_folder, tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+def test_a_skipped_step_leaves_bn_statistics_as_they_were(tiny_folder, tmp_path):
+    """NaN in the first conv's output in one step: the step is skipped, and BN's running statistics are those of
+    the steps that trained (the skipped forward had folded NaN into them)."""
+    trainer = Trainer(_cfg(tiny_folder, "nonfinite=skip"), tmp_path / "run")
+    _on_call(trainer.model.conv1, 6, _nan)  # epoch 2's first step (after epoch 1's 4 steps and its validation)
+    history = trainer.fit()
+    assert sum(r.get("skipped_steps", 0) for r in history) == 1
+    assert all(torch.isfinite(b).all() for b in trainer.model.buffers() if b.is_floating_point())
+
+
 class _Evil:
     def __init__(self, marker):
         self.marker = marker

@@ -594,6 +594,9 @@ class Trainer:
             torch.compiler.cudagraph_mark_step_begin()
         target = y if target is None else target
         self.optimizer.zero_grad(set_to_none=True)
+        # nonfinite=skip: a skipped step leaves the network as it was, BN's running statistics included (the
+        # forward pass has already folded the batch into them: NaN once the batch's activations are)
+        kept = [b.detach().clone() for b in self.model.buffers()] if check and self.cfg.nonfinite == "skip" else None
         chunks = [(x, y, target)] if n == 1 else list(zip(x.chunk(n), y.chunk(n), target.chunk(n)))
         outputs, total = [], 0.0
         for j, (xc, yc, tc) in enumerate(chunks):
@@ -613,6 +616,9 @@ class Trainer:
         finite = self._finite(distributed.all_mean(total, self.dist)) if check else True
         if finite:
             self._backward_step(part)
+        elif kept is not None:
+            for b, saved in zip(self.model.buffers(), kept):
+                b.copy_(saved)
         return (outputs[0] if len(outputs) == 1 else torch.cat(outputs)), total, finite
 
     def _finite(self, loss: torch.Tensor, proxy: bool = False) -> bool:
