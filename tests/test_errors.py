@@ -33,6 +33,31 @@ def test_every_expected_error_is_a_resneterror_and_keeps_its_builtin_base():
         resnet.create_model("resnet5O")
 
 
+@pytest.mark.parametrize("bad", ["model_args.widths=4,8,8", "model_args.stem_width=abc", "model_args.ghost_batch=[1]",
+                                 "model_args.zero_init_residual=maybe", "RECIPE", "RESUME"])
+def test_wrong_types_and_broken_yaml_are_one_line_errors(bad, tiny_folder, tmp_path, capsys, monkeypatch):
+    """model_args values are typed as the config's own keys; a recipe or a run's config.yaml that is not YAML
+    (or not a mapping) names the file: exit 2, one line, no traceback, no run folder left behind."""
+    monkeypatch.delenv("RESNET_DEBUG", raising=False)
+    args = ["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "1", "--out", str(tmp_path / "r")]
+    if bad == "RECIPE":
+        (tmp_path / "bad.yaml").write_text("hello: [\n")
+        args += ["--recipe", str(tmp_path / "bad.yaml")]
+        expect = "bad.yaml is not valid YAML"
+    elif bad == "RESUME":
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "config.yaml").write_text("- 1\n")
+        args = ["train", "--resume", str(tmp_path / "run")]
+        expect = "config.yaml must be a YAML mapping"
+    else:
+        args.append(bad)
+        expect = bad.split("=")[0] + ": expected"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and expect in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_expected_error_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RESNET_DEBUG", raising=False)
     assert main(["eval", "--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(tmp_path)]) == 2

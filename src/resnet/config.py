@@ -288,21 +288,35 @@ def recipe_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("resnet.recipes").iterdir() if p.name.endswith(".yaml"))
 
 
+def read_yaml_mapping(text: str, what: str) -> dict:
+    """YAML text that must hold a mapping (a recipe, a run's config.yaml): one ConfigError naming `what` and the
+    line for text that is not YAML, or not a mapping; an empty file is an empty mapping."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{what} is not valid YAML ({getattr(e, 'problem', None) or e}{where})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a YAML mapping (key: value lines), got {type(data).__name__}")
+    return data
+
+
 def load_recipe(name_or_path: str) -> dict:
     """A recipe shipped with the package (by name) or a YAML file (by path), as a nested dict."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise ConfigError(f"recipe file {path} does not exist")
+            raise ConfigError(f"recipe file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
         text = path.read_text()
     else:
         ref = resources.files("resnet.recipes") / f"{name_or_path}.yaml"
         if not ref.is_file():
             raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(recipe_names())}")
         text = ref.read_text()
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {name_or_path} must be a YAML mapping")
+    data = read_yaml_mapping(text, f"recipe {name_or_path}")
     for key in ("summary", "description", "published"):  # documentation, not configuration
         data.pop(key, None)
     return data
@@ -332,13 +346,13 @@ def _number(text: str):
     return float(text) if any(c in text for c in ".eE") else int(text)
 
 
-def _coerce(value, annotation, key: str):
+def coerce_value(value, annotation, key: str):
     """Check (and gently convert) a YAML value against a field's annotated type."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):  # the first type that takes the value
         for arm in typing.get_args(annotation):
             try:
-                return _coerce(value, arm, key)
+                return coerce_value(value, arm, key)
             except ConfigError:
                 continue
         names = " or ".join(getattr(a, "__name__", str(a)) for a in typing.get_args(annotation))
@@ -361,7 +375,7 @@ def _coerce(value, annotation, key: str):
             return str(value)
     elif origin is tuple:
         items = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(_coerce(v, typing.get_args(annotation)[0], key) for v in items)
+        return tuple(coerce_value(v, typing.get_args(annotation)[0], key) for v in items)
     elif annotation is dict or origin is dict:
         if isinstance(value, dict):  # model_args: `drop_path_rate=1e-1` is a number, not a string
             return {k: _number(v) if isinstance(v, str) and _number(v) is not None else v for k, v in value.items()}
@@ -385,7 +399,7 @@ def _build(cls, data: dict, prefix: str = ""):
                 raise ConfigError(f"{full}: expected a mapping of {hint.__name__} keys, got {value!r}")
             kwargs[key] = _build(hint, value, full + ".")
         else:
-            kwargs[key] = _coerce(value, hint, full)
+            kwargs[key] = coerce_value(value, hint, full)
     return cls(**kwargs)
 
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
-
-from ..config import TrainConfig, make_config, merge, parse_overrides
+from ..config import TrainConfig, make_config, merge, parse_overrides, read_yaml_mapping
 from ..data.cifar import fetch_named
 from ..errors import CheckpointError, ConfigError
 from . import checkpoint
@@ -37,7 +35,8 @@ def plan_run(settings: dict | None = None, overrides=None, recipe: str | None = 
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             raise CheckpointError(f"--resume {run_dir}: no config.yaml there; is it a run folder of `resnet train`?")
-        return make_config(None, merge(yaml.safe_load(saved.read_text()), settings)), run_dir
+        saved_config = read_yaml_mapping(saved.read_text(), f"--resume {run_dir}: its config.yaml")
+        return make_config(None, merge(saved_config, settings)), run_dir
     if not settings.get("data", {}).get("path"):
         raise ConfigError("--data PATH is required (a CIFAR folder or archive, or a class-per-folder image tree)")
     cfg = make_config(recipe, settings)

@@ -27,7 +27,7 @@ from ..data import InMemoryDataset
 from ..data.split import stratified_split
 from ..engine.checkpoint import latest_state_file
 from ..engine.trainer import Trainer, describe_data, split_train_val
-from ..errors import ConfigError
+from ..errors import ConfigError, ResNetError
 from ..models import check_model_args
 
 
@@ -129,8 +129,8 @@ class Experiment:
         for spec in specs:  # a typo in model_args fails now, not after the data is read
             try:
                 check_model_args(spec.model, **{**cfg.model_args, **spec.model_args})
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"{spec.title}: {e}") from None
+            except (TypeError, ValueError) as e:  # one line naming the run (a ConfigError where it was no ResNetError)
+                raise (type(e) if isinstance(e, ResNetError) else ConfigError)(f"{spec.title}: {e}") from None
         self.kind, self.out, self.cfg, self.specs, self.jobs = kind, Path(out), cfg, specs, jobs
         self.train_size = train_size
         self.started = time.perf_counter()

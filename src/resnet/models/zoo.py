@@ -5,9 +5,11 @@ import dataclasses
 import difflib
 import fnmatch
 import re
+import typing
 from dataclasses import dataclass
 from typing import Callable
 
+from ..config import coerce_value
 from ..errors import ConfigError, UnknownArgumentError
 from .blocks import block_class
 from .resnet import ResNet, ResNetConfig
@@ -118,6 +120,10 @@ def check_model_args(name: str, **kwargs) -> ResNetConfig:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownArgumentError(f"model {name!r} got unknown argument(s) {unknown}{hint} "
                                    f"(valid: {', '.join(sorted(fields))})")
+    # typed as the config file's keys are: a wrong type is one ConfigError naming the key, not a TypeError deep
+    # in the network's construction (model_args.widths=4,8,8 is the string '4,8,8'; zero_init_residual=maybe)
+    hints = typing.get_type_hints(ResNetConfig)
+    kwargs = {k: coerce_value(v, hints[k], f"model_args.{k}") for k, v in kwargs.items()}
     config = dataclasses.replace(entry.config, **kwargs)
     _refuse_shortcut_args(name, config.block, kwargs)
     return config
