@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from imagenet_utils import TINY_STREAM, make_large_folder
+
 import resnet
 import resnet.cli
 from resnet.cli import main
@@ -56,6 +58,22 @@ def test_wrong_types_and_broken_yaml_are_one_line_errors(bad, tiny_folder, tmp_p
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [err] and expect in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_image_read_in_a_loader_worker_is_one_line_and_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    """The DataLoader worker's traceback, which torch puts in the re-raised error's message, is not printed: the
+    worker's own message is; and the new run, which never reached a checkpoint, leaves no folder behind."""
+    monkeypatch.delenv("RESNET_DEBUG", raising=False)
+    folder = make_large_folder(tmp_path / "data")
+    (folder / "red" / "03.jpg").write_text("not an image")
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--data", str(folder), "--epochs", "1", "--out", str(out),
+                 "data.stream=true", "data.batch_size=4", "data.val_size=3", *TINY_STREAM, "data.workers=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if "error" in line]  # (the data line before it is the run's progress)
+    assert len(errors) == 1 and errors[0].startswith("resnet train: error: ") and errors[0].endswith("replace the file")
+    assert "03.jpg" in errors[0] and not any("Traceback" in line or "Caught" in line for line in err)
+    assert not out.exists()
 
 
 def test_expected_error_is_one_line(tmp_path, capsys, monkeypatch):

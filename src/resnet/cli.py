@@ -506,6 +506,17 @@ def _backend_list(text: str) -> list[str]:
     return items
 
 
+def one_line(e: BaseException) -> str:
+    """The error's own message. An error raised in a DataLoader worker comes back with the worker's whole
+    traceback in its message ("Caught X in DataLoader worker process 0. Original Traceback ..."): its last
+    line, less the type name, is the message the worker raised."""
+    text = str(e)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.splitlines() if line.strip()][-1].strip()
+    return last.split(": ", 1)[1] if last.startswith(type(e).__name__ + ": ") else last
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = os.environ.get("RESNET_DEBUG", "") not in ("", "0")
@@ -523,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ResNetError, OSError) as e:  # expected: the message says what to do
         if debug:
             traceback.print_exc()
-        print(f"resnet {args.command}: error: {e}", file=sys.stderr)
+        print(f"resnet {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except Exception:  # a bug or an out-of-memory: where it happened matters more than a tidy line
         traceback.print_exc()

@@ -7,6 +7,7 @@ epochs).
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -51,5 +52,13 @@ def train_run(settings: dict | None = None, overrides=None, recipe: str | None =
     """`resnet train` and `resnet.train`: plan the run (see `plan_run`), train it: (history, run folder, trainer)."""
     cfg, run_dir = plan_run(settings, overrides, recipe, out, resume)
     fetch_named(cfg.data.path, cfg.data.cache_dir or None)  # `--data cifar10`: download it when absent
-    trainer = Trainer(cfg, run_dir, resume=bool(resume), device=device, stream=stream, callbacks=callbacks)
-    return train_trainer(trainer), run_dir, trainer
+    new_folder = not resume and not run_dir.exists()
+    try:
+        trainer = Trainer(cfg, run_dir, resume=bool(resume), device=device, stream=stream, callbacks=callbacks)
+        return train_trainer(trainer), run_dir, trainer
+    except BaseException:
+        # a new run that failed before its first checkpoint (bad data, a NaN at once) holds nothing to resume:
+        # leave no half-written folder behind (a later --out there would be refused as "already holds a run")
+        if new_folder and checkpoint.latest_state_file(run_dir) is None:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
