@@ -76,6 +76,18 @@ def test_a_bad_image_read_in_a_loader_worker_is_one_line_and_leaves_no_run_folde
     assert not out.exists()
 
 
+@pytest.mark.parametrize("args", [["experiment", "degradation", "--data", "x", "--depths", ""],
+                                  ["demo", "--depths", ""], ["predict", "--model", "resnet20", "--workers", "-2", "a.png"],
+                                  ["benchmark", "resnet20", "--seconds", "-1"], ["benchmark", "resnet20", "--budget", "-5"],
+                                  ["experiment", "degradation", "--data", "x", "--tolerance", "-1"]])
+def test_argument_values_that_cannot_work_are_usage_errors(args, capsys):
+    """Refused by the parser (exit 2, naming the option), before anything runs or is written."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: argument" in err and "Traceback" not in err
+
+
 def test_expected_error_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("RESNET_DEBUG", raising=False)
     assert main(["eval", "--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(tmp_path)]) == 2

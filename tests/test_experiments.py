@@ -29,6 +29,9 @@ def test_experiment_model_args_are_checked_before_the_data(tmp_path):
     with pytest.raises(TypeError, match="did you mean stem_width"):
         papers.depth_sweep(missing, ["resnet20"], epochs=1, out=str(tmp_path / "dep"), overrides=["model_args.stemwidth=4"])
     assert not (tmp_path / "deg").exists() and not (tmp_path / "dep").exists()
+    with pytest.raises(FileNotFoundError):  # data that is not there: no report folder is left behind either
+        papers.degradation(missing, [8], epochs=1, out=str(tmp_path / "nodata"), overrides=TINY)
+    assert not (tmp_path / "nodata").exists()
 
 
 def test_experiment_without_a_validation_set(tiny_folder, tmp_path, capsys):

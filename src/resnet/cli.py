@@ -139,9 +139,23 @@ def cmd_demo(args) -> int:
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        values = [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:  # '' would run an experiment of nothing (and fail later, with a traceback)
+        raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
+    return values
+
+
+def _workers(text: str) -> int:
+    """--workers: processes, or -1 for the default."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < -1:
+        raise argparse.ArgumentTypeError(f"expected 0 or more processes (-1: the default), got {value}")
+    return value
 
 
 def _batch_list(text: str) -> list[int]:
@@ -219,7 +233,7 @@ def _add_experiment_parsers(sub) -> None:
             k.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
         if kind == "degradation":
             k.add_argument("--depths", type=_int_list, default=[20, 32, 44, 56], help="comma-separated (default 20,32,44,56)")
-            k.add_argument("--tolerance", type=float, help="points of final training error within which the deeper "
+            k.add_argument("--tolerance", type=_nonnegative_float, help="points of final training error within which the deeper "
                            "net counts as training no worse, for the verdict (default 1)")
         elif kind == "depth":
             k.add_argument("--models", default="resnet20,resnet32,resnet44,resnet56", help="comma-separated model names")
@@ -330,10 +344,10 @@ def _add_deploy_parsers(sub) -> None:
     p.add_argument("--data", help="real images for the agreement check and int8 calibration (default: random)")
     p.add_argument("--check-images", type=_positive_int, default=64, help="images for the agreement check (default 64)")
     p.add_argument("--calib-images", type=_positive_int, default=64, help="int8 calibration images (default 64)")
-    p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per backend and batch, at most (default 2)")
+    p.add_argument("--seconds", type=_nonnegative_float, default=2.0, help="timed seconds per backend and batch, at most (default 2)")
     p.add_argument("--min-iters", type=_positive_int, default=3, help="timed calls per backend and batch, at least "
                    "(default 3)")
-    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+    p.add_argument("--budget", type=_nonnegative_float, default=DEFAULT_BUDGET,
                    help=f"seconds for the whole run (default {DEFAULT_BUDGET:.0f}; 0: no limit)")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per backend and batch")
     p.add_argument("--save", action="store_true",
@@ -353,7 +367,7 @@ def _add_serve_parsers(sub) -> None:
     p.add_argument("--test", choices=TESTS, default="center",
                    help="single centre crop (default), the paper's 10-crop test, or the fully-convolutional "
                         "multi-scale test (shorter side 224/256/384/480/640, and mirrored) [ResNet §3.4]")
-    p.add_argument("--workers", type=int, default=-1, help="decoding processes for streamed images (default min(8, CPUs))")
+    p.add_argument("--workers", type=_workers, default=-1, help="decoding processes for streamed images (default min(8, CPUs))")
     p.add_argument("--split", choices=["test", "val", "train"], default="test",
                    help="test set (default), the training run's held-out validation images, or the training set")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto")
@@ -378,7 +392,7 @@ def _add_serve_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per image per line (JSON Lines)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto")
-    p.add_argument("--workers", type=int, help="decoding processes (default: up to 4 for large inputs)")
+    p.add_argument("--workers", type=_workers, help="decoding processes (default: up to 4 for large inputs)")
     _backend_argument(p)
     p.set_defaults(func=cmd_predict)
 
@@ -481,7 +495,7 @@ def _nonnegative_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
     return value

@@ -135,10 +135,12 @@ class Experiment:
         self.train_size = train_size
         self.started = time.perf_counter()
         self.stream = stream or sys.stderr
-        self.out.mkdir(parents=True, exist_ok=True)
         self._data, self._given = data, data is not None
 
     def describe(self, **extra) -> None:
+        """experiment.yaml, once the data has loaded: a call that fails on its data leaves no folder behind."""
+        self.data()
+        self.out.mkdir(parents=True, exist_ok=True)
         info = {"experiment": self.kind, "version": __version__, "git_commit": git_commit(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [dataclasses.asdict(s) for s in self.specs],
                 "seeds": sorted({s.seed for s in self.specs}), "config": self.cfg.to_dict(), **extra}

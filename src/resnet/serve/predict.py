@@ -83,7 +83,7 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
     transform = CenterTest(size, resize, meta.get("interpolation", "bilinear"))
     index = FolderIndex(source=Path("."), prefix="", classes=[], samples=[(str(p), 0) for p in paths])
     dataset = _Tolerant(SampleReader(index), index.samples, transform, size=size)
-    workers = min(default_workers(), 4) if workers is None else workers
+    workers = min(default_workers(), 4) if workers is None or workers < 0 else workers  # -1: the default
     workers = min(workers, max(0, len(paths) // batch_size))  # a few images: decode them here
     def loader():
         return StreamLoader(dataset, EpochBatchSampler(len(paths), batch_size, shuffle=False), meta["mean"],
