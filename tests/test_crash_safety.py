@@ -393,3 +393,5 @@ def test_parked_run_resumes_exactly_from_its_one_checkpoint(tiny_folder, tmp_pat
     assert "parked is not empty" in capsys.readouterr().err
     assert main(["park", str(tmp_path / "none"), str(tmp_path / "x")]) == 2
     assert "no such folder" in capsys.readouterr().err
+    assert main(["park", str(tiny_folder), str(tmp_path / "y")]) == 2  # a data folder: not a run, nothing copied
+    assert "holds no run with a checkpoint" in capsys.readouterr().err and not (tmp_path / "y").exists()

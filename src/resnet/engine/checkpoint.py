@@ -132,6 +132,9 @@ def copy_resumable(src: str | os.PathLike, dst: str | os.PathLike) -> list[Path]
         raise CheckpointError(f"{dst}: inside {src}; copy to a folder outside it")
     if dst.exists() and any(dst.iterdir()):
         raise FileExistsError(f"{dst} is not empty; give a new folder (or remove it first)")
+    if not any(latest_state_file(Path(d)) is not None for d, _, _ in os.walk(src)):  # before anything is copied
+        raise CheckpointError(f"{src} holds no run with a checkpoint (ckpt/ or last.state.pt): nothing to resume, "
+                              "so nothing to park")
     runs = []
     for current, dirs, files in os.walk(src):
         here = Path(current)
