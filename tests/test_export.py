@@ -158,6 +158,21 @@ def test_cli_export_parity_failure_exits_nonzero(checkpoint, tmp_path, monkeypat
     monkeypatch.setattr(parity, "check_close", lambda *a, **k: (_ for _ in ()).throw(ex.ExportParityError("boom")))
     assert main(["export", str(checkpoint), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "boom" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".onnx", ".pt", ".tmp")) == []  # nothing left
+
+
+def test_cli_export_refuses_a_folder_and_an_unknown_opset_before_writing(checkpoint, tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    for args in (["--format", "torchscript", "--out", str(tmp_path / "folder")],
+                 ["--format", "onnx", "--out", str(tmp_path / "folder")],
+                 ["--format", "onnx", "--opset", "99", "--out", str(tmp_path / "e.onnx")]):
+        assert main(["export", str(checkpoint), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines()[-1].startswith("resnet export: error: ") and "Traceback" not in err
+        assert ("is a folder" in err) or ("opset" in err and "knows opsets up to" in err)
+    assert not (tmp_path / "e.onnx").exists() and list((tmp_path / "folder").iterdir()) == []
 
 
 def test_real_images_of_a_folder_too_large_for_memory_are_streamed(tmp_path, capsys):

@@ -6,7 +6,9 @@ looked up when called, so they are the places to change (or, in a test, to repla
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -104,6 +106,23 @@ def _onnx_write(model: nn.Module, example: torch.Tensor, path: Path, opset: int,
         raise ConfigError(f"asked for ONNX opset {opset}, the exporter wrote {_file_opset(path)}")
 
 
+@contextlib.contextmanager
+def _published(path: Path):
+    """A temporary file beside `path` to write and check; it becomes `path` only when the block succeeds (an
+    export whose opset or parity check fails leaves no file that looks like a good one)."""
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; give a file name (e.g. {path / 'model.onnx'})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _file_opset(path: Path) -> int:
     import onnx
 
@@ -124,17 +143,21 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
     extras.require("ONNX export", *(extras.ONNX if opset >= DEFAULT_OPSET else extras.ONNX[:1]))
     if check:
         extras.require("the ONNX parity check", *extras.ONNXRUNTIME)
+    import onnx  # an optional package (required just above): imported where it is used
+
+    if opset > onnx.defs.onnx_opset_version():  # before the exporter logs its own traceback for it
+        raise ConfigError(f"--opset {opset}: the installed onnx knows opsets up to {onnx.defs.onnx_opset_version()}")
     model = model.eval()
     example = _example(model, example, image_size)
     exported = _prepare(model, fold_bn)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _onnx_write(exported, example, path, opset, dynamic_batch, optimize=fold_bn, dynamic_size=dynamic_size)
-    report = {"path": str(path), "format": "onnx", "opset": _file_opset(path), "dynamic_batch": dynamic_batch,
-              "fold_bn": fold_bn, "input_shape": ["batch" if dynamic_batch else example.shape[0], *example.shape[1:]],
-              "size_mb": path.stat().st_size / 2**20, "checks": []}
-    if check:
-        report["checks"] = check_onnx(path, model, example, real, dynamic_batch)
+    with _published(path) as tmp:
+        _onnx_write(exported, example, tmp, opset, dynamic_batch, optimize=fold_bn, dynamic_size=dynamic_size)
+        report = {"path": str(path), "format": "onnx", "opset": _file_opset(tmp), "dynamic_batch": dynamic_batch,
+                  "fold_bn": fold_bn, "input_shape": ["batch" if dynamic_batch else example.shape[0], *example.shape[1:]],
+                  "size_mb": tmp.stat().st_size / 2**20, "checks": []}
+        if check:
+            report["checks"] = check_onnx(tmp, model, example, real, dynamic_batch)
     return report
 
 
@@ -146,19 +169,19 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, fold_bn: bool 
     example = _example(model, example, image_size)
     exported = _prepare(model, fold_bn)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
-        traced = torch.jit.trace(exported, example, check_trace=False)
-        traced = torch.jit.freeze(traced)
-        torch.jit.save(traced, str(path))
-        loaded = torch.jit.load(str(path), map_location="cpu")  # our own file, written just above
-    report = {"path": str(path), "format": "torchscript", "fold_bn": fold_bn, "dynamic_batch": True,
-              "size_mb": path.stat().st_size / 2**20, "checks": []}
-    if check:
-        with torch.no_grad():
-            for what, x in _check_inputs(example, real, dynamic_batch=True):
-                report["checks"].append(parity.check_close(model(x), loaded(x), what))
+    with _published(path) as tmp:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+            traced = torch.jit.trace(exported, example, check_trace=False)
+            traced = torch.jit.freeze(traced)
+            torch.jit.save(traced, str(tmp))
+            loaded = torch.jit.load(str(tmp), map_location="cpu")  # our own file, written just above
+        report = {"path": str(path), "format": "torchscript", "fold_bn": fold_bn, "dynamic_batch": True,
+                  "size_mb": tmp.stat().st_size / 2**20, "checks": []}
+        if check:
+            with torch.no_grad():
+                for what, x in _check_inputs(example, real, dynamic_batch=True):
+                    report["checks"].append(parity.check_close(model(x), loaded(x), what))
     return report
 
 
