@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from imagenet_utils import TINY_STREAM, make_large_folder
 
@@ -84,8 +85,16 @@ def test_argument_values_that_cannot_work_are_usage_errors(args, capsys):
     """Refused by the parser (exit 2, naming the option), before anything runs or is written."""
     with pytest.raises(SystemExit) as e:
         main(args)
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "error: argument" in err and "Traceback" not in err
+    assert err.splitlines() == [err] and err.endswith("--help`)")  # one line (no usage block), pointing at --help
+
+
+def test_weights_that_do_not_fit_are_one_line(tmp_path):
+    torch.save(resnet.create_model("resnet20").state_dict(), tmp_path / "r20.pt")
+    with pytest.raises(WeightsError) as e:
+        resnet.load_weights(resnet.create_model("resnet32"), tmp_path / "r20.pt")
+    assert "\n" not in str(e.value) and "missing keys" in str(e.value) and "check the model name" in str(e.value)
 
 
 def test_expected_error_is_one_line(tmp_path, capsys, monkeypatch):

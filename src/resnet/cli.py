@@ -408,8 +408,16 @@ class PrintVersion(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (the README's promise for every expected error), pointing at --help for the
+    usage argparse would print above it; subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet", description="Deep residual networks: models, training, experiments.")
+    parser = _Parser(prog="resnet", description="Deep residual networks: models, training, experiments.")
     parser.add_argument("--version", action=PrintVersion, help="the toolkit's and PyTorch's versions, and the allocator settings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -100,14 +100,14 @@ def format_problems(missing, unexpected, mismatched, origin: str) -> str:
 
     lines = [f"weights from {origin} do not fit the model:"]
     if missing:
-        lines.append(f"  missing keys ({len(missing)}): {show(missing)}")
+        lines.append(f"missing keys ({len(missing)}): {show(missing)}")
     if unexpected:
-        lines.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
+        lines.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
     if mismatched:
-        lines.append(f"  shape mismatches ({len(mismatched)}): "
+        lines.append(f"shape mismatches ({len(mismatched)}): "
                      + show(f"{k} model {m} vs file {g}" for k, m, g in mismatched))
-    lines.append("  Check the model name and its arguments (block, shortcut, num_classes) against those the weights were trained with.")
-    return "\n".join(lines)
+    lines.append("check the model name and its arguments (block, shortcut, num_classes) against those the weights were trained with")
+    return "; ".join(lines).replace(":; ", ": ")  # one line, as every expected error
 
 
 def load_weights(model: nn.Module, source, strict: bool = True) -> nn.Module:
