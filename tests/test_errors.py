@@ -80,7 +80,10 @@ def test_a_bad_image_read_in_a_loader_worker_is_one_line_and_leaves_no_run_folde
 @pytest.mark.parametrize("args", [["experiment", "degradation", "--data", "x", "--depths", ""],
                                   ["demo", "--depths", ""], ["predict", "--model", "resnet20", "--workers", "-2", "a.png"],
                                   ["benchmark", "resnet20", "--seconds", "-1"], ["benchmark", "resnet20", "--budget", "-5"],
-                                  ["experiment", "degradation", "--data", "x", "--tolerance", "-1"]])
+                                  ["experiment", "degradation", "--data", "x", "--tolerance", "-1"],
+                                  ["train", "--model", "resnet20", "--data", "digits", "--recipe", ""],
+                                  ["train", "--model", "resnet20", "--data", "digits", "--out", ""],
+                                  ["eval", "--weights", "", "--data", "digits"]])
 def test_argument_values_that_cannot_work_are_usage_errors(args, capsys):
     """Refused by the parser (exit 2, naming the option), before anything runs or is written."""
     with pytest.raises(SystemExit) as e:
@@ -88,6 +91,14 @@ def test_argument_values_that_cannot_work_are_usage_errors(args, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "error: argument" in err and "Traceback" not in err
     assert err.splitlines() == [err] and err.endswith("--help`)")  # one line (no usage block), pointing at --help
+
+
+def test_out_under_a_file_is_refused_before_the_data_loads(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        assert main(["train", "--model", "resnet20", "--data", str(tmp_path / "no-data"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [err] and "afile is a file; give a folder" in err  # not the data's error
 
 
 def test_weights_that_do_not_fit_are_one_line(tmp_path):

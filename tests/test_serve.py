@@ -98,6 +98,9 @@ def test_loader_describes_every_kind_of_model(memory_ckpt, stream_ckpt, named_we
         load(checkpoint=str(memory_ckpt), weights=named_weights)
     with pytest.raises(ConfigError, match="did you mean"):
         load_spec("resnet2O")
+    for path in ("/nope", "runs/gone", "model.safetensors"):  # a path that is not there is not an unknown model
+        with pytest.raises(FileNotFoundError, match="no such file or folder"):
+            load_spec(path)
 
 
 # --------------------------------------------------------------------------- --tta-flip on every road

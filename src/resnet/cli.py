@@ -147,6 +147,13 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _given(text: str) -> str:
+    """A path or name that must be given: '' (an empty variable in a script) would silently mean the default."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a value, got an empty string")
+    return text
+
+
 def _workers(text: str) -> int:
     """--workers: processes, or -1 for the default."""
     try:
@@ -216,7 +223,7 @@ def _add_experiment_parsers(sub) -> None:
         k = kinds.add_parser(kind, help=text, description=text)
         k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, 'digits'"
                        f"{NAMED_DATA}")
-        k.add_argument("--out", help=f"report folder (default experiments/{kind}); rerun to resume")
+        k.add_argument("--out", type=_given, help=f"report folder (default experiments/{kind}); rerun to resume")
         if kind in ("responses", "gradients"):
             k.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints or run folders")
             k.add_argument("--split", choices=["val", "test", "train"], default="val")
@@ -226,7 +233,7 @@ def _add_experiment_parsers(sub) -> None:
             k.add_argument("--epochs", type=_positive_int, default=epochs,
                            help=f"epochs per run (default {epochs or 'the recipe’s'})")
             k.add_argument("--seeds", type=_positive_int, default=seeds, help=f"runs per network (default {seeds})")
-            k.add_argument("--recipe", help=recipe)
+            k.add_argument("--recipe", type=_given, help=recipe)
             if kind != "pretrained":
                 k.add_argument("--jobs", type=_positive_int, default=1,
                                help="runs trained side by side (default 1; on a GPU 4-8 keep it busy with small nets)")
@@ -245,7 +252,7 @@ def _add_experiment_parsers(sub) -> None:
                            help="comma-separated JPEG qualities 1-100 (default 75,50,35,25; the data's own is used as is)")
             k.add_argument("--model", default="resnet20", help="the network trained at each quality (default resnet20)")
         elif kind == "pretrained":
-            k.add_argument("--weights", required=True,
+            k.add_argument("--weights", type=_given, required=True,
                            help="comma-separated: named sources (akamaster:resnet20, ...) or MODEL=FILE (resnet20=r20.pth)")
         elif kind == "shortcuts":
             k.add_argument("--depth", type=_positive_int, default=20, help="CIFAR depth 6n+2 (default 20)")
@@ -319,7 +326,7 @@ def _add_deploy_parsers(sub) -> None:
                    "with --format hub: a run folder, checkpoint or any --weights source")
     p.add_argument("--format", choices=[*FORMATS, "hub"], default="onnx",
                    help="hub: a folder of model.safetensors, config.json and a model card (README.md)")
-    p.add_argument("--out", required=True, help="output file (.onnx / .pt), or folder (hub)")
+    p.add_argument("--out", type=_given, required=True, help="output file (.onnx / .pt), or folder (hub)")
     p.add_argument("--license", help="hub: the licence field of the model card (default: the source's, else unknown)")
     p.add_argument("--dynamic-batch", action="store_true", help="any batch size (default: fixed at --batch)")
     p.add_argument("--batch", type=_positive_int, default=1, help="the fixed batch size (default 1)")
@@ -359,7 +366,7 @@ def _add_deploy_parsers(sub) -> None:
 def _add_serve_parsers(sub) -> None:
     p = sub.add_parser("eval", help="top-1/top-5 error of a checkpoint on a dataset")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run folder (its best, else last)")
-    p.add_argument("--weights", help="instead of --checkpoint: pretrained weights, e.g. torchvision:resnet50.IMAGENET1K_V2, "
+    p.add_argument("--weights", type=_given, help="instead of --checkpoint: pretrained weights, e.g. torchvision:resnet50.IMAGENET1K_V2, "
                    "akamaster:resnet20, timm:resnet50.a1_in1k (`resnet weights` lists them), a hub-style folder, "
                    "hf://OWNER/NAME[@REV], or a torchvision-layout file (with --model)")
     p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
@@ -385,7 +392,7 @@ def _add_serve_parsers(sub) -> None:
     p = sub.add_parser("predict", help="top-k classes of images (or folders of images) with names and probabilities")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--checkpoint", help="a .safetensors checkpoint or a run folder: predicts its training classes")
-    p.add_argument("--weights", help="instead of --checkpoint: e.g. torchvision:resnet50.IMAGENET1K_V2 (ImageNet names), "
+    p.add_argument("--weights", type=_given, help="instead of --checkpoint: e.g. torchvision:resnet50.IMAGENET1K_V2 (ImageNet names), "
                    "akamaster:resnet20 (CIFAR-10 names), a hub-style folder or hf://OWNER/NAME")
     p.add_argument("--model", help="the network a --weights file holds (e.g. resnet50)")
     p.add_argument("--topk", type=_positive_int, default=5)
@@ -436,14 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train; key=value arguments override the recipe (e.g. optim.lr=0.05 data.batch_size=256).")
     p.add_argument("--model", help="registered model name (default: the recipe's)")
     p.add_argument("--data", help=f"CIFAR folder or archive, a class-per-folder image tree (or its .tar.gz){NAMED_DATA}")
-    p.add_argument("--recipe", default=None, help="a shipped recipe (see `resnet recipes`) or a YAML file")
+    p.add_argument("--recipe", type=_given, default=None, help="a shipped recipe (see `resnet recipes`) or a YAML file")
     p.add_argument("--epochs", type=_positive_int, help="total epochs (with --resume: continue up to this many)")
     p.add_argument("--precision", choices=PRECISIONS, help="default auto: bf16 where native")
-    p.add_argument("--out", help="run folder (default runs/MODEL-TIME)")
+    p.add_argument("--out", type=_given, help="run folder (default runs/MODEL-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder exactly where it stopped")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out images that cannot be decoded, listed in RUN_DIR/skipped.txt (default: stop with an error)")
-    p.add_argument("--weights", help="start from these weights: a file or a named source, e.g. "
+    p.add_argument("--weights", type=_given, help="start from these weights: a file or a named source, e.g. "
                    "torchvision:resnet50.IMAGENET1K_V2 (with model_args.num_classes=N: a new head)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05")
     p.set_defaults(func=cmd_train)
@@ -461,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=_nonnegative_float, default=300.0,
                    help="seconds the whole demo may take; the epochs are chosen from a measured step time "
                         "(default 300; 0 = no limit, 20 epochs)")
-    p.add_argument("--out", help="report folder (default runs/demo-TIME)")
+    p.add_argument("--out", type=_given, help="report folder (default runs/demo-TIME)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("cache", help="list or clear the cache folder (decoded images, downloads, compiled kernels)",

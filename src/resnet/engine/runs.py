@@ -42,6 +42,9 @@ def plan_run(settings: dict | None = None, overrides=None, recipe: str | None = 
         raise ConfigError("--data PATH is required (a CIFAR folder or archive, or a class-per-folder image tree)")
     cfg = make_config(recipe, settings)
     run_dir = Path(out) if out else Path("runs") / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():  # now, not after the data has loaded (a raw errno then)
+        raise ConfigError(f"--out {run_dir}: {existing} is a file; give a folder for the run")
     if checkpoint.latest_state_file(run_dir) is not None:
         raise ConfigError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
     return cfg, run_dir

@@ -45,6 +45,9 @@ def load_spec(spec: str, num_classes: int | None = None) -> tuple[nn.Module, dic
         return load(weights=spec, num_classes=num_classes)
     if Path(spec).expanduser().exists():
         return load(checkpoint=spec)
+    if "/" in spec or spec.endswith((".safetensors", ".pt", ".pth", ".th")):  # meant as a file, not a model name
+        raise FileNotFoundError(f"{spec}: no such file or folder (give a checkpoint, a run folder, named weights "
+                                "or a registered model name)")
     entry = get_entry(spec)  # an unknown name: one line with the closest names
     net = create_model(spec, **({"num_classes": num_classes} if num_classes else {})).eval()
     pre = native_preprocess(entry.input_size)
