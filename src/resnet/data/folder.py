@@ -323,7 +323,7 @@ def scan(source: str | Path, split: str | None = None, skip_bad: bool = False) -
         if problems and not skip_bad:
             path, reason = problems[0]
             raise DatasetLayoutError(
-                f"{path}: {reason}. Remove it, or pass skip_bad=True (--skip-bad) to leave it out"
+                f"{path}: {reason}. Remove it, or pass skip_bad=True (`resnet train --skip-bad`) to leave it out"
                 + (f" ({len(problems) - 1} more such folder(s))" if len(problems) > 1 else ""))
         idx = _index(source, dirs, files, split)
         idx.samples = [(str(source / f), label) for f, label in idx.samples]

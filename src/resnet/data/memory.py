@@ -223,7 +223,7 @@ def decode_source(source: str | Path, split: str | None = None, workers: int | N
     if problems and not skip_bad:
         key, kind, msg = problems[0]
         more = f" ({len(problems) - 1} more bad image(s))" if len(problems) > 1 else ""
-        hint = " Or pass skip_bad=True (--skip-bad) to leave bad images out and list them."
+        hint = " Or pass skip_bad=True (`resnet train --skip-bad`) to leave bad images out and list them."
         if kind == "decode":
             raise ImageDecodeError(msg + more + "." + hint)
         raise ImagesTooLargeError(
