@@ -156,13 +156,7 @@ def _given(text: str) -> str:
 
 def _workers(text: str) -> int:
     """--workers: processes, or -1 for the default."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < -1:
-        raise argparse.ArgumentTypeError(f"expected 0 or more processes (-1: the default), got {value}")
-    return value
+    return _int_at_least(text, -1, "0 or more processes (-1: the default)")
 
 
 def _batch_list(text: str) -> list[int]:
@@ -516,14 +510,18 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "a positive integer")
 
 
 def _backend_list(text: str) -> list[str]:
