@@ -653,6 +653,13 @@ class Trainer:
         interrupt, terminate = distributed.all_sum(flags, self.dist).tolist()
         return "SIGTERM" if terminate else "SIGINT" if interrupt else None
 
+    def _stop(self, signal_name: str):
+        """Stop on an agreed signal, the checkpoint written. Every process stops here at the same step, so they
+        leave the process group together at exit (distributed.cleanup's barrier): one leaving while rank 0 still
+        writes the checkpoint made gloo abort a process (SIGABRT)."""
+        distributed.mark_finished()
+        raise TrainingInterrupted(signal_name, self.run_dir, self.epoch, self.step)
+
     def _maybe_checkpoint_mid_epoch(self, totals: "_DeviceTotals") -> None:
         """On SIGINT/SIGTERM, and every cfg.checkpoint_minutes, save the exact mid-epoch position."""
         interval = self.cfg.checkpoint_minutes * 60
@@ -663,7 +670,7 @@ class Trainer:
         self._settle(totals)  # never save weights that a non-finite step has touched
         self.save()
         if stop:
-            raise TrainingInterrupted(stop, self.run_dir, self.epoch, self.step)
+            self._stop(stop)
 
     def _backward_step(self, loss: torch.Tensor) -> None:
         clip = self.cfg.optim.grad_clip
@@ -703,7 +710,7 @@ class Trainer:
                 # The mid-epoch check skips an epoch's last step (its end checkpoint follows), so a signal
                 # during that step or validation (every signal, with one step an epoch) is acted on here.
                 if self.epoch < self.cfg.epochs and (stop := self._agreed_stop()):
-                    raise TrainingInterrupted(stop, self.run_dir, self.epoch, self.step)
+                    self._stop(stop)
         self.log.close()
         distributed.mark_finished()
         return self.history
