@@ -63,7 +63,8 @@ def _syncs_are_costly(device: torch.device) -> bool:
 class _DeviceTotals:
     """An epoch's summed loss and wrong predictions kept on the training device, and the first
     non-finite loss since the last check (its value and step), so that a step needs no host sync.
-    Under torchrun the sums are those of the global batch (one all-reduce of three numbers a step),
+    Under torchrun the sums are those of the global batch (one all-reduce of five numbers a step: the
+    last two carry each process's stop signal, so that every process stops after the same step),
     the same on every process: metrics, the ResNet-110 warm-up and mid-epoch checkpoints agree."""
 
     def __init__(self, partial: dict, device: torch.device, check_each_step: bool,
@@ -74,19 +75,25 @@ class _DeviceTotals:
         self.wrong = torch.tensor(float(partial["wrong"]), dtype=torch.float64, device=device)
         self.bad_step = torch.tensor(-1, dtype=torch.int64, device=device)
         self.bad_value = torch.tensor(0.0, dtype=torch.float32, device=device)
+        self.stop_flags: torch.Tensor | None = None  # (SIGINT, SIGTERM) processes, from the last add()
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-        """Count this step's batch; returns (wrong, images) of the global batch as a float64 tensor."""
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, step: int,
+            stop: str | None = None) -> torch.Tensor:
+        """Count this step's batch; returns (wrong, images) of the global batch as a float64 tensor.
+        `stop`: this process's signal, summed over the processes into `stop_flags` (under torchrun)."""
         images = torch.full((), float(y.numel()), dtype=torch.float64, device=loss.device)
-        stats = torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) != y).sum().double(), images])
-        stats = distributed.all_sum(stats, self.dist)
+        parts = [loss.detach().double() * y.numel(), (logits.argmax(1) != y).sum().double(), images]
+        if self.dist.enabled:
+            parts += [images.new_tensor(float(stop == "SIGINT")), images.new_tensor(float(stop == "SIGTERM"))]
+        stats = distributed.all_sum(torch.stack(parts), self.dist)
+        self.stop_flags = stats[3:] if self.dist.enabled else None
         self.loss_sum += stats[0]
         self.wrong += stats[1]
         if not self.check_each_step:  # remember the first non-finite loss, for the next settle()
             newly = ~torch.isfinite(loss) & (self.bad_step < 0)
             self.bad_step = torch.where(newly, step, self.bad_step)
             self.bad_value = torch.where(newly, loss.float(), self.bad_value)
-        return stats[1:]
+        return stats[1:3]
 
     def settle(self) -> tuple[float, int] | None:
         """Copy the totals into the epoch's partial record (a host sync); (value, step) of a non-finite loss."""
@@ -406,7 +413,7 @@ class Trainer:
             if self._compile_pending:
                 self._compiled_in(time.perf_counter() - first)
             if finite:
-                wrong, images = totals.add(loss, logits, y, self.step)
+                wrong, images = totals.add(loss, logits, y, self.step, self.stop_signal)
                 acc["seen"] += int(images) if self.dist.enabled else y.numel()  # (synced anyway under torchrun)
                 if not self.schedule.warmup_done:  # the global batch's error: every process switches together
                     self.schedule.observe_train_error(100.0 * float(wrong) / float(images))
@@ -641,16 +648,22 @@ class Trainer:
                                   f"{kept}. Lower optim.lr, set optim.grad_clip, or pass nonfinite=skip to skip "
                                   "such steps.")
 
-    def _agreed_stop(self) -> str | None:
-        """The stop signal as every process sees it. Under torchrun each process's flag is summed over all
-        (one all-reduce of two numbers), so all stop after the same step: a signal reaches the processes at
-        slightly different moments, and one that stopped alone would leave the others waiting in the next
-        all-reduce, with rank 0's checkpoint unwritten."""
+    def _agreed_stop(self, totals: "_DeviceTotals | None" = None) -> str | None:
+        """The stop signal as every process sees it. Under torchrun each process's flag is summed over all, so
+        all stop after the same step: a signal reaches the processes at slightly different moments, and one
+        that stopped alone would leave the others waiting in the next all-reduce, with rank 0's checkpoint
+        unwritten. In a step the flags came with its totals' all-reduce (`totals`; a skipped non-finite step,
+        skipped by all alike, has none: the next step carries them); elsewhere one all-reduce of their own."""
         if not self.dist.enabled:
             return self.stop_signal
-        flags = torch.tensor([self.stop_signal == "SIGINT", self.stop_signal == "SIGTERM"], dtype=torch.float64,
-                             device=self.device)
-        interrupt, terminate = distributed.all_sum(flags, self.dist).tolist()
+        if totals is not None:
+            flags, totals.stop_flags = totals.stop_flags, None
+            if flags is None:
+                return None
+        else:
+            flags = distributed.all_sum(torch.tensor([self.stop_signal == "SIGINT", self.stop_signal == "SIGTERM"],
+                                                     dtype=torch.float64, device=self.device), self.dist)
+        interrupt, terminate = flags.tolist()
         return "SIGTERM" if terminate else "SIGINT" if interrupt else None
 
     def _stop(self, signal_name: str):
@@ -664,7 +677,7 @@ class Trainer:
         """On SIGINT/SIGTERM, and every cfg.checkpoint_minutes, save the exact mid-epoch position."""
         interval = self.cfg.checkpoint_minutes * 60
         due = interval > 0 and time.perf_counter() - self.last_save > interval
-        stop = self._agreed_stop()
+        stop = self._agreed_stop(totals)
         if not (stop or due):
             return
         self._settle(totals)  # never save weights that a non-finite step has touched
