@@ -126,7 +126,7 @@ def _in_memory_images(data: str, meta: dict, n: int, image_size: int | None, see
             ds = None
     if ds is None:
         ds = load_split(data, "test" if split == "test" else "train")
-        ds = _training_part(ds, meta, split)
+        ds = _run_part(ds, meta, split) if split == "train" else ds  # (val came from load_split, with skip_bad)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))
     x = ds.images[idx].float().div_(255)
@@ -138,13 +138,14 @@ def _in_memory_images(data: str, meta: dict, n: int, image_size: int | None, see
     return x.contiguous(), ds.labels[idx], list(ds.classes)
 
 
-def _training_part(ds, meta: dict, split: str):
-    """For split='train' of a training run's data: the images the run trained on, not its hold-out."""
-    if split != "train" or not meta.get("config"):
+def _run_part(ds, meta: dict, split: str):
+    """Of a training run's data: its hold-out (split='val') or the images it trained on ('train'); all of `ds`
+    for another split, without a run, or when the run held nothing out."""
+    if split not in ("val", "train") or not meta.get("config"):
         return ds
     try:
-        return run_holdout(ds, meta["config"], part="train")
-    except ConfigError:  # no hold-out: every training image was trained on
+        return run_holdout(ds, meta["config"], part=split)
+    except ConfigError:  # no hold-out: any of its images will do
         return ds
 
 
@@ -154,12 +155,7 @@ def _streamed_images(data: str, meta: dict, n: int, image_size: int | None, seed
     ds = StreamingFolder(data, "test" if split == "test" else "train", image_size=size, resize=resize, workers=0,
                          mean=meta.get("mean") or IMAGENET_MEAN, std=meta.get("std") or IMAGENET_STD,
                          interpolation=meta.get("interpolation", "bilinear"))
-    if split == "val" and meta.get("config"):
-        try:
-            ds = run_holdout(ds, meta["config"])
-        except ConfigError:  # that run held nothing out: any training images will do
-            pass
-    ds = _training_part(ds, meta, split)
+    ds = _run_part(ds, meta, split)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))
     batches = list(ds.subset(idx).loader(min(len(idx), 64), train=False, channels_last=False))
