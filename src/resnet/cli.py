@@ -161,8 +161,8 @@ def _workers(text: str) -> int:
 
 def _batch_list(text: str) -> list[int]:
     """--batch of `resnet benchmark`: a usage error, not a traceback later, for 0, -1 or nothing."""
-    values = _int_list(text)
-    if not values or min(values) < 1:
+    values = _int_list(text)  # (never empty)
+    if min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes of at least 1, got {text!r}")
     return values
 
