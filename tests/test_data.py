@@ -135,6 +135,29 @@ def test_cifar_archive_extracted_once(tmp_path, monkeypatch):
                        load_dataset(src, "test").images)
 
 
+def test_another_cifar_archive_is_not_answered_from_the_last_ones_extraction(tmp_path):
+    """Every CIFAR-10 archive extracts to the cache's one cifar-10-batches-py: a second archive (a relabelled
+    copy, say) must be extracted afresh, and the name 'cifar10' must not read the batches of an archive
+    that was passed by its path."""
+    a = make_tar(make_cifar10(tmp_path / "a", n=20), tmp_path / "a.tar.gz", "cifar-10-batches-py")
+    b = make_tar(make_cifar10(tmp_path / "b", n=30), tmp_path / "b.tar.gz", "cifar-10-batches-py")
+    cache = tmp_path / "cache"
+    assert [len(load_dataset(x, "train", cache_dir=cache)) for x in (a, b, a, b)] == [100, 150, 100, 150]
+    with pytest.raises(FileNotFoundError, match="cifar10 not found"):
+        load_dataset("cifar10", cache_dir=cache)  # holds b's batches, not the official archive's
+    (cache / "cifar-10-batches-py" / cifar.SOURCE_MARK).unlink()  # as extracted by hand: used by name
+    assert len(load_dataset("cifar10", "train", cache_dir=cache)) == 150
+    (cache / "cifar-10-python.tar.gz").write_bytes(a.read_bytes())  # the official archive's place
+    assert len(load_dataset("cifar10", "train", cache_dir=cache)) == 100
+    (cache / "cifar-10-python.tar.gz").unlink()  # an extraction of the official archive (by md5) outlives it
+    object.__setattr__(cifar.CIFAR10, "md5", hashlib.md5(a.read_bytes()).hexdigest())  # frozen; restored below
+    try:
+        assert len(load_dataset("cifar10", "test", cache_dir=cache)) == 20
+    finally:
+        object.__setattr__(cifar.CIFAR10, "md5", "c58f30108f718f92721af3b95e74349a")
+    assert len(load_dataset(b, "test", cache_dir=cache)) == 30
+
+
 def test_cifar_archive_written_from_inside_its_folder_is_recognised(tmp_path):
     """`tar -C dir .` writes "./" first: the folder below it names the CIFAR, not the root entry."""
     src = make_cifar10(tmp_path / "src")
@@ -392,6 +415,15 @@ def test_archive_splits_of_different_sizes(tmp_path):
         assert images.shape == (12, 3, 6, 6)
     with pytest.raises(ImagesTooLargeError, match="test/bird/000.PNG is 8x8: only images up to 7x7"):
         memory.decode_source(archive, "test", workers=0, max_side=7)  # the probe still fails fast
+
+
+def test_size_probe_fails_fast_below_a_folder_named_like_a_split(tmp_path):
+    """A folder's images are found by absolute path: data kept under /.../test/ must not pass for another
+    split's images, which would skip the probe and decode every image (all of ImageNet) before the error
+    that sends the trainer to streaming."""
+    make_tree(tmp_path / "test" / "data", per_class=5, size=8)
+    with pytest.raises(ImagesTooLargeError, match="000.PNG is 8x8: only images up to 7x7"):
+        memory.decode_source(tmp_path / "test" / "data", "train", workers=0, max_side=7)
 
 
 def test_class_named_like_a_split_is_a_class(tmp_path):

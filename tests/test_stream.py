@@ -158,11 +158,24 @@ def test_ten_crop_is_corners_centre_and_mirrors(tmp_path):
     assert torch.equal(x[5:], x[:5].flip(2))
 
 
+def test_center_preset_resizes_as_torchvision(tmp_path):
+    """Resize(256) + CenterCrop(224) as torchvision computes it: the longer side is int(256 * 500 / 332) = 385,
+    truncated (385.54 rounded would be 386, a pixel wider, and the crop would start a column further right)."""
+    a = np.random.RandomState(2).randint(0, 255, (332, 500, 3)).astype(np.uint8)
+    path = _png(tmp_path, a)
+    with Image.open(path) as img:
+        x = CenterTest(224, 256)(img)
+        resized = img.convert("RGB").resize((385, 256), Image.BILINEAR)
+    left, top = round((385 - 224) / 2), round((256 - 224) / 2)
+    assert torch.equal(x, torch.from_numpy(np.array(resized.crop((left, top, left + 224, top + 224)))))
+
+
 def test_multi_scale_keeps_the_whole_image(tmp_path):
     path = _png(tmp_path, np.zeros((300, 400, 3), np.uint8))
     with Image.open(path) as img:
         views = MultiScaleTest()(img)
-    assert [tuple(v.shape) for v in views] == [(2, s, round(s * 4 / 3), 3) for s in (224, 256, 384, 480, 640)]
+    # the longer side truncated, as torchvision's Resize
+    assert [tuple(v.shape) for v in views] == [(2, s, s * 400 // 300, 3) for s in (224, 256, 384, 480, 640)]
 
 
 def test_normalize_batch_matches_the_formula():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import io
+import json
 import os
 import pickle
 import shutil
@@ -254,11 +255,39 @@ def _member_ok(member: tarfile.TarInfo, spec: CifarSpec) -> bool:
         and ".." not in parts and not Path(member.name).is_absolute()
 
 
+SOURCE_MARK = ".extracted-from.json"  # in an extracted folder: the archive (path, size, time, md5) it came from
+
+
+def _archive_id(archive: Path) -> dict:
+    st = archive.stat()
+    return {"archive": str(archive.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _extracted_from(folder: Path) -> dict | None:
+    """The archive an extracted folder came from; None for one extracted by hand (or before the mark)."""
+    try:
+        return json.loads((folder / SOURCE_MARK).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _named_folder(spec: CifarSpec, cache: Path) -> Path | None:
+    """The extracted batches the name 'cifar10'/'cifar100' may use: those of the official archive (by its
+    md5, wherever the cache has moved since), or extracted there by hand; not another archive's."""
+    folder = cache / spec.folder
+    if not (folder / spec.test_files[0]).is_file():
+        return None
+    mark = _extracted_from(folder)
+    return folder if mark is None or mark.get("md5") == spec.md5 else None
+
+
 def extract_cifar_archive(archive: Path, cache_dir: Path | None = None) -> tuple[CifarSpec, Path]:
     """Extract an official CIFAR archive into ``cache_dir`` once; returns (spec, batch folder).
 
     Only regular files and folders under the archive's CIFAR folder are extracted. The folder
-    is built under a temporary name and renamed, so an interrupted extraction is redone."""
+    is built under a temporary name and renamed, so an interrupted extraction is redone. It is
+    marked with the archive's path, size and time: another archive (or this one changed) is
+    extracted afresh rather than answered with the batches of the one before."""
     archive = Path(archive)
     spec = cifar_archive_spec(archive)
     if spec is None:
@@ -266,29 +295,41 @@ def extract_cifar_archive(archive: Path, cache_dir: Path | None = None) -> tuple
                                f"{CIFAR10.folder}/ or {CIFAR100.folder}/ inside)")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache_dir / spec.folder
-    if all((target / f).is_file() for f in spec.train_files + spec.test_files):
+    source = _archive_id(archive)
+
+    def done() -> bool:
+        mark = _extracted_from(target)
+        complete = all((target / f).is_file() for f in spec.train_files + spec.test_files)
+        # a folder extracted by hand (no mark) into a cache this process cannot write is used as it is
+        return complete and ({k: (mark or {}).get(k) for k in source} == source
+                             or mark is None and not os.access(cache_dir, os.W_OK))
+    if done():
         return spec, target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=cache_dir))
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            for m in tar:
-                if not _member_ok(m, spec):
-                    continue
-                dest = tmp / m.name
-                if m.isdir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(m) as src, open(dest, "wb") as dst:  # type: ignore[union-attr]
-                    shutil.copyfileobj(src, dst)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp / spec.folder, target)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise CifarFormatError(f"{archive}: could not extract ({e}); re-download it") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with files.folder_lock(cache_dir):  # torchrun's processes extract one at a time; the others find it done
+        if done():
+            return spec, target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=cache_dir))
+        try:
+            with tarfile.open(archive, "r:*") as tar:
+                for m in tar:
+                    if not _member_ok(m, spec):
+                        continue
+                    dest = tmp / m.name
+                    if m.isdir():
+                        dest.mkdir(parents=True, exist_ok=True)
+                        continue
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(m) as src, open(dest, "wb") as dst:  # type: ignore[union-attr]
+                        shutil.copyfileobj(src, dst)
+            (tmp / spec.folder / SOURCE_MARK).write_text(json.dumps({**source, "md5": md5sum(archive)}))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp / spec.folder, target)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise CifarFormatError(f"{archive}: could not extract ({e}); re-download it") from e
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return spec, target
 
 
@@ -339,7 +380,7 @@ def fetch_named(name: str, cache_dir: str | Path | None = None, stream=None,
         return None
     spec = SPECS[name]
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    if (cache / spec.folder / spec.test_files[0]).is_file():
+    if _named_folder(spec, cache) is not None:
         return cache / spec.folder
     return download_cifar(name, cache, opener=opener, stream=stream)
 
@@ -354,10 +395,12 @@ def load_cifar(path: str | Path, split: str = "train", cache_dir: Path | None = 
     if not p.exists() and str(path) in SPECS:
         spec = SPECS[str(path)]
         cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        if (cache / spec.folder / spec.test_files[0]).is_file():
+        if (cache / spec.archive_name).is_file():
+            p = cache / spec.archive_name  # extracted once: the folder made from it is reused
+        elif _named_folder(spec, cache) is not None:
             p = cache / spec.folder
-        elif (cache / spec.archive_name).is_file() or download:
-            p = download_cifar(spec.name, cache) if download else cache / spec.archive_name
+        elif download:
+            p = download_cifar(spec.name, cache)
         else:
             raise FileNotFoundError(
                 f"{spec.name} not found in {cache}. Pass download=True (the `resnet` commands download "

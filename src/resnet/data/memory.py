@@ -205,7 +205,10 @@ def decode_source(source: str | Path, split: str | None = None, workers: int | N
     but problems there are ignored)."""
     source = Path(source).expanduser()
     archive = is_archive(source)
-    dec = _ChunkDecoder(workers, chunk, max_side, f"{source}:" if archive else "", skip_bad, split)
+    # only an archive feeds images of other splits; a folder's keys are absolute paths, whose folders above
+    # the data (/data/test/imagenet/...) must not pass for another split and turn the early size probe off
+    dec = _ChunkDecoder(workers, chunk, max_side, f"{source}:" if archive else "", skip_bad,
+                        split if archive else None)
     unreadable: list[tuple[str, str, str]] = []
     try:
         if archive:

@@ -52,8 +52,11 @@ def interpolation(name: str) -> int:
 
 
 def _shorter_to(w: int, h: int, size: int) -> tuple[int, int]:
-    s = size / min(w, h)
-    return max(1, round(w * s)), max(1, round(h * s))
+    """torchvision's Resize(size): the shorter side to `size`, the longer to int(size * long / short),
+    truncated as torchvision does (rounding made some images a pixel wider and moved the centre crop)."""
+    short, long = min(w, h), max(w, h)
+    new_long = max(1, int(size * long / short))
+    return (size, new_long) if w <= h else (new_long, size)
 
 
 def _resize_shorter(img: Image.Image, size: int, interp: int, fast: bool) -> Image.Image:
