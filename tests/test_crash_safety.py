@@ -2,8 +2,10 @@
 import errno
 import io
 import json
+import math
 import os
 import pickle
+import resource
 import signal
 import subprocess
 import sys
@@ -138,15 +140,37 @@ def test_full_disk_keeps_the_previous_checkpoint(tiny_folder, tmp_path, monkeypa
     train(_cfg(tiny_folder, epochs=1), run)
     before = (run / "last.state.pt").read_bytes()
 
-    def no_space(*args, **kwargs):
+    def no_space(tmp):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(checkpoint, "save_file", no_space)
+    monkeypatch.setattr(checkpoint, "_bytes_writer", lambda data: no_space)
     with pytest.raises(checkpoint.CheckpointWriteError, match="No space left on device.*previous checkpoint there is intact"):
         train(_cfg(tiny_folder, epochs=2), run, resume=True)
     assert (run / "last.state.pt").read_bytes() == before
     assert not [p for p in run.rglob("*.tmp")], "a half-written file was left behind"
     monkeypatch.undo()
     assert train(_cfg(tiny_folder, epochs=2), run, resume=True)[-1]["epoch"] == 2
+
+
+@pytest.mark.parametrize("limit", [100, 1000])  # the weights file fails, or the (larger) state file
+def test_a_write_that_fails_for_real_is_a_checkpoint_write_error(tmp_path, limit):
+    """A write failing in the kernel (here: past RLIMIT_FSIZE, EFBIG, as ENOSPC on a full disk) raised
+    safetensors' SafetensorError or torch's RuntimeError ("unexpected pos"), not CheckpointWriteError:
+    the command printed a traceback. The previous checkpoint stays, and no temporary file."""
+    model = torch.nn.Linear(8, 8)
+    checkpoint.save_checkpoint(tmp_path, model, {"step": 1}, {"model": "linear"})
+    before = (tmp_path / "last.state.pt").read_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(checkpoint.CheckpointWriteError, match="File too large.*previous checkpoint there is intact"):
+            checkpoint.save_checkpoint(tmp_path, model, {"step": 2, "pad": torch.zeros(200)}, {"model": "linear"})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert (tmp_path / "last.state.pt").read_bytes() == before
+    assert not [p for p in tmp_path.rglob("*.tmp")], "a half-written file was left behind"
+    assert checkpoint.load_training_state(tmp_path)[0]["step"] == 1
 
 
 def test_unwritable_output_folder_is_a_clear_error(tiny_folder, tmp_path, capsys):
@@ -212,6 +236,24 @@ def test_resume_without_the_commit_point_uses_the_newest_complete_checkpoint(tin
     assert (run / "metrics.jsonl").read_text().count("\n") == 3
 
 
+def test_pruning_keeps_the_pair_just_committed_past_uncommitted_later_ones(tmp_path):
+    """Two crashes, each between a pair's write and its commit, leave pairs of later steps that no commit
+    point names; the resumed run's next save must not lose its own pair to them (by name they sort above
+    it). They go, and so does a weights file whose state was never written."""
+    model, ckpt = torch.nn.Linear(2, 2), tmp_path / "ckpt"
+    checkpoint.save_checkpoint(tmp_path, model, {"step": 250}, {"model": "linear"})  # the commit point
+    for step in (300, 320):  # written after it, never committed
+        torch.save({"step": step, "weights_file": f"ckpt/step_{step:08d}.safetensors"},
+                   ckpt / f"step_{step:08d}.state.pt")
+        (ckpt / f"step_{step:08d}.safetensors").write_bytes((ckpt / "step_00000250.safetensors").read_bytes())
+    (ckpt / "step_00000260.safetensors").write_bytes(b"weights whose state never came")
+    checkpoint.save_checkpoint(tmp_path, model, {"step": 275}, {"model": "linear"})  # the resumed run's next
+    state, weights = checkpoint.load_training_state(tmp_path)
+    assert state["step"] == 275 and weights.keys() == model.state_dict().keys()
+    assert sorted(p.name for p in ckpt.iterdir()) == [
+        "step_00000250.safetensors", "step_00000250.state.pt", "step_00000275.safetensors", "step_00000275.state.pt"]
+
+
 def _nan(out):
     return out * float("nan")
 
@@ -250,6 +292,18 @@ def test_nan_loss_skipped_on_request(tiny_folder, tmp_path):
     history = trainer.fit()
     assert history[1]["skipped_steps"] == 1 and history[-1]["step"] == 12
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_an_epoch_whose_every_step_was_skipped_reports_no_training_loss(tiny_folder, tmp_path):
+    """Not train_loss 0 and train_err 0% (a perfect epoch, to the eye and to any script reading metrics.jsonl)
+    when no image trained: NaN, written as null."""
+    run = tmp_path / "run"
+    trainer = Trainer(_cfg(tiny_folder, "nonfinite=skip", epochs=1), run)
+    trainer.model.fc.register_forward_hook(lambda module, inputs, out: _nan(out))
+    [record] = trainer.fit()
+    assert record["skipped_steps"] == 4 and math.isnan(record["train_loss"]) and math.isnan(record["train_err"])
+    logged = json.loads((run / "metrics.jsonl").read_text())
+    assert logged["train_loss"] is None and logged["train_err"] is None
 
 
 def test_a_skipped_step_leaves_bn_statistics_as_they_were(tiny_folder, tmp_path):

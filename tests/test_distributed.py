@@ -8,6 +8,7 @@ are those of the global batch, every other operation is per image, and DDP avera
 two runs then compute the same update up to floating-point summation order."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,10 @@ from imagenet_utils import TINY_STREAM, make_large_folder, one_thread
 from resnet.config import make_config
 from resnet.data import load_dataset
 from resnet.data.memory import MemoryLoader
-from resnet.engine.distributed import CPUSyncBatchNorm, ShardedMemoryLoader, convert_sync_batchnorm
+from resnet.engine import distributed
+from resnet.engine.distributed import CPUSyncBatchNorm, DistContext, ShardedMemoryLoader, convert_sync_batchnorm
 from resnet.engine.trainer import Trainer, train
+from resnet.errors import ConfigError
 from resnet.models import create_model
 
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -201,3 +204,27 @@ def test_whitening_bias_freezes_on_two_processes(tiny_folder, tmp_path):
     _torchrun(["--recipe", "cifar10_speedrun", "--out", str(tmp_path / "ddp"), *small], tmp_path)
     train(make_config("cifar10_speedrun", small), tmp_path / "one")
     _close(tmp_path / "ddp", tmp_path / "one", atol=1e-4)
+
+
+def test_only_rank_0_writes_into_the_run_folder(tiny_folder, tmp_path, monkeypatch):
+    """A process other than rank 0 (its constructor needs no process group once DDP is left out) writes
+    nothing into the shared run folder, not even the list of images data.skip_bad left out."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    (data / "red" / "broken.jpg").write_text("this is not a JPEG")
+    monkeypatch.setattr(distributed, "setup", lambda device=None: DistContext(rank=1, world_size=2, backend="gloo"))
+    monkeypatch.setattr(distributed, "wrap_model", lambda model, *args, **kwargs: model)
+    run = tmp_path / "run"
+    trainer = Trainer(make_config(None, [f"data.path={data}", "epochs=1", "data.skip_bad=true", "data.batch_size=8",
+                                         "compile=false", *TINY]), run)
+    assert trainer._skipped and not trainer.dist.is_main
+    assert list(run.iterdir()) == []
+
+
+def test_an_odd_share_of_the_batch_under_mixup_is_a_config_error(tiny_folder, tmp_path, monkeypatch):
+    """A ConfigError (one line from the command), not a bare ValueError (a traceback)."""
+    monkeypatch.setattr(distributed, "setup", lambda device=None: DistContext(rank=0, world_size=2, backend="gloo"))
+    monkeypatch.setattr(distributed, "wrap_model", lambda model, *args, **kwargs: model)
+    with pytest.raises(ConfigError, match="data.batch_size=6 must give each of the 2 processes an even number"):
+        Trainer(make_config(None, [f"data.path={tiny_folder}", "epochs=1", "data.batch_size=6", "data.mixup_alpha=0.2",
+                                   "compile=false", *TINY]), tmp_path / "run")

@@ -1,6 +1,8 @@
 """The training engine on tiny generated data: exact resume, logs, checkpoints, eval, schedules, config."""
 import json
 import math
+import re
+import warnings
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from safetensors.torch import load_file
 
 from resnet.cli import main
 from resnet.config import ConfigError, ScheduleConfig, make_config
+from resnet.engine import precision as engine_precision
 from resnet.engine.checkpoint import load_model
 from resnet.engine.optim import Schedule, param_groups
 from resnet.engine.trainer import Trainer, train
@@ -141,6 +144,12 @@ def test_cosine_and_onecycle_shapes():
     assert one.lr(100) == pytest.approx(0.0)
 
 
+def test_onecycle_without_warmup_starts_at_the_peak():
+    """warmup_steps=0: a linear decay from lr, not one step at warmup_start * lr first."""
+    one = Schedule(ScheduleConfig(name="onecycle", warmup_steps=0, warmup_start=0.1, final_lr=0.0), 2.0, 10)
+    assert [one.lr(i) for i in range(4)] == pytest.approx([2.0, 1.8, 1.6, 1.4])
+
+
 def test_no_decay_for_bn_and_bias():
     model = create_model("resnet20")
     decay, no_decay = param_groups(model, 1e-4, True)
@@ -253,6 +262,35 @@ def test_ema_turned_on_at_resume_starts_from_the_restored_weights(tiny_folder, t
     trained = _weights(run)
     trainer = Trainer(_cfg(tiny_folder, "ema_decay=0.9", epochs=2), run, resume=True)
     assert all(torch.equal(trainer.ema.shadow[k], trained[k]) for k in trained)
+
+
+def test_resume_trains_with_the_optimizer_settings_the_config_now_gives(tiny_folder, tmp_path):
+    """`--resume RUN optim.weight_decay=...`: the run goes on with the new settings (its config.yaml says so);
+    torch's load_state_dict alone would bring back the saved weight decay, momentum and Nesterov."""
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)
+    trainer = Trainer(_cfg(tiny_folder, "optim.weight_decay=0.01", "optim.momentum=0.5", "optim.nesterov=true",
+                           epochs=2), run, resume=True)
+    [group] = trainer.optimizer.param_groups
+    assert (group["weight_decay"], group["momentum"], group["nesterov"]) == (0.01, 0.5, True)
+    assert trainer.optimizer.state[group["params"][0]]["momentum_buffer"] is not None  # the saved state is kept
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model_args.widths=[4,8,16]",
+     r"changed since the run began: model_args.widths \[4, 8, 8\] -> \[4, 8, 16\].*size mismatch"),
+    ("optim.no_decay_bn_bias=true", "changed since the run began: optim.no_decay_bn_bias False -> True"),
+    ("optim.name=adamw", "that run trains with optim.name=sgd, not adamw")])
+def test_resume_with_another_network_or_optimizer_is_one_clear_line(tiny_folder, tmp_path, capsys, override, message):
+    """Not a traceback of torch's load_state_dict (nor, for another optimizer, a KeyError at the first step)."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "1", "--out", str(run),
+                 *TINY]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(f"resnet train: error: --resume {run}: ")
+    assert re.search(message, err.splitlines()[-1]), err
 
 
 def test_small_learning_rates_are_logged_not_rounded_to_zero(tiny_folder, tmp_path, capsys):
@@ -374,6 +412,17 @@ def test_the_inference_choice_does_not_warn_about_training_in_fp32(monkeypatch):
         warnings.simplefilter("always")
         assert precision.resolve_precision("auto", torch.device("cpu"), warn=False).name == "fp32"
         inference_model(create_model("resnet20"), "auto", "auto", torch.device("cpu"))
+    assert not [w for w in caught if "no native bf16" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_validation_in_auto_precision_does_not_warn_about_training_in_fp32(tiny_folder, tmp_path, monkeypatch):
+    """precision=fp32 eval_precision=auto on a CPU without bf16: nothing trains in fp32 by default, so no
+    "training in fp32" warning (it came from the validation's precision)."""
+    monkeypatch.setattr(engine_precision, "cpu_supports_bf16", lambda: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = Trainer(_cfg(tiny_folder, "eval_precision=auto", "compile=false", epochs=1), tmp_path / "run")
+    assert trainer.eval_precision.name == "fp32"
     assert not [w for w in caught if "no native bf16" in str(w.message)], [str(w.message) for w in caught]
 
 

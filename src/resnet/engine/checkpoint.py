@@ -11,6 +11,7 @@ dedupe links lose them) resumes from the newest complete pair in ckpt/.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..models import ResNet, ResNetConfig
 from ..errors import CheckpointError
@@ -70,9 +71,19 @@ def _publish(src: Path, dst: Path) -> None:
     atomic_write(dst, write)
 
 
+def _bytes_writer(data):
+    """A `write` for atomic_write of bytes serialised beforehand. Python's write raises OSError (ENOSPC: "No
+    space left on device") where safetensors' and torch's own writers raise their own kinds (SafetensorError;
+    torch's RuntimeError "unexpected pos 576 vs 534"), which CheckpointWriteError would not catch."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return write
+
+
 def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata={META_KEY: json.dumps(meta)}))
+    atomic_write(path, _bytes_writer(safetensors_bytes(state, metadata={META_KEY: json.dumps(meta)})))
 
 
 class CheckpointWriteError(OSError):
@@ -99,15 +110,34 @@ def _save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, meta: d
     save_weights(weights, model, meta)
     state = dict(state, weights_file=f"ckpt/{weights.name}")
     state_file = folder / f"{stem}.state.pt"
-    atomic_write(state_file, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(state_file, _bytes_writer(buffer.getbuffer()))
     _publish(weights, run_dir / "last.safetensors")
     _publish(state_file, run_dir / "last.state.pt")  # the commit point
     if best:
         _publish(weights, run_dir / "best.safetensors")
-    for old in sorted(folder.glob("step_*.state.pt"))[:-KEEP]:
-        old.unlink(missing_ok=True)
-        (folder / old.name.replace(".state.pt", ".safetensors")).unlink(missing_ok=True)
+    _prune(folder, state["step"])
     return weights
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split(".", 1)[0][len("step_"):])
+
+
+def _prune(folder: Path, current: int) -> None:
+    """Keep the pair of step `current` (just committed) and the KEEP - 1 newest complete pairs before it.
+    Files of later steps were written but never committed (a crash in between, then a resume from before
+    them): sorted by name they would push out the pair just committed, which last.state.pt names. A
+    weights file without its state (a write that failed between the two) goes too."""
+    files = [p for p in folder.glob("step_*") if p.name.endswith((".state.pt", ".safetensors"))
+             and p.name.split(".", 1)[0][len("step_"):].isdigit()]
+    earlier = sorted({_step_of(p) for p in files if p.name.endswith(".state.pt") and _step_of(p) < current
+                      and p.with_name(p.name.replace(".state.pt", ".safetensors")).is_file()})
+    kept = {current, *earlier[max(len(earlier) - (KEEP - 1), 0):]}
+    for p in files:
+        if _step_of(p) not in kept:
+            p.unlink(missing_ok=True)
 
 
 def latest_state_file(run_dir: Path) -> Path | None:

@@ -89,6 +89,20 @@ def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     return OPTIMIZERS[cfg.name](groups, cfg)
 
 
+# Group entries that are state, not settings: LAMB's step count, and the fused flag (see can_fuse)
+_GROUP_STATE = ("params", "step", "fused")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """`state` (a checkpoint's: moments, step counts, the fused flag) into `optimizer`, which keeps its own
+    settings (weight decay, momentum, betas, lr scales): torch's load_state_dict would put back the saved
+    ones, and a resumed run whose config changes them would silently train with the old values."""
+    settings = [{k: v for k, v in g.items() if k not in _GROUP_STATE} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, settings):
+        group.update(own)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The schedule's lr on every group, times the group's own "lr_scale" (see param_groups)."""
     for group in optimizer.param_groups:
@@ -138,7 +152,7 @@ class Schedule:
         if cfg.name == "cosine":
             return self._cosine(step / total)
         if cfg.name == "onecycle":  # linear up over warmup_steps, then linear down to final_lr
-            up = max(self.warmup_steps, 1)
+            up = self.warmup_steps  # none: step 0 is the peak
             if step < up:
                 return cfg.warmup_start + (1 - cfg.warmup_start) * step / up
             t = min((step - up) / max(total - up, 1), 1.0)

@@ -25,7 +25,7 @@ from .compile import compile_kwargs, decide, note_compile_seconds
 from .evaluate import evaluate
 from .logger import MetricsLog, Progress
 from .losses import make_loss
-from .optim import EMA, Lookahead, Schedule, ema_decay, make_optimizer, set_lr
+from .optim import EMA, Lookahead, Schedule, ema_decay, load_optimizer_state, make_optimizer, set_lr
 from .precision import default_device, resolve_precision
 from .selective import normalising_with, recording_bn_stats
 from ..data.augment import build_image_augment
@@ -161,8 +161,8 @@ class Trainer:
         self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
         self.device = torch.device(device) if device else (self.dist.device or default_device())
         self.precision = resolve_precision(cfg.precision, self.device)
-        self.eval_precision = (self.precision if cfg.eval_precision == "train"
-                               else resolve_precision(cfg.eval_precision, self.device))
+        self.eval_precision = (self.precision if cfg.eval_precision == "train"  # (only training warns of fp32)
+                               else resolve_precision(cfg.eval_precision, self.device, warn=False))
         torch.manual_seed(cfg.seed)
         self.train_data, self.val_data = data or split_train_val(cfg)
         if data is None:
@@ -222,7 +222,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self._skipped:
+        if self._skipped and self.dist.is_main:  # every process loaded the same data: rank 0 writes the list
             (self.run_dir / "skipped.txt").write_text("".join(f"{path}\t{why}\n" for path, why in self._skipped))
         self.log = MetricsLog(self.run_dir) if self.dist.is_main else distributed.NullLog()
         if resume:
@@ -293,8 +293,8 @@ class Trainer:
         if not self.mixer.enabled:
             self.mixer = None
         elif self.dist.enabled and (d.batch_size // self.dist.world_size) % 2:
-            raise ValueError(f"mixup/CutMix pair neighbouring images: data.batch_size={d.batch_size} must give each of "
-                             f"the {self.dist.world_size} processes an even number of images")
+            raise ConfigError(f"mixup/CutMix pair neighbouring images: data.batch_size={d.batch_size} must give each of "
+                              f"the {self.dist.world_size} processes an even number of images")
         self.criterion = make_loss(cfg.loss, len(self.classes), cfg.label_smoothing, cfg.bce_target_thresh)
         self.ema = None
         if cfg.ema_decay > 0:
@@ -330,10 +330,21 @@ class Trainer:
 
     def _restore(self) -> None:
         state, weights = checkpoint.load_training_state(self.run_dir)
-        if state.get("config", {}).get("model") not in (None, self.cfg.model):
+        saved = state.get("config", {})
+        if saved.get("model") not in (None, self.cfg.model):
             raise CheckpointError(f"--resume {self.run_dir}: that run trains {state['config']['model']}, not {self.cfg.model}")
-        self.model.load_state_dict(state.get("model_raw", weights))
-        self.optimizer.load_state_dict(state["optimizer"])
+        began_with = saved.get("optim", {}).get("name")
+        if began_with not in (None, self.cfg.optim.name):  # another optimizer's state would fail at its first step
+            raise CheckpointError(f"--resume {self.run_dir}: that run trains with optim.name={began_with}, not "
+                                  f"{self.cfg.optim.name}; its optimizer state continues only with that optimizer")
+        try:
+            self.model.load_state_dict(state.get("model_raw", weights))
+            load_optimizer_state(self.optimizer, state["optimizer"])  # the config's weight decay, momentum, ...
+            if self.proxy is not None and "proxy" in state:
+                self.proxy.load_state_dict(state["proxy"])
+                load_optimizer_state(self.proxy_optimizer, state["proxy_optimizer"])
+        except (RuntimeError, ValueError) as e:  # torch's multi-line size mismatches, group counts
+            raise CheckpointError(self._misfit(saved, e)) from None
         self.schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
@@ -348,8 +359,6 @@ class Trainer:
             if "proxy" not in state:
                 raise CheckpointError(f"--resume {self.run_dir}: that run has no proxy network to continue "
                                       "select_by=proxy with; start a new run for it")
-            self.proxy.load_state_dict(state["proxy"])
-            self.proxy_optimizer.load_state_dict(state["proxy_optimizer"])
             if self.proxy_scaler is not None and "proxy_scaler" in state:
                 self.proxy_scaler.load_state_dict(state["proxy_scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
@@ -357,6 +366,25 @@ class Trainer:
         self.partial = {**_fresh_partial(), **state.get("partial", {})}
         self._restored_compiled = state.get("compiled")
         self.log.rewrite(self.history)
+
+    def _misfit(self, saved: dict, error: Exception) -> str:
+        """Why a run's checkpoint does not load into the network and optimizer this config builds, naming the
+        settings that shape them and changed since the run began (`saved`: that run's config)."""
+        now, changed = self.cfg.to_dict(), ""
+        if saved:
+            was = {**{f"model_args.{k}": v for k, v in saved.get("model_args", {}).items()},
+                   **{f"optim.{k}": saved.get("optim", {}).get(k) for k in ("no_decay_bn_bias", "bias_lr_scale")},
+                   "select_proxy_widths": saved.get("select_proxy_widths")}
+            is_ = {**{f"model_args.{k}": v for k, v in now["model_args"].items()},
+                   **{f"optim.{k}": now["optim"][k] for k in ("no_decay_bn_bias", "bias_lr_scale")},
+                   "select_proxy_widths": now["select_proxy_widths"]}
+            changed = ", ".join(f"{k} {was.get(k, 'unset')} -> {is_.get(k, 'unset')}" for k in sorted({*was, *is_})
+                                if was.get(k) != is_.get(k))
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # torch's: a heading, then details
+        detail = " ".join(lines[:2] if len(lines) > 1 and lines[0].endswith(":") else lines[:1])
+        return (f"--resume {self.run_dir}: its checkpoint does not fit the network and optimizer this config builds"
+                f"{f' (changed since the run began: {changed})' if changed else ''}; resume with the run's own "
+                f"settings, or start a new run ({detail})")
 
     def eval_model(self) -> torch.nn.Module:
         """The weights that are evaluated and published: the EMA when on, else the model itself."""
@@ -433,7 +461,7 @@ class Trainer:
             acc["seconds"] = time.perf_counter() - start
         if self.lookahead is not None:
             self.lookahead.sync(self.model)
-        seen = max(acc["seen"], 1)
+        seen = acc["seen"] or math.nan  # every step skipped (nonfinite=skip): no loss or error, not a perfect 0
         record = {"lr": lr, "train_loss": acc["loss_sum"] / seen, "train_err": 100.0 * acc["wrong"] / seen,
                   "images_per_sec": acc["seen"] / max(acc["seconds"], 1e-9), "train_seconds": acc["seconds"],
                   "train_pflop": self.train_flops() / 1e15}
