@@ -510,6 +510,8 @@ def test_selective_backprop_can_rank_with_a_proxy_network(tiny_folder, tmp_path)
     full = Trainer(make_config("cifar10_speedrun", over), tmp_path / "run2")
     full.fit()
     steps = 36 // 8
+    for r in full.history:  # images/s counts the whole batches the epoch went through, not the trained half
+        assert r["images_per_sec"] * r["train_seconds"] == pytest.approx(steps * 8, rel=0.01)  # (rounded seconds)
     main_args = {"num_classes": 3, "in_chans": 3, "widths": [8, 16, 16]}
     proxy_args = {**main_args, "widths": [4, 8, 8]}
     train_f = train_flops_per_image("speedrun_resnet8", main_args, 32)

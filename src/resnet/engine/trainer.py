@@ -52,7 +52,9 @@ class TrainingInterrupted(RuntimeError):
 
 
 def _fresh_partial() -> dict:
-    return {"batches": 0, "loss_sum": 0.0, "wrong": 0, "seen": 0, "seconds": 0.0, "skipped": 0}
+    # seen: the images the loss and error are of; images: every image the steps went through (with
+    # select_by=proxy the network sees only the selected part, but the epoch covered the whole batches)
+    return {"batches": 0, "loss_sum": 0.0, "wrong": 0, "seen": 0, "images": 0, "seconds": 0.0, "skipped": 0}
 
 
 def _syncs_are_costly(device: torch.device) -> bool:
@@ -433,7 +435,7 @@ class Trainer:
                 x, target, _ = self.mixer(x, y, self.epoch, i)
             else:
                 target = y
-            first = time.perf_counter()
+            first, batch_images = time.perf_counter(), x.shape[0]
             if self._selects(self.epoch):  # (no mixing: the config rejects it with selection)
                 logits, loss, finite, y = self._selective_step(x, y, totals.check_each_step)
             else:
@@ -443,6 +445,7 @@ class Trainer:
             if finite:
                 wrong, images = totals.add(loss, logits, y, self.step, self.stop_signal)
                 acc["seen"] += int(images) if self.dist.enabled else y.numel()  # (synced anyway under torchrun)
+                acc["images"] += int(images) if self.dist.enabled else batch_images  # (torchrun: no proxy)
                 if not self.schedule.warmup_done:  # the global batch's error: every process switches together
                     self.schedule.observe_train_error(100.0 * float(wrong) / float(images))
             self.step += 1
@@ -463,7 +466,7 @@ class Trainer:
             self.lookahead.sync(self.model)
         seen = acc["seen"] or math.nan  # every step skipped (nonfinite=skip): no loss or error, not a perfect 0
         record = {"lr": lr, "train_loss": acc["loss_sum"] / seen, "train_err": 100.0 * acc["wrong"] / seen,
-                  "images_per_sec": acc["seen"] / max(acc["seconds"], 1e-9), "train_seconds": acc["seconds"],
+                  "images_per_sec": acc["images"] / max(acc["seconds"], 1e-9), "train_seconds": acc["seconds"],
                   "train_pflop": self.train_flops() / 1e15}
         if acc["skipped"]:
             record["skipped_steps"] = acc["skipped"]
