@@ -151,6 +151,17 @@ def test_full_disk_keeps_the_previous_checkpoint(tiny_folder, tmp_path, monkeypa
     assert train(_cfg(tiny_folder, epochs=2), run, resume=True)[-1]["epoch"] == 2
 
 
+def test_checkpoints_get_the_mode_any_new_file_gets(tmp_path):
+    """atomic_write goes through mkstemp (0600): the published weights and state get the umask's mode, so a
+    run folder can be read by the others sharing it, as with any file the user makes."""
+    old = os.umask(0o022)
+    try:
+        checkpoint.atomic_write(tmp_path / "w.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "w.bin").stat().st_mode & 0o777) == oct(0o644)
+
+
 @pytest.mark.parametrize("limit", [100, 1000])  # the weights file fails, or the (larger) state file
 def test_a_write_that_fails_for_real_is_a_checkpoint_write_error(tmp_path, limit):
     """A write failing in the kernel (here: past RLIMIT_FSIZE, EFBIG, as ENOSPC on a full disk) raised

@@ -3,6 +3,7 @@ its traceback, RESNET_DEBUG=1 the traceback of every error. Also what a user wit
 extra meets, and the distribution name the install lines use."""
 from __future__ import annotations
 
+import json
 import sys
 import tomllib
 from pathlib import Path
@@ -99,6 +100,25 @@ def test_out_under_a_file_is_refused_before_the_data_loads(tmp_path, capsys):
         assert main(["train", "--model", "resnet20", "--data", str(tmp_path / "no-data"), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.splitlines() == [err] and "afile is a file; give a folder" in err  # not the data's error
+
+
+def test_models_and_cache_say_what_is_wrong_instead_of_printing_nothing(tmp_path, capsys):
+    """`resnet models 'zzz*'` printed an empty table and `cache list --dir FILE` called a file an empty cache."""
+    assert main(["models", "zzz*"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "no model matches 'zzz*'" in err
+    assert main(["models", "resnet2*", "--json"]) == 0 and json.loads(capsys.readouterr().out)[0]["name"] == "resnet20"
+    (tmp_path / "afile").write_text("x")
+    for action in ("list", "clear"):
+        assert main(["cache", action, "--dir", str(tmp_path / "afile")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [err] and "afile is a file, not a cache folder" in err
+    assert (tmp_path / "afile").read_text() == "x"
+    assert main(["cache", "list", "--dir", str(tmp_path / "not-yet")]) == 0  # a cache folder not made yet: empty
+    assert "empty" in capsys.readouterr().out
+    # a script's trailing comma: the kinds named, not an unknown kind ''
+    assert main(["cache", "clear", "--dir", str(tmp_path / "not-yet"), "--kind", "decoded,"]) == 0
+    assert "0 entries" in capsys.readouterr().out
 
 
 def test_weights_that_do_not_fit_are_one_line(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -175,6 +176,28 @@ def test_cli_export_refuses_a_folder_and_an_unknown_opset_before_writing(checkpo
     assert not (tmp_path / "e.onnx").exists() and list((tmp_path / "folder").iterdir()) == []
 
 
+@pytest.mark.parametrize("fmt, out", [("torchscript", "x.onnx"), ("onnx", "x.pt"), ("onnx", "x.PTH"),
+                                      ("onnx", "x.safetensors"), ("hub", "x.onnx"), ("hub", "x.pt")])
+def test_cli_export_refuses_a_name_that_says_another_format(fmt, out, checkpoint, tmp_path, capsys):
+    """TorchScript written as x.onnx fails later in onnxruntime with a protobuf error far from its cause."""
+    assert main(["export", str(checkpoint), "--format", fmt, "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and f"--format is {fmt}" in err and "Traceback" not in err
+    assert list(tmp_path.glob("x*")) == []
+
+
+def test_an_export_is_readable_by_others_as_any_new_file(checkpoint, tmp_path, capsys):
+    """The file is written aside through mkstemp, which makes it private (0600): it gets the umask's mode."""
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+        assert main(["export", str(checkpoint), "--format", "hub", "--out", str(tmp_path / "hub")]) == 0
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "m.pt", *(tmp_path / "hub").iterdir()):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644), path
+
+
 def test_real_images_of_a_folder_too_large_for_memory_are_streamed(tmp_path, capsys):
     """`--data` with ImageNet-sized images (here 72-110 px, over the in-memory limit of 64): the images taken
     are decoded through the model's resize and centre crop, as `resnet eval` streams them."""
@@ -187,6 +210,19 @@ def test_real_images_of_a_folder_too_large_for_memory_are_streamed(tmp_path, cap
     assert torch.equal(parity.real_images(str(folder), meta, 5, 48)[0], x)  # the same images again (seeded)
     assert main(["export", "resnet18", "--image-size", "48", "--format", "onnx", "--data", str(folder),
                  "--out", str(tmp_path / "r18.onnx")]) == 0
+
+
+def test_real_images_of_a_skip_bad_run_leave_its_bad_images_out_as_eval_does(tmp_path):
+    """A streamed run trained with data.skip_bad=true: `export --data` / `benchmark --data` check it on its
+    hold-out as `resnet eval --split val` reads it, with the undecodable file replaced, not raised."""
+    folder = make_large_folder(tmp_path / "large", per_class=3)
+    for name in ("red", "green", "blue"):
+        (folder / name / "zz-bad.jpg").write_bytes(b"not a jpeg")
+    meta = {"input_size": 48, "resize": 56, "mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear",
+            "streamed": True, "config": {"seed": 0, "data": {"val_size": 6, "skip_bad": True}}}
+    with pytest.warns(UserWarning, match="skip_bad"):
+        x, y, _ = parity.real_images(str(folder), meta, 100, 48, split="val")
+    assert x.shape == (6, 3, 48, 48) and torch.isfinite(x).all()
 
 
 def test_calibration_images_are_those_the_run_trained_on_not_its_hold_out(tiny_folder):

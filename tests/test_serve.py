@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -16,9 +17,10 @@ from resnet.cli import main
 from resnet.data.stream import tensor_view_loader
 from resnet.data.transforms import eval_transform
 from resnet.deploy import backends as inf
+from resnet.deploy import parity
 from resnet.engine.checkpoint import save_weights
 from resnet.errors import ConfigError, DataError
-from resnet.serve.evaluate import class_mapping, run_eval
+from resnet.serve.evaluate import class_mapping, eval_dataset, eval_loader, run_eval
 from resnet.serve.load import load, load_spec
 from resnet.weights import sources as W
 
@@ -180,6 +182,100 @@ def test_tensor_views_feed_the_preset_sizes():
     grey = tensor_view_loader(images[:, :1], torch.tensor([0, 1, 2]), eval_transform("ten-crop", 16, 16), 3, [0.5],
                               [0.25])
     assert next(iter(grey))[0].shape == (3, 10, 1, 16, 16)  # greyscale stays one channel
+
+
+# --------------------------------------------------------------------------- a model's resize and crop on in-memory data
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _cifar10_and_png_tree(root, n: int = 10):
+    """The same images twice: CIFAR-10's batch files (no image files to stream) and a tree of PNGs (streamed)."""
+    g = np.random.default_rng(1)
+    folder, tree = root / "cifar-10-batches-py", root / "pngs"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        data, labels = g.integers(0, 256, (n, 3072), dtype=np.uint8), [i % 10 for i in range(n)]
+        (folder / name).write_bytes(pickle.dumps({b"data": data, b"labels": labels}, protocol=2))
+        for i, (row, label) in enumerate(zip(data, labels)):
+            if name == "test_batch":
+                (tree / CIFAR10_NAMES[label]).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(row.reshape(3, 32, 32).transpose(1, 2, 0)).save(tree / CIFAR10_NAMES[label] / f"{i}.png")
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in CIFAR10_NAMES]}, 2))
+    return folder, tree
+
+
+def test_a_model_that_expects_a_resize_and_crop_gets_it_on_cifar_batches_too(tmp_path):
+    """A streamed run (resize 36, crop 32) evaluated on CIFAR's batch files (held in memory: there are no image
+    files to stream) sees what it sees on the same images as PNG files: it was 'no class folders' before."""
+    ckpt = _checkpoint(tmp_path / "s.safetensors", CIFAR10_NAMES, input_size=32, resize=36, streamed=True)
+    cifar, pngs = _cifar10_and_png_tree(tmp_path)
+    on_batches = run_eval(str(ckpt), str(cifar), precision="fp32", workers=0, backend="eager-fp32")
+    on_files = run_eval(str(ckpt), str(pngs), split="train", precision="fp32", workers=0, backend="eager-fp32")
+    assert not on_batches["streamed"] and on_files["streamed"] and on_batches["n"] == on_files["n"] == 10
+    assert on_batches["loss"] == pytest.approx(on_files["loss"], rel=1e-5)
+
+
+def test_images_of_another_size_than_the_model_s_are_resized_even_without_a_crop_margin(small_folder, tmp_path):
+    """A model at crop_pct 1.0 (timm's weights: 288 -> 288) on images held in memory at another size (16 px
+    for a 32-pixel net) gets them resized to its size, as the same PNGs streamed; they were fed raw at 16 px."""
+    ckpt = _checkpoint(tmp_path / "t.safetensors", ["blue", "green", "red"], input_size=32, resize=32)
+    streamed = _checkpoint(tmp_path / "u.safetensors", ["blue", "green", "red"], input_size=32, resize=32,
+                           streamed=True)
+    kw = dict(data=str(small_folder), split="train", precision="fp32", workers=0, backend="eager-fp32")
+    in_memory, on_files = run_eval(str(ckpt), **kw), run_eval(str(streamed), **kw)
+    assert not in_memory["streamed"] and on_files["streamed"]
+    assert in_memory["loss"] == pytest.approx(on_files["loss"], rel=1e-5)
+    _, meta = load(checkpoint=str(ckpt))
+    assert parity.real_images(str(small_folder), meta, 100, 32, split="train")[0].shape == (12, 3, 32, 32)
+
+
+def test_benchmark_and_export_images_take_the_model_s_resize_and_crop_as_eval_does(small_folder, stream_ckpt):
+    """`benchmark --data` / `export --data` read small images in memory; a model that expects a resize and crop
+    gets them as `resnet eval` feeds it (16 -> 36 -> centre 32), not stretched to 32 whole."""
+    _, meta = load(checkpoint=str(stream_ckpt))
+    ds = eval_dataset(meta, str(small_folder), "train", workers=0)
+    fed = torch.cat([x for x, _ in eval_loader(ds, meta, "center", 64, torch.device("cpu"), 0)]).float()
+    images, labels, classes = parity.real_images(str(small_folder), meta, 100, 32, split="train")  # as benchmark
+    assert classes == ["blue", "green", "red"] and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert images.shape == fed.shape == (12, 3, 32, 32) and torch.allclose(images, fed, atol=1e-6)
+
+
+def test_a_one_channel_network_predicts_image_files_and_eval_says_what_does_not_fit(small_folder, tmp_path, capsys):
+    """A network trained on greyscale images (the digits of `resnet demo`) given RGB files: predict feeds their
+    luma; eval says the channels differ in one line. Both were tracebacks (a conv shape error, mean/std sizes)."""
+    torch.manual_seed(0)
+    model = resnet.build_resnet(8, "basic", shortcut="A", widths=[4, 8, 8], stem_width=4, num_classes=3, in_chans=1)
+    save_weights(tmp_path / "g.safetensors", model.eval(), {"model": "tiny", "model_config": model.config.to_dict(),
+                 "mean": [0.3], "std": [0.4], "classes": ["blue", "green", "red"], "input_size": 16})
+    image = sorted((small_folder / "red").glob("*.png"))[0]
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    rows = resnet.predict([image, tmp_path / "bad.png"], tmp_path / "g.safetensors", topk=3, precision="fp32")
+    assert [r["name"] for r in rows[0]["topk"]] and sum(r["prob"] for r in rows[0]["topk"]) == pytest.approx(1, abs=1e-5)
+    assert "error" in rows[1]
+    grey = np.asarray(Image.open(image).convert("L"), dtype=np.float32)[None, None]  # what it should see
+    with torch.no_grad():
+        expected = model((torch.from_numpy(grey) / 255 - 0.3) / 0.4).softmax(1)[0]
+    assert rows[0]["topk"][0]["prob"] == pytest.approx(float(expected.max()), abs=2e-3)
+    assert main(["eval", "--checkpoint", str(tmp_path / "g.safetensors"), "--data", str(small_folder),
+                 "--split", "train"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "3-channel images, the model takes 1-channel ones" in err
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime-int8"])
+def test_predict_with_a_calibrated_backend_when_no_image_decodes(backend, tmp_path, capsys):
+    """Every file undecodable: each gets its error line and exit status 1, as with the eager backends (it was a
+    traceback: nothing to calibrate on, and torch.export of an empty batch)."""
+    if inf.backend_status(backend):
+        pytest.skip(inf.backend_status(backend))
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / name).write_bytes(b"not an image")
+    resnet.create_model("resnet20", num_classes=3).save_pretrained(tmp_path / "net")
+    assert main(["predict", str(tmp_path / "a.jpg"), str(tmp_path / "b.png"), "--weights", str(tmp_path / "net"),
+                 "--backend", backend, "--json"]) == 1
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in rows] == [str(tmp_path / "a.jpg"), str(tmp_path / "b.png")]
+    assert all("cannot decode" in r["error"] for r in rows)
 
 
 # --------------------------------------------------------------------------- class names (issue 18, item 13)

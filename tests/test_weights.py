@@ -2,6 +2,7 @@
 fine-tuning with a new head, the shipped ImageNet class names, and `resnet predict`."""
 import io
 import json
+import os
 import urllib.error
 
 import pytest
@@ -53,6 +54,18 @@ def test_download_once_verify_and_cache(fake_source, tmp_path):
     net, meta = model_from_weights(source.name, opener=opener)
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), model.state_dict().values()))
     assert meta["classes"][0] == "tench" and meta["resize"] == 256 and meta["input_size"] == 224
+
+
+def test_a_download_is_readable_by_every_user_of_the_shared_cache(fake_source, tmp_path):
+    """torch.hub's folder is shared with torchvision, whose downloads keep the umask's mode: the file written
+    aside through mkstemp (private, 0600) gets that mode too."""
+    source, _, _, opener, _ = fake_source
+    old = os.umask(0o022)
+    try:
+        path = W.download(source, opener=opener, stream=io.StringIO())
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
 
 
 def test_corrupt_download_is_not_cached(fake_source, tmp_path):

@@ -25,7 +25,7 @@ from .data.transforms import TESTS
 from .deploy.backends import BACKENDS, CLI_BACKENDS
 from .deploy.benchmark import DEFAULT_BACKENDS, DEFAULT_BUDGET, benchmark, format_table as format_benchmark
 from .deploy.choose import ChoiceCache
-from .deploy.export import DEFAULT_OPSET, FORMATS, export_model, format_report
+from .deploy.export import DEFAULT_OPSET, FORMATS, check_out_name, export_model, format_report
 from .engine.checkpoint import copy_resumable
 from .engine.runs import expand_overrides
 from .engine.trainer import TrainingInterrupted
@@ -54,6 +54,8 @@ def cmd_summary(args) -> int:
 
 def cmd_models(args) -> int:
     rows = model_rows(args.pattern)
+    if not rows:  # an empty table says nothing: name what was asked (as `resnet weights` does)
+        raise ConfigError(f"no model matches {args.pattern!r}; `resnet models` lists them all")
     print(json.dumps(rows) if args.json else format_rows(rows))
     return 0
 
@@ -114,10 +116,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_cache(args) -> int:
+    if args.dir and Path(args.dir).expanduser().exists() and not Path(args.dir).expanduser().is_dir():
+        raise ConfigError(f"--dir {args.dir} is a file, not a cache folder")  # else listed as an empty cache
     if args.action == "list":
         print(format_listing(list_cache(args.dir), args.dir, args.json))
         return 0
-    kinds = tuple(KINDS) if args.all else tuple(k.strip() for k in args.kind.split(","))
+    kinds = tuple(KINDS) if args.all else args.kind
     removed = clear_cache(args.dir, kinds)
     for entry in removed:
         print(f"removed {entry.kind} {entry.path} ({human(entry.size)})")
@@ -145,6 +149,14 @@ def _int_list(text: str) -> list[int]:
     if not values:  # '' would run an experiment of nothing (and fail later, with a traceback)
         raise argparse.ArgumentTypeError(f"expected at least one integer, got {text!r}")
     return values
+
+
+def _kind_list(text: str) -> tuple[str, ...]:
+    """--kind of `resnet cache clear`: 'decoded,' (a script's trailing comma) is decoded, not an unknown kind ''."""
+    kinds = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not kinds:
+        raise argparse.ArgumentTypeError(f"expected comma-separated cache kinds, got {text!r}")
+    return kinds
 
 
 def _given(text: str) -> str:
@@ -256,6 +268,7 @@ def _add_experiment_parsers(sub) -> None:
 
 
 def cmd_export(args) -> int:
+    check_out_name(args.format, args.out)  # before the model loads
     if args.format == "hub":  # a folder to share: weights, config.json and a model card
         report = export_hub(args.model, args.out, license=args.license)
         print(json.dumps(report) if args.json else hub_report(report))
@@ -378,7 +391,8 @@ def _add_serve_parsers(sub) -> None:
                    help="pair the data's class folders with the model's classes in sorted order when their names "
                         "differ (default: an error listing both)")
     _backend_argument(p)
-    p.add_argument("--batch-size", type=_positive_int, help="default 1000 (images in memory), 64 (streamed)")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help="default 1000 (images in memory, as they are), 64 (streamed, or resized and cropped)")
     p.add_argument("--plots", metavar="DIR", help="write a confusion-matrix PNG here")
     p.add_argument("--json", action="store_true", help='print {"top1_err", "top5_err", "loss", "n"}')
     p.set_defaults(func=cmd_eval)
@@ -470,8 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "~/.cache/resnet; everything in it is rebuilt when missing.")
     p.add_argument("action", choices=["list", "clear"])
     p.add_argument("--dir", help="another cache folder (what data.cache_dir named; default: the cache folder)")
-    p.add_argument("--kind", default="decoded", help="clear: comma-separated kinds, from decoded, download, cifar, "
-                   "compiled (default decoded)")
+    p.add_argument("--kind", type=_kind_list, default=("decoded",), help="clear: comma-separated kinds, from "
+                   f"{', '.join(KINDS)} (default decoded)")
     p.add_argument("--all", action="store_true", help="clear: every kind the toolkit made")
     p.add_argument("--json", action="store_true", help="list: print JSON")
     p.set_defaults(func=cmd_cache)

@@ -56,6 +56,26 @@ def write_json_cache(path: Path, data: dict) -> None:
         pass
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux says it (setting it, even back at once,
+    would let another thread create a file under umask 0 meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: str | os.PathLike) -> None:
+    """Give a file written through mkstemp (which makes it private, 0600) the mode any new file gets
+    under the user's umask: a download, an export or a hub folder is meant to be read by others too."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def file_hash(path: Path, algorithm: str, chunk: int = 1 << 20) -> str:
     """Hex digest of a file (`algorithm`: md5, sha256, ...)."""
     h = hashlib.new(algorithm)
@@ -136,6 +156,7 @@ def download(url: str, dest: Path, algorithm: str, expected: str | None, offline
                 raise offline(f"the server stated no {algorithm} for the file, so the download could not be checked")
             if not got.startswith(expected or said):
                 raise corrupt(got)
+            shareable(tmp)  # torch.hub's folder is shared: its own downloads keep the umask's mode too
             os.replace(tmp, dest)
         finally:
             tmp.unlink(missing_ok=True)

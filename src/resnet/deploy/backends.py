@@ -209,8 +209,12 @@ def _calibration_batches(calibration, batch_size: int = 32) -> list[torch.Tensor
     if calibration is None:
         raise ConfigError("int8 needs calibration images: a float tensor N x C x H x W (a few hundred, normalised)")
     if isinstance(calibration, torch.Tensor):
-        return [calibration[i:i + batch_size].float() for i in range(0, calibration.shape[0], batch_size)]
-    return [b.float() for b in calibration]
+        batches = [calibration[i:i + batch_size].float() for i in range(0, calibration.shape[0], batch_size)]
+    else:
+        batches = [b.float() for b in calibration if b.shape[0]]
+    if not batches:
+        raise DataError("no calibration images: int8 needs a few (a tensor N x C x H x W, normalised)")
+    return batches
 
 
 def _int8_pt2e(model: nn.Module, calibration) -> Predictor:
@@ -377,6 +381,8 @@ def first_images(batches: Iterable, n: int = 256) -> torch.Tensor:
     taken, count = [], 0
     for batch in batches:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if not x.shape[0]:  # (a batch whose every image was left out)
+            continue
         taken.append(x.float().cpu().contiguous())
         count += x.shape[0]
         if count >= n:

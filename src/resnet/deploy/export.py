@@ -16,12 +16,28 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ExportParityError
+from ..files import shareable
 from . import extras, fold, parity
 from .parity import ATOL, RTOL
 
 DEFAULT_OPSET = 18  # the lowest opset torch.onnx's exporter (torch.export based) emits natively
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 FORMATS = ("onnx", "torchscript")
+# The names each kind of output is known by: --out with another kind's name is refused (a TorchScript file
+# named x.onnx fails in onnxruntime with a protobuf error far from its cause). Other names are taken as given.
+SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts", ".torchscript"), "hub": (),
+            "weights": (".safetensors", ".bin")}
+
+
+def check_out_name(fmt: str, out: str | os.PathLike) -> None:
+    """A one-line error when the name of `out` says another format than `fmt` (onnx, torchscript or hub)."""
+    suffix = Path(out).suffix.lower()
+    claimed = next((f for f, names in SUFFIXES.items() if suffix in names), None)
+    if claimed is None or claimed == fmt:
+        return
+    what = "a weights file" if claimed == "weights" else f"--format {claimed}"
+    fix = f"name it {Path(out).with_suffix(SUFFIXES[fmt][0])}" if SUFFIXES.get(fmt) else "name the folder without it"
+    raise ConfigError(f"--out {out}: a {suffix} name says {what}, but --format is {fmt}; {fix}, or change --format")
 
 
 def _prepare(model: nn.Module, fold_bn: bool) -> nn.Module:
@@ -118,6 +134,7 @@ def _published(path: Path):
     tmp = Path(name)
     try:
         yield tmp
+        shareable(tmp)  # mkstemp made it private; an exported model is for others to run
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -204,6 +221,7 @@ def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike,
     (the run's hold-out where `meta` describes one), preprocessed as `meta` says."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be onnx or torchscript, got {fmt!r}")
+    check_out_name(fmt, out)
     image_size = image_size or int(meta.get("input_size") or model.config.input_size)
     example = parity.random_images(batch, image_size, model.config.in_chans, seed=0)
     real = parity.real_images(data, meta, real_images, image_size, split="val")[0] if data else None

@@ -3,12 +3,16 @@ fp32 model's, and the images the comparison runs on (random normalised inputs, o
 a dataset with the model's own preprocessing)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from ..data import ImagesTooLargeError, StreamingFolder, load_split
+from ..data.cifar import cifar_archive_spec, detect_cifar_folder
 from ..data.split import run_holdout
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..data.stream import tensor_view_loader
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from ..errors import ConfigError, DataError, ExportParityError
 from ..weights.sources import imagenet_wnids
 
@@ -110,11 +114,38 @@ def real_images(data: str, meta: dict, n: int, image_size: int | None = None, se
     description has a training config, else random images of the training set; `split='train'` with a
     training config the images that run trained on (not its hold-out), else any training images. Images too large to
     hold in memory (an ImageNet folder) are streamed: only the `n` taken are decoded, through the
-    model's resize and centre crop, as `resnet eval` sees them."""
+    model's resize and centre crop, as `resnet eval` sees them; so are those of image files for a model that
+    expects a resize and crop, as `resnet eval` reads them (`serve.evaluate.eval_dataset`). Images held in
+    memory (CIFAR's batches) go through that resize and crop too, unless the model takes them as they are."""
+    if expects_crop(meta) and image_files(data):
+        return _streamed_images(data, meta, n, image_size, seed, split)
     try:
         return _in_memory_images(data, meta, n, image_size, seed, split)
     except ImagesTooLargeError:
         return _streamed_images(data, meta, n, image_size, seed, split)
+
+
+def expects_crop(meta: dict) -> bool:
+    """Whether a model sees its images through a resize and centre crop (pretrained weights, streamed runs)
+    rather than as they are (runs that held their images in memory): `resnet eval` feeds it so on every data."""
+    size = int(meta.get("input_size") or 0)
+    return bool(meta.get("streamed")) or bool(size) and int(meta.get("resize") or size) != size
+
+
+def image_files(data: str) -> bool:
+    """Whether `data` is an image tree (a folder or an archive of image files) a StreamingFolder reads, not
+    CIFAR's batch files or a named data set ('cifar10', 'digits')."""
+    p = Path(data).expanduser()
+    if not p.exists():
+        return False
+    return not (detect_cifar_folder(p) is not None if p.is_dir() else cifar_archive_spec(p) is not None)
+
+
+def as_is(meta: dict, images: torch.Tensor) -> bool:
+    """Whether images held in memory (N x C x H x W) go to the model as they are: a model that expects no
+    crop, on images of its own width (a run on the data it held in memory). Otherwise they take its resize
+    and centre crop, as streamed images do (e.g. timm's weights at crop_pct 1.0, 288 -> 288, on CIFAR)."""
+    return not expects_crop(meta) and images.shape[-1] == int(meta.get("input_size") or images.shape[-1])
 
 
 def _in_memory_images(data: str, meta: dict, n: int, image_size: int | None, seed: int, split: str):
@@ -129,6 +160,12 @@ def _in_memory_images(data: str, meta: dict, n: int, image_size: int | None, see
         ds = _run_part(ds, meta, split) if split == "train" else ds  # (val came from load_split, with skip_bad)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))
+    if not as_is(meta, ds.images):  # e.g. ImageNet weights on CIFAR: 32 -> 256 -> centre 224, not 32 -> 224
+        size, resize = _crop_sizes(meta, image_size)
+        transform = eval_transform("center", size, resize, meta.get("interpolation", "bilinear"))
+        loader = tensor_view_loader(ds.images[idx], ds.labels[idx], transform, 64, meta.get("mean") or ds.mean,
+                                    meta.get("std") or ds.std)
+        return torch.cat([x for x, _ in loader]).float().contiguous(), ds.labels[idx], list(ds.classes)
     x = ds.images[idx].float().div_(255)
     mean = torch.tensor(meta.get("mean") or ds.mean).view(1, -1, 1, 1)
     std = torch.tensor(meta.get("std") or ds.std).view(1, -1, 1, 1)
@@ -149,12 +186,19 @@ def _run_part(ds, meta: dict, split: str):
         return ds
 
 
-def _streamed_images(data: str, meta: dict, n: int, image_size: int | None, seed: int, split: str):
+def _crop_sizes(meta: dict, image_size: int | None) -> tuple[int, int]:
+    """(crop, shorter side before it): the model's own, or at another `image_size` the usual 224/256 margin."""
     size = image_size or int(meta.get("input_size") or 224)
     resize = int(meta.get("resize") or 0) if not image_size or image_size == meta.get("input_size") else 0
+    return size, resize or round(size * 256 / 224)
+
+
+def _streamed_images(data: str, meta: dict, n: int, image_size: int | None, seed: int, split: str):
+    size, resize = _crop_sizes(meta, image_size)
+    skip_bad = split == "val" and bool((meta.get("config") or {}).get("data", {}).get("skip_bad"))  # as eval's
     ds = StreamingFolder(data, "test" if split == "test" else "train", image_size=size, resize=resize, workers=0,
                          mean=meta.get("mean") or IMAGENET_MEAN, std=meta.get("std") or IMAGENET_STD,
-                         interpolation=meta.get("interpolation", "bilinear"))
+                         interpolation=meta.get("interpolation", "bilinear"), skip_bad=skip_bad)
     ds = _run_part(ds, meta, split)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n] if n < len(ds) else torch.arange(len(ds))

@@ -25,6 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..models import ResNet, ResNetConfig
 from ..errors import CheckpointError
+from ..files import shareable
 from ..weights.state_dict import read_state_dict, unpickling_reason
 
 META_KEY = "resnet"
@@ -53,6 +54,7 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        shareable(tmp)  # mkstemp makes it private; a run's weights are as readable as any file the user makes
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

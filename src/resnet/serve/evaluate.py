@@ -23,11 +23,11 @@ from torch import nn
 from ..data import DatasetLayoutError, ImagesTooLargeError, MemoryLoader, StreamingFolder, load_split
 from ..data.cifar import fetch_named
 from ..data.split import run_holdout
-from ..data.stream import tensor_view_loader
+from ..data.stream import image_channels, tensor_view_loader
 from ..data.transforms import MULTI_SCALES, eval_transform
 from ..deploy.backends import first_images, require_dynamic_sizes
 from ..deploy.choose import inference_model
-from ..deploy.parity import class_mapping  # there: `resnet benchmark --data` maps labels too
+from ..deploy.parity import as_is, class_mapping, expects_crop, image_files  # (`benchmark --data` reads too)
 from ..engine.checkpoint import resolve_weights_path
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_confusion
@@ -75,7 +75,9 @@ def eval_dataset(meta: dict, data: str, split: str, workers: int = -1, test: str
     streamed runs), with the model's preprocessing. `val` is the training run's hold-out."""
     source_split = "test" if split == "test" else "train"
     size = int(meta["input_size"])
-    streamed = meta.get("streamed") or int(meta.get("resize") or size) != size
+    # CIFAR's batches and the named data sets have no image files to stream: held in memory, they take
+    # the model's resize and crop in `eval_loader`
+    streamed = expects_crop(meta) and image_files(data)
     if not streamed:
         try:
             return load_split(data, split, meta.get("config"))
@@ -93,7 +95,7 @@ def eval_loader(ds, meta: dict, test: str, batch_size: int, device, workers: int
     its inputs as it was trained, whatever the data's own statistics)."""
     if isinstance(ds, StreamingFolder):
         return (ds if ds.test == test else ds.with_options(test=test)).loader(batch_size, train=False, device=device)
-    if test == "center":
+    if test == "center" and as_is(meta, ds.images):
         return MemoryLoader(ds.images, ds.labels, batch_size, train=False, mean=meta["mean"], std=meta["std"],
                             device=device, channels_last=True)
     size = int(meta["input_size"])
@@ -147,8 +149,11 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
         print(f"note: {data} has no test split; scoring all {len(ds)} of its images", file=sys.stderr)
     mapping = torch.tensor(class_mapping(list(ds.classes), meta.get("classes"), num_classes, map_classes_by_position,
                                          data, "the checkpoint's" if checkpoint else "the weights'"))
+    channels, wanted = image_channels(ds), int(getattr(net.config, "in_chans", 3))
+    if channels != wanted:  # (a digits network on RGB image files): one line, not a shape error deep inside
+        raise DataError(f"{data} has {channels}-channel images, the model takes {wanted}-channel ones")
     streamed = isinstance(ds, StreamingFolder)
-    batch_size = batch_size or (64 if streamed or test != "center" else 1000)
+    batch_size = batch_size or (64 if streamed or test != "center" or not as_is(meta, ds.images) else 1000)
     if test == "multi-scale":
         batch_size = min(batch_size, 8)  # whole images of different shapes: scored one by one
     loader = _Mapped(eval_loader(ds, meta, test, batch_size, device, workers), mapping)

@@ -22,7 +22,7 @@ from ..deploy.backends import first_images
 from ..deploy.choose import inference_model
 from ..engine.precision import default_device
 from .load import class_names, load
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 
 
 def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], bool]:
@@ -47,16 +47,28 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], bool]:
 class _Tolerant(Decode):
     """An unreadable image becomes a blank one plus its error, instead of stopping the run."""
 
-    def __init__(self, *args, size: int = 224, **kwargs):
+    def __init__(self, *args, size: int = 224, channels: int = 3, **kwargs):
         super().__init__(*args, **kwargs)
-        self.size = size
+        self.size, self.channels = size, channels
 
     def __getitem__(self, item):
         try:
             pixels, _, _ = super().__getitem__(item)
             return pixels, None, -1
         except (ImageDecodeError, OSError):
-            return torch.zeros(self.size, self.size, 3, dtype=torch.uint8), None, item[0]
+            return torch.zeros(self.size, self.size, self.channels, dtype=torch.uint8), None, item[0]
+
+
+class _Grey:
+    """A test preset's RGB H x W x 3 uint8 -> H x W x 1 luma (PIL's 'L' weights), for a network trained on
+    one-channel images (scikit-learn's digits: `resnet demo`); images decode as RGB."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img, g=None) -> torch.Tensor:
+        rgb = self.transform(img, g).float()
+        return (rgb @ torch.tensor([0.299, 0.587, 0.114])).round().clamp(0, 255).to(torch.uint8)[..., None]
 
 
 class _Bar:
@@ -81,8 +93,10 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
     num_classes = model.fc.out_features if hasattr(model, "fc") else None
     size, resize = int(meta["input_size"]), int(meta.get("resize") or meta["input_size"])
     transform = CenterTest(size, resize, meta.get("interpolation", "bilinear"))
+    channels = int(getattr(getattr(model, "config", None), "in_chans", 3))
+    transform = _Grey(transform) if channels == 1 else transform
     index = FolderIndex(source=Path("."), prefix="", classes=[], samples=[(str(p), 0) for p in paths])
-    dataset = _Tolerant(SampleReader(index), index.samples, transform, size=size)
+    dataset = _Tolerant(SampleReader(index), index.samples, transform, size=size, channels=channels)
     workers = min(default_workers(), 4) if workers is None or workers < 0 else workers  # -1: the default
     workers = min(workers, max(0, len(paths) // batch_size))  # a few images: decode them here
     def loader():
@@ -91,9 +105,12 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
 
     # int8 calibrates on the images it is asked about (their first 256; nothing else is at hand), leaving out
     # the blank stand-ins of files that did not decode (their zeros would widen the activations' ranges)
-    decoded = lambda: ((x[failed < 0], failed) for x, failed in loader())  # noqa: E731
-    model, prec = inference_model(model, backend, precision, device, lambda: first_images(decoded()),
-                                  work=(len(paths), batch_size, size))
+    def calibration():
+        try:
+            return first_images((x[failed < 0], failed) for x, failed in loader())
+        except DataError:  # no file decodes: only error lines follow, so the stand-ins may calibrate
+            return first_images(loader())
+    model, prec = inference_model(model, backend, precision, device, calibration, work=(len(paths), batch_size, size))
     done = 0
     for x, failed in loader():
         with prec.autocast():
