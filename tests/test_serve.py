@@ -298,3 +298,15 @@ def test_class_mapping_by_name_subset_and_position():
         class_mapping(["x", "y"], ["a", "b"], 2)
     with pytest.raises(DataError, match="has 3 classes but the model's head has 2"):
         class_mapping(["x", "y", "z"], ["a", "b"], 2)
+
+
+def test_a_toolkit_checkpoint_given_as_weights_is_read_with_its_own_description(memory_ckpt, small_folder, capsys):
+    """`--weights run/best.safetensors` (the file of a run, not a bare torchvision-layout file) is scored as
+    `--checkpoint` scores it: its own model, classes and mean/std, not a bare file's ImageNet statistics."""
+    args = ["--data", str(small_folder), "--split", "train", "--precision", "fp32", "--json"]
+    assert main(["eval", "--checkpoint", str(memory_ckpt), *args]) == 0
+    by_checkpoint = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--weights", str(memory_ckpt), *args]) == 0
+    by_weights = json.loads(capsys.readouterr().out)
+    assert by_weights.pop("weights_file") is None and by_checkpoint.pop("weights_file") == str(memory_ckpt)
+    assert by_weights == by_checkpoint

@@ -236,6 +236,18 @@ def read_meta(path: Path) -> dict:
     return json.loads(raw)
 
 
+def describes_itself(path: str | os.PathLike) -> bool:
+    """Whether `path` is a toolkit checkpoint file (a .safetensors holding the model's description)."""
+    path = Path(path).expanduser()
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            return META_KEY in (f.metadata() or {})
+    except Exception:  # not safetensors at all: the weights loader says so in its own words
+        return False
+
+
 def load_model(path: str | os.PathLike) -> tuple[ResNet, dict]:
     """Rebuild a model from a checkpoint alone: (model in eval mode, its metadata)."""
     path = resolve_weights_path(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..engine.checkpoint import load_model
+from ..engine.checkpoint import describes_itself, load_model
 from ..errors import ConfigError
 from ..models import create_model, get_entry
 from ..weights.preprocess import native_preprocess
@@ -30,7 +30,9 @@ def load(checkpoint: str | None = None, weights: str | None = None, model: str |
     hf://OWNER/NAME[@REVISION], or a torchvision-layout file with `model`)."""
     if bool(checkpoint) == bool(weights):
         raise ConfigError("give exactly one of --checkpoint CKPT and --weights SOURCE")
-    if weights:
+    if weights and describes_itself(weights):  # a run's best.safetensors given as --weights: read as what it
+        checkpoint = weights                    # is, with its own mean/std and size (not a bare file's ImageNet ones)
+    elif weights:
         return model_from_weights(weights, model_name=model, num_classes=num_classes)
     net, meta = load_model(checkpoint)
     net.pretrained_meta = meta = _complete(net, dict(meta))  # what save_pretrained writes beside the weights
