@@ -260,6 +260,12 @@ def test_a_one_channel_network_predicts_image_files_and_eval_says_what_does_not_
                  "--split", "train"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.splitlines() == [err] and "3-channel images, the model takes 1-channel ones" in err
+    for command in (["benchmark", str(tmp_path / "g.safetensors"), "--backends", "eager-fp32"],
+                    ["export", str(tmp_path / "g.safetensors"), "--format", "torchscript", "--out", str(tmp_path / "g.pt")]):
+        assert main([*command, "--data", str(small_folder)]) == 2  # the same line, not a conv's shape error
+        err = capsys.readouterr().err.strip()
+        assert "Traceback" not in err and "3-channel images, the model takes 1-channel" in err.splitlines()[-1]
+    assert not (tmp_path / "g.pt").exists()
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime-int8"])

@@ -284,8 +284,10 @@ def benchmark(model: nn.Module, meta: dict, backends=DEFAULT_BACKENDS, batches=(
     image_size = image_size or int(meta.get("input_size") or model.config.input_size)
     labels = calibration = None
     if data:
-        images, labels, classes = parity.real_images(data, meta, check_images, image_size, seed=0, split="val")
-        calibration = parity.real_images(data, meta, calib_images, image_size, seed=1, split="train")[0]
+        chans = model.config.in_chans
+        images, labels, classes = parity.real_images(data, meta, check_images, image_size, seed=0, split="val",
+                                                     channels=chans)
+        calibration = parity.real_images(data, meta, calib_images, image_size, seed=1, split="train", channels=chans)[0]
         labels = None if meta.get("random_init") else _model_labels(labels, classes, meta, model)
         source = f"{images.shape[0]} real images of {data}"
     else:

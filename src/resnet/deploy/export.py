@@ -224,7 +224,8 @@ def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike,
     check_out_name(fmt, out)
     image_size = image_size or int(meta.get("input_size") or model.config.input_size)
     example = parity.random_images(batch, image_size, model.config.in_chans, seed=0)
-    real = parity.real_images(data, meta, real_images, image_size, split="val")[0] if data else None
+    real = (parity.real_images(data, meta, real_images, image_size, split="val", channels=model.config.in_chans)[0]
+            if data else None)
     if fmt == "onnx":
         return export_onnx(model, out, opset, dynamic_batch, fold_bn, example, real=real)
     return export_torchscript(model, out, fold_bn, example, real=real)

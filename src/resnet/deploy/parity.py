@@ -105,7 +105,7 @@ def batch_inputs(images: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def real_images(data: str, meta: dict, n: int, image_size: int | None = None, seed: int = 0,
-                split: str = "val") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+                split: str = "val", channels: int | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """`n` images of a dataset, normalised with the model's mean/std and resized to `image_size`,
     their labels and the dataset's class names (labels index these, not the model's classes:
     `class_mapping` pairs the two).
@@ -116,13 +116,18 @@ def real_images(data: str, meta: dict, n: int, image_size: int | None = None, se
     hold in memory (an ImageNet folder) are streamed: only the `n` taken are decoded, through the
     model's resize and centre crop, as `resnet eval` sees them; so are those of image files for a model that
     expects a resize and crop, as `resnet eval` reads them (`serve.evaluate.eval_dataset`). Images held in
-    memory (CIFAR's batches) go through that resize and crop too, unless the model takes them as they are."""
+    memory (CIFAR's batches) go through that resize and crop too, unless the model takes them as they are.
+    `channels`: the model's input channels, checked against the images' (one line, not a shape error inside)."""
     if expects_crop(meta) and image_files(data):
-        return _streamed_images(data, meta, n, image_size, seed, split)
-    try:
-        return _in_memory_images(data, meta, n, image_size, seed, split)
-    except ImagesTooLargeError:
-        return _streamed_images(data, meta, n, image_size, seed, split)
+        taken = _streamed_images(data, meta, n, image_size, seed, split)
+    else:
+        try:
+            taken = _in_memory_images(data, meta, n, image_size, seed, split)
+        except ImagesTooLargeError:
+            taken = _streamed_images(data, meta, n, image_size, seed, split)
+    if channels is not None and taken[0].shape[1] != channels:
+        raise DataError(f"{data} has {taken[0].shape[1]}-channel images, the model takes {channels}-channel ones")
+    return taken
 
 
 def expects_crop(meta: dict) -> bool:
