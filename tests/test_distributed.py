@@ -228,3 +228,32 @@ def test_an_odd_share_of_the_batch_under_mixup_is_a_config_error(tiny_folder, tm
     with pytest.raises(ConfigError, match="data.batch_size=6 must give each of the 2 processes an even number"):
         Trainer(make_config(None, [f"data.path={tiny_folder}", "epochs=1", "data.batch_size=6", "data.mixup_alpha=0.2",
                                    "compile=false", *TINY]), tmp_path / "run")
+
+
+def _rng_at_each_step(tiny_folder, run: Path, rank: int, monkeypatch) -> list[torch.Tensor]:
+    """The global RNG's state as each training step of `rank` (of 2) begins: the process group faked by
+    collectives that return their input (each process's figures stand for the sum)."""
+    monkeypatch.setattr(distributed, "setup", lambda device=None: DistContext(rank=rank, world_size=2, backend="gloo"))
+    monkeypatch.setattr(distributed, "wrap_model", lambda model, *args, **kwargs: model)
+    monkeypatch.setattr(distributed, "all_sum", lambda value, ctx: value)
+    monkeypatch.setattr(distributed, "all_mean", lambda value, ctx: value)
+    monkeypatch.setattr(distributed, "barrier", lambda ctx: None)
+    monkeypatch.setattr(distributed, "mark_finished", lambda: None)
+    trainer = Trainer(make_config(None, [f"data.path={tiny_folder}", "epochs=1", "data.batch_size=8", "compile=false",
+                                         "model_args.drop_path_rate=0.5", *TINY]), run)
+    states, step = [], trainer._train_step
+    trainer._train_step = lambda *a, **kw: states.append(torch.get_rng_state()) or step(*a, **kw)
+    trainer.fit()
+    return states
+
+
+def test_each_process_draws_its_own_drop_path_masks(tiny_folder, tmp_path, monkeypatch):
+    """Under torchrun every process seeded the global RNG alike, so drop path dropped the same positions of
+    every process's slice of the batch. Each now reseeds every step from (seed, rank, step): its own stream,
+    and the same after a resume without each rank's state in the checkpoint."""
+    rank0, rank1 = (_rng_at_each_step(tiny_folder, tmp_path / f"r{r}", r, monkeypatch) for r in (0, 1))
+    assert len(rank0) == len(rank1) == 4
+    assert not any(torch.equal(a, b) for a, b in zip(rank0, rank1))
+    for step, state in enumerate(rank1):
+        torch.manual_seed(distributed.step_seed(0, 1, step))
+        assert torch.equal(state, torch.get_rng_state())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -221,6 +222,14 @@ def no_sync(module: nn.Module, sync: bool):
     if not sync and isinstance(module, nn.parallel.DistributedDataParallel):
         return module.no_sync()
     return contextlib.nullcontext()
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of a process's global RNG for one training step under torchrun: its own stream (timm seeds
+    each rank apart; one shared seed gave every process the same drop-path masks for its slice), and a function
+    of the step, so a resumed run draws what the uninterrupted one drew without each rank's state saved."""
+    key = hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(key, "little") >> 1
 
 
 def stream_for(ctx: DistContext, stream):

@@ -20,6 +20,7 @@ from ..data.split import holdout
 from ..errors import CheckpointError, ConfigError, ResNetError
 from ..models import check_model_args, create_model
 from ..models.complexity import train_flops_per_image
+from ..models.layers import DropPath
 from . import checkpoint, distributed
 from .compile import compile_kwargs, decide, note_compile_seconds
 from .evaluate import evaluate
@@ -208,6 +209,9 @@ class Trainer:
                               f"(stem=whiten, e.g. speedrun_resnet8); {cfg.model} has none: set whiten_bias_epochs=0")
         self._flop_cache: dict[tuple[int, bool], float] = {}
         self.train_module = distributed.wrap_model(self.model, self.dist, self.device, cfg.sync_bn)
+        # drop path draws from the global RNG in training: under torchrun each process reseeds it every step
+        # (distributed.step_seed); one process keeps the stream torch.manual_seed began
+        self._rank_streams = self.dist.enabled and any(isinstance(m, DropPath) for m in self.model.modules())
         self.optimizer = make_optimizer(self.model, cfg.optim)
         self.scaler = self.precision.grad_scaler()
         self.total_steps = cfg.epochs * len(self.train_loader)
@@ -436,6 +440,8 @@ class Trainer:
             else:
                 target = y
             first, batch_images = time.perf_counter(), x.shape[0]
+            if self._rank_streams:
+                torch.manual_seed(distributed.step_seed(cfg.seed, self.dist.rank, self.step))
             if self._selects(self.epoch):  # (no mixing: the config rejects it with selection)
                 logits, loss, finite, y = self._selective_step(x, y, totals.check_each_step)
             else:
