@@ -7,6 +7,7 @@ import torch
 
 import resnet
 from resnet.cli import main
+from resnet.config import make_config
 
 TINY = dict(model_args={"widths": [4, 8, 8], "stem_width": 4}, precision="fp32",
             data__batch_size=8, data__val_size=12, data__eval_batch_size=12)
@@ -73,3 +74,27 @@ def test_resume_through_the_api_and_bad_arguments(tiny_folder, tmp_path):
         resnet.train(resume=True)
     with pytest.raises(ValueError, match="give the data to evaluate on"):
         resnet.evaluate(tmp_path / "r")
+
+
+def test_text_settings_are_taken_as_typed(tmp_path):
+    """A path or name override is the text given: YAML would read data.path=0.10 as the number 0.1 (another
+    folder), 2024-01-01 as a date, ~ as null and 'data #1' as 'data'; numbers and lists stay typed."""
+    cfg, _ = resnet.api.resolve_config(model="resnet20", out=tmp_path / "r", overrides=[
+        "data.path=0.10", "weights=2024-01-01", "data.cache_dir=data #1", "model=~", "optim.lr=1e-3",
+        "schedule.milestones=[10, 2e1]"])
+    assert (cfg.data.path, cfg.weights, cfg.data.cache_dir, cfg.model) == ("0.10", "2024-01-01", "data #1", "~")
+    assert cfg.optim.lr == 0.001 and cfg.schedule.milestones == (10, 20)
+    assert resnet.api.resolve_config(overrides=['data.path="quoted"'], out=tmp_path / "q")[0].data.path == "quoted"
+    with pytest.raises(ValueError, match="resume=True needs out"):
+        resnet.api.resolve_config(resume=True)
+
+
+def test_a_folder_named_like_a_recipe_is_not_taken_for_it(tmp_path, monkeypatch):
+    """`--recipe digits` beside a data folder named digits/ is the shipped recipe, not 'recipe file digits is a folder'."""
+    shipped = make_config("digits")
+    (tmp_path / "digits").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert make_config("digits") == shipped
+    (tmp_path / "mine.yaml").mkdir()
+    with pytest.raises(ValueError, match="recipe file mine.yaml is a folder"):
+        make_config("mine.yaml")

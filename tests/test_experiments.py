@@ -1,6 +1,7 @@
 """The papers' experiments on tiny generated data: report files and the numbers in them."""
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,11 @@ import yaml
 from safetensors.torch import load_file
 
 from resnet.cli import main
+from resnet.config import make_config
+from resnet.data import InMemoryDataset
 from resnet.experiments import analysis, papers
+from resnet.experiments.runner import Experiment
+from resnet.models import create_model
 
 TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12",
         "data.eval_batch_size=12", "precision=fp32", "optim.lr=0.05"]
@@ -87,6 +92,41 @@ def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
         papers.degradation(str(tiny_folder), [8, 14], epochs=2, out=str(out), overrides=TINY + ["optim.lr=0.1"])
 
 
+def test_a_depth_given_twice_is_one_network_and_one_depth_is_not_judged(tiny_folder, tmp_path):
+    """--depths 8,8 trains each network once (not one run counted as two seeds, '± 0.00'); one depth has no
+    deeper net to compare, so the verdict is not 'not reproduced' (a gap of 0 between a net and itself)."""
+    result = papers.degradation(str(tiny_folder), [8, 8], epochs=1, out=str(tmp_path / "deg"), overrides=TINY)
+    assert [(r["label"], r["seeds"]) for r in result["rows"]] == [("plain8", 1), ("resnet8", 1)]
+    assert result["verdict"] == "not judged" and "only one depth (8 layers)" in result["verdict_reason"]
+    report = (tmp_path / "deg" / "report.md").read_text()
+    assert "is **not judged**" in report and "not reproduced" not in report and "± 0.00" not in report
+    pre = papers.preactivation(str(tiny_folder), [110, 110], epochs=1, out=str(tmp_path / "pa"),
+                               overrides=TINY + ["model_args.layers=[1,1,1]"])
+    assert [(r["label"], r["seeds"]) for r in pre["rows"]] == [("original-110", 1), ("preact_resnet110", 1)]
+
+
+def test_a_folder_of_runs_on_other_data_is_not_read_back(tiny_folder, tmp_path):
+    """The default --out is one folder for every data set: runs there on other data (other classes, or
+    another number of training images) are refused, not reported as this data's; the same images moved are fine."""
+    out = tmp_path / "depth"
+    first = papers.depth_sweep(str(tiny_folder), ["resnet20"], epochs=1, out=str(out), overrides=TINY)
+    moved = shutil.copytree(tiny_folder, tmp_path / "moved")
+    again = papers.depth_sweep(str(moved), ["resnet20"], epochs=1, out=str(out), overrides=TINY)
+    assert again["rows"][0]["err"] == first["rows"][0]["err"]
+    other = tmp_path / "other"
+    for name in ("cat", "dog", "eel", "fox"):  # 48 images, as many as the first data's
+        (other / name).mkdir(parents=True)
+        for f in sorted((tiny_folder / "red").iterdir())[:12]:
+            shutil.copy(f, other / name)
+    with pytest.raises(ValueError, match=r"trained on other data .*3 classes \(blue, green, red\) there, 4 "):
+        papers.depth_sweep(str(other), ["resnet20"], epochs=1, out=str(out), overrides=TINY)
+    for name in ("blue", "green", "red"):
+        for f in sorted((moved / name).iterdir())[13:]:  # 39 images: 27 to train on, 3 iterations an epoch, not 4
+            f.unlink()
+    with pytest.raises(ValueError, match="4 iterations an epoch there, 3 now"):
+        papers.depth_sweep(str(moved), ["resnet20"], epochs=1, out=str(out), overrides=TINY)
+
+
 def test_degradation_verdict_says_what_the_numbers_show():
     """Final training-error gaps (deepest minus shallowest): the CPU report at 12 epochs (ResNet-56 +3.87)
     is only partly the paper's finding; the H200 one (-0.62) is; a plain net that does not degrade is not."""
@@ -142,6 +182,26 @@ def test_paper_numbers_only_beside_cifar10():
         (row,) = papers.protocol_rows(results, "val", {}, context)
         assert (row["paper_err"], row["akamaster_err"], row["params"]) == (paper, akamaster, 269722)
         assert papers.summary_rows(results, context)[0]["paper_err"] == paper
+
+
+def test_the_papers_best_of_five_is_said_so():
+    """ResNet-110's 6.43 is the best of 5 runs (Table 6: "best (mean±std)"): beside a mean over seeds the
+    table gives the paper's mean too."""
+    results = [(papers.RunSpec(m, 0), [{"train_err": 1.0, "val_err": 7.0, "step": 10}]) for m in ("resnet110", "resnet56")]
+    table = papers.depth_table(papers.protocol_rows(results, "val", {}, {"model_args": {}, "num_classes": 10, "cifar10": True}))
+    assert "| 6.43 (best of 5; mean 6.61 ± 0.16) | 6.32 |" in table and "| 6.97 | 6.61 |" in table
+
+
+def test_params_are_counted_for_the_datas_channels(tmp_path):
+    """The params column is the network as trained: on one-channel images (the demo's digits) its first conv
+    has one input channel, not three."""
+    grey = InMemoryDataset(torch.zeros(8, 1, 32, 32, dtype=torch.uint8), torch.arange(8) % 2, ["a", "b"], (0.5,), (0.5,),
+                           "grey")
+    spec = papers.RunSpec("resnet20")
+    exp = Experiment("t", tmp_path, make_config(None, TINY[:2]), [spec], data=(grey, None))
+    row = papers.summary_rows([(spec, [{"train_err": 1.0, "step": 1}])], papers.run_context(exp))[0]
+    net = create_model("resnet20", widths=[4, 8, 8], stem_width=4, num_classes=2, in_chans=1)
+    assert row["params"] == sum(p.numel() for p in net.parameters())
 
 
 @pytest.fixture(scope="module")

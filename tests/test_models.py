@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import resnet
+from resnet.config import make_config
 from resnet.models import get_entry
 from model_utils import regression_output, small_size
 
@@ -150,3 +151,14 @@ def test_general_builder():
         resnet.build_resnet(21)
     with pytest.raises(ValueError, match="widths"):
         resnet.build_resnet(block="basic", layers=[1, 1, 1, 1, 1])
+
+
+def test_model_card_states_the_hold_out_and_the_optimizer(tmp_path):
+    """data.val_size is a fraction below 1 (not '0.1 images'), a count above; the optimizer is the run's."""
+    model = resnet.create_model("resnet20", widths=[4, 8, 8], stem_width=4)
+    cards = {}
+    for name, overrides in (("adamw", ["optim.name=adamw", "optim.lr=0.001"]), ("count", ["data.val_size=5000"])):
+        model.pretrained_meta = {"config": make_config("cifar10_paper", overrides).to_dict()}
+        cards[name] = (model.save_pretrained(tmp_path / name) / "README.md").read_text()
+    assert "10% of the images held out" in cards["adamw"] and "optimiser: AdamW lr 0.001, betas [0.9, 0.999]" in cards["adamw"]
+    assert "5,000 images held out" in cards["count"] and "optimiser: SGD lr 0.1, momentum 0.9" in cards["count"]

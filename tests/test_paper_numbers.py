@@ -20,6 +20,8 @@ from resnet.config import make_config
 from resnet.data import has_test_split, load_dataset
 from resnet.data.jpeg import ijg_scale, jpeg_encoding, source_encoding
 from resnet.data.split import holdout
+from resnet.deploy import choose
+from resnet.engine.checkpoint import copy_resumable
 from resnet.engine.evaluate import evaluate
 from resnet.engine.precision import resolve_precision
 from resnet.serve.evaluate import run_eval
@@ -106,6 +108,42 @@ def test_every_seed_records_the_experiments_hold_out(split_tree, tmp_path):
     assert cfg["seed"] == 1 and cfg["data"]["split_seed"] == 0
     again = run_eval(str(run / "last.safetensors"), str(split_tree), split="val", precision="fp32")
     assert again["n"] == 12 and again["top1_err"] == pytest.approx(_metrics(run / "metrics.jsonl")[-1]["val_err"])
+
+
+def test_final_protocol_scores_the_weights_as_trained(split_tree, tmp_path, monkeypatch):
+    """The test error is the fp32 network's: `--backend auto` would score a job as large as ResNet-1202 on
+    CIFAR-10's 10k test images through int8 (made to look that large here)."""
+    monkeypatch.setattr(choose, "PREPARE_WORTH_MACS", 0)
+    out = tmp_path / "depth"
+    result = papers.depth_sweep(str(split_tree), ["resnet20"], epochs=1, out=str(out), overrides=TINY, protocol="final")
+    run = out / "final" / "runs" / "resnet20-s0"
+    test = json.loads((run / "test.json").read_text())
+    assert test["backend"] == "eager-fp32" and test["n"] == 18
+    direct = run_eval(str(run / "last.safetensors"), str(split_tree), split="test", precision="fp32",
+                      backend="eager-fp32")
+    assert result["rows"][0]["per_seed"] == [(0, pytest.approx(direct["top1_err"]))]
+
+
+def test_final_protocol_of_a_parked_experiment(split_tree, tmp_path):
+    """`resnet park` leaves out the last.* links; the experiment's command rerun there reads its finished runs
+    back and scores the newest checkpoint's weights (the last epoch's) on the test split."""
+    first = papers.depth_sweep(str(split_tree), ["resnet20"], epochs=1, out=str(tmp_path / "a"), overrides=TINY,
+                               protocol="final")
+    copy_resumable(tmp_path / "a", tmp_path / "b")
+    assert not (tmp_path / "b" / "final" / "runs" / "resnet20-s0" / "last.safetensors").exists()
+    again = papers.depth_sweep(str(split_tree), ["resnet20"], epochs=1, out=str(tmp_path / "b"), overrides=TINY,
+                               protocol="final")
+    assert again["rows"][0]["per_seed"] == first["rows"][0]["per_seed"] and first["rows"][0]["err"] is not None
+
+
+def test_depth_without_a_hold_out_is_a_one_line_error(tiny_folder, tmp_path, capsys):
+    """`resnet experiment depth ... data.val_size=0` (protocol val): one line saying what to do, exit 2, not a
+    traceback reported as an unexpected error."""
+    no_val = [o for o in TINY if not o.startswith("data.val_size")] + ["data.val_size=0"]
+    assert main(["experiment", "depth", "--data", str(tiny_folder), "--models", "resnet20", "--epochs", "1",
+                 "--out", str(tmp_path / "d"), *no_val]) == 2
+    err = capsys.readouterr().err
+    assert "error: --protocol val needs a hold-out" in err and "use --protocol final" in err and "Traceback" not in err
 
 
 def test_final_protocol_without_a_test_split(tiny_folder, tmp_path):

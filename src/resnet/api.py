@@ -72,6 +72,8 @@ def resolve_config(model: str | None = None, data: str | Path | dict | None = No
                    epochs: int | None = None, out: str | Path | None = None, resume: bool = False,
                    overrides: Sequence[str] = (), **kwargs):
     """(TrainConfig, run folder) as `train` would use them (engine.runs.plan_run), without training."""
+    if resume and out is None:  # else the folder "None" would be looked for
+        raise ValueError("resume=True needs out=RUN_DIR, the folder of the run to continue")
     return plan_run(_settings(model, data, epochs, kwargs), list(overrides), recipe,
                     None if resume else out, str(out) if resume else None)
 

@@ -307,7 +307,7 @@ def read_yaml_mapping(text: str, what: str) -> dict:
 def load_recipe(name_or_path: str) -> dict:
     """A recipe shipped with the package (by name) or a YAML file (by path), as a nested dict."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a recipe (digits/) is data, not it
         if not path.is_file():
             raise ConfigError(f"recipe file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
         text = path.read_text()
@@ -403,6 +403,19 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
+def _annotation(parts: list[str]):
+    """The annotated type of the config key `parts` (e.g. ['data', 'path'] -> str); None for no such key."""
+    cls = TrainConfig
+    for i, part in enumerate(parts):
+        hint = typing.get_type_hints(cls).get(part)
+        if hint is None or i == len(parts) - 1:
+            return hint
+        if not dataclasses.is_dataclass(hint):
+            return None
+        cls = hint
+    return None
+
+
 def parse_overrides(items: list[str]) -> dict:
     """['optim.lr=0.05', 'model_args.drop_path_rate=0.1'] -> nested dict with YAML-typed values."""
     out: dict = {}
@@ -414,8 +427,10 @@ def parse_overrides(items: list[str]) -> dict:
             value = yaml.safe_load(text) if text else ""
         except yaml.YAMLError:
             value = text
-        node = out
         parts = key.strip().split(".")
+        if _annotation(parts) is str and not text.strip().startswith(("'", '"')):  # a path or name as typed: YAML
+            value = text.strip()  # reads 0.10 as the number 0.1, 2024-01-01 as a date, ~ as null, "a #1" as "a"
+        node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):

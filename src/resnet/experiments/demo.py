@@ -22,6 +22,7 @@ from ..engine.precision import default_device, resolve_precision
 from ..models import create_model
 from ..serve.evaluate import run_eval
 from .papers import cifar_spec, degradation
+from .runner import final_weights
 
 RECIPE = "digits"
 BUDGET_SECONDS = 300.0  # the README promises five minutes
@@ -146,7 +147,7 @@ def run_demo(out: str | None = None, depths: tuple[int, ...] = (20, 56), epochs:
     tests = {}
     for row in result["rows"]:
         run = out_dir / "runs" / f"{row['label']}-s0"
-        test = run_eval(str(run / "last.safetensors"), "digits", split="test")
+        test = run_eval(str(final_weights(run)), "digits", split="test")
         tests[row["label"]] = test["top1_err"]
         print(f"{row['label']:<10}{row['train_err'][0]:>9.2f}%{row['mean_train_err'][0]:>14.2f}%"
               f"{row['val_err'][0] if row['val_err'] else float('nan'):>8.2f}%{test['top1_err']:>9.2f}%")

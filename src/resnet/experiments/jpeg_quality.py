@@ -10,7 +10,7 @@ from pathlib import Path
 import PIL
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..config import TrainConfig, make_config
 from ..data import load_dataset
 from ..data.cifar import default_cache_dir
@@ -44,7 +44,7 @@ def _same_images(exp: Experiment, source, cfg: TrainConfig, quality: int) -> Non
     train_idx, val_idx = stratified_split(source.labels, holdout_count(cfg.data.val_size, len(source)), cfg.holdout_seed)
     if not (torch.equal(train.labels, source.labels[train_idx]) and val is not None
             and torch.equal(val.labels, source.labels[val_idx]) and list(train.classes) == list(source.classes)):
-        raise RuntimeError(f"the quality-{quality} copy does not load in the order of {cfg.data.path}'s images; "
+        raise DataError(f"the quality-{quality} copy does not load in the order of {cfg.data.path}'s images; "
                            "delete it from the cache folder and run again")
 
 

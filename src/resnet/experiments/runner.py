@@ -25,7 +25,7 @@ from ..version import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
 from ..data.split import stratified_split
-from ..engine.checkpoint import latest_state_file
+from ..engine.checkpoint import latest_state_file, read_meta
 from ..engine.trainer import Trainer, describe_data, split_train_val
 from ..errors import ConfigError, ResNetError
 from ..models import check_model_args
@@ -112,6 +112,27 @@ def _check_same_settings(run_dir: Path, cfg: TrainConfig) -> None:
                           "the settings it started with to continue it, or pick another --out")
 
 
+def _check_same_data(run_dir: Path, train, steps: int, path: str) -> None:
+    """A run folder already there is read back or continued only when it trained on data like this: data.path
+    may change (the data moved), but other data in the same --out (the default is one folder for every data
+    set) would be reported as this data's. Judged by the class names and the iterations an epoch."""
+    records = read_metrics(run_dir)
+    if not records:
+        return
+    theirs = read_meta(final_weights(run_dir)).get("classes")
+    ran = records[-1]["step"] // max(records[-1]["epoch"], 1)
+    what = []
+    if theirs is not None and list(theirs) != list(train.classes):
+        what.append(f"{len(theirs)} classes ({', '.join(map(str, theirs[:3]))}{', ...' if len(theirs) > 3 else ''}) "
+                    f"there, {len(train.classes)} ({', '.join(map(str, train.classes[:3]))}"
+                    f"{', ...' if len(train.classes) > 3 else ''}) now")
+    if ran != steps:
+        what.append(f"{ran:,} iterations an epoch there, {steps:,} now")
+    if what:
+        raise ConfigError(f"{run_dir} holds a run trained on other data than {path} ({'; '.join(what)}): "
+                          "pick another --out for this data")
+
+
 class Experiment:
     """A report folder: experiment.yaml (config, seeds, version, commit), runs/<name>/, plots, report.md."""
 
@@ -166,8 +187,10 @@ class Experiment:
         cfg = rescale_paper_milestones(dataclasses.replace(
             self.cfg, model=spec.model, seed=spec.seed, model_args={**self.cfg.model_args, **spec.model_args},
             data=data), steps)
-        _check_same_settings(run_dir, cfg)
         done = completed_epochs(run_dir)
+        if done:  # before the settings: other data's iterations an epoch would show as other lr milestones
+            _check_same_data(run_dir, self.data()[0], steps, cfg.data.path)
+        _check_same_settings(run_dir, cfg)
         if done >= cfg.epochs:
             return read_metrics(run_dir)
         resume = latest_state_file(run_dir) is not None  # any checkpoint, even one before the first epoch's end
@@ -240,6 +263,15 @@ def completed_epochs(run_dir: Path) -> int:
         return 0
     records = read_metrics(run_dir)
     return records[-1]["epoch"] if records else 0
+
+
+def final_weights(run_dir: Path) -> Path:
+    """The weights of a run's newest checkpoint: last.safetensors, or the newest ckpt/ pair's in a folder
+    that `resnet park` copied (it leaves out the last.* links, and a finished run is read back, not rerun)."""
+    state = latest_state_file(run_dir)
+    if state is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint (last.state.pt or a ckpt/ pair)")
+    return state.with_name(state.name.replace(".state.pt", ".safetensors"))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

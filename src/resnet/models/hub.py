@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ..files import shareable
 from ..version import __version__
 from .counting import measure
 
@@ -75,6 +76,7 @@ def _atomic_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    shareable(tmp)  # mkstemp makes it private; a hub folder is for others to read
     os.replace(tmp, path)
 
 
@@ -89,6 +91,7 @@ def save_pretrained(model, folder: str | os.PathLike, meta: dict | None = None, 
     fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", dir=folder)
     os.close(fd)
     save_file(state, tmp, metadata={"format": "pt", "resnet": json.dumps({"model": meta["model"]})})
+    shareable(tmp)
     os.replace(tmp, folder / WEIGHTS_NAME)
     _atomic_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     _atomic_text(folder / CARD_NAME, model_card(model, meta, config, history or []))
@@ -127,17 +130,24 @@ def _facts(model, meta: dict, config: dict) -> list[str]:
     return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows if v] + [""]
 
 
+OPTIMIZER_NAMES = {"sgd": "SGD", "adamw": "AdamW", "lamb": "LAMB", "muon": "Muon (conv filters) and SGD"}
+
+
 def _recipe(meta: dict) -> list[str]:
     cfg = meta.get("config")
     if not cfg:
         return []
     d, o, s = cfg.get("data", {}), cfg.get("optim", {}), cfg.get("schedule", {})
+    held = d.get("val_size", 0)  # data.val_size: a fraction below 1, else a count
+    held = f"{100 * held:g}% of the images" if 0 < held < 1 else f"{int(held):,} images"
+    name = o.get("name", "sgd")
+    moments = f"betas {o.get('betas')}" if name in ("adamw", "lamb") else f"momentum {o.get('momentum')}"
     lines = ["## Training", "",
-             f"- data: `{d.get('path')}` ({meta.get('dataset') or 'images'}), {d.get('val_size', 0):g} images held out "
+             f"- data: `{d.get('path')}` ({meta.get('dataset') or 'images'}), {held} held out "
              f"for validation, batch {d.get('batch_size')}, augmentation `{d.get('augment')}` (pad {d.get('pad')}, "
              f"flip {d.get('flip')})",
-             f"- optimiser: SGD lr {o.get('lr')}, momentum {o.get('momentum')}, weight decay {o.get('weight_decay')}, "
-             f"schedule `{s.get('name')}` {s.get('milestones') or ''}",
+             f"- optimiser: {OPTIMIZER_NAMES.get(name, name)} lr {o.get('lr')}, {moments}, weight decay "
+             f"{o.get('weight_decay')}, schedule `{s.get('name')}` {s.get('milestones') or ''}",
              f"- {cfg.get('epochs')} epochs, seed {cfg.get('seed')}, precision {cfg.get('precision')}, "
              f"label smoothing {cfg.get('label_smoothing', 0)}, EMA {cfg.get('ema_decay', 0)}",
              "", "<details><summary>the whole config</summary>", "", "```json", json.dumps(cfg, indent=1), "```",
