@@ -88,8 +88,10 @@ def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
     # ... but not under other settings: fewer epochs or another lr would report runs this experiment did not ask for
     with pytest.raises(ValueError, match="other settings .*epochs 2 there, 1 now"):
         papers.degradation(str(tiny_folder), [8, 14], epochs=1, out=str(out), overrides=TINY)
+    described = (out / "experiment.yaml").read_text()
     with pytest.raises(ValueError, match="optim.lr 0.05 there, 0.1 now"):
         papers.degradation(str(tiny_folder), [8, 14], epochs=2, out=str(out), overrides=TINY + ["optim.lr=0.1"])
+    assert (out / "experiment.yaml").read_text() == described  # still the runs that are there
 
 
 def test_a_depth_given_twice_is_one_network_and_one_depth_is_not_judged(tiny_folder, tmp_path):

@@ -92,7 +92,7 @@ def pretrained(data: str, weights: list[str], epochs: int = 3, seeds: int = 1, o
     if cfg.data.val_size == 0:
         raise ConfigError("pretrained networks are scored on the hold-out: data.val_size=0 leaves none")
     exp = Experiment("pretrained", out, cfg, [r for _, _, runs in items for r in runs], stream)
-    exp.describe(weights=[spec for spec, _, _ in items])
+    exp.describe(check=False, weights=[spec for spec, _, _ in items])  # (each run's config adds its weights)
     train, val = exp.data()
     rows = []
     for spec, model_name, runs in items:

@@ -158,9 +158,14 @@ class Experiment:
         self.stream = stream or sys.stderr
         self._data, self._given = data, data is not None
 
-    def describe(self, **extra) -> None:
-        """experiment.yaml, once the data has loaded: a call that fails on its data leaves no folder behind."""
+    def describe(self, check: bool = True, **extra) -> None:
+        """experiment.yaml, once the data has loaded: a call that fails on its data leaves no folder behind.
+        check: the runs already in the folder are checked against these settings first, so a rerun that is
+        refused leaves the description of the runs that are there (False where each run's config adds more)."""
         self.data()
+        if check:
+            for spec in self.specs:
+                self._check_existing(spec, self._run_config(spec))
         self.out.mkdir(parents=True, exist_ok=True)
         info = {"experiment": self.kind, "version": __version__, "git_commit": git_commit(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [dataclasses.asdict(s) for s in self.specs],
@@ -181,16 +186,8 @@ class Experiment:
     def run(self, spec: RunSpec) -> list[dict]:
         """Train one run, or resume it, or read it back when it is complete (experiments are resumable)."""
         run_dir = self.out / "runs" / spec.name
-        steps = len(self.data()[0]) // self.cfg.data.batch_size
-        # The run's config records the experiment's hold-out seed: its own seed differs, its validation images do not.
-        data = dataclasses.replace(self.cfg.data, split_seed=self.cfg.holdout_seed)
-        cfg = rescale_paper_milestones(dataclasses.replace(
-            self.cfg, model=spec.model, seed=spec.seed, model_args={**self.cfg.model_args, **spec.model_args},
-            data=data), steps)
-        done = completed_epochs(run_dir)
-        if done:  # before the settings: other data's iterations an epoch would show as other lr milestones
-            _check_same_data(run_dir, self.data()[0], steps, cfg.data.path)
-        _check_same_settings(run_dir, cfg)
+        cfg = self._run_config(spec)
+        done = self._check_existing(spec, cfg)
         if done >= cfg.epochs:
             return read_metrics(run_dir)
         resume = latest_state_file(run_dir) is not None  # any checkpoint, even one before the first epoch's end
@@ -203,6 +200,24 @@ class Experiment:
         val = f" val err {last['val_err']:.2f}%" if last.get("val_err") is not None else " (no validation set)"
         print(f"[{self.kind}] {spec.name}: train err {last['train_err']:.2f}%{val}", file=self.stream)
         return history
+
+    def _run_config(self, spec: RunSpec) -> TrainConfig:
+        steps = len(self.data()[0]) // self.cfg.data.batch_size
+        # The run's config records the experiment's hold-out seed: its own seed differs, its validation images do not.
+        data = dataclasses.replace(self.cfg.data, split_seed=self.cfg.holdout_seed)
+        return rescale_paper_milestones(dataclasses.replace(
+            self.cfg, model=spec.model, seed=spec.seed, model_args={**self.cfg.model_args, **spec.model_args},
+            data=data), steps)
+
+    def _check_existing(self, spec: RunSpec, cfg: TrainConfig) -> int:
+        """A ConfigError when the run already in the folder was trained on other data or with other settings;
+        else its completed epochs (0 for none)."""
+        run_dir = self.out / "runs" / spec.name
+        done = completed_epochs(run_dir)
+        if done:  # before the settings: other data's iterations an epoch would show as other lr milestones
+            _check_same_data(run_dir, self.data()[0], len(self.data()[0]) // self.cfg.data.batch_size, cfg.data.path)
+        _check_same_settings(run_dir, cfg)
+        return done
 
     def _epoch_line(self, spec: RunSpec, epochs: int, r: dict) -> None:
         """One plain line per finished epoch: progress shows in logs and pipes, not only on a terminal."""
