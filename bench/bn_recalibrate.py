@@ -25,6 +25,7 @@ from resnet.data import load_dataset
 from resnet.data.split import holdout, holdout_seed
 from resnet.engine.evaluate import evaluate
 from resnet.engine.precision import default_device, resolve_precision
+from resnet.models.counting import measure
 from resnet.serve.evaluate import eval_loader
 from resnet.serve.load import load
 
@@ -41,6 +42,11 @@ def recalibrate(model: nn.Module, batches, precision) -> nn.Module:
         for x in batches:
             model(x)
     return model.eval()
+
+
+def forward_pflop(model: nn.Module, image_size: int, images: int) -> float:
+    """PFLOP of `images` forward passes (FlopCounterMode's count, as the runs' train_pflop counts)."""
+    return 2 * measure(model, image_size).macs * images / 1e15
 
 
 def views(loader, kind: str, seed: int):
@@ -71,6 +77,7 @@ def main() -> None:
     full = load_dataset(args.data, "train")
     kinds = {"clean": "clean", "clean, mirrored half": "mirrored", "translated, mirrored half": "translated"}
     table = {k: [] for k in ["as saved", *kinds]}
+    pflops = []
     for run in args.runs:
         model, meta = load(checkpoint=run)
         model = model.to(device).eval()
@@ -78,6 +85,7 @@ def main() -> None:
         train, val = holdout(full, cfg["data"]["val_size"], holdout_seed(cfg))
         pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:args.images]
         train_loader = eval_loader(train.subset(pick), meta, "center", 1024, device)
+        pflops.append(forward_pflop(model, int(meta.get("input_size") or model.config.input_size), len(pick)))
         val_loader = eval_loader(val, meta, "center", 1000, device)
         tta = (bool(cfg.get("tta_flip")), int(cfg.get("tta_shift") or 0))
 
@@ -87,7 +95,9 @@ def main() -> None:
         for name, kind in kinds.items():
             table[name].append(acc(recalibrate(model, views(train_loader, kind, 0), precision)))
         print(f"{run}: " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in table.items()), flush=True)
-    print(f"\n{len(args.runs)} runs, {args.images} images for the statistics, {precision.name}\n")
+    cost = f"{min(pflops):.4f}" + (f"-{max(pflops):.4f}" if max(pflops) > min(pflops) else "")
+    print(f"\n{len(args.runs)} runs, {args.images} images for the statistics ({cost} PFLOP each re-estimation), "
+          f"{precision.name}\n")
     print("| BN statistics | mean | vs as saved | per run |\n| --- | ---: | ---: | --- |")
     base = statistics.fmean(table["as saved"])
     for name, accs in table.items():

@@ -109,12 +109,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--precision", default="bf16" if cpu_supports_bf16() else "fp32")
+    parser.add_argument("--precision", default="bf16" if cpu_supports_bf16() else "fp32", choices=("bf16", "fp32"))
     parser.add_argument("--variants", default="eager,default,cpp_wrapper")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nchw", action="store_true")
     args = parser.parse_args()
+    if min(args.batch, args.steps, args.rounds) < 1:
+        parser.error("--batch, --steps and --rounds must be at least 1")
     names = args.variants.split(",")
     # Every variant compiles the same ResNet.forward; each set of inductor options is another cache entry, and
     # past dynamo's recompile limit (8) a variant would quietly run eager under its compiled label: raise the
@@ -145,7 +147,9 @@ def main() -> None:
                 ratios[n].append(this[n] / this["eager"])
         print("  round: " + ", ".join(f"{n} {v:,.0f}" for n, v in this.items()), file=sys.stderr, flush=True)
     layout = "NCHW" if args.nchw else "channels_last"
-    print(f"\n{args.model}, batch {args.batch}, {args.precision} {layout}, {args.steps} steps x {args.rounds} rounds")
+    emulated = " (emulated: no native bf16 here)" if args.precision == "bf16" and not cpu_supports_bf16() else ""
+    print(f"\n{args.model}, batch {args.batch}, {args.precision}{emulated} {layout}, "
+          f"{args.steps} steps x {args.rounds} rounds")
     width = max(16, *(len(n) + 2 for n in names))
     print(f"{'variant':<{width}}{'img/s':>9}{'range':>17}{'vs eager':>10}{'setup s':>9}")
     for n in names:

@@ -77,6 +77,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args()
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        p.error(f"--batch: expected comma-separated batch sizes, got {args.batch!r}")
+    if min(args.rounds, *batches) < 1:
+        p.error("--rounds and --batch must be at least 1")
     model, images = random_model(args.model, args.image_size)
     folded = fold_bn(model).to(memory_format=torch.channels_last)
     runs = {"onnxruntime": backends.prepare_inference(model, "onnxruntime", calibration=images, example=images[:2]),
@@ -90,7 +96,7 @@ def main() -> None:
     print(f"{args.model}, {args.image_size}x{args.image_size}, fp32, {torch.get_num_threads()} threads, "
           f"{cpu_model()}; medians of {args.rounds} rounds; {gflop:.2f} GFLOP an image; "
           f"sgemm {peak:.0f} GFLOP/s")
-    for batch in (int(b) for b in args.batch.split(",")):
+    for batch in batches:
         x = batch_inputs(images, batch)
         setup, times = alternating_latencies(runs, x, args.rounds)
         with torch.no_grad():  # each path's logits against the model as trained: a fast wrong path shows here

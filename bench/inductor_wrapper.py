@@ -20,7 +20,7 @@ import torch
 from resnet.allocator import relaunch_tuned
 from resnet.deploy import backends
 from resnet.deploy.benchmark import alternating_latencies, batch_inputs, random_model, with_wrapper
-from resnet.engine.precision import cpu_model
+from resnet.engine.precision import cpu_model, cpu_supports_bf16
 
 
 def prepare(model, backend: str, cpp_wrapper: bool, images: torch.Tensor):
@@ -37,15 +37,24 @@ def main() -> None:
     p.add_argument("--reference", default="onnxruntime-int8")
     p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args()
+    try:
+        batches = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        p.error(f"--batch: expected comma-separated batch sizes, got {args.batch!r}")
+    if min(args.rounds, *batches) < 1:
+        p.error("--rounds and --batch must be at least 1")
     model, images = random_model(args.model, args.image_size)
     runs = {args.reference: backends.prepare_inference(model, args.reference, calibration=images,
                                                        example=images[:2])}
+    # without native bf16 the bf16 backends run fp32 (deploy/backends.py): their rows say so
+    fp32 = "" if cpu_supports_bf16() else ", fp32: no native bf16"
     for backend in args.backends.split(","):
         for cpp in (False, True):
-            runs[f"{backend} ({'C++' if cpp else 'Python'} wrapper)"] = prepare(model, backend, cpp, images)
+            label = f"{backend} ({'C++' if cpp else 'Python'} wrapper{fp32 if 'bf16' in backend else ''})"
+            runs[label] = prepare(model, backend, cpp, images)
     print(f"{args.model}, {args.image_size}x{args.image_size}, {torch.get_num_threads()} threads, "
           f"{cpu_model()}; medians of {args.rounds} rounds")
-    for batch in (int(b) for b in args.batch.split(",")):
+    for batch in batches:
         x = batch_inputs(images, batch)
         setup, times = alternating_latencies(runs, x, args.rounds)
         ref = statistics.median(times[args.reference])

@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--onnxruntime", action="store_true", help="time onnxruntime fp32 ResNet-50 at batch 16 too")
     args = p.parse_args()
+    if min(args.size, args.rounds) < 1:
+        p.error("--size and --rounds must be at least 1")
     types = {"fp32": torch.float32, "int8": torch.int8}
     if cpu_supports_bf16():
         types["bf16"] = torch.bfloat16

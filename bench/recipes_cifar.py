@@ -52,6 +52,12 @@ def _config(recipe: str, overrides: list[str], model: str, epochs: int, data: st
     return cfg
 
 
+def _limit(text: str) -> str:
+    if text not in LIMITS and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected {', '.join(LIMITS)} or a count of training images, got {text!r}")
+    return text
+
+
 def _data(cfg, limit: str | None):
     train, val = split_train_val(cfg)
     if limit:
@@ -87,9 +93,12 @@ def main(argv=None) -> int:
     p.add_argument("--ablate", action="store_true", help="also each ingredient in turn (5 variants, not 2)")
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--out", default="runs/recipes-cifar")
-    p.add_argument("--limit", help="'small' (2,000 train / 500 val images) or a count: a quick check, not a result")
+    p.add_argument("--limit", type=_limit,
+                   help="'small' (2,000 train / 500 val images) or a count: a quick check, not a result")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     args = p.parse_args(argv)
+    if args.epochs < 1:
+        p.error(f"--epochs must be at least 1, got {args.epochs}")
     if not Path(args.data).exists():
         p.error(f"--data {args.data}: no such file (the shared CIFAR-10 JPEGs)")
     variants = VARIANTS if args.ablate else [VARIANTS[0], VARIANTS[3]]

@@ -60,7 +60,7 @@ def main() -> None:
         print("| epoch | training PFLOP | val accuracy | minutes (training) |\n| ---: | ---: | ---: | ---: |")
         train_min = 0.0
         for r in history:
-            train_min += r["seconds"] / 60
+            train_min += r["train_seconds"] / 60  # (an epoch's "seconds" hold its validation and checkpoint too)
             if r.get("val_err") is not None:
                 print(f"| {r['epoch']} | {r['train_pflop']:.3f} | {100 - r['val_err']:.2f}% | {train_min:.1f} |")
         finals.append(100 - history[-1]["val_err"])

@@ -80,6 +80,8 @@ def main() -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--ensemble", action="store_true", help="also score the mean of the runs' logits (one shared hold-out)")
     args = p.parse_args()
+    if args.shift < 1:  # the schemes take 1-pixel shifts
+        p.error(f"--shift must be at least 1, got {args.shift}")
     device = default_device()
     precision = resolve_precision(args.precision, device)
     table = {name: [] for name in schemes(args.shift)}

@@ -5,23 +5,28 @@ import contextlib
 import platform
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from ..config import PRECISIONS
 from ..errors import ConfigError
 
 
+# The x86 instructions that make oneDNN's bf16 native. oneDNN calls bf16 supported on any AVX-512 CPU (Skylake
+# to Ice Lake) and emulates it there: a bf16 convolution took 4.7x fp32's time (ONEDNN_MAX_CPU_ISA=AVX512_CORE).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "avx_ne_convert"})
+
+
 def cpu_supports_bf16() -> bool:
-    """True when oneDNN has native bf16 kernels here (AVX-512 BF16 or AMX); emulated bf16 is slower than fp32."""
+    """True when oneDNN has native bf16 kernels here (AVX-512 BF16, AMX, AVX-NE-CONVERT); emulated bf16 is
+    slower than fp32."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+        onednn = None
+    flags = cpu_flags()
+    if not flags:  # no x86 flags to read (an Arm CPU lists "Features"): oneDNN's word
+        return bool(onednn)
+    return onednn is not False and bool(BF16_FLAGS & flags)
 
 
 def cpu_flags() -> frozenset[str]:
