@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -182,6 +181,7 @@ def test_benchmark_without_the_deploy_extra_names_it(without_deploy_extra, capsy
 def test_the_distribution_name_is_ours_and_the_install_lines_use_it():
     """`resnet` on the package index is an unrelated 2017 package; the distribution is resnet-toolkit
     (checked absent from the index with `pip download --no-deps resnet-toolkit`)."""
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11's TOML reader (the package supports 3.10)")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["name"] == DISTRIBUTION == "resnet-toolkit"
     assert project["scripts"] == {"resnet": "resnet.__main__:main"}  # the command keeps its name
