@@ -106,6 +106,7 @@ def test_broken_image_in_a_folder_is_named_or_skipped(tmp_path, name):
     with pytest.raises(ImageDecodeError, match=message) as e:
         load_dataset(root, cache_dir=tmp_path / "c")
     assert str(bad) in str(e.value) and "skip_bad=True" in str(e.value)
+    assert ".." not in str(e.value).replace(str(tmp_path), "")  # one full stop before the hint (a bomb had two)
     ds = load_dataset(root, cache_dir=tmp_path / "c", skip_bad=True)
     assert len(ds) == 6 and ds.images.shape == (6, 3, 8, 8) and ds.labels.tolist() == [0] * 3 + [1] * 3
     assert [p for p, _ in ds.skipped] == [str(bad)]
@@ -324,6 +325,16 @@ def test_empty_dataset(tmp_path, build, error, message):
     with pytest.raises(error, match=message) as e:
         load_dataset(path, cache_dir=tmp_path / "c")
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x8a" * 100, b"\x1f\x8b" + bytes(100)])
+def test_unreadable_archive_is_one_line(tmp_path, content):
+    # tarfile's "r:*" failure lists every compression it tried, one per line; the command prints one line
+    path = tmp_path / "data.tar.gz"
+    path.write_bytes(content)
+    with pytest.raises(DatasetLayoutError, match="unreadable archive") as e:
+        load_dataset(path, cache_dir=tmp_path / "c")
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
 
 
 # --------------------------------------------------------------------------- CIFAR pickles

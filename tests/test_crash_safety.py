@@ -6,6 +6,7 @@ import math
 import os
 import pickle
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -349,6 +350,20 @@ def test_resume_and_eval_refuse_pickles_that_run_code(tiny_folder, tmp_path, cap
         pickle.dump({"fc.weight": _Evil(str(marker))}, f)
     assert main(["eval", "--checkpoint", str(evil), "--data", str(tiny_folder)]) == 2
     assert ".safetensors" in capsys.readouterr().err and not marker.exists()
+
+
+def test_eval_of_a_run_on_its_own_flat_folder_says_the_test_error_counts_training_images(tiny_folder, tmp_path, capsys):
+    """A folder of class folders is its own test split: scoring a run on the folder it trained on gives a
+    'test' error over its training images, and eval says so (it said nothing: 0% error read as a test result)."""
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data", str(tiny_folder), "--precision", "fp32"]) == 0
+    assert "is the data this run trained on and has no test split" in capsys.readouterr().err
+    other = tmp_path / "other"
+    shutil.copytree(tiny_folder, other)
+    assert main(["eval", "--checkpoint", str(run), "--data", str(other), "--precision", "fp32"]) == 0
+    assert "trained on" not in capsys.readouterr().err  # other data: its images are not the run's
 
 
 def test_eval_on_data_with_another_class_count(tiny_folder, tmp_path, capsys):

@@ -397,6 +397,20 @@ def test_benchmark_default_budget_and_how_to_ask_for_more(capsys):
     assert "within --budget 120 seconds" in text and "Ask for more with" in text and "--budget 0 for no limit" in text
 
 
+def test_backend_help_says_what_auto_runs(capsys):
+    """--backend auto is the measured/ruled choice for big jobs, eager-bf16 or eager-fp32 otherwise (the help said
+    eager-bf16 always); predict's help does not send users to a --test it lacks; weights takes globs too."""
+    helps = {}
+    for command in ("eval", "predict", "weights"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())
+    for command in ("eval", "predict"):
+        assert "for jobs of 10 TMAC or more the fastest backend" in helps[command]
+    assert "--test multi-scale needs one" in helps["eval"] and "--test" not in helps["predict"]
+    assert "glob" in helps["weights"]
+
+
 def test_time_backend_stops_at_one_call_once_the_budget_is_spent():
     calls = []
     row = time_backend(lambda x: calls.append(1), torch.ones(2, 3), seconds=10, min_iters=50, warmup=3,

@@ -268,6 +268,22 @@ def test_a_one_channel_network_predicts_image_files_and_eval_says_what_does_not_
     assert not (tmp_path / "g.pt").exists()
 
 
+def test_api_options_out_of_range_are_config_errors(small_folder, large_folder, tmp_path):
+    """resnet.predict with topk or batch_size below 1 (a RuntimeError from topk, a ZeroDivisionError, or topk=0 an
+    empty answer) and resnet.evaluate with an unknown split (a streamed folder then scored its training images
+    under that name) are one ConfigError each; the command's parser already refused them."""
+    ckpt = _checkpoint(tmp_path / "c.safetensors", ["blue", "green", "red"], input_size=16)
+    image = sorted((small_folder / "red").glob("*.png"))[0]
+    for option, value in (("topk", 0), ("topk", -2), ("batch_size", 0)):
+        with pytest.raises(ConfigError, match=f"{option} must be >= 1, got {value}"):
+            resnet.predict([image], ckpt, precision="fp32", **{option: value})
+    streamed = _checkpoint(tmp_path / "s.safetensors", sorted(p.name for p in large_folder.iterdir()),
+                           input_size=16, resize=18)
+    for data, net in ((large_folder, streamed), (small_folder, ckpt)):
+        with pytest.raises(ConfigError, match="split must be test, val or train, got 'dev'"):
+            resnet.evaluate(net, data=str(data), split="dev", precision="fp32")
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime-int8"])
 def test_predict_with_a_calibrated_backend_when_no_image_decodes(backend, tmp_path, capsys):
     """Every file undecodable: each gets its error line and exit status 1, as with the eager backends (it was a

@@ -261,6 +261,9 @@ def test_early_crop_and_no_augment_epochs_reach_the_loader(tiny_folder, tmp_path
     with pytest.raises(ConfigError, match="data.early_crop needs images held in memory"):
         Trainer(make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "data.stream=true", "data.early_crop=16",
                                                  "data.early_crop_epochs=1", "data.flip=true", *SMALL]), tmp_path / "s")
+    with pytest.raises(ConfigError, match="data.pad_mode=reflect needs images held in memory"):  # (was ignored)
+        Trainer(make_config("cifar10_speedrun", [f"data.path={tiny_folder}", "data.stream=true", "data.flip=true",
+                                                 *SMALL]), tmp_path / "s")
 
 
 def test_whitening_bias_freezes_after_its_epochs_and_stops_the_first_input_gradient(tiny_folder, tmp_path):
@@ -528,6 +531,15 @@ def test_selective_backprop_can_rank_with_a_proxy_network(tiny_folder, tmp_path)
         make_config("cifar10_speedrun", ["select_by=proxy", "select_bn=batch"])
     with pytest.raises(ConfigError, match="select_loss must be part or batch"):
         make_config("cifar10_speedrun", ["select_loss=sum"])
+
+
+def test_proxy_widths_that_do_not_fit_the_network_are_refused_before_the_data(tmp_path):
+    """select_by=proxy on a four-stage network with the default three proxy widths: one line naming the key,
+    before any data is read (was the model's own layers/widths message, after loading the data)."""
+    over = [f"data.path={tmp_path / 'absent'}", "model=resnet18", "epochs=2", "select_fraction=0.5",
+            "select_epochs=1", "select_by=proxy"]
+    with pytest.raises(ConfigError, match=r"select_proxy_widths=\[32, 64, 64\]: layers \(2, 2, 2, 2\)"):
+        Trainer(make_config("cifar10_paper", over), tmp_path / "run", stream=io.StringIO())
 
 
 def test_a_nonfinite_proxy_loss_skips_the_proxy_step_only(tiny_folder, tmp_path):

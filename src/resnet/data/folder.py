@@ -83,7 +83,7 @@ def open_image(source, name: str) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(
             f"{name}: refused as a possible decompression bomb ({e}). If the image is genuine, "
-            "raise PIL.Image.MAX_IMAGE_PIXELS deliberately.") from e
+            "raise PIL.Image.MAX_IMAGE_PIXELS deliberately") from e
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL's parsers raise OSError, SyntaxError, ValueError,
@@ -253,7 +253,9 @@ def walk_archive(source: Path, on_image: Callable[[str, bytes], None] | None = N
                         with tar.extractfile(m) as f:  # type: ignore[union-attr]
                             on_image(name, f.read())
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise DatasetLayoutError(f"{source}: unreadable archive ({e})") from e
+        # tarfile.open(..., "r:*") lists each compression it tried, a line each: errors print as one line
+        reason = "not a tar archive, plain or gzip, bzip2 or xz compressed" if "\n" in str(e) else str(e)
+        raise DatasetLayoutError(f"{source}: unreadable archive ({reason})") from e
     for f in list(files) + list(dirs):  # folders implied by member paths
         parts = f.split("/")[:-1]
         dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))

@@ -160,6 +160,12 @@ class Trainer:
         self.callbacks = list(callbacks)
         # An unknown name or model_args key, or shortcut= on a plain net, fails here, before any data is read.
         check_model_args(cfg.model, **cfg.model_args)
+        if cfg.select_window and cfg.select_by == "proxy":  # the proxy too: one width a stage
+            try:
+                check_model_args(cfg.model, **{**cfg.model_args, "widths": list(cfg.select_proxy_widths)})
+            except ConfigError as e:
+                raise ConfigError(f"select_by=proxy builds {cfg.model} at select_proxy_widths="
+                                  f"{list(cfg.select_proxy_widths)}: {e}") from None
         self.dist = distributed.setup(device)  # torchrun: join the process group; rank 0 alone reports
         self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
         self.device = torch.device(device) if device else (self.dist.device or default_device())
@@ -178,6 +184,7 @@ class Trainer:
         in_memory = isinstance(self.train_data, InMemoryDataset)
         for setting, on, instead in (("data.flip=alternate", cfg.data.flip == "alternate", "use data.flip=true"),
                                      ("data.early_crop", cfg.data.early_crop > 0, "set data.image_size"),
+                                     ("data.pad_mode=reflect", cfg.data.pad_mode == "reflect", "leave it zeros"),
                                      ("data.no_augment_epochs", cfg.data.no_augment_epochs > 0, "leave it 0")):
             if on and not in_memory:
                 raise ConfigError(f"{setting} needs images held in memory (CIFAR-sized); for streamed images {instead}")

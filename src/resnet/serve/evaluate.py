@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import DatasetLayoutError, ImagesTooLargeError, MemoryLoader, StreamingFolder, load_split
+from ..data import DatasetLayoutError, ImagesTooLargeError, MemoryLoader, StreamingFolder, has_test_split, load_split
 from ..data.cifar import fetch_named
 from ..data.split import run_holdout
 from ..data.stream import image_channels, tensor_view_loader
@@ -32,7 +32,7 @@ from ..engine.checkpoint import resolve_weights_path
 from ..engine.evaluate import evaluate
 from ..engine.plots import plot_confusion
 from ..engine.precision import default_device
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .load import load, num_outputs
 
 
@@ -126,6 +126,17 @@ def _ran(net, requested: str) -> str:
 
 # Pretrained weights (no training run to hold images out of) on data without a test split, such as the
 # shared CIFAR-10 JPEGs, are scored on all of its images rather than refused.
+def _note_trained_on(meta: dict, data: str, split: str) -> None:
+    """A folder with no split level is its own test split: when it is the one the run trained on, its
+    "test" error counts the training images too, so say so (`--split val` scores the run's hold-out)."""
+    trained_on = ((meta.get("config") or {}).get("data") or {}).get("path")
+    if split != "test" or not trained_on or Path(trained_on).expanduser().resolve() != Path(data).expanduser().resolve():
+        return
+    if not has_test_split(data):
+        print(f"note: {data} is the data this run trained on and has no test split of its own: its 'test' error "
+              "counts the training images; --split val scores the run's hold-out", file=sys.stderr)
+
+
 def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights: str | None = None,
              model: str | None = None, split: str = "test", test: str = "center", tta_flip: bool = False,
              precision: str = "auto", batch_size: int | None = None, workers: int = -1, plots: str | None = None,
@@ -134,6 +145,8 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
     `weights`) on `data`, through the inference `backend` (see `deploy.choose.inference_model`)."""
     if data is None:
         raise DataError("give the data to evaluate on (--data)")
+    if split not in ("test", "val", "train"):  # (any other name read the training images of a streamed folder)
+        raise ConfigError(f"split must be test, val or train, got {split!r}")
     fetch_named(data)  # `--data cifar10`: download it when absent
     if test == "multi-scale":
         require_dynamic_sizes(backend, "--test multi-scale")
@@ -147,6 +160,8 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
             raise
         ds, split = eval_dataset(meta, data, "train", workers, test), "train"  # see below
         print(f"note: {data} has no test split; scoring all {len(ds)} of its images", file=sys.stderr)
+    else:
+        _note_trained_on(meta, data, split)
     mapping = torch.tensor(class_mapping(list(ds.classes), meta.get("classes"), num_classes, map_classes_by_position,
                                          data, "the checkpoint's" if checkpoint else "the weights'"))
     channels, wanted = image_channels(ds), int(getattr(net.config, "in_chans", 3))

@@ -89,6 +89,9 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
             backend: str = "auto") -> Iterator[dict]:
     """For each image, in order: {"path", "topk": [{"index", "name", "prob"}, ...]} or {"path", "error"}.
     The model runs through the inference `backend` (see `deploy.choose.inference_model`)."""
+    for name, value in (("topk", topk), ("batch_size", batch_size)):  # (the API's; the command checks its own)
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
     device = torch.device(device) if device else default_device()
     num_classes = model.fc.out_features if hasattr(model, "fc") else None
     size, resize = int(meta["input_size"]), int(meta.get("resize") or meta["input_size"])
