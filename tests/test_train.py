@@ -293,6 +293,19 @@ def test_resume_with_another_network_or_optimizer_is_one_clear_line(tiny_folder,
     assert re.search(message, err.splitlines()[-1]), err
 
 
+def test_resume_with_fewer_epochs_than_trained_is_refused_and_keeps_the_config(tiny_folder, tmp_path, capsys):
+    """`--resume RUN --epochs 1` of a 2-epoch run trained nothing, said nothing and rewrote config.yaml to
+    epochs 1 beside metrics of 2 epochs; now one line, and the folder as it was."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "2", "--out", str(run),
+                 *TINY]) == 0
+    before = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
+    assert "has trained 2 epochs, more than epochs=1; give --epochs 2 or more" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == before
+
+
 def test_small_learning_rates_are_logged_not_rounded_to_zero(tiny_folder, tmp_path, capsys):
     run = tmp_path / "run"
     trainer = Trainer(_cfg(tiny_folder, "optim.lr=2.5e-7", "schedule.name=constant",

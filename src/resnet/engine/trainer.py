@@ -375,6 +375,10 @@ class Trainer:
             if self.proxy_scaler is not None and "proxy_scaler" in state:
                 self.proxy_scaler.load_state_dict(state["proxy_scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        if self.epoch > self.cfg.epochs:  # (config.yaml would then say fewer epochs than its metrics hold)
+            raise CheckpointError(f"--resume {self.run_dir}: that run has trained {self.epoch} epochs, more than "
+                                  f"epochs={self.cfg.epochs}; give --epochs {self.epoch} or more to continue it, "
+                                  "or evaluate or export it as it is")
         self.history, self.best_val_err = list(state["history"]), float(state["best_val_err"])
         self.partial = {**_fresh_partial(), **state.get("partial", {})}
         self._restored_compiled = state.get("compiled")
