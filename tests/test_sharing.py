@@ -57,6 +57,20 @@ def test_export_of_a_run_writes_weights_config_and_card(run, tmp_path, tiny_fold
     assert card.startswith("---\nlicense: mit\n") and f"| parameters | {params:,} |" in card and "MACs" in card
     assert f"| {history[-1]['val_err']} |" in card and "lr 0.05" in card and "resnet " + resnet.__version__ in card
     assert f"data: `{tiny_folder}`" in card and "12 images held out" in card
+    # images held in memory: padded random crops (the streamed preset `paper` never ran); the weights' epoch
+    assert "augmentation: random crops with 4 pixels of zero padding, flip True" in card and "`paper`" not in card
+    assert f"- 2 epochs (these weights: after epoch {meta['epoch']})" in card
+
+
+def test_the_card_of_a_resumed_run_gives_the_runs_epochs(tiny_folder, tmp_path, capsys):
+    """A run resumed with more epochs: best.safetensors may hold the config of the epoch it was saved in
+    (fewer epochs); the card describes the run as its config.yaml stands."""
+    run = tmp_path / "run"
+    train(make_config(None, [f"data.path={tiny_folder}", "epochs=1", *TINY]), run)
+    saved = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(saved.replace("\nepochs: 1\n", "\nepochs: 5\n"))  # as a resume to 5 leaves it
+    assert main(["export", str(run), "--format", "hub", "--out", str(tmp_path / "hub")]) == 0
+    assert "- 5 epochs (these weights: after epoch 1)" in (tmp_path / "hub" / "README.md").read_text()
 
 
 def test_a_folder_gives_back_the_same_logits_preprocessing_and_names(run, tmp_path, tiny_folder, capsys):

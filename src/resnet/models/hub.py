@@ -133,6 +133,20 @@ def _facts(model, meta: dict, config: dict) -> list[str]:
 OPTIMIZER_NAMES = {"sgd": "SGD", "adamw": "AdamW", "lamb": "LAMB", "muon": "Muon (conv filters) and SGD"}
 
 
+def _augmentation(d: dict, streamed: bool | None) -> str:
+    """The training augmentation in words: streamed images take the `augment` preset; images held in memory
+    (CIFAR-sized) padded random crops instead; then what either adds."""
+    if streamed:
+        parts = [f"`{d.get('augment')}` ({d.get('image_size')} px crops), flip {d.get('flip')}"]
+    else:
+        pad_mode = "reflect" if d.get("pad_mode") == "reflect" else "zero"
+        parts = [f"random crops with {d.get('pad')} pixels of {pad_mode} padding, flip {d.get('flip')}"]
+    extras = [("auto_augment", "policy {}"), ("random_erase", "random erasing p {}"), ("cutout", "Cutout {}"),
+              ("mixup_alpha", "mixup alpha {}"), ("cutmix_alpha", "CutMix alpha {}")]
+    parts += [text.format(d[key]) for key, text in extras if d.get(key)]
+    return ", ".join(parts)
+
+
 def _recipe(meta: dict) -> list[str]:
     cfg = meta.get("config")
     if not cfg:
@@ -142,13 +156,13 @@ def _recipe(meta: dict) -> list[str]:
     held = f"{100 * held:g}% of the images" if 0 < held < 1 else f"{int(held):,} images"
     name = o.get("name", "sgd")
     moments = f"betas {o.get('betas')}" if name in ("adamw", "lamb") else f"momentum {o.get('momentum')}"
+    weights = f" (these weights: after epoch {meta['epoch']})" if meta.get("epoch") else ""
     lines = ["## Training", "",
              f"- data: `{d.get('path')}` ({meta.get('dataset') or 'images'}), {held} held out "
-             f"for validation, batch {d.get('batch_size')}, augmentation `{d.get('augment')}` (pad {d.get('pad')}, "
-             f"flip {d.get('flip')})",
+             f"for validation, batch {d.get('batch_size')}, augmentation: {_augmentation(d, meta.get('streamed'))}",
              f"- optimiser: {OPTIMIZER_NAMES.get(name, name)} lr {o.get('lr')}, {moments}, weight decay "
              f"{o.get('weight_decay')}, schedule `{s.get('name')}` {s.get('milestones') or ''}",
-             f"- {cfg.get('epochs')} epochs, seed {cfg.get('seed')}, precision {cfg.get('precision')}, "
+             f"- {cfg.get('epochs')} epochs{weights}, seed {cfg.get('seed')}, precision {cfg.get('precision')}, "
              f"label smoothing {cfg.get('label_smoothing', 0)}, EMA {cfg.get('ema_decay', 0)}",
              "", "<details><summary>the whole config</summary>", "", "```json", json.dumps(cfg, indent=1), "```",
              "", "</details>", ""]

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ..engine.checkpoint import read_meta, resolve_weights_path
+from ..config import read_yaml_mapping
 from ..errors import ConfigError, WeightsError
 from ..models.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from ..weights import hf, is_folder
@@ -32,11 +33,23 @@ def is_checkpoint(spec: str) -> bool:
     return False
 
 
+def _run_folder(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    return path if path.is_dir() else (path.parent.parent if path.parent.name == "ckpt" else path.parent)
+
+
+def run_config(spec: str) -> dict | None:
+    """The run's config.yaml as it stands (a resume with more epochs updates it; the config stored with
+    best.safetensors is the one of the epoch it was saved in); None when there is none."""
+    saved = _run_folder(spec) / "config.yaml"
+    if not saved.is_file():
+        return None
+    return read_yaml_mapping(saved.read_text(), f"{saved}")
+
+
 def run_history(spec: str) -> list[dict]:
     """The run's metrics.jsonl records (one per epoch), found beside its checkpoint; [] when none."""
-    path = Path(spec).expanduser()
-    run = path if path.is_dir() else (path.parent.parent if path.parent.name == "ckpt" else path.parent)
-    log = run / "metrics.jsonl"
+    log = _run_folder(spec) / "metrics.jsonl"
     if not log.is_file():
         return []
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
@@ -50,6 +63,7 @@ def load_source(spec: str):
     history = []
     if is_checkpoint(spec):
         meta, history = dict(meta, weights=str(resolve_weights_path(spec))), run_history(spec)
+        meta["config"] = run_config(spec) or meta.get("config")  # the card describes the whole run
     model.pretrained_meta = meta
     return model, meta, history
 
