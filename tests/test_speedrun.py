@@ -75,6 +75,8 @@ def test_whitening_eps_floors_the_weakest_directions():
     torch.testing.assert_close(norms(floored)[0], norms(default)[0], rtol=0.05, atol=0)  # ... the strongest hardly
     with pytest.raises(ValueError, match="whiten_eps must be > 0"):
         create_model("speedrun_resnet8", whiten_eps=0)
+    with pytest.raises(ValueError, match="stem=cifar has no whitening"):  # not ignored without a word
+        create_model("resnet20", whiten_eps=5e-3)
 
 
 def test_speedrun_block_freezes_bn_scales_pools_and_adds_its_branch():

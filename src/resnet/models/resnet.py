@@ -18,6 +18,7 @@ STEMS = ("imagenet", "cifar", "whiten")
 # the whitening stem is the CIFAR speedruns' (Page; tysam-code hlb-CIFAR10; Keller Jordan's airbench).
 STEM_INPUT_SIZE = {"imagenet": 224, "cifar": 32, "whiten": 32}
 WHITEN_KERNEL = 2  # 2x2 patches, airbench's choice (hlb-CIFAR10 used 3x3)
+WHITEN_EPS = 5e-4  # the whitening stem's eigenvalue floor by default (airbench's)
 POOLS = ("avg", "max")
 
 
@@ -38,7 +39,7 @@ class ResNetConfig:
     drop_path_rate: float = 0.0
     pool: str = "avg"  # global pooling before the classifier: avg [ResNet §3.4] or max (the speedruns)
     logit_scale: float = 1.0  # multiplies the logits (airbench: 1/9, a fixed temperature)
-    whiten_eps: float = 5e-4  # the whitening stem's eigenvalue floor (airbench's): a patch direction of
+    whiten_eps: float = WHITEN_EPS  # the whitening stem's eigenvalue floor (airbench's): a patch direction of
     # variance v is scaled by 1/sqrt(v + eps), so the weakest ones are not blown up
     ghost_batch: int = 0  # training BN statistics over groups of this many images (ghost batch norm); 0: the batch's
 
@@ -64,6 +65,8 @@ class ResNetConfig:
             raise ConfigError(f"ghost_batch must be >= 0 images (0: off), got {self.ghost_batch}")
         if self.whiten_eps <= 0:
             raise ConfigError(f"whiten_eps must be > 0, got {self.whiten_eps}")
+        if self.whiten_eps != WHITEN_EPS and self.stem != "whiten":  # (it would be ignored without a word)
+            raise ConfigError(f"whiten_eps is the whitening stem's floor; stem={self.stem} has no whitening: leave it out")
         if self.stem == "whiten" and self.stem_width != 2 * self.in_chans * WHITEN_KERNEL ** 2:
             raise ConfigError(f"a whitening stem on {self.in_chans} channels has stem_width "
                              f"{2 * self.in_chans * WHITEN_KERNEL ** 2}, got {self.stem_width}")
