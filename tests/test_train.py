@@ -306,6 +306,16 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_and_keeps_the_config(t
     assert (run / "config.yaml").read_text() == before
 
 
+def test_the_cli_prints_the_toolkits_warnings_as_one_line(tiny_folder, tmp_path, capsys, monkeypatch):
+    """Not Python's format (the source file and line, then the warn() call quoted on a second line)."""
+    monkeypatch.setattr(engine_precision, "cpu_supports_bf16", lambda: False)
+    assert main(["train", "--model", "resnet20", "--data", str(tiny_folder), "--epochs", "1", "--out",
+                 str(tmp_path / "run"), *[t for t in TINY if not t.startswith("precision=")], "precision=auto"]) == 0
+    err = capsys.readouterr().err
+    assert "resnet train: warning: this CPU has no native bf16" in err
+    assert "warnings.warn(" not in err and "precision.py:" not in err
+
+
 def test_small_learning_rates_are_logged_not_rounded_to_zero(tiny_folder, tmp_path, capsys):
     run = tmp_path / "run"
     trainer = Trainer(_cfg(tiny_folder, "optim.lr=2.5e-7", "schedule.name=constant",

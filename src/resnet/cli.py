@@ -8,10 +8,12 @@ every error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import torch
@@ -561,11 +563,31 @@ def one_line(e: BaseException) -> str:
     return last.split(": ", 1)[1] if last.startswith(type(e).__name__ + ": ") else last
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """The toolkit's own warnings as one line each ("resnet train: warning: ..."), not Python's two lines
+    naming the source file and quoting the warn() call; other libraries' keep Python's format."""
+    package = str(Path(__file__).resolve().parent)
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(Path(filename).resolve()).startswith(package):
+            print(f"resnet {command}: warning: {one_line(message)}", file=file or sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = os.environ.get("RESNET_DEBUG", "") not in ("", "0")
     try:
-        return args.func(args)
+        with _warnings_as_lines(args.command):
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"resnet {args.command}: interrupted", file=sys.stderr)
         return 130
