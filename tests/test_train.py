@@ -304,6 +304,9 @@ def test_resume_with_fewer_epochs_than_trained_is_refused_and_keeps_the_config(t
     assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
     assert "has trained 2 epochs, more than epochs=1; give --epochs 2 or more" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == before
+    assert main(["train", "--resume", str(run), "--model", "resnet32", "--epochs", "3"]) == 2
+    err = capsys.readouterr().err  # another network: refused before the data loads
+    assert err.strip() == f"resnet train: error: --resume {run}: that run trains resnet20, not resnet32"
 
 
 def test_the_cli_prints_the_toolkits_warnings_as_one_line(tiny_folder, tmp_path, capsys, monkeypatch):

@@ -37,6 +37,9 @@ def plan_run(settings: dict | None = None, overrides=None, recipe: str | None = 
         if not saved.is_file():
             raise CheckpointError(f"--resume {run_dir}: no config.yaml there; is it a run folder of `resnet train`?")
         saved_config = read_yaml_mapping(saved.read_text(), f"--resume {run_dir}: its config.yaml")
+        began, asked = saved_config.get("model"), settings.get("model")
+        if began and asked and asked != began:  # now, before the data loads (the trainer checks the state too)
+            raise CheckpointError(f"--resume {run_dir}: that run trains {began}, not {asked}")
         return make_config(None, merge(saved_config, settings)), run_dir
     if not settings.get("data", {}).get("path"):
         raise ConfigError("--data PATH is required (a CIFAR folder or archive, or a class-per-folder image tree)")
