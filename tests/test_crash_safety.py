@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.figure import Figure
 from safetensors.torch import load_file
 
 from resnet.cli import main
@@ -185,6 +186,32 @@ def test_a_write_that_fails_for_real_is_a_checkpoint_write_error(tmp_path, limit
     assert checkpoint.load_training_state(tmp_path)[0]["step"] == 1
 
 
+@pytest.mark.parametrize("limit", [100, 800])  # metrics.jsonl's rewrite fails, or config.yaml's (larger) write
+def test_a_resume_that_dies_writing_its_config_or_metrics_stays_resumable(tiny_folder, tmp_path, limit):
+    """A resume rewrites metrics.jsonl and config.yaml before it trains. Written in place, a resume that died
+    there (SIGKILL between the truncation and the write; here the write fails for real past RLIMIT_FSIZE, as on
+    a full disk) left them empty or cut: an empty config.yaml resumed with every default (data.path '.'), a
+    cut one was not YAML. Both are written aside and renamed now: the next --resume still finishes the run."""
+    reference = tmp_path / "reference"
+    train(_cfg(tiny_folder), reference)
+    run = tmp_path / "run"
+    _stop_at_step_6(tiny_folder, run)
+    before = {name: (run / name).read_text() for name in ("config.yaml", "metrics.jsonl")}
+    assert len(before["metrics.jsonl"]) < 800 < len(before["config.yaml"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            train(_cfg(tiny_folder), run, resume=True, stream=io.StringIO())
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert {name: (run / name).read_text() for name in before} == before
+    assert main(["train", "--resume", str(run)]) == 0  # through config.yaml, as a user resumes
+    assert _same_weights(reference, run)
+
+
 def test_unwritable_output_folder_is_a_clear_error(tiny_folder, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -264,6 +291,50 @@ def test_pruning_keeps_the_pair_just_committed_past_uncommitted_later_ones(tmp_p
     assert state["step"] == 275 and weights.keys() == model.state_dict().keys()
     assert sorted(p.name for p in ckpt.iterdir()) == [
         "step_00000250.safetensors", "step_00000250.state.pt", "step_00000275.safetensors", "step_00000275.state.pt"]
+
+
+class _Crash(BaseException):
+    """A crash at an exact moment, as a SIGKILL there would be: nothing after it runs, nothing catches it."""
+
+
+def test_a_crash_while_publishing_a_new_best_resumes_to_the_same_best_weights(tiny_folder, tmp_path, monkeypatch):
+    """A crash after the commit point but before best.safetensors got the epoch's weights would leave a state
+    whose best_val_err counts that epoch: the resumed run never publishes them (eval reads best.safetensors)."""
+    reference = tmp_path / "reference"
+    history = train(_cfg(tiny_folder), reference)
+    errs = [r["val_err"] for r in history]
+    improvements = sum(e < min(errs[:i], default=math.inf) for i, e in enumerate(errs))
+    publish, published = checkpoint._publish, []
+
+    def crash_at_the_last_best(src, dst):
+        published.append(Path(dst).name)
+        if published.count("best.safetensors") == improvements:
+            raise _Crash
+        publish(src, dst)
+    monkeypatch.setattr(checkpoint, "_publish", crash_at_the_last_best)
+    with pytest.raises(_Crash):
+        train(_cfg(tiny_folder), tmp_path / "run")
+    monkeypatch.setattr(checkpoint, "_publish", publish)
+    train(_cfg(tiny_folder), tmp_path / "run", resume=True)
+    best = [load_file(str(d / "best.safetensors")) for d in (reference, tmp_path / "run")]
+    assert best[0].keys() == best[1].keys() and all(torch.equal(best[0][k], best[1][k]) for k in best[0])
+
+
+def test_a_crash_while_drawing_the_curves_leaves_the_old_ones(tiny_folder, tmp_path, monkeypatch):
+    """curves.png is drawn after the last checkpoint; a run killed while it was written left a cut PNG."""
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)
+    before, savefig = (run / "curves.png").read_bytes(), Figure.savefig
+
+    def dies_halfway(fig, fname, **kwargs):
+        png = io.BytesIO()
+        savefig(fig, png, **{**kwargs, "format": "png"})
+        Path(fname).write_bytes(png.getvalue()[:len(png.getvalue()) // 2])
+        raise _Crash
+    monkeypatch.setattr(Figure, "savefig", dies_halfway)
+    with pytest.raises(_Crash):
+        train(_cfg(tiny_folder, epochs=2), run, resume=True)
+    assert (run / "curves.png").read_bytes() == before
 
 
 def _nan(out):
@@ -475,3 +546,23 @@ def test_parked_run_resumes_exactly_from_its_one_checkpoint(tiny_folder, tmp_pat
     assert "no such folder" in capsys.readouterr().err
     assert main(["park", str(tiny_folder), str(tmp_path / "y")]) == 2  # a data folder: not a run, nothing copied
     assert "holds no run with a checkpoint" in capsys.readouterr().err and not (tmp_path / "y").exists()
+
+
+def test_a_park_killed_while_copying_the_state_leaves_no_pair_that_looks_complete(tiny_folder, tmp_path,
+                                                                                  monkeypatch):
+    """`resnet park` copied the state file in place: killed during that copy, the copy held a cut state beside
+    its weights, which --resume took for the newest complete pair ("cannot read ... not from this toolkit")."""
+    run = tmp_path / "run"
+    _stop_at_step_6(tiny_folder, run)
+    copy2 = shutil.copy2
+
+    def dies_copying_the_state(src, dst, **kwargs):
+        if str(src).endswith(".state.pt"):
+            Path(dst).write_bytes(Path(src).read_bytes()[:100])
+            raise _Crash
+        return copy2(src, dst, **kwargs)
+    monkeypatch.setattr(shutil, "copy2", dies_copying_the_state)
+    with pytest.raises(_Crash):
+        checkpoint.copy_resumable(run, tmp_path / "parked")
+    monkeypatch.setattr(shutil, "copy2", copy2)
+    assert checkpoint.latest_state_file(tmp_path / "parked") is None

@@ -4,12 +4,13 @@ stand-in for the hub's API, and `resnet weights`."""
 import hashlib
 import io
 import json
+import os
 import types
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import resnet
 from imagenet_utils import one_thread
@@ -18,7 +19,7 @@ from resnet.config import make_config
 from resnet.engine.checkpoint import load_model
 from resnet.engine.trainer import train
 from resnet.models.complexity import measure
-from resnet.weights import WeightsError, WeightsUnavailableError, hf, model_from_weights
+from resnet.weights import WeightsError, WeightsUnavailableError, hf, is_folder, model_from_weights
 from resnet.weights import sources as W
 
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -117,6 +118,44 @@ def test_model_save_pretrained_round_trip(tmp_path):
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())
     assert (cfg["preprocess"]["crop"], cfg["preprocess"]["resize"], cfg["pretrained_cfg"]["pool_size"],
             cfg["global_pool"]) == (32, 32, [3, 3], "max")
+
+
+class _Crash(BaseException):
+    """A crash at an exact moment, as a SIGKILL there would be: nothing after it runs."""
+
+
+def _same_export(a: Path, b: Path) -> bool:
+    """The same card, config and tensors (safetensors' header order may differ from one save to the next)."""
+    x, y = (load_file(str(d / "model.safetensors")) for d in (a, b))
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in ("config.json", "README.md")) \
+        and x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3])  # before the 1st, 2nd or 3rd file of the export is renamed in
+def test_an_export_that_dies_over_another_never_leaves_a_mixed_folder(tmp_path, monkeypatch, crash_at):
+    """An export into a folder holding another one replaces its files one by one: a crash in between left the
+    new weights beside the old config.json (another head, other classes), read back as a complete model.
+    config.json goes first and comes back last now: until an export completes, the folder is no model."""
+    torch.manual_seed(0)
+    old, new = (resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4, num_classes=n) for n in (3, 5))
+    old.save_pretrained(tmp_path / "old")
+    new.save_pretrained(tmp_path / "new")
+    out = tmp_path / "out"
+    old.save_pretrained(out)
+    replace, renamed = os.replace, []
+
+    def crash(src, dst):
+        renamed.append(dst)
+        if len(renamed) == crash_at:
+            raise _Crash
+        replace(src, dst)
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(_Crash):
+        new.save_pretrained(out)
+    monkeypatch.setattr(os, "replace", replace)
+    assert not is_folder(out) or _same_export(out, tmp_path / "old")
+    new.save_pretrained(out)
+    assert _same_export(out, tmp_path / "new")
 
 
 def test_a_timm_layout_folder_reads_with_its_test_size(tmp_path):

@@ -83,6 +83,12 @@ def _bytes_writer(data):
     return write
 
 
+def write_text(path: Path, text: str) -> None:
+    """A run folder's text file (config.yaml, metrics.jsonl) written aside and renamed: a crash while writing
+    leaves the old file, never an empty or cut one (`--resume` reads config.yaml first)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     atomic_write(path, _bytes_writer(safetensors_bytes(state, metadata={META_KEY: json.dumps(meta)})))
@@ -115,10 +121,11 @@ def _save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, meta: d
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write(state_file, _bytes_writer(buffer.getbuffer()))
+    if best:  # before the commit point: a crash between the two would leave a state whose best_val_err
+        # counts this epoch, and best.safetensors would never get its weights
+        _publish(weights, run_dir / "best.safetensors")
     _publish(weights, run_dir / "last.safetensors")
     _publish(state_file, run_dir / "last.state.pt")  # the commit point
-    if best:
-        _publish(weights, run_dir / "best.safetensors")
     _prune(folder, state["step"])
     return weights
 
@@ -185,7 +192,9 @@ def copy_resumable(src: str | os.PathLike, dst: str | os.PathLike) -> list[Path]
             (target / "ckpt").mkdir(exist_ok=True)
             weights = state.with_name(state.name.replace(".state.pt", ".safetensors"))
             shutil.copy2(weights, target / "ckpt" / weights.name)
-            shutil.copy2(state, target / "ckpt" / state.name)
+            # the state last, written aside: a park killed midway leaves no pair that looks complete (a cut
+            # state beside its weights would be the copy's newest "complete" checkpoint)
+            atomic_write(target / "ckpt" / state.name, lambda tmp: shutil.copy2(state, tmp))
             runs.append(target)
     return runs
 

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .checkpoint import write_text
+
 
 class Progress:
     """A progress bar (or plain lines when stderr is not a terminal) with loss, error, images/s and ETA."""
@@ -72,7 +74,7 @@ class MetricsLog:
 
     def rewrite(self, records: list[dict]) -> None:
         """On resume: the file becomes exactly the checkpointed history (drops epochs that were redone)."""
-        self.path.write_text("".join(_json_line(r) for r in records))
+        write_text(self.path, "".join(_json_line(r) for r in records))
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -9,6 +9,14 @@ import numpy as np
 # into a user's notebook; PNGs are written through Agg all the same.
 from matplotlib.figure import Figure
 
+from .checkpoint import atomic_write
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """A PNG written aside and renamed: a run killed while drawing leaves the old curves, not a cut file."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    return Path(path)
+
 
 def plot_training_curves(records: list[dict], path: Path, title: str = "") -> Path:
     """Training error (dashed) and validation error (bold) against iterations, and the losses."""
@@ -28,8 +36,7 @@ def plot_training_curves(records: list[dict], path: Path, title: str = "") -> Pa
     ax_loss.set(xlabel="iterations", ylabel="loss", title="loss")
     ax_loss.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
@@ -51,5 +58,4 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
     ax.set(xlabel="predicted", ylabel="true")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return _save(fig, path)

@@ -244,7 +244,7 @@ class Trainer:
             self.log.rewrite([])
         self._setup_compile()
         if self.dist.is_main:
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            checkpoint.write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def _whitening_images(self) -> torch.Tensor:
         """The first 5,000 training images, normalised: what a whitening stem's filters are computed from."""

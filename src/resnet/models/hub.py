@@ -88,13 +88,17 @@ def save_pretrained(model, folder: str | os.PathLike, meta: dict | None = None, 
     meta = describe(model, meta)
     config = build_config(model, meta, license)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    card = model_card(model, meta, config, history or [])
     fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", dir=folder)
     os.close(fd)
     save_file(state, tmp, metadata={"format": "pt", "resnet": json.dumps({"model": meta["model"]})})
     shareable(tmp)
+    # config.json is what makes a folder a model (weights.folder.is_folder): it goes while the files change and
+    # comes back last, so a crash while this replaces another export never pairs these weights with its config
+    (folder / CONFIG_NAME).unlink(missing_ok=True)
     os.replace(tmp, folder / WEIGHTS_NAME)
+    _atomic_text(folder / CARD_NAME, card)
     _atomic_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-    _atomic_text(folder / CARD_NAME, model_card(model, meta, config, history or []))
     return folder
 
 
