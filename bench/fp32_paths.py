@@ -29,7 +29,7 @@ from torch import nn
 
 from resnet.allocator import relaunch_tuned
 from resnet.deploy import backends
-from resnet.deploy.benchmark import alternating_latencies, batch_inputs, random_model, with_wrapper
+from resnet.deploy.benchmark import alternating_latencies, batch_inputs, batch_sizes, random_model, with_wrapper
 from resnet.deploy.fold import fold_bn
 from resnet.engine.precision import cpu_model
 from resnet.models.counting import measure
@@ -73,16 +73,12 @@ def compiled_fp32(model, cpp_wrapper: bool):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch", default="1,16")
+    p.add_argument("--batch", type=batch_sizes, default=[1, 16])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args()
-    try:
-        batches = [int(b) for b in args.batch.split(",")]
-    except ValueError:
-        p.error(f"--batch: expected comma-separated batch sizes, got {args.batch!r}")
-    if min(args.rounds, *batches) < 1:
-        p.error("--rounds and --batch must be at least 1")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     model, images = random_model(args.model, args.image_size)
     folded = fold_bn(model).to(memory_format=torch.channels_last)
     runs = {"onnxruntime": backends.prepare_inference(model, "onnxruntime", calibration=images, example=images[:2]),
@@ -96,7 +92,7 @@ def main() -> None:
     print(f"{args.model}, {args.image_size}x{args.image_size}, fp32, {torch.get_num_threads()} threads, "
           f"{cpu_model()}; medians of {args.rounds} rounds; {gflop:.2f} GFLOP an image; "
           f"sgemm {peak:.0f} GFLOP/s")
-    for batch in batches:
+    for batch in args.batch:
         x = batch_inputs(images, batch)
         setup, times = alternating_latencies(runs, x, args.rounds)
         with torch.no_grad():  # each path's logits against the model as trained: a fast wrong path shows here

@@ -19,7 +19,7 @@ import torch
 
 from resnet.allocator import relaunch_tuned
 from resnet.deploy import backends
-from resnet.deploy.benchmark import alternating_latencies, batch_inputs, random_model, with_wrapper
+from resnet.deploy.benchmark import alternating_latencies, batch_inputs, batch_sizes, random_model, with_wrapper
 from resnet.engine.precision import cpu_model, cpu_supports_bf16
 
 
@@ -31,18 +31,14 @@ def prepare(model, backend: str, cpp_wrapper: bool, images: torch.Tensor):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet50")
-    p.add_argument("--batch", default="1,16")
+    p.add_argument("--batch", type=batch_sizes, default=[1, 16])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--backends", default="int8,compiled-bf16")
     p.add_argument("--reference", default="onnxruntime-int8")
     p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args()
-    try:
-        batches = [int(b) for b in args.batch.split(",")]
-    except ValueError:
-        p.error(f"--batch: expected comma-separated batch sizes, got {args.batch!r}")
-    if min(args.rounds, *batches) < 1:
-        p.error("--rounds and --batch must be at least 1")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     model, images = random_model(args.model, args.image_size)
     runs = {args.reference: backends.prepare_inference(model, args.reference, calibration=images,
                                                        example=images[:2])}
@@ -54,7 +50,7 @@ def main() -> None:
             runs[label] = prepare(model, backend, cpp, images)
     print(f"{args.model}, {args.image_size}x{args.image_size}, {torch.get_num_threads()} threads, "
           f"{cpu_model()}; medians of {args.rounds} rounds")
-    for batch in batches:
+    for batch in args.batch:
         x = batch_inputs(images, batch)
         setup, times = alternating_latencies(runs, x, args.rounds)
         ref = statistics.median(times[args.reference])

@@ -151,9 +151,9 @@ fp32_paths, inductor_wrapper = _script("fp32_paths"), _script("inductor_wrapper"
     (compile_step, ["--variants", "eager", "--batch", "2", "--precision", "fp16"], "invalid choice: 'fp16'"),
     (matmul_rates, ["--size", "8", "--rounds", "0"], "--rounds must be at least 1"),
     (tta_views, ["run", "--shift", "0"], "--shift must be at least 1, got 0"),
-    (fp32_paths, ["--model", "resnet20", "--rounds", "0"], "--rounds and --batch must be at least 1"),
-    (inductor_wrapper, ["--model", "resnet20", "--batch", "1,x"], "--batch: expected comma-separated batch sizes"),
-    (inductor_wrapper, ["--model", "resnet20", "--batch", "0"], "--rounds and --batch must be at least 1")])
+    (fp32_paths, ["--model", "resnet20", "--rounds", "0"], "--rounds must be at least 1"),
+    (inductor_wrapper, ["--model", "resnet20", "--batch", "1,x"], "expected comma-separated batch sizes of at least 1"),
+    (inductor_wrapper, ["--model", "resnet20", "--batch", "0"], "expected comma-separated batch sizes of at least 1")])
 def test_bench_scripts_refuse_counts_that_give_no_or_wrong_numbers_in_one_line(script, args, message, monkeypatch,
                                                                              capsys):
     monkeypatch.setattr(sys, "argv", ["script.py", *args])

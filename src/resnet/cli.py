@@ -25,7 +25,7 @@ from .data.cache_folder import KINDS, clear_cache, format_listing, human, list_c
 from .data.cifar import fetch_named
 from .data.transforms import TESTS
 from .deploy.backends import BACKENDS, CLI_BACKENDS
-from .deploy.benchmark import DEFAULT_BACKENDS, DEFAULT_BUDGET, benchmark, format_table as format_benchmark
+from .deploy.benchmark import DEFAULT_BACKENDS, DEFAULT_BUDGET, batch_sizes, benchmark, format_table as format_benchmark
 from .deploy.choose import ChoiceCache
 from .deploy.export import DEFAULT_OPSET, FORMATS, check_out_name, export_model, format_report
 from .engine.checkpoint import copy_resumable
@@ -171,14 +171,6 @@ def _given(text: str) -> str:
 def _workers(text: str) -> int:
     """--workers: processes, or -1 for the default."""
     return _int_at_least(text, -1, "0 or more processes (-1: the default)")
-
-
-def _batch_list(text: str) -> list[int]:
-    """--batch of `resnet benchmark`: a usage error, not a traceback later, for 0, -1 or nothing."""
-    values = _int_list(text)  # (never empty)
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes of at least 1, got {text!r}")
-    return values
 
 
 def cmd_experiment(args) -> int:
@@ -354,7 +346,7 @@ def _add_deploy_parsers(sub) -> None:
                                    "with e.g. --budget 900 --seconds 5 --check-images 256, or --budget 0 for no "
                                    "limit.")
     p.add_argument("model", metavar="NAME_OR_CKPT", help="a registered name (random weights) or a checkpoint")
-    p.add_argument("--batch", type=_batch_list, default=[1, 16], help="comma-separated batch sizes (default 1,16)")
+    p.add_argument("--batch", type=batch_sizes, default=[1, 16], help="comma-separated batch sizes (default 1,16)")
     p.add_argument("--backends", type=_backend_list, default=list(DEFAULT_BACKENDS),
                    help=f"comma-separated, from {','.join(BACKENDS)} (default all, cheapest to prepare first)")
     p.add_argument("--image-size", type=_positive_int, help="input side (default: the model's)")

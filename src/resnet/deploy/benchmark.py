@@ -17,6 +17,7 @@ budget cuts those that compile.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import resource
 import statistics
@@ -33,6 +34,19 @@ from . import backends as inference_backends  # the module: `backends` names lis
 from . import parity
 from .backends import REFERENCE, Predictor, backend_status, prepare_inference
 from .parity import batch_inputs
+
+
+def batch_sizes(text: str) -> list[int]:
+    """'1,16' -> [1, 16]: the --batch of `resnet benchmark` and the bench scripts; a usage error (argparse's
+    one line), not a traceback later, for 0, -1, 'x' or nothing."""
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes of at least 1, got {text!r}")
+    return values
+
 
 FIELDS = ("backend", "batch", "images_per_sec", "latency_ms_p50", "latency_ms_p99", "peak_mem_mb", "agreement")
 # Cheapest to prepare first: eager (nothing), ONNX Runtime (an export), then the compiled ones
