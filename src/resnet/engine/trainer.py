@@ -387,14 +387,13 @@ class Trainer:
     def _misfit(self, saved: dict, error: Exception) -> str:
         """Why a run's checkpoint does not load into the network and optimizer this config builds, naming the
         settings that shape them and changed since the run began (`saved`: that run's config)."""
-        now, changed = self.cfg.to_dict(), ""
+        def shaping(c: dict) -> dict:  # the settings that shape the network and the optimizer's groups
+            return {**{f"model_args.{k}": v for k, v in c.get("model_args", {}).items()},
+                    **{f"optim.{k}": c.get("optim", {}).get(k) for k in ("no_decay_bn_bias", "bias_lr_scale")},
+                    "select_proxy_widths": c.get("select_proxy_widths")}
+        changed = ""
         if saved:
-            was = {**{f"model_args.{k}": v for k, v in saved.get("model_args", {}).items()},
-                   **{f"optim.{k}": saved.get("optim", {}).get(k) for k in ("no_decay_bn_bias", "bias_lr_scale")},
-                   "select_proxy_widths": saved.get("select_proxy_widths")}
-            is_ = {**{f"model_args.{k}": v for k, v in now["model_args"].items()},
-                   **{f"optim.{k}": now["optim"][k] for k in ("no_decay_bn_bias", "bias_lr_scale")},
-                   "select_proxy_widths": now["select_proxy_widths"]}
+            was, is_ = shaping(saved), shaping(self.cfg.to_dict())
             changed = ", ".join(f"{k} {was.get(k, 'unset')} -> {is_.get(k, 'unset')}" for k in sorted({*was, *is_})
                                 if was.get(k) != is_.get(k))
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]  # torch's: a heading, then details
@@ -461,8 +460,12 @@ class Trainer:
                 self._compiled_in(time.perf_counter() - first)
             if finite:
                 wrong, images = totals.add(loss, logits, y, self.step, self.stop_signal)
-                acc["seen"] += int(images) if self.dist.enabled else y.numel()  # (synced anyway under torchrun)
-                acc["images"] += int(images) if self.dist.enabled else batch_images  # (torchrun: no proxy)
+                if self.dist.enabled:  # the global batch's count (synced anyway); torchrun has no proxy selection
+                    acc["seen"] += (n := int(images))
+                    acc["images"] += n
+                else:
+                    acc["seen"] += y.numel()
+                    acc["images"] += batch_images
                 if not self.schedule.warmup_done:  # the global batch's error: every process switches together
                     self.schedule.observe_train_error(100.0 * float(wrong) / float(images))
             self.step += 1

@@ -11,9 +11,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..engine.checkpoint import read_meta, resolve_weights_path
+from ..engine.checkpoint import describes_itself, resolve_weights_path
 from ..config import read_yaml_mapping
-from ..errors import ConfigError, WeightsError
+from ..errors import ConfigError
 from ..models.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 from ..weights import hf, is_folder
 from .load import load_spec
@@ -24,13 +24,7 @@ def is_checkpoint(spec: str) -> bool:
     path = Path(spec).expanduser()
     if path.is_dir():
         return (path / "best.safetensors").is_file() or (path / "last.safetensors").is_file()
-    if path.is_file() and path.suffix == ".safetensors":
-        try:
-            read_meta(path)
-        except WeightsError:
-            return False
-        return True
-    return False
+    return describes_itself(path)
 
 
 def _run_folder(spec: str) -> Path:
