@@ -5,8 +5,10 @@ ceiling against which issue 17's inference targets are judged).
 
 Square n x n products on this process's threads, in alternating rounds: fp32 (`torch.mm`, MKL's sgemm),
 bf16 (`torch.mm`, only where the CPU has native bf16: emulated bf16 is slower than fp32 and no path uses
-it) and int8 (`torch._int_mm`, oneDNN's s8 x s8 -> s32 GEMM: the arithmetic the int8 backends' convolutions
-run; without VNNI, oneDNN's AVX2 kernels multiply with vpmaddubsw + vpmaddwd). A large square product is
+it) and int8 (oneDNN's quantized linear, u8 activations x s8 prepacked weights -> s32, the arithmetic and
+library of the int8 backend's convolutions; without VNNI, oneDNN's AVX2 kernels multiply with vpmaddubsw +
+vpmaddwd). Not `torch._int_mm`: it reaches oneDNN only where the CPU has AVX-512 VNNI, and elsewhere runs
+ATen's reference loop (on a real Zen 3 a 4096 x 4096 product took minutes). A large square product is
 about the most the cores do in a number type, so each row's ResNet-50 ceiling (224x224, every FLOP of the
 forward pass at that rate) is a speed an inference path can approach but not pass.
 --onnxruntime also times onnxruntime's fp32 session on ResNet-50 at batch 16 and prints what issue 17's
@@ -27,20 +29,30 @@ from resnet.models import create_model
 from resnet.models.counting import measure
 
 
+def int8_linear(x: torch.Tensor, w: torch.Tensor, x_scale: float = 0.02, w_scale: float = 0.01):
+    """x (m x k, uint8) times w.T (w: n x k, int8) through oneDNN's quantized linear, what PT2E int8 runs:
+    prepacked per-channel weights, s32 sums, fp32 out (x_scale * w_scale * the integer product).
+    Returns the call."""
+    packed = torch.ops.onednn.qlinear_prepack(w, list(x.shape))
+    scales, zeros = torch.full((w.shape[0],), w_scale), torch.zeros(w.shape[0], dtype=torch.int64)
+    return lambda: torch.ops.onednn.qlinear_pointwise(x, x_scale, 0, packed, scales, zeros, None, 1.0, 0,
+                                                      torch.float32, "none", [], "")
+
+
 def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 4096, repeats: int = 5) -> float:
     """Median rate of an n x n matrix product in `dtype` on this process's threads, in G(FL)OP/s
     (a multiply and an add count two, as in FLOP counts)."""
     if dtype == torch.int8:
-        a, b = (torch.randint(-128, 128, (n, n), dtype=torch.int8) for _ in range(2))
-        product = torch._int_mm
+        product = int8_linear(torch.randint(0, 256, (n, n), dtype=torch.uint8),
+                              torch.randint(-128, 128, (n, n), dtype=torch.int8))
     else:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        product = torch.mm
-    product(a, b)  # warm-up: the library picks its kernel and threads
+        product = lambda: torch.mm(a, b)  # noqa: E731
+    product()  # warm-up: the library picks its kernel and threads
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        product(a, b)
+        product()
         times.append(time.perf_counter() - start)
     return 2 * n ** 3 / statistics.median(times) / 1e9
 

@@ -146,6 +146,17 @@ compile_step, matmul_rates, tta_views = _script("compile_step"), _script("matmul
 fp32_paths, inductor_wrapper = _script("fp32_paths"), _script("inductor_wrapper")
 
 
+def test_matmul_rates_int8_product_is_onednns_quantized_linear_of_the_integers():
+    # the int8 rate must time the product PT2E int8 runs (u8 x s8 -> s32, scaled), not a stand-in; 7-bit
+    # activations as PT2E uses without VNNI, where full-range pairs saturate 16-bit sums (measured on a Zen 3)
+    torch.manual_seed(0)
+    x = torch.randint(0, 128, (8, 32), dtype=torch.uint8)
+    w = torch.randint(-128, 128, (16, 32), dtype=torch.int8)
+    out = matmul_rates.int8_linear(x, w, x_scale=0.5, w_scale=0.25)()
+    assert out.shape == (8, 16) and out.dtype == torch.float32
+    assert torch.equal(out, (x.long() @ w.long().T).float() * 0.125)
+
+
 @pytest.mark.parametrize("script, args, message", [
     (compile_step, ["--variants", "eager", "--batch", "2", "--rounds", "0"], "--rounds must be at least 1"),
     (compile_step, ["--variants", "eager", "--batch", "2", "--precision", "fp16"], "invalid choice: 'fp16'"),
