@@ -89,11 +89,15 @@ def test_eval_cli_reproduces_the_validation_error(tiny_folder, tmp_path, capsys)
     # the fast inference paths, calibrated on the evaluated images: the same images, (nearly) the same errors
     from resnet.deploy.backends import backend_status
 
+    # images int8 may flip: this barely trained net's near-ties (fp32 margins 0.1-0.35 against class-0 logits
+    # of ~126) lie below one step of 7-bit activations (no VNNI): 2 of 12 flipped on a Zen 3 (2026-12-07)
+    int8_images = 2 if engine_precision.needs_reduced_range() else 1
     for backend in [b for b in ("eager-bf16", "int8") if not backend_status(b)]:
         assert main(["eval", "--checkpoint", str(run), "--data", str(tiny_folder), "--split", "val", "--json",
                      "--backend", backend]) == 0
         fast = json.loads(capsys.readouterr().out)
-        assert fast["n"] == 12 and abs(fast["top1_err"] - out["top1_err"]) <= 100 / 12 + 1e-6, (backend, fast, out)
+        allowed = 100 * (int8_images if backend == "int8" else 1) / 12 + 1e-6
+        assert fast["n"] == 12 and abs(fast["top1_err"] - out["top1_err"]) <= allowed, (backend, fast, out)
     plots = tmp_path / "plots"
     assert main(["eval", "--checkpoint", str(run), "--data", str(tiny_folder), "--split", "train", "--plots",
                  str(plots), "--precision", "fp32"]) == 0

@@ -14,7 +14,10 @@ fastest row whose agreement is >= 99%). Measured (ResNet-50, 224x224, images/s, 
   14.42 ms against onnxruntime-int8 13.50; batch 16 int8 90 against 87 images/s.
 - AMD Zen 3, AVX2 + FMA, no VNNI, no bf16 (issue 17, 2026-12-01): onnxruntime-int8 25.0 / 25.4-30,
   int8 (PT2E) 18.7 / 28.7, compiled (fp32 there) 11.7 / 12.4, onnxruntime fp32 12.6 / 11-15.5,
-  eager fp32 6.7 / 5.7. Without VNNI, int8 products of unsigned 8-bit activations and signed 8-bit
+  eager fp32 6.7 / 5.7. Measured again on a Zen 3 on 2026-12-07 (`bench/cpu_session.sh`):
+  onnxruntime-int8 30.4 / 34.3, int8 22.9 / 26.3, onnxruntime fp32 18.7 / 19.6, compiled fp32
+  15.4 / 14.8, eager fp32 9.8 / 12.6: without native bf16 onnxruntime's fp32 leads the compiled
+  path (1.13-1.17x on the Intel Xeon too), so it comes before compiled there. Without VNNI, int8 products of unsigned 8-bit activations and signed 8-bit
   weights are summed in pairs into 16 bits (vpmaddubsw) and can saturate; both int8 backends then
   quantize with `reduce_range` (7-bit activations for PT2E, 7-bit weights for onnxruntime), which
   keeps every pair sum in range.
@@ -25,7 +28,8 @@ onnxruntime-int8 4,198; at batch 1 onnxruntime-int8 0.51 ms, onnxruntime 0.79, c
 So: AMX or VNNI -> int8 (PT2E) for batches (compiled-bf16 first for small images where bf16 is
 native), onnxruntime-int8 for batch 1 except images over 64 pixels on AMX (int8); AVX2 without VNNI ->
 onnxruntime-int8 (reduced range) at every batch; a backend whose packages are missing gives way to
-the next of int8 / onnxruntime-int8 / compiled / eager. Preparing a quantized or compiled backend
+the next of int8 / onnxruntime-int8 / compiled / eager (onnxruntime fp32 before compiled where bf16 is
+not native). Preparing a quantized or compiled backend
 costs seconds to a minute, so one-shot jobs (`resnet eval`, `resnet predict`) take this choice only
 when their work is large enough to pay for it (PREPARE_WORTH_MACS), else the eager path.
 """
@@ -70,6 +74,8 @@ def rule(flags: frozenset[str] | set[str], batch: int, bf16: bool, image_size: i
             return compiled + int8 + ["onnxruntime"] + eager
     else:
         int8 = ["onnxruntime-int8", "int8"]
+    if not bf16:  # the compiled path runs fp32 then, and onnxruntime's fp32 beat it wherever measured
+        return int8 + ["onnxruntime"] + compiled + eager
     return int8 + compiled + ["onnxruntime"] + eager
 
 
