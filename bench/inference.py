@@ -20,7 +20,7 @@ import torch
 from resnet.allocator import relaunch_tuned
 from resnet.deploy.backends import BACKENDS
 from resnet.deploy.benchmark import benchmark, format_table
-from resnet.engine.checkpoint import atomic_write
+from resnet.files import atomic_write
 from resnet.engine.precision import cpu_supports_bf16
 from resnet.serve.load import load_spec
 

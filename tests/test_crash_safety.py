@@ -20,10 +20,13 @@ from safetensors.torch import load_file
 
 from resnet.cli import main
 from resnet.config import make_config
+from resnet import files
 from resnet.engine import checkpoint
 from resnet.engine.logger import MetricsLog
 from resnet.engine.runs import plan_run
 from resnet.errors import ConfigError
+from resnet.models import create_model
+from resnet.models.hub import save_pretrained
 from resnet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train
 
 TINY = ["model_args.widths=[4,8,8]", "model_args.stem_width=4", "data.batch_size=8", "data.val_size=12",
@@ -158,10 +161,42 @@ def test_checkpoints_get_the_mode_any_new_file_gets(tmp_path):
     run folder can be read by the others sharing it, as with any file the user makes."""
     old = os.umask(0o022)
     try:
-        checkpoint.atomic_write(tmp_path / "w.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
+        files.atomic_write(tmp_path / "w.bin", lambda tmp: Path(tmp).write_bytes(b"x"))
     finally:
         os.umask(old)
     assert oct((tmp_path / "w.bin").stat().st_mode & 0o777) == oct(0o644)
+
+
+def _failing_replace(monkeypatch, name):
+    """os.replace fails (as on a full or read-only disk) for destinations called `name`."""
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        if Path(dst).name == name:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_a_failed_hub_export_leaves_no_temporary_file(tmp_path, monkeypatch):
+    # the hub writer had its own mkstemp + replace without clean-up: a failure left .model.safetensors.* behind
+    model = create_model("resnet20", widths=(4, 8, 8), stem_width=4)
+    _failing_replace(monkeypatch, "model.safetensors")
+    with pytest.raises(OSError):
+        save_pretrained(model, tmp_path / "hub")
+    assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == []
+    monkeypatch.undo()
+    save_pretrained(model, tmp_path / "hub")  # and the same export then works, leaving only its own files
+    assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_a_failed_cache_table_write_is_silent_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    _failing_replace(monkeypatch, "table.json")
+    files.write_json_cache(tmp_path / "table.json", {"a": 1})  # a cache only costs a measurement: no error
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    files.write_json_cache(tmp_path / "table.json", {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["table.json"] and files.read_json_cache(tmp_path / "table.json") == {"a": 1}
 
 
 @pytest.mark.parametrize("limit", [100, 1000])  # the weights file fails, or the (larger) state file

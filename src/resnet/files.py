@@ -1,7 +1,7 @@
 """Where the toolkit keeps what it fetches or builds once (downloads, extracted CIFAR, decoded
 datasets, compiled kernels), and the one downloader that fetches files: streamed to a temporary
 file beside the destination, hash-checked, then renamed, with progress, a timeout on every network
-operation and one process at a time per folder."""
+operation and one process at a time per folder; and the one atomic writer every module uses."""
 from __future__ import annotations
 
 import contextlib
@@ -48,12 +48,46 @@ def write_json_cache(path: Path, data: dict) -> None:
     An unwritable cache folder only costs a measurement next time: no error."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError:
         pass
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call write(tmp_path), fsync, then rename over `path`: readers see the old file or the new one, and
+    a failure (a full disk) leaves no temporary file behind."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        shareable(tmp)  # mkstemp makes it private; weights, exports and hub files are as readable as any file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """A text file (a run's config.yaml and metrics.jsonl, a hub folder's config.json, a cache table)
+    written aside and renamed: a crash while writing leaves the old file, never an empty or cut one."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _umask() -> int:

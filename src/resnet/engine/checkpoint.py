@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,41 +24,11 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..models import ResNet, ResNetConfig
 from ..errors import CheckpointError
-from ..files import shareable
+from ..files import atomic_write
 from ..weights.state_dict import read_state_dict, unpickling_reason
 
 META_KEY = "resnet"
 KEEP = 2  # versioned checkpoints kept in ckpt/
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), fsync, then rename over `path`: readers see the old file or the new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        shareable(tmp)  # mkstemp makes it private; a run's weights are as readable as any file the user makes
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _publish(src: Path, dst: Path) -> None:
@@ -81,12 +50,6 @@ def _bytes_writer(data):
         with open(tmp, "wb") as f:
             f.write(data)
     return write
-
-
-def write_text(path: Path, text: str) -> None:
-    """A run folder's text file (config.yaml, metrics.jsonl) written aside and renamed: a crash while writing
-    leaves the old file, never an empty or cut one (`--resume` reads config.yaml first)."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import write_text
+from ..files import atomic_write_text
 
 
 class Progress:
@@ -74,7 +74,7 @@ class MetricsLog:
 
     def rewrite(self, records: list[dict]) -> None:
         """On resume: the file becomes exactly the checkpointed history (drops epochs that were redone)."""
-        write_text(self.path, "".join(_json_line(r) for r in records))
+        atomic_write_text(self.path, "".join(_json_line(r) for r in records))
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:

@@ -9,7 +9,7 @@ import numpy as np
 # into a user's notebook; PNGs are written through Agg all the same.
 from matplotlib.figure import Figure
 
-from .checkpoint import atomic_write
+from ..files import atomic_write
 
 
 def _save(fig: Figure, path: Path) -> Path:

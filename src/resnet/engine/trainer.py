@@ -18,6 +18,7 @@ from ..config import TrainConfig
 from ..data import ImagesTooLargeError, InMemoryDataset, load_dataset
 from ..data.split import holdout
 from ..errors import CheckpointError, ConfigError, ResNetError
+from ..files import atomic_write_text
 from ..models import check_model_args, create_model
 from ..models.complexity import train_flops_per_image
 from ..models.layers import DropPath
@@ -244,7 +245,7 @@ class Trainer:
             self.log.rewrite([])
         self._setup_compile()
         if self.dist.is_main:
-            checkpoint.write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     def _whitening_images(self) -> torch.Tensor:
         """The first 5,000 training images, normalised: what a whitening stem's filters are computed from."""

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
-from ..files import shareable
+from ..files import atomic_write, atomic_write_text
 from ..version import __version__
 from .counting import measure
 
@@ -72,14 +71,6 @@ def build_config(model, meta: dict, license: str | None = None) -> dict:
     }
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    shareable(tmp)  # mkstemp makes it private; a hub folder is for others to read
-    os.replace(tmp, path)
-
-
 def save_pretrained(model, folder: str | os.PathLike, meta: dict | None = None, history: list[dict] | None = None,
                     license: str | None = None) -> Path:
     """Write `folder`/{model.safetensors, config.json, README.md}; `history` is the run's metrics.jsonl."""
@@ -89,16 +80,13 @@ def save_pretrained(model, folder: str | os.PathLike, meta: dict | None = None, 
     config = build_config(model, meta, license)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     card = model_card(model, meta, config, history or [])
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", dir=folder)
-    os.close(fd)
-    save_file(state, tmp, metadata={"format": "pt", "resnet": json.dumps({"model": meta["model"]})})
-    shareable(tmp)
+    weights = safetensors_bytes(state, metadata={"format": "pt", "resnet": json.dumps({"model": meta["model"]})})
     # config.json is what makes a folder a model (weights.folder.is_folder): it goes while the files change and
     # comes back last, so a crash while this replaces another export never pairs these weights with its config
     (folder / CONFIG_NAME).unlink(missing_ok=True)
-    os.replace(tmp, folder / WEIGHTS_NAME)
-    _atomic_text(folder / CARD_NAME, card)
-    _atomic_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: Path(tmp).write_bytes(weights))
+    atomic_write_text(folder / CARD_NAME, card)
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return folder
 
 
