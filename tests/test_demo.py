@@ -60,7 +60,7 @@ def test_plan_keeps_the_epochs_the_finding_needs_when_they_do_not_fit():
     # behind the ResNet-20): the plan keeps MIN_EPOCHS on every image and says it runs over the budget
     plan = plan_demo({"resnet20": 1.0, "resnet56": 3.0}, 64, budget=200)
     assert plan.epochs == MIN_EPOCHS and plan.estimate > 200
-    assert "even the 5 epochs per network the finding needs" in plan.describe(64, "fp32")
+    assert "Even the 5 epochs per network the finding needs" in plan.describe(64, "fp32")
     assert "the demo runs over it" in plan.describe(64, "fp32")
 
 

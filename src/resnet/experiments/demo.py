@@ -61,7 +61,7 @@ class DemoPlan:
         if self.epochs == MAX_EPOCHS:
             return f"{head} {self.epochs} epochs per network: about {self.estimate / 60:.1f} min of training."
         if self.estimate > self.budget:
-            return (f"{head} even the {MIN_EPOCHS} epochs per network the finding needs take about "
+            return (f"{head} Even the {MIN_EPOCHS} epochs per network the finding needs take about "
                     f"{self.estimate / 60:.1f} min of training here, more than the {self.budget:.0f} s left of the "
                     f"budget: the demo runs over it; --epochs N or --budget 0 to choose.")
         return (f"{head} {MAX_EPOCHS} epochs per network would take about {self.full / 60:.1f} min on this "
