@@ -17,7 +17,8 @@ fastest row whose agreement is >= 99%). Measured (ResNet-50, 224x224, images/s, 
   eager fp32 6.7 / 5.7. Measured again on a Zen 3 on 2026-12-07 (`bench/cpu_session.sh`):
   onnxruntime-int8 30.4 / 34.3, int8 22.9 / 26.3, onnxruntime fp32 18.7 / 19.6, compiled fp32
   15.4 / 14.8, eager fp32 9.8 / 12.6: without native bf16 onnxruntime's fp32 leads the compiled
-  path (1.13-1.17x on the Intel Xeon too), so it comes before compiled there. Without VNNI, int8 products of unsigned 8-bit activations and signed 8-bit
+  path (1.13-1.17x on the Intel Xeon too), so it comes before compiled there. Without VNNI, int8
+  products of unsigned 8-bit activations and signed 8-bit
   weights are summed in pairs into 16 bits (vpmaddubsw) and can saturate; both int8 backends then
   quantize with `reduce_range` (7-bit activations for PT2E, 7-bit weights for onnxruntime), which
   keeps every pair sum in range.

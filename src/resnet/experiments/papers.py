@@ -147,14 +147,12 @@ def degradation_verdict(gaps: dict[str, float], tolerance: float = TOLERANCE) ->
 
 def degradation(data: str, depths: list[int], epochs: int, seeds: int = 1, out: str = "experiments/degradation",
                 recipe: str | None = None, overrides: list[str] | None = None, stream=None, jobs: int = 1,
-                tolerance: float = TOLERANCE, train_size: int | None = None) -> dict:
-    """Plain vs residual at each depth, same recipe: deeper plain nets train worse, deeper ResNets no worse.
-    `train_size`: train on that many of the training images (a stratified subset) instead of all."""
+                tolerance: float = TOLERANCE) -> dict:
+    """Plain vs residual at each depth, same recipe: deeper plain nets train worse, deeper ResNets no worse."""
     depths = list(dict.fromkeys(depths))  # a depth given twice would count one run as two seeds
     specs = [cifar_spec(f, d, s) for d in depths for f in ("plain", "resnet") for s in range(seeds)]
-    exp = Experiment("degradation", out, base_config(data, epochs, recipe, overrides), specs, stream, jobs,
-                     train_size=train_size)
-    exp.describe(depths=depths, **({"train_size": train_size} if train_size else {}))
+    exp = Experiment("degradation", out, base_config(data, epochs, recipe, overrides), specs, stream, jobs)
+    exp.describe(depths=depths)
     results = exp.run_all()
     curves: dict[str, dict[int, list[dict]]] = {"plain": {}, "resnet": {}}
     for spec, records in results:

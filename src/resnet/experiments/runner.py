@@ -24,7 +24,6 @@ import yaml
 from ..version import __version__
 from ..config import TrainConfig, make_config
 from ..data import InMemoryDataset
-from ..data.split import stratified_split
 from ..engine.checkpoint import latest_state_file, read_meta
 from ..engine.trainer import Trainer, describe_data, split_train_val
 from ..errors import ConfigError, ResNetError
@@ -137,23 +136,17 @@ class Experiment:
     """A report folder: experiment.yaml (config, seeds, version, commit), runs/<name>/, plots, report.md."""
 
     def __init__(self, kind: str, out: str | Path, cfg: TrainConfig, specs: list[RunSpec], stream=None,
-                 jobs: int = 1, data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None,
-                 train_size: int | None = None):
+                 jobs: int = 1, data: tuple[InMemoryDataset, InMemoryDataset | None] | None = None):
         """`data`: (train, val) already prepared (e.g. normalised for pretrained weights); runs then train
-        in this process, whatever `jobs` says (worker processes would load cfg.data.path afresh).
-        `train_size`: train every run on this many of the training images (a seeded, stratified
-        subset; the demo uses it on slow machines), instead of all of them."""
+        in this process, whatever `jobs` says (worker processes would load cfg.data.path afresh)."""
         if jobs < 1:
             raise ConfigError(f"jobs must be at least 1, got {jobs}")
-        if train_size is not None and train_size < 1:
-            raise ConfigError(f"train_size must be at least 1, got {train_size}")
         for spec in specs:  # a typo in model_args fails now, not after the data is read
             try:
                 check_model_args(spec.model, **{**cfg.model_args, **spec.model_args})
             except (TypeError, ValueError) as e:  # one line naming the run (a ConfigError where it was no ResNetError)
                 raise (type(e) if isinstance(e, ResNetError) else ConfigError)(f"{spec.title}: {e}") from None
         self.kind, self.out, self.cfg, self.specs, self.jobs = kind, Path(out), cfg, specs, jobs
-        self.train_size = train_size
         self.started = time.perf_counter()
         self.stream = stream or sys.stderr
         self._data, self._given = data, data is not None
@@ -175,11 +168,7 @@ class Experiment:
     def data(self) -> tuple[InMemoryDataset, InMemoryDataset | None]:
         """Loaded and split once: every run sees the same training and validation images."""
         if self._data is None:
-            train, val = split_train_val(self.cfg)
-            if self.train_size is not None and self.train_size < len(train):
-                _, keep = stratified_split(train.labels, self.train_size, seed=self.cfg.seed)
-                train = train.subset(keep)
-            self._data = (train, val)
+            self._data = split_train_val(self.cfg)
             print(f"[{self.kind}] {describe_data(*self._data)}", file=self.stream)
         return self._data
 
@@ -238,8 +227,8 @@ class Experiment:
         threads = max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // workers))
         context = multiprocessing.get_context("spawn")  # fork is unsafe once CUDA or OpenMP threads exist
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_run_in_worker, self.kind, str(self.out), self.cfg, spec, threads,
-                                   self.train_size) for spec in self.specs]
+            futures = [pool.submit(_run_in_worker, self.kind, str(self.out), self.cfg, spec, threads)
+                       for spec in self.specs]
             with _forward_sigterm(pool):
                 return [(spec, future.result()) for spec, future in zip(self.specs, futures)]
 
@@ -266,10 +255,9 @@ def _forward_sigterm(pool: ProcessPoolExecutor):
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run_in_worker(kind: str, out: str, cfg: TrainConfig, spec: RunSpec, threads: int,
-                   train_size: int | None = None) -> list[dict]:
+def _run_in_worker(kind: str, out: str, cfg: TrainConfig, spec: RunSpec, threads: int) -> list[dict]:
     torch.set_num_threads(threads)
-    return Experiment(kind, out, cfg, [spec], stream=sys.stderr, train_size=train_size).run(spec)
+    return Experiment(kind, out, cfg, [spec], stream=sys.stderr).run(spec)
 
 
 def completed_epochs(run_dir: Path) -> int:
