@@ -6,6 +6,7 @@ import torch
 import resnet
 from resnet.deploy import choose
 from resnet.deploy.choose import inference_model
+from resnet.engine import precision
 
 # /proc/cpuinfo flags of the two processors this project runs on (abridged to what matters)
 AMX = frozenset("fma avx avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8".split())
@@ -22,6 +23,17 @@ def test_cpu_kinds():
     assert choose.cpu_kind({"avx2", "avx_vnni"}) == "vnni" and choose.cpu_kind({"sse4_2"}) == "other"
     assert choose.needs_reduced_range(ZEN3) and not choose.needs_reduced_range(AMX)
     assert not choose.needs_reduced_range({"avx2", "avx512_vnni"})
+
+
+def test_reduced_range_follows_onednns_isa_limit(monkeypatch):
+    # oneDNN held to AVX2 on a VNNI machine runs its int8 kernels without VNNI: 7 bits, as on a real AVX2 CPU
+    monkeypatch.setattr(precision, "cpu_flags", lambda: AMX)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert not precision.needs_reduced_range()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
+    assert precision.needs_reduced_range() and not precision.needs_reduced_range(AMX)  # given flags: as they say
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2_VNNI")
+    assert not precision.needs_reduced_range()
 
 
 @pytest.mark.parametrize("flags, batch, expected", [

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import warnings
 from dataclasses import dataclass
@@ -50,8 +51,16 @@ def cpu_kind(flags: frozenset[str] | set[str]) -> str:
     return "avx2" if "avx2" in flags else "other"
 
 
+# oneDNN's ISA limits without VNNI: its int8 kernels then sum pairs into 16 bits whatever the CPU has
+ISA_LIMITS_WITHOUT_VNNI = frozenset({"SSE41", "AVX", "AVX2"})
+
+
 def needs_reduced_range(flags: frozenset[str] | set[str] | None = None) -> bool:
-    """int8 without VNNI saturates 16-bit pair sums: quantize to 7 bits there (see the module's note)."""
+    """int8 without VNNI saturates 16-bit pair sums: quantize to 7 bits there (see the module's note). On
+    this machine (no `flags` given) that includes oneDNN held below VNNI by ONEDNN_MAX_CPU_ISA: on the AMX
+    machine with AVX2 set, 8-bit PT2E int8 agreed with fp32 on 93.75% of the images, 7-bit on 99.41%."""
+    if flags is None and os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ISA_LIMITS_WITHOUT_VNNI:
+        return True
     return cpu_kind(cpu_flags() if flags is None else flags) in ("avx2", "other")
 
 
