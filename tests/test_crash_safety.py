@@ -147,7 +147,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tiny_folder, tmp_path, monkeypa
 
     def no_space(tmp):
         raise OSError(errno.ENOSPC, "No space left on device")
-    monkeypatch.setattr(checkpoint, "_bytes_writer", lambda data: no_space)
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", lambda path, data: files.atomic_write(path, no_space))
     with pytest.raises(checkpoint.CheckpointWriteError, match="No space left on device.*previous checkpoint there is intact"):
         train(_cfg(tiny_folder, epochs=2), run, resume=True)
     assert (run / "last.state.pt").read_bytes() == before

@@ -84,6 +84,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     _fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path: str | os.PathLike, data) -> None:
+    """Bytes serialised beforehand (weights, a training state), written aside and renamed. Python's write
+    raises OSError (ENOSPC: "No space left on device") where safetensors' and torch's own writers raise their
+    own kinds (SafetensorError; torch's RuntimeError "unexpected pos 576 vs 534"), which callers could not
+    tell from a bug."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    atomic_write(path, write)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """A text file (a run's config.yaml and metrics.jsonl, a hub folder's config.json, a cache table)
     written aside and renamed: a crash while writing leaves the old file, never an empty or cut one."""

@@ -24,7 +24,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..models import ResNet, ResNetConfig
 from ..errors import CheckpointError
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_bytes
 from ..weights.state_dict import read_state_dict, unpickling_reason
 
 META_KEY = "resnet"
@@ -42,19 +42,9 @@ def _publish(src: Path, dst: Path) -> None:
     atomic_write(dst, write)
 
 
-def _bytes_writer(data):
-    """A `write` for atomic_write of bytes serialised beforehand. Python's write raises OSError (ENOSPC: "No
-    space left on device") where safetensors' and torch's own writers raise their own kinds (SafetensorError;
-    torch's RuntimeError "unexpected pos 576 vs 534"), which CheckpointWriteError would not catch."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-    return write
-
-
 def save_weights(path: Path, model: torch.nn.Module, meta: dict) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, _bytes_writer(safetensors_bytes(state, metadata={META_KEY: json.dumps(meta)})))
+    atomic_write_bytes(path, safetensors_bytes(state, metadata={META_KEY: json.dumps(meta)}))
 
 
 class CheckpointWriteError(OSError):
@@ -83,7 +73,7 @@ def _save_checkpoint(run_dir: Path, model: torch.nn.Module, state: dict, meta: d
     state_file = folder / f"{stem}.state.pt"
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write(state_file, _bytes_writer(buffer.getbuffer()))
+    atomic_write_bytes(state_file, buffer.getbuffer())
     if best:  # before the commit point: a crash between the two would leave a state whose best_val_err
         # counts this epoch, and best.safetensors would never get its weights
         _publish(weights, run_dir / "best.safetensors")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from safetensors.torch import save as safetensors_bytes
 
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write_bytes, atomic_write_text
 from ..version import __version__
 from .counting import measure
 
@@ -84,7 +84,7 @@ def save_pretrained(model, folder: str | os.PathLike, meta: dict | None = None, 
     # config.json is what makes a folder a model (weights.folder.is_folder): it goes while the files change and
     # comes back last, so a crash while this replaces another export never pairs these weights with its config
     (folder / CONFIG_NAME).unlink(missing_ok=True)
-    atomic_write(folder / WEIGHTS_NAME, lambda tmp: Path(tmp).write_bytes(weights))
+    atomic_write_bytes(folder / WEIGHTS_NAME, weights)
     atomic_write_text(folder / CARD_NAME, card)
     atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return folder
