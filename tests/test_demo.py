@@ -3,11 +3,12 @@ import json
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("sklearn")
 
 from resnet.cli import main  # noqa: E402
-from resnet.data import load_dataset  # noqa: E402
+from resnet.data import has_test_split, load_dataset  # noqa: E402
 
 
 def test_digits_dataset_is_offline_and_split():
@@ -18,13 +19,18 @@ def test_digits_dataset_is_offline_and_split():
     assert int(counts.sum()) == 297 and int(counts.max() - counts.min()) <= 3  # stratified
     seen = {bytes(x.numpy()) for x in train.images}
     assert sum(bytes(x.numpy()) in seen for x in test.images) <= 3  # the sets are disjoint (rare duplicates aside)
+    small = load_dataset("digits16", "test")  # the demo's: the same images and split at 16x16
+    assert small.images.shape == (297, 1, 16, 16) and torch.equal(small.labels, test.labels)
+    assert has_test_split("digits16") and small.name == "digits16"
+    halved = torch.nn.functional.avg_pool2d(test.images.float(), 2)
+    assert (halved - small.images.float()).abs().mean() < 8  # the same digits, not other images (of 0..255)
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--depths", "8", "--epochs", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "test err" in text and "plain8" in text and "resnet8" in text
+    assert "test err" in text and "plain8" in text and "resnet8" in text and "8x8 scaled to 16x16" in text
     assert "the degradation finding is not judged: only one depth (8 layers) was trained" in text  # nothing deeper to compare
     assert (out / "degradation.png").is_file() and (out / "report.md").is_file()
     assert (out / "runs" / "resnet8-s0" / "metrics.jsonl").read_text().count("\n") == 1
@@ -40,17 +46,17 @@ def test_plan_keeps_every_epoch_on_a_fast_machine():
 
 
 def test_plan_trains_fewer_epochs_on_a_slow_machine_and_says_so():
-    from resnet.experiments.demo import SAFETY, plan_demo
+    from resnet.experiments.demo import MIN_EPOCHS, SAFETY, plan_demo
 
-    # The AMD Zen 3 in fp32 (2026-12-07): steps of 156 and 494 ms measured by the demo there
-    steps = {"plain20": 0.156, "resnet20": 0.156, "plain56": 0.494, "resnet56": 0.494}
-    plan = plan_demo(steps, 64, budget=260)
-    assert plan.estimate <= 260 < plan.estimate + 21 * 1.3 * SAFETY
-    assert 5 <= plan.epochs < 20
+    # The AMD Zen 3 in fp32 (2026-12-07): steps of 59 and 175 ms at 16x16 measured by the demo there
+    steps = {"plain20": 0.059, "resnet20": 0.059, "plain56": 0.175, "resnet56": 0.175}
+    plan = plan_demo(steps, 64, budget=200)
+    assert plan.estimate <= 200 < plan.estimate + 21 * 0.468 * SAFETY
+    assert MIN_EPOCHS <= plan.epochs < 20
     text = plan.describe(64, "fp32")
-    full = 20 * 21 * 1.3 * SAFETY / 60  # minutes for 20 epochs of the four networks
+    full = 20 * 21 * 0.468 * SAFETY / 60  # minutes for 20 epochs of the four networks
     assert f"trains {plan.epochs} epochs per network" in text and f"would take about {full:.1f} min" in text
-    assert "resnet56 494 ms" in text
+    assert "resnet56 175 ms" in text
 
 
 def test_plan_keeps_the_epochs_the_finding_needs_when_they_do_not_fit():
@@ -60,7 +66,7 @@ def test_plan_keeps_the_epochs_the_finding_needs_when_they_do_not_fit():
     # behind the ResNet-20): the plan keeps MIN_EPOCHS on every image and says it runs over the budget
     plan = plan_demo({"resnet20": 1.0, "resnet56": 3.0}, 64, budget=200)
     assert plan.epochs == MIN_EPOCHS and plan.estimate > 200
-    assert "Even the 5 epochs per network the finding needs" in plan.describe(64, "fp32")
+    assert f"Even the {MIN_EPOCHS} epochs per network the finding needs" in plan.describe(64, "fp32")
     assert "the demo runs over it" in plan.describe(64, "fp32")
 
 
@@ -68,21 +74,24 @@ def test_demo_fits_its_budget_and_prints_progress_when_not_on_a_terminal(tmp_pat
     import resnet.experiments.demo as demo
 
     # A machine this slow cannot train 20 epochs in the budget: the demo must cut them and say so
-    # (two networks x 50 ms x 1.5 x 21 steps = 3.15 s an epoch: 5 epochs fit 16 s)
+    # (two networks x 50 ms x 1.5 x 21 steps = 3.15 s an epoch: 8 epochs fit 26 s)
     monkeypatch.setattr(demo, "measure_step_seconds", lambda nets, *a, **k: dict.fromkeys(nets, 0.05))
     monkeypatch.setattr(demo, "OVERHEAD_SECONDS", 0.0)
     monkeypatch.delenv(demo.SETUP_ENV, raising=False)  # .ci/run in a fresh clone sets it
-    result = demo.run_demo(str(tmp_path / "demo"), depths=(8,), budget=16)
+    result = demo.run_demo(str(tmp_path / "demo"), depths=(8,), budget=26)
     err = capsys.readouterr().err
-    assert result["epochs"] == 5
-    assert "so the demo trains 5 epochs per network (about" in err
+    assert result["epochs"] == 8 == demo.MIN_EPOCHS
+    assert "so the demo trains 8 epochs per network (about" in err
     # one plain line per epoch and network, with the elapsed time, although stderr is no terminal
     for net in ("plain8-s0", "resnet8-s0"):
-        for epoch in range(1, 6):
-            assert f"[degradation] {net} epoch {epoch}/5: train err" in err
+        for epoch in range(1, 9):
+            assert f"[degradation] {net} epoch {epoch}/8: train err" in err
     assert "elapsed)" in err
-    lines = (tmp_path / "demo" / "runs" / "resnet8-s0" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 5 and json.loads(lines[-1])["step"] == 5 * json.loads(lines[0])["step"]  # every image
+    run = tmp_path / "demo" / "runs" / "resnet8-s0"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 8 and json.loads(lines[-1])["step"] == 8 * json.loads(lines[0])["step"]  # every image
+    data = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert data["path"] == "digits16" and data["pad"] == 2  # the cheaper 16x16 images, shifted by one original pixel
 
 
 def test_step_time_probe_times_every_network_in_turn():

@@ -13,7 +13,7 @@ from .cifar import CifarFormatError, default_cache_dir, detect_cifar_folder, loa
     cifar_archive_spec
 from .folder import DatasetLayoutError, ImageDecodeError, index_from_names, is_archive, scan, walk_archive
 from .memory import ImagesTooLargeError, InMemoryDataset, MemoryLoader, load_image_folder
-from .digits import load_digits
+from .digits import SIDES as DIGITS, load_digits
 from .split import run_holdout, stratified_split
 from .stream import ImageFolderDataset, StreamingFolder
 from .transforms import STATS, eval_preset, train_preset
@@ -34,7 +34,8 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
     * a CIFAR-10/100 batch folder (``cifar-10-batches-py``, ``cifar-100-python``) or its parent;
     * an official CIFAR ``.tar.gz`` (extracted once into ``cache_dir``), or the name
       ``"cifar10"``/``"cifar100"`` (looked up in ``cache_dir``; ``download=True`` fetches it);
-    * the name ``"digits"``: scikit-learn's handwritten digits, no download (see digits.py);
+    * the name ``"digits"`` (or ``"digits16"``): scikit-learn's handwritten digits at 32x32 (16x16), no
+      download (see digits.py);
     * a class-per-folder image tree or its ``.tar``/``.tar.gz`` with images up to 64x64,
       decoded once and cached in ``cache_dir``, by default the cache folder
       (``$RESNET_CACHE``, ``$XDG_CACHE_HOME/resnet`` or ``~/.cache/resnet``), never next to the data.
@@ -55,8 +56,8 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
     p = Path(path).expanduser()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     if not p.exists():
-        if str(path) == "digits":
-            return load_digits(split)
+        if str(path) in DIGITS:
+            return load_digits(split, DIGITS[str(path)])
         if str(path) in SPECS:
             return _from_cifar(load_cifar(str(path), split, cache, download), str(path))
         if p.is_symlink():
@@ -80,7 +81,7 @@ def has_test_split(path: str | Path) -> bool:
     split folders is not one (``load_dataset`` would return its training images for "test")."""
     p = Path(path).expanduser()
     if not p.exists():
-        return str(path) == "digits" or str(path) in SPECS
+        return str(path) in DIGITS or str(path) in SPECS
     if p.is_dir() and detect_cifar_folder(p) is not None or p.is_file() and cifar_archive_spec(p):
         return True
     if is_archive(p):
