@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -448,9 +449,12 @@ def test_resume_and_eval_refuse_pickles_that_run_code(tiny_folder, tmp_path, cap
     marker = tmp_path / "pwned"
     with open(run / "last.state.pt", "wb") as f:
         pickle.dump({"epoch": _Evil(str(marker))}, f)
-    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    with warnings.catch_warnings(record=True) as caught:  # as a user sees them (pytest would hide them)
+        warnings.simplefilter("always")
+        assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
     err = capsys.readouterr().err
     assert "refusing to read" in err and "weights_only" not in err and not marker.exists()  # no advice to unpickle it
+    assert not [w for w in caught if "weights_only" in str(w.message)]  # torch's warning about plain pickle's protocol
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"fc.weight": _Evil(str(marker))}, f)

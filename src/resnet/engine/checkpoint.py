@@ -25,7 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 from ..models import ResNet, ResNetConfig
 from ..errors import CheckpointError
 from ..files import atomic_write, atomic_write_bytes
-from ..weights.state_dict import read_state_dict, unpickling_reason
+from ..weights.state_dict import load_plain, read_state_dict, unpickling_reason
 
 META_KEY = "resnet"
 KEEP = 2  # versioned checkpoints kept in ckpt/
@@ -140,7 +140,7 @@ def copy_resumable(src: str | os.PathLike, dst: str | os.PathLike) -> list[Path]
         state = latest_state_file(here)
         if state is not None:
             if state.name == "last.state.pt":  # the pair it names, not the link
-                named = torch.load(state, map_location="cpu", weights_only=True)["weights_file"]
+                named = load_plain(state)["weights_file"]
                 state = here / named.replace(".safetensors", ".state.pt")
             (target / "ckpt").mkdir(exist_ok=True)
             weights = state.with_name(state.name.replace(".state.pt", ".safetensors"))
@@ -160,7 +160,7 @@ def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise FileNotFoundError(f"--resume {run_dir}: no checkpoint there (expected {run_dir / 'last.state.pt'} "
                                 "or ckpt/step_*.state.pt); start a new run with --out instead")
     try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        state = load_plain(state_file)
     except pickle.UnpicklingError as e:  # torch's text would advise weights_only=False: never for a file like this
         raise CheckpointError(f"refusing to read {state_file}: it holds more than tensors and plain values (a file "
                               f"not written by this toolkit, or objects whose unpickling could run code): "

@@ -26,6 +26,15 @@ def unpickling_reason(e: Exception) -> str:
     return reason or next((line for line in lines if "weights_only" not in line), "not a file of tensors")[:120]
 
 
+def load_plain(path: str | os.PathLike):
+    """torch.load(weights_only=True): tensors and plain values only, never objects whose unpickling runs code.
+    Without torch's warning about a pickle protocol other than 2 (a file written by plain `pickle`): it names
+    weights_only, and the caller's one-line error about such a file is all a user needs to read."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors from `.safetensors`, or from `.pt/.pth/.bin` through `torch.load(weights_only=True)`.
 
@@ -41,7 +50,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             detail = (str(e).strip().splitlines() or [""])[0][:200]
             raise WeightsError(f"{path} is not a valid safetensors file ({detail})") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_plain(path)
     except pickle.UnpicklingError as e:
         # torch says the same for code-running pickles and for files that are no pickle at all (an
         # HTML error page, a partial download): name both, with torch's one-line reason.
