@@ -22,7 +22,8 @@ import torch
 
 from resnet.allocator import relaunch_tuned
 from resnet.config import make_config
-from resnet.engine.trainer import Trainer
+from resnet.engine.trainer import Trainer, TrainingInterrupted
+from resnet.errors import ConfigError
 
 
 def main() -> None:
@@ -45,7 +46,10 @@ def main() -> None:
         extra = [f"data.path={args.data}", f"seed={seed}", *args.overrides]
         if args.epochs:
             extra.append(f"epochs={args.epochs}")
-        cfg = make_config(args.recipe, extra)
+        try:
+            cfg = make_config(args.recipe, extra)
+        except ConfigError as e:  # an override that does not fit the recipe: one line, as `resnet train` says it
+            sys.exit(f"speedrun: {e}")
         start = time.perf_counter()
         run = Path(args.out) / f"seed{seed}"
         if args.branch_from:
@@ -53,7 +57,11 @@ def main() -> None:
                 sys.exit(f"--branch-from: {run} exists; pick another --out")
             shutil.copytree(Path(args.branch_from) / f"seed{seed}", run)
         trainer = Trainer(cfg, run, resume=bool(args.branch_from))
-        history = trainer.fit()
+        try:
+            history = trainer.fit()
+        except TrainingInterrupted as e:  # paused (SIGTERM while something else is timed): a checkpoint is written
+            print(f"speedrun: {e}; its table is not printed", file=sys.stderr)
+            sys.exit(143 if e.signal_name == "SIGTERM" else 130)
         minutes = (time.perf_counter() - start) / 60
         print(f"\n{args.recipe} seed {seed}: {cfg.model}, batch {cfg.data.batch_size}, {cfg.epochs} epochs, "
               f"{trainer.precision.name} (validation {trainer.eval_precision.name}), compiled: {trainer.compiled}, {torch.get_num_threads()} threads")

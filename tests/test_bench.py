@@ -250,3 +250,31 @@ def test_native_bf16_needs_the_instructions_not_only_onednn_s_yes(flags, onednn,
     monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
     assert precision.cpu_supports_bf16() is native
+
+
+def test_speedrun_paused_by_sigterm_says_where_it_stopped_in_one_line(tmp_path, monkeypatch, capsys):
+    """SIGTERM pauses a long run (to time something else): the trainer checkpoints and raises; the script says so and
+    exits 143 as `resnet train` does, not with a traceback."""
+    from resnet.engine.trainer import TrainingInterrupted
+
+    class StoppedTrainer:
+        def __init__(self, cfg, run, resume=False):
+            self.run = run
+
+        def fit(self):
+            raise TrainingInterrupted("SIGTERM", self.run, 4, 178)
+    monkeypatch.setattr(speedrun, "Trainer", StoppedTrainer)
+    monkeypatch.setattr(sys, "argv", ["speedrun.py", "--out", str(tmp_path), "--data", str(tmp_path / "x.tar.gz")])
+    with pytest.raises(SystemExit) as stop:
+        speedrun.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 143 and err.count("\n") == 1
+    assert "stopped at step 178 (epoch 5)" in err and f"resnet train --resume {tmp_path / 'seed0'}" in err
+
+
+def test_speedrun_refuses_overrides_that_do_not_fit_the_recipe_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["speedrun.py", "--out", str(tmp_path), "--data", str(tmp_path / "x.tar.gz"),
+                                      "select_epochs=0"])  # selection still on (select_fraction 0.5): refused
+    with pytest.raises(SystemExit) as stop:
+        speedrun.main()
+    assert str(stop.value.code).startswith("speedrun: select_fraction") and "\n" not in str(stop.value.code)
