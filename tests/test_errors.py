@@ -187,3 +187,20 @@ def test_the_distribution_name_is_ours_and_the_install_lines_use_it():
     assert project["scripts"] == {"resnet": "resnet.__main__:main"}  # the command keeps its name
     readme = (ROOT / "README.md").read_text()
     assert "pip install 'resnet[" not in readme and f"pip install '{DISTRIBUTION}[deploy]'" in readme
+
+
+def test_ctrl_c_while_pytorch_loads_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """The `resnet` command imports PyTorch for seconds before any command runs: Ctrl-C then is exit 130 and one line,
+    as during a command."""
+    import resnet.__main__ as entry
+
+    class Loading:  # resnet.cli as a Ctrl-C finds it: its names not there yet
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(entry, "relaunch_tuned", lambda training: None)
+    monkeypatch.setitem(sys.modules, "resnet.cli", Loading())
+    try:
+        code = entry.main()
+    except KeyboardInterrupt:  # (left to propagate, it would stop pytest itself)
+        pytest.fail("Ctrl-C while PyTorch loads escaped as a KeyboardInterrupt traceback")
+    assert code == 130 and capsys.readouterr().err == "resnet: interrupted\n"

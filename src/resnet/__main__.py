@@ -7,8 +7,11 @@ from .allocator import command_trains, relaunch_tuned
 
 def main() -> int:
     relaunch_tuned(training=command_trains(sys.argv[1:]))
-    from .cli import main as cli_main
-
+    try:
+        from .cli import main as cli_main
+    except KeyboardInterrupt:  # Ctrl-C in the seconds PyTorch takes to load: as the commands say it, no traceback
+        print("resnet: interrupted", file=sys.stderr)
+        return 130
     return cli_main()
 
 
