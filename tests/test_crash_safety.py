@@ -605,3 +605,18 @@ def test_a_park_killed_while_copying_the_state_leaves_no_pair_that_looks_complet
         checkpoint.copy_resumable(run, tmp_path / "parked")
     monkeypatch.setattr(shutil, "copy2", copy2)
     assert checkpoint.latest_state_file(tmp_path / "parked") is None
+
+
+def test_resume_sweeps_the_temporary_files_a_killed_write_left(tiny_folder, tmp_path):
+    """A SIGKILL mid-write leaves atomic_write's hidden temporary file (as large as a checkpoint) that no `except`
+    removed: the next start in the folder removes the stale ones, and never one that a live write may still own."""
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)
+    stale = [run / ".config.yaml.k2j4.tmp", run / "ckpt" / ".step_00000004.state.pt.x9a1.tmp"]
+    fresh = run / "ckpt" / ".step_00000008.safetensors.p0q7.tmp"
+    for path in (*stale, fresh):
+        path.write_bytes(b"cut")
+    for path in stale:
+        os.utime(path, (time.time() - 7200, time.time() - 7200))  # from a run killed two hours ago
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    assert not any(path.exists() for path in stale) and fresh.exists()

@@ -84,6 +84,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     _fsync_dir(path.parent)
 
 
+STALE_TEMPORARY_SECONDS = 3600.0  # far longer than any write takes: older ones are a killed process's
+
+
+def sweep_temporaries(folder: str | os.PathLike, older_than: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
+    """Remove what `atomic_write` left in `folder` when its process was killed mid-write (SIGKILL, a power
+    cut: no `except` ran), hidden `.NAME.XXXX.tmp` files as large as a checkpoint. Only those `older_than`
+    seconds, so that a write in progress elsewhere is never cut. Returns what it removed."""
+    removed, now = [], time.time()
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            pass
+    return removed
+
+
 def atomic_write_bytes(path: str | os.PathLike, data) -> None:
     """Bytes serialised beforehand (weights, a training state), written aside and renamed. Python's write
     raises OSError (ENOSPC: "No space left on device") where safetensors' and torch's own writers raise their

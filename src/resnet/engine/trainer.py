@@ -18,7 +18,7 @@ from ..config import TrainConfig
 from ..data import ImagesTooLargeError, InMemoryDataset, load_dataset
 from ..data.split import holdout
 from ..errors import CheckpointError, ConfigError, ResNetError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, sweep_temporaries
 from ..models import check_model_args, create_model
 from ..models.complexity import train_flops_per_image
 from ..models.layers import DropPath
@@ -236,6 +236,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:  # a run killed mid-write (SIGKILL) left its temporary file: gone on resume
+            for folder in (self.run_dir, self.run_dir / "ckpt"):
+                sweep_temporaries(folder)
         if self._skipped and self.dist.is_main:  # every process loaded the same data: rank 0 writes the list
             (self.run_dir / "skipped.txt").write_text("".join(f"{path}\t{why}\n" for path, why in self._skipped))
         self.log = MetricsLog(self.run_dir) if self.dist.is_main else distributed.NullLog()
