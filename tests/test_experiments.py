@@ -1,5 +1,6 @@
 """The papers' experiments on tiny generated data: report files and the numbers in them."""
 import json
+import os
 import re
 import shutil
 import signal
@@ -92,6 +93,21 @@ def test_degradation_report_and_resume(tiny_folder, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="optim.lr 0.05 there, 0.1 now"):
         papers.degradation(str(tiny_folder), [8, 14], epochs=2, out=str(out), overrides=TINY + ["optim.lr=0.1"])
     assert (out / "experiment.yaml").read_text() == described  # still the runs that are there
+    # A crash while the outputs are rewritten (here a failing rename) leaves them whole: written aside, then renamed
+    before = {name: (out / name).read_bytes() for name in ("experiment.yaml", "report.md", "degradation.png")}
+
+    class NoRename:  # resnet.files' os, whose rename fails as on a full disk
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def replace(src, dst):
+            raise OSError(28, "No space left on device")
+    monkeypatch.setattr("resnet.files.os", NoRename())
+    with pytest.raises(OSError, match="No space left"):
+        papers.degradation(str(tiny_folder), [8, 14], epochs=2, out=str(out), overrides=TINY)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_a_depth_given_twice_is_one_network_and_one_depth_is_not_judged(tiny_folder, tmp_path):

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from ..files import atomic_write
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_png(fig: Figure, path: Path) -> Path:
     """A PNG written aside and renamed: a run killed while drawing leaves the old curves, not a cut file."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return Path(path)
@@ -36,7 +36,7 @@ def plot_training_curves(records: list[dict], path: Path, title: str = "") -> Pa
     ax_loss.set(xlabel="iterations", ylabel="loss", title="loss")
     ax_loss.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
@@ -58,4 +58,4 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
     ax.set(xlabel="predicted", ylabel="true")
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)

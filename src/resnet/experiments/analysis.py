@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import MemoryLoader, load_split
+from ..files import atomic_write_text
 from ..models import ResNet, ResNetConfig
 from ..serve.load import load
 from .figures import plot_layer_values
@@ -53,9 +54,9 @@ def layer_responses(model: ResNet, loader) -> list[float]:
 def _layer_report(out_dir: Path, name: str, title: str, intro: str, series: dict, header: list[str],
                   rows: list[list]) -> dict:
     """NAME.json with the per-layer values and report.md with the table and NAME.png."""
-    (out_dir / f"{name}.json").write_text(json.dumps(series))
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(series))
     table = markdown_table(header, rows)
-    (out_dir / "report.md").write_text(f"# {title}\n\n{intro}\n\n{table}\n\n![{name}]({name}.png)\n")
+    atomic_write_text(out_dir / "report.md", f"# {title}\n\n{intro}\n\n{table}\n\n![{name}]({name}.png)\n")
     return {"series": series, "out": str(out_dir)}
 
 

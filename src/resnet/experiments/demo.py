@@ -167,8 +167,8 @@ def run_demo(out: str | None = None, depths: tuple[int, ...] = (20, 56), epochs:
         epochs = plan.epochs
     result = degradation(DATA, list(depths), epochs=epochs, out=str(out_dir), recipe=RECIPE, stream=sys.stderr)
     seconds = time.perf_counter() - start
-    print(f"\nplain vs residual on handwritten digits (scikit-learn, 8x8 scaled to {SIDE}x{SIDE}), {epochs} epochs each, "
-          f"{seconds:.0f}s in all")
+    print(f"\nplain vs residual on handwritten digits (scikit-learn, 8x8 scaled to {SIDE}x{SIDE}), {epochs} epochs "
+          f"each, {seconds:.0f}s in all")
     print(f"{'network':<10}{'train err':>10}{'mean over run':>15}{'val err':>9}{'test err':>10}")
     tests = {}
     for row in result["rows"]:

@@ -7,6 +7,8 @@ from pathlib import Path
 # into a user's notebook; PNGs are written through Agg all the same.
 from matplotlib.figure import Figure
 
+from ..engine.plots import save_png
+
 
 def plot_degradation(curves: dict[str, dict[int, list[dict]]], path: Path) -> Path:
     """ResNet Fig. 6: training error (dashed) and validation error (bold) vs iterations; plain left, residual right.
@@ -30,8 +32,7 @@ def plot_degradation(curves: dict[str, dict[int, list[dict]]], path: Path) -> Pa
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def plot_layer_values(series: dict[str, list[float]], path: Path, ylabel: str, title: str, sort: bool = True,
@@ -53,8 +54,7 @@ def plot_layer_values(series: dict[str, list[float]], path: Path, ylabel: str, t
         if log:
             ax.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def plot_bars(labels: list[str], values: list[float], errors: list[float], path: Path, ylabel: str, title: str) -> Path:
@@ -65,8 +65,7 @@ def plot_bars(labels: list[str], values: list[float], errors: list[float], path:
     ax.set(ylabel=ylabel, title=title)
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_png(fig, path)
 
 
 def plot_quality_slope(points: list[dict], fit: dict, path: Path, line_se) -> Path:
@@ -102,5 +101,4 @@ def plot_quality_slope(points: list[dict], fit: dict, path: Path, line_se) -> Pa
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return Path(path)
+    return save_png(fig, path)

@@ -16,6 +16,7 @@ from ..data import load_dataset
 from ..data.cifar import default_cache_dir
 from ..data.jpeg import ijg_scale, reencoded_copy, source_encoding
 from ..data.split import holdout_count, stratified_split
+from ..files import atomic_write_text
 from ..models import get_entry
 from .figures import plot_quality_slope
 from .runner import Experiment, RunSpec, count, format_mean_std, markdown_table, mean_std
@@ -80,8 +81,8 @@ def jpeg_quality(data: str, qualities: list[int] | tuple[int, ...] = DEFAULT_QUA
                        "path": path, "encoding": record, "iterations": results[0][1][-1]["step"]})
     del source
     fit = linear_fit([p["scale"] for p in points for _ in p["errors"]], [e for p in points for e in p["errors"]])
-    Path(out, "jpeg-quality.json").write_text(json.dumps({"source": data, "source_encoding": encoding, "points": points,
-                                                          "fit": fit, "model": model}, indent=1))
+    summary = {"source": data, "source_encoding": encoding, "points": points, "fit": fit, "model": model}
+    atomic_write_text(Path(out, "jpeg-quality.json"), json.dumps(summary, indent=1))
     plot_quality_slope(points, fit, Path(out) / "jpeg-quality.png", line_se)
     _report(Path(out), data, cfg, model, encoding, points, fit)
     return {"points": points, "fit": fit, "source_encoding": encoding, "out": str(out)}
@@ -147,4 +148,4 @@ def _report(out: Path, data: str, cfg: TrainConfig, model: str, encoding: dict, 
         body += [f"Qualities {above} lie above the shared files' own: re-encoding cannot restore what the first "
                  "encoding removed, so those points sit at a lower scale than their loss.", ""]
     body.append("![error against JPEG quality](jpeg-quality.png)")
-    (out / "report.md").write_text("\n".join(body) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(body) + "\n")

@@ -8,6 +8,7 @@ import torch
 
 from ..data.cifar import CIFAR10_CLASSES
 from ..data.stream import image_channels
+from ..files import atomic_write_text
 from ..models import create_model, get_entry, list_models
 from ..models.blocks import block_class
 from .figures import plot_bars, plot_degradation
@@ -111,7 +112,7 @@ def _write_report(exp: Experiment, title: str, body: list[str], epochs: str | No
             "(the papers report test error). Config, version and commit: `experiment.yaml`; per-run metrics: "
             "`runs/*/metrics.jsonl`.", ""]
     path = exp.out / "report.md"
-    path.write_text("\n".join(head + body) + "\n")
+    atomic_write_text(path, "\n".join(head + body) + "\n")
     return path
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..engine.evaluate import evaluate
 from ..engine.precision import default_device, resolve_precision
+from ..files import atomic_write_text
 from ..weights import get_source, is_named, model_from_weights
 from .papers import AKAMASTER_ERR
 from .runner import Experiment, RunSpec, base_config, count, format_mean_std, markdown_table, mean_std
@@ -104,7 +105,7 @@ def pretrained(data: str, weights: list[str], epochs: int = 3, seeds: int = 1, o
         rows.append({"weights": runs[0].title, "model": runs[0].model, "mean": before["mean"], "std": before["std"],
                      "before": before["top1_err"], "after": mean_std([e for _, e in after]), "per_seed": after,
                      "published": _published(spec, runs[0].model), "n": before["n"]})
-    (Path(out) / "pretrained.json").write_text(json.dumps({"data": data, "epochs": cfg.epochs, "rows": rows}, indent=1))
+    atomic_write_text(Path(out) / "pretrained.json", json.dumps({"data": data, "epochs": cfg.epochs, "rows": rows}, indent=1))
     _report(Path(out), data, cfg, len(train), rows)
     return {"rows": rows, "out": str(out)}
 
@@ -128,4 +129,4 @@ def _report(out: Path, data: str, cfg, n_train: int, rows: list[dict]) -> None:
         "mixes the cost of this data's encoding (artefacts they never saw) with memory of the images themselves; "
         "it is not generalisation to unseen images, and not comparable with a network trained on the rest alone.",
     ]
-    (out / "report.md").write_text("\n".join(text) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(text) + "\n")

@@ -12,6 +12,7 @@ from ..config import TrainConfig
 from ..data import has_test_split
 from ..data.split import holdout_count
 from ..engine.precision import default_device
+from ..files import atomic_write_text
 from ..serve.evaluate import run_eval
 from .runner import Experiment, RunSpec, count, final_weights
 
@@ -56,7 +57,7 @@ def score_on_test(exp: Experiment, results: list[tuple[RunSpec, list[dict]]]) ->
         r = run_eval(str(final_weights(run_dir)), exp.cfg.data.path, split="test", precision="fp32",
                      batch_size=exp.cfg.data.eval_batch_size, device=device, backend=backend)
         keep = {k: r[k] for k in ("top1_err", "top5_err", "loss", "n", "backend")}
-        (run_dir / "test.json").write_text(json.dumps({**keep, "data": exp.cfg.data.path}, indent=1))
+        atomic_write_text(run_dir / "test.json", json.dumps({**keep, "data": exp.cfg.data.path}, indent=1))
         out[spec.name] = keep
     return out
 

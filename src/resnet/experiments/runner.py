@@ -27,6 +27,7 @@ from ..data import InMemoryDataset
 from ..engine.checkpoint import latest_state_file, read_meta
 from ..engine.trainer import Trainer, describe_data, split_train_val
 from ..errors import ConfigError, ResNetError
+from ..files import atomic_write_text
 from ..models import check_model_args
 
 
@@ -163,7 +164,7 @@ class Experiment:
         info = {"experiment": self.kind, "version": __version__, "git_commit": git_commit(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": [dataclasses.asdict(s) for s in self.specs],
                 "seeds": sorted({s.seed for s in self.specs}), "config": self.cfg.to_dict(), **extra}
-        (self.out / "experiment.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+        atomic_write_text(self.out / "experiment.yaml", yaml.safe_dump(info, sort_keys=False))
 
     def data(self) -> tuple[InMemoryDataset, InMemoryDataset | None]:
         """Loaded and split once: every run sees the same training and validation images."""
