@@ -146,16 +146,20 @@ def test_colour_modes_become_rgb(tmp_path, mode):
         assert torch.equal(x[..., 0], x[..., 1]) and torch.equal(x[..., 1], x[..., 2])
 
 
-def test_ten_crop_is_corners_centre_and_mirrors(tmp_path):
-    a = np.random.RandomState(1).randint(0, 255, (256, 300, 3)).astype(np.uint8)
+def test_ten_crop_is_torchvisions_corners_centre_then_those_of_the_mirror(tmp_path):
+    """torchvision's TenCrop: five_crop(img) + five_crop(hflip(img)). 301 - 224 = 77 is odd: the mirror's centre
+    crop starts at round(38.5) = 38 of the mirrored image, column 39 of the original, not the first centre mirrored."""
+    a = np.random.RandomState(1).randint(0, 255, (256, 301, 3)).astype(np.uint8)
     path = _png(tmp_path, a)
     with Image.open(path) as img:
         x = TenCropTest(224, 256)(img)
-    t = torch.from_numpy(a)
+    t, m = torch.from_numpy(a), torch.from_numpy(a).flip(1)
     assert x.shape == (10, 224, 224, 3)
-    assert torch.equal(x[0], t[:224, :224]) and torch.equal(x[3], t[-224:, -224:])
-    assert torch.equal(x[4], t[16:240, 38:262])
-    assert torch.equal(x[5:], x[:5].flip(2))
+    for views, image in ((x[:5], t), (x[5:], m)):
+        corners = [image[:224, :224], image[:224, -224:], image[-224:, :224], image[-224:, -224:]]
+        assert all(torch.equal(v, c) for v, c in zip(views, corners))
+        assert torch.equal(views[4], image[16:240, 38:262])
+    assert torch.equal(x[9], t[16:240, 39:263].flip(1)) and not torch.equal(x[9], x[4].flip(1))
 
 
 def test_center_preset_resizes_as_torchvision(tmp_path):

@@ -199,17 +199,23 @@ class CenterTest:
         return to_hwc(_center_crop(_resize_shorter(img, self.resize, self.interp, self.fast), self.size))
 
 
+def _five_crops(img: Image.Image, size: int) -> list[Image.Image]:
+    """torchvision's five_crop: top-left, top-right, bottom-left, bottom-right, centre."""
+    w, h = img.size
+    boxes = [(0, 0), (w - size, 0), (0, h - size), (w - size, h - size)]
+    return [img.crop((x, y, x + size, y + size)) for x, y in boxes] + [_center_crop(img, size)]
+
+
 class TenCropTest(CenterTest):
     """The 10-crop test [ResNet §3.4, Krizhevsky et al.]: four corner crops and the centre crop of
-    the resized image, and their mirrors -> uint8 10 x H x W x C."""
+    the resized image, then those of its mirror, as torchvision's TenCrop -> uint8 10 x H x W x C. (The
+    first five mirrored would differ: where the width less the crop is odd, the mirror's centre crop lies a
+    pixel over.)"""
 
     def __call__(self, img: Image.Image, g=None) -> torch.Tensor:
         img = _resize_shorter(img, self.resize, self.interp, self.fast)
-        w, h, s = *img.size, self.size
-        boxes = [(0, 0), (w - s, 0), (0, h - s), (w - s, h - s)]
-        crops = [img.crop((x, y, x + s, y + s)) for x, y in boxes] + [_center_crop(img, s)]
-        out = torch.stack([to_hwc(c) for c in crops])
-        return torch.cat([out, out.flip(2)])
+        mirror = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.stack([to_hwc(c) for c in _five_crops(img, self.size) + _five_crops(mirror, self.size)])
 
 
 class MultiScaleTest:
