@@ -393,6 +393,28 @@ def test_image_folder_dir_and_archive(tmp_path):
         assert ds.std == pytest.approx(flat.std((0, 1, 2), unbiased=False).tolist(), abs=1e-4)
 
 
+def test_archive_hard_links_are_images_too(tmp_path):
+    """GNU tar stores a file's second name as a hard link to the first member: an image under two names (here
+    in two classes) is two samples, not one left out."""
+    pixels = [np.full((8, 8, 3), v, np.uint8) for v in (10, 120, 240)]
+    archive = tmp_path / "links.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, a in zip(("train/cat/0.png", "train/cat/1.png", "train/dog/0.png"), pixels):
+            data = io.BytesIO()
+            Image.fromarray(a).save(data, format="PNG")
+            info = tarfile.TarInfo(name)
+            info.size = len(data.getvalue())
+            tar.addfile(info, io.BytesIO(data.getvalue()))
+        link = tarfile.TarInfo("train/dog/1.png")
+        link.type, link.linkname = tarfile.LNKTYPE, "train/cat/1.png"
+        tar.addfile(link)
+    ds = load_dataset(archive, "train", cache_dir=tmp_path / "cache")
+    assert ds.labels.tolist() == [0, 0, 1, 1]
+    assert [int(x[0, 0, 0]) for x in ds.images] == [10, 120, 240, 120]
+    streamed = ImageFolderDataset(archive)
+    assert len(streamed) == 4 and np.array(streamed[3][0])[0, 0, 0] == 120
+
+
 def test_archive_split_folders(tmp_path):
     make_tree(tmp_path / "d" / "train")
     make_tree(tmp_path / "d" / "val", per_class=2)

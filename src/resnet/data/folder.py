@@ -233,6 +233,12 @@ def _member_name(m: tarfile.TarInfo) -> str | None:
     return None if name in (".", "") or ".." in name.split("/") else name
 
 
+def _has_content(m: tarfile.TarInfo) -> bool:
+    """A file's member, or a hard link to an earlier one (GNU tar stores a file's second name so; tarfile reads
+    the target's bytes for it). Symbolic links are left out: they may point outside the archive."""
+    return m.isfile() or m.islnk()
+
+
 def walk_archive(source: Path, on_image: Callable[[str, bytes], None] | None = None
                  ) -> tuple[set[str], list[str]]:
     """One sequential pass over a tar archive: its folders and files (posix names). With
@@ -247,7 +253,7 @@ def walk_archive(source: Path, on_image: Callable[[str, bytes], None] | None = N
                     continue
                 if m.isdir():
                     dirs.add(name)
-                elif m.isfile():
+                elif _has_content(m):
                     files.append(name)
                     if on_image is not None and is_image_file(name) and not _hidden(name):
                         with tar.extractfile(m) as f:  # type: ignore[union-attr]
@@ -362,6 +368,6 @@ def iter_encoded(index: FolderIndex,
     with tarfile.open(index.source, "r:*") as tar:
         for m in tar:
             name = _member_name(m)
-            if m.isfile() and name in labels:
+            if _has_content(m) and name in labels:
                 with tar.extractfile(m) as f:  # type: ignore[union-attr]
                     yield f"{index.source}:{name}", f.read(), labels[name]
