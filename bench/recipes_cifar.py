@@ -28,7 +28,8 @@ from resnet.config import make_config
 from resnet.engine.precision import cpu_model
 from resnet.engine.trainer import Trainer, split_train_val
 from resnet.engine.checkpoint import latest_state_file
-from resnet.experiments.runner import completed_epochs, read_metrics, rescale_paper_milestones
+from resnet.errors import ConfigError
+from resnet.experiments.runner import check_same_settings, completed_epochs, read_metrics, rescale_paper_milestones
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-train-jpg.tar.gz"
 # (name, recipe, overrides): cumulative, so each row says what one more ingredient bought.
@@ -71,6 +72,7 @@ def _data(cfg, limit: str | None):
 def run_one(cfg, data, run_dir: Path, device: str) -> list[dict]:
     steps = len(data[0]) // cfg.data.batch_size
     cfg = rescale_paper_milestones(cfg, steps)
+    check_same_settings(run_dir, cfg)  # a folder of other settings (a recipe changed since) is refused, not reported
     if completed_epochs(run_dir) >= cfg.epochs:
         return read_metrics(run_dir)
     trainer = Trainer(cfg, run_dir, resume=latest_state_file(run_dir) is not None, data=data,
@@ -112,7 +114,11 @@ def main(argv=None) -> int:
         for name, recipe, overrides in variants:
             cfg = _config(recipe, overrides, model, args.epochs, args.data, device)
             t0 = time.perf_counter()
-            s = summarise(run_one(cfg, data, out / f"{model}-{name.replace('/', '_').replace(' ', '')}", device))
+            try:
+                s = summarise(run_one(cfg, data, out / f"{model}-{name.replace('/', '_').replace(' ', '')}", device))
+            except ConfigError as e:
+                print(f"recipes_cifar: {e}", file=sys.stderr)
+                return 2
             print(f"{model} {name}: val err {s['val_err']:.2f}% ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
             rows.append((model, name, s))
     print(f"\n{args.epochs} epochs, {len(data[0])} training images, "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -235,6 +236,27 @@ def test_recipes_cifar_refuses_bad_budgets_in_one_line(args, message, tmp_path, 
         recipes_cifar.main([*args, "--data", str(tmp_path), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_recipes_cifar_reads_back_only_a_run_folder_of_the_same_settings(tmp_path, monkeypatch):
+    """A rerun into the same --out after the recipe changed (here its lr) would have read the old runs back into
+    this table: such a folder is refused; one of the same settings is read back, not retrained."""
+    from resnet.errors import ConfigError
+
+    data = ([0] * 256, [0] * 64)  # (run_one only counts the training images)
+    wanted = recipes_cifar.rescale_paper_milestones(
+        recipes_cifar._config("cifar10_paper", [], "resnet20", 1, str(tmp_path / "a.tar.gz"), "cpu"), 256 // 128)
+    other = recipes_cifar.rescale_paper_milestones(
+        recipes_cifar._config("cifar10_paper", ["optim.lr=0.05"], "resnet20", 1, str(tmp_path / "a.tar.gz"), "cpu"), 2)
+    monkeypatch.setattr(recipes_cifar, "Trainer", lambda *a, **k: pytest.fail("trained instead of reading back"))
+    monkeypatch.setattr(recipes_cifar, "completed_epochs", lambda run_dir: 1)
+    monkeypatch.setattr(recipes_cifar, "read_metrics", lambda run_dir: [{"epoch": 1}])
+    for name, saved in (("same", wanted), ("other", other)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump(saved.to_dict(), sort_keys=False))
+    assert recipes_cifar.run_one(wanted, data, tmp_path / "same", "cpu") == [{"epoch": 1}]
+    with pytest.raises(ConfigError, match="other settings .*optim.lr 0.05 there, 0.1 now"):
+        recipes_cifar.run_one(wanted, data, tmp_path / "other", "cpu")
 
 
 CASCADE_LAKE = frozenset({"avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni"})

@@ -93,7 +93,7 @@ def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _check_same_settings(run_dir: Path, cfg: TrainConfig) -> None:
+def check_same_settings(run_dir: Path, cfg: TrainConfig) -> None:
     """A run folder already there is read back or continued only when it ran with these settings: otherwise
     the report would present runs of another schedule (fewer epochs, another lr) as this experiment's. More
     epochs are allowed: the runs continue (with the paper's milestones rescaled to the new length)."""
@@ -206,7 +206,7 @@ class Experiment:
         done = completed_epochs(run_dir)
         if done:  # before the settings: other data's iterations an epoch would show as other lr milestones
             _check_same_data(run_dir, self.data()[0], len(self.data()[0]) // self.cfg.data.batch_size, cfg.data.path)
-        _check_same_settings(run_dir, cfg)
+        check_same_settings(run_dir, cfg)
         return done
 
     def _epoch_line(self, spec: RunSpec, epochs: int, r: dict) -> None:
