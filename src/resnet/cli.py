@@ -221,8 +221,8 @@ def _add_experiment_parsers(sub) -> None:
                                      "(experiments/pretrained.py FINETUNE) unless overridden")}
     for kind, text in specs.items():
         k = kinds.add_parser(kind, help=text, description=text)
-        k.add_argument("--data", required=True, help="CIFAR folder or archive, an image tree, 'digits' (32x32) or 'digits16'"
-                       f"{NAMED_DATA}")
+        k.add_argument("--data", required=True,
+                       help=f"CIFAR folder or archive, an image tree, 'digits' (32x32) or 'digits16'{NAMED_DATA}")
         k.add_argument("--out", type=_given, help=f"report folder (default experiments/{kind}); rerun to resume")
         if kind in ("responses", "gradients"):
             k.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints or run folders")
