@@ -61,7 +61,7 @@ def main() -> None:
             history = trainer.fit()
         except TrainingInterrupted as e:  # paused (SIGTERM while something else is timed): a checkpoint is written
             print(f"speedrun: {e}; its table is not printed", file=sys.stderr)
-            sys.exit(143 if e.signal_name == "SIGTERM" else 130)
+            sys.exit(e.exit_code)
         minutes = (time.perf_counter() - start) / 60
         print(f"\n{args.recipe} seed {seed}: {cfg.model}, batch {cfg.data.batch_size}, {cfg.epochs} epochs, "
               f"{trainer.precision.name} (validation {trainer.eval_precision.name}), compiled: {trainer.compiled}, {torch.get_num_threads()} threads")

@@ -588,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "experiment":  # the experiment resumes all its runs, not one `train --resume`
             message = f"{e.where} in {e.run_dir}; continue with the same command (finished runs are read back)"
         print(f"resnet {args.command}: {message}", file=sys.stderr)
-        return 143 if e.signal_name == "SIGTERM" else 130
+        return e.exit_code
     except (ResNetError, OSError) as e:  # expected: the message says what to do
         if debug:
             traceback.print_exc()

@@ -57,7 +57,7 @@ def load_dataset(path: str | Path, split: str = "train", cache_dir: str | Path |
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     if not p.exists():
         if str(path) in DIGITS:
-            return load_digits(split, DIGITS[str(path)])
+            return load_digits(split, str(path))
         if str(path) in SPECS:
             return _from_cifar(load_cifar(str(path), split, cache, download), str(path))
         if p.is_symlink():

@@ -19,7 +19,9 @@ SIDE = 32
 SIDES = {"digits": SIDE, "digits16": 16}  # the data sets' names: their side in pixels
 
 
-def load_digits(split: str = "train", side: int = SIDE) -> InMemoryDataset:
+def load_digits(split: str = "train", name: str = NAME) -> InMemoryDataset:
+    """`name`'s images (see SIDES) of `split`, 'train' or 'test'."""
+    side = SIDES[name]
     try:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
@@ -35,5 +37,4 @@ def load_digits(split: str = "train", side: int = SIDE) -> InMemoryDataset:
     images, labels = images[idx], labels[idx]
     mean = images.float().mean().item() / 255.0
     std = images.float().std().item() / 255.0
-    return InMemoryDataset(images, labels, [str(d) for d in range(10)], (mean,), (std,),
-                           NAME if side == SIDE else f"{NAME}{side}", "scikit-learn")
+    return InMemoryDataset(images, labels, [str(d) for d in range(10)], (mean,), (std,), name, "scikit-learn")

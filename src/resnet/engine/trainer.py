@@ -49,6 +49,11 @@ class TrainingInterrupted(RuntimeError):
         self.where = f"{signal_name}: stopped at step {step} (epoch {epoch + 1}) after saving a checkpoint"
         super().__init__(f"{self.where}; continue with: resnet train --resume {run_dir}")
 
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by the signal: 128 + 15 (SIGTERM) or 128 + 2 (SIGINT)."""
+        return 143 if self.signal_name == "SIGTERM" else 130
+
     def __reduce__(self):  # rebuilt from its fields when a worker process raises it (experiments --jobs)
         return type(self), (self.signal_name, self.run_dir, self.epoch, self.step)
 
