@@ -588,9 +588,10 @@ def test_parked_run_resumes_exactly_from_its_one_checkpoint(tiny_folder, tmp_pat
 
 
 def test_a_park_killed_while_copying_the_state_leaves_no_pair_that_looks_complete(tiny_folder, tmp_path,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, capsys):
     """`resnet park` copied the state file in place: killed during that copy, the copy held a cut state beside
-    its weights, which --resume took for the newest complete pair ("cannot read ... not from this toolkit")."""
+    its weights, which --resume took for the newest complete pair ("cannot read ... not from this toolkit").
+    --resume of such a copy says it was cut short and to park again (it said "start a new run")."""
     run = tmp_path / "run"
     _stop_at_step_6(tiny_folder, run)
     copy2 = shutil.copy2
@@ -605,6 +606,11 @@ def test_a_park_killed_while_copying_the_state_leaves_no_pair_that_looks_complet
         checkpoint.copy_resumable(run, tmp_path / "parked")
     monkeypatch.setattr(shutil, "copy2", copy2)
     assert checkpoint.latest_state_file(tmp_path / "parked") is None
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "parked")]) == 2
+    err = capsys.readouterr().err
+    assert "step_00000006.state.pt beside it" in err and "park the original run again" in err
+    assert err.count("\n") == 1, err
 
 
 def test_resume_sweeps_the_temporary_files_a_killed_write_left(tiny_folder, tmp_path):

@@ -152,13 +152,26 @@ def copy_resumable(src: str | os.PathLike, dst: str | os.PathLike) -> list[Path]
     return runs
 
 
+def resumable_state_file(run_dir: Path) -> Path:
+    """The state file --resume continues from (`latest_state_file`), or an error that says what to do."""
+    state_file = latest_state_file(run_dir)
+    if state_file is not None:
+        return state_file
+    orphans = sorted((run_dir / "ckpt").glob("step_*.safetensors"))
+    if orphans:  # weights whose state never came: "no checkpoint" would hide where the cut copy came from
+        state_name = orphans[-1].name.replace(".safetensors", ".state.pt")
+        raise CheckpointError(f"--resume {run_dir}: {orphans[-1]} has no {state_name} beside it, so its writing was "
+                              "cut short (a `resnet park` stopped midway, or a run killed while saving its first "
+                              "checkpoint): park the original run again into a new folder, or start a new run with "
+                              "--out")
+    raise FileNotFoundError(f"--resume {run_dir}: no checkpoint there (expected {run_dir / 'last.state.pt'} "
+                            "or ckpt/step_*.state.pt); start a new run with --out instead")
+
+
 def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(state, weights) of the newest complete checkpoint in a run folder, for --resume."""
     run_dir = Path(run_dir)
-    state_file = latest_state_file(run_dir)
-    if state_file is None:
-        raise FileNotFoundError(f"--resume {run_dir}: no checkpoint there (expected {run_dir / 'last.state.pt'} "
-                                "or ckpt/step_*.state.pt); start a new run with --out instead")
+    state_file = resumable_state_file(run_dir)
     try:
         state = load_plain(state_file)
     except pickle.UnpicklingError as e:  # torch's text would advise weights_only=False: never for a file like this

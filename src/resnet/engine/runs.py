@@ -37,6 +37,7 @@ def plan_run(settings: dict | None = None, overrides=None, recipe: str | None = 
         if not saved.is_file():
             raise CheckpointError(f"--resume {run_dir}: no config.yaml there; is it a run folder of `resnet train`?")
         saved_config = read_yaml_mapping(saved.read_text(), f"--resume {run_dir}: its config.yaml")
+        checkpoint.resumable_state_file(run_dir)  # now, not after the data has loaded
         began, asked = saved_config.get("model"), settings.get("model")
         if began and asked and asked != began:  # now, before the data loads (the trainer checks the state too)
             raise CheckpointError(f"--resume {run_dir}: that run trains {began}, not {asked}")
