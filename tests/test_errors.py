@@ -4,6 +4,9 @@ extra meets, and the distribution name the install lines use."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -187,6 +190,25 @@ def test_the_distribution_name_is_ours_and_the_install_lines_use_it():
     assert project["scripts"] == {"resnet": "resnet.__main__:main"}  # the command keeps its name
     readme = (ROOT / "README.md").read_text()
     assert "pip install 'resnet[" not in readme and f"pip install '{DISTRIBUTION}[deploy]'" in readme
+
+
+def test_ctrl_c_while_the_interpreter_exits_is_not_a_traceback(tmp_path):
+    """After a command, Python's teardown (PyTorch's exit handlers) took Ctrl-C as an "Exception ignored in atexit
+    callback" traceback: now it ends the process as Ctrl-C does (-SIGINT, 130 in a shell), the output already out."""
+    code = ("import atexit, os, signal, sys, time\n"
+            "import resnet.__main__ as entry\n"
+            "def ctrl_c_at_exit():\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(5)\n"
+            "    print('teardown went on', file=sys.stderr)\n"
+            "atexit.register(ctrl_c_at_exit)\n"
+            f"sys.argv = ['resnet', 'cache', 'list', '--dir', {str(tmp_path)!r}]\n"
+            "sys.exit(entry.main())\n")
+    env = {**os.environ, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}  # as after the relaunch: no relaunch
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == -signal.SIGINT, (done.returncode, done.stderr)
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+    assert done.stdout.strip(), "the command's output was lost"
 
 
 def test_ctrl_c_while_pytorch_loads_is_one_line_not_a_traceback(monkeypatch, capsys):
