@@ -35,7 +35,7 @@ def test_cifar_sizes_as_in_table6(name, millions):
 
 
 def test_resnet1001_counts_like_the_paper():
-    """Identity Mappings Table 2 says 10.2M: that is the conv weights (10.18M); BN adds 0.15M more."""
+    """Identity Mappings Table 4 says 10.2M: that is the conv weights (10.18M); BN adds 0.15M more."""
     with torch.device("meta"):
         model = resnet.create_model("preact_resnet1001")
     convs = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Conv2d) for p in m.parameters())

@@ -64,12 +64,14 @@ def _register_all() -> None:
         register(f"resnet{d}", "ResNet §4.2, Table 6", **cifar_config(d, shortcut="A"))
     for d in (20, 32, 44, 56, 110):
         register(f"plain{d}", "ResNet §4.2, Fig. 6", **cifar_config(d, "plain_basic"))
+    # Identity Mappings: Table 2 has ResNet-110 and -164 (activation orders), Table 3 and 4 add ResNet-1001;
+    # Table 5 the ImageNet ResNet-152 and -200 (18 to 101 are the same units at torchvision's depths)
     register("preact_resnet110", "Identity Mappings Table 2", **cifar_config(110, "preact_basic"))
-    for d in (164, 1001):
-        register(f"preact_resnet{d}", "Identity Mappings Table 2", **cifar_config(d, "preact_bottleneck"))
+    register("preact_resnet164", "Identity Mappings Table 2", **cifar_config(164, "preact_bottleneck"))
+    register("preact_resnet1001", "Identity Mappings Table 3", **cifar_config(1001, "preact_bottleneck"))
     for d in (18, 34, 50, 101, 152, 200):
         block = "preact_basic" if d < 50 else "preact_bottleneck"
-        register(f"preact_resnet{d}", "Identity Mappings Table 4", block=block, layers=IMAGENET_LAYERS[d])
+        register(f"preact_resnet{d}", "Identity Mappings Table 5", block=block, layers=IMAGENET_LAYERS[d])
     # The CIFAR speedrun network (recipe cifar10_speedrun): airbench94's widths and whitening stem with
     # Page's / hlb-CIFAR10's residual branch in every stage; 8 weighted layers.
     register("speedrun_resnet8", "Page 2018 ResNet-9; hlb-CIFAR10; airbench94", block="speedrun",
