@@ -104,6 +104,24 @@ def test_cli_exit_code_and_message_on_sigterm(tiny_folder, tmp_path, capsys, mon
     assert err[-1].startswith("resnet train: SIGTERM: stopped at step 2") and f"--resume {tmp_path / 'r'}" in err[-1]
 
 
+def test_sigterm_before_the_training_loop_stops_as_ctrl_c_does(tiny_folder, tmp_path):
+    """SIGTERM before the loop's own handler (here while the data loads) killed the process where it stood: exit -15,
+    not a word, clean-ups skipped. Now it stops as Ctrl-C does: one line, exit 143, no run folder left."""
+    script = ("import os, signal, sys\n"
+              "import resnet.engine.trainer as trainer\n"
+              "from resnet.cli import main\n"
+              "def loading(cfg):\n"
+              "    os.kill(os.getpid(), signal.SIGTERM)\n"
+              "    raise AssertionError('SIGTERM did not stop the command')\n"
+              "trainer.split_train_val = loading\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", script, "train", "--model", "resnet20", "--data", str(tiny_folder),
+                           "--out", str(tmp_path / "r"), *TINY], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 143, (done.returncode, done.stderr)
+    assert done.stderr.strip().splitlines()[-1] == "resnet train: terminated", done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
+
+
 SCRIPT = """
 import sys
 from resnet.cli import main

@@ -11,7 +11,9 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -574,12 +576,38 @@ def _warnings_as_lines(command: str):
         warnings.showwarning = shown
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside the training loop (which has its own handler: a checkpoint, then a clean stop), raised as
+    Ctrl-C's KeyboardInterrupt is, so the same clean-ups run: the default action killed the process where it stood,
+    with a half-written cache file left behind and not a word said."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_exception():
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:  # a caller's own handling stays
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = os.environ.get("RESNET_DEBUG", "") not in ("", "0")
     try:
-        with _warnings_as_lines(args.command):
+        with _sigterm_as_exception(), _warnings_as_lines(args.command):
             return args.func(args)
+    except Terminated:
+        print(f"resnet {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"resnet {args.command}: interrupted", file=sys.stderr)
         return 130
