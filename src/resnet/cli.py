@@ -579,7 +579,7 @@ def _warnings_as_lines(command: str):
 class Terminated(KeyboardInterrupt):
     """SIGTERM outside the training loop (which has its own handler: a checkpoint, then a clean stop), raised as
     Ctrl-C's KeyboardInterrupt is, so the same clean-ups run: the default action killed the process where it stood,
-    with a half-written cache file left behind and not a word said."""
+    not a word said, a half-written file's hidden temporary (a data cache's) left behind."""
 
 
 @contextlib.contextmanager
