@@ -122,6 +122,22 @@ def test_sigterm_before_the_training_loop_stops_as_ctrl_c_does(tiny_folder, tmp_
     assert "Traceback" not in done.stderr and not (tmp_path / "r").exists()
 
 
+def test_a_forked_worker_ends_by_sigterm_as_before_with_no_traceback():
+    """The decoding pool's forked workers inherit the command's SIGTERM handler, and Pool.terminate() ends them by
+    SIGTERM: they raised Terminated and each printed a traceback. A forked process now dies as SIGTERM's default."""
+    script = ("import multiprocessing, os, signal, sys, time\n"
+              "from resnet.cli import _sigterm_as_exception\n"
+              "with _sigterm_as_exception():\n"
+              "    child = multiprocessing.get_context('fork').Process(target=time.sleep, args=(30,))\n"
+              "    child.start()\n"
+              "    time.sleep(0.5)\n"
+              "    os.kill(child.pid, signal.SIGTERM)\n"
+              "    child.join(20)\n"
+              "    print(child.exitcode)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == str(-signal.SIGTERM) and "Traceback" not in done.stderr, (done.stdout, done.stderr)
+
+
 SCRIPT = """
 import sys
 from resnet.cli import main

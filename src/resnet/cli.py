@@ -589,7 +589,13 @@ def _sigterm_as_exception():
         yield
         return
 
+    owner = os.getpid()
+
     def terminate(signum, frame):
+        if os.getpid() != owner:  # a forked worker (the decoding pool, which Pool.terminate() ends by SIGTERM): die
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as before, not with a traceback of its own
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
         raise Terminated
 
     previous = signal.signal(signal.SIGTERM, terminate)
