@@ -95,6 +95,15 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name).strip("._") or "class"
 
 
+def _class_folder(name: str) -> str:
+    """A class's folder name in a copy: the name itself wherever it can be one (an image folder's classes
+    are folder names already; "golden retriever" made "golden_retriever" would load back as another class,
+    and may sort elsewhere, moving the labels), else `_safe`'s."""
+    usable = name and "/" not in name and "\\" not in name and "\0" not in name and not _hidden(name) \
+        and name.strip() == name
+    return name if usable else _safe(name)
+
+
 def _encode(pixels: np.ndarray, quality: int) -> bytes:
     """One H x W x C uint8 image as JPEG bytes: 4:2:0 chroma (PIL subsampling=2), as the shared files."""
     img = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
@@ -115,7 +124,7 @@ def write_reencoded(ds, quality: int, folder: str | Path) -> dict:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        names = [_safe(c) for c in ds.classes]
+        names = [_class_folder(c) for c in ds.classes]
         if len(set(names)) != len(names):
             raise ConfigError(f"class names {ds.classes} collide once made safe as folder names")
         for name in names:
