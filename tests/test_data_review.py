@@ -29,3 +29,20 @@ def test_reencoded_copy_keeps_class_names_with_spaces(tmp_path):
     back = load_dataset(tmp_path / "q50", cache_dir=tmp_path / "cache")
     assert back.classes == ds.classes == ["a b", "a-c", "golden retriever"]
     assert torch.equal(back.labels, ds.labels)
+
+
+def test_a_blank_channel_does_not_normalise_to_nan(tmp_path):
+    """Images whose blue channel is 0 everywhere had std 0 there: every batch was NaN (training stopped on a
+    non-finite loss). Such a channel is divided by 1; decoded or read back from the cache alike."""
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "src" / c).mkdir(parents=True)
+        for i in range(3):
+            a = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            a[..., 2] = 0
+            Image.fromarray(a).save(tmp_path / "src" / c / f"{i}.png")
+    for _ in range(2):  # decoded, then from the cache
+        ds = load_dataset(tmp_path / "src", cache_dir=tmp_path / "cache")
+        assert ds.std[2] == 1.0 and ds.std[0] > 0
+        x, _ = next(iter(ds.loader(6, train=True)))
+        assert torch.isfinite(x).all() and (x[:, 2] == 0).all()

@@ -263,7 +263,13 @@ def channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[tuple[float,
     n = h.sum(1).clamp_min(1)
     mean = (h * v).sum(1) / n
     std = ((h * v * v).sum(1) / n - mean * mean).clamp_min(0).sqrt()
-    return tuple(round(x, 4) for x in mean.tolist()), tuple(round(x, 4) for x in std.tolist())
+    return tuple(round(x, 4) for x in mean.tolist()), _usable_std(round(x, 4) for x in std.tolist())
+
+
+def _usable_std(std) -> tuple[float, ...]:
+    """A channel that never varies (every pixel one value: a blank channel) has std 0, and normalising by it made
+    every input NaN: such a channel is divided by 1 instead (it normalises to 0 all the same)."""
+    return tuple(s if s > 0 else 1.0 for s in std)
 
 
 # --------------------------------------------------------------------------- cache
@@ -338,7 +344,7 @@ def _read_cache(path: Path) -> InMemoryDataset | None:
             return None
         images = images.permute(0, 3, 1, 2)  # channels_last view, no copy
         return InMemoryDataset(images, labels, json.loads(meta["classes"]),
-                               tuple(json.loads(meta["mean"])), tuple(json.loads(meta["std"])),
+                               tuple(json.loads(meta["mean"])), _usable_std(json.loads(meta["std"])),
                                meta.get("name", ""), meta.get("source", ""),
                                {"cache": str(path), "skipped": json.loads(meta.get("skipped", "[]"))})
     except Exception as e:  # a damaged cache is rebuilt, not fatal
