@@ -180,14 +180,38 @@ def test_recipes_and_overrides():
         make_config(None, ["optim.lr"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("optim.momentum=-1", "optim.momentum must be in"),  # was torch's ValueError traceback at the optimizer
+    ("optim.momentum=1.5", "optim.momentum must be in"),  # trained, diverging
+    ("optim.weight_decay=-1e-4", "optim.weight_decay must be >= 0"),
+    ("optim.grad_clip=-1", "optim.grad_clip must be >= 0"),  # clip_grad_norm_ flipped the gradients' sign
+    ("data.pad=-1", "data.pad and data.resize"),  # a traceback in the loader's crop
+    ("schedule.gamma=-0.1", "schedule.gamma must be > 0"),  # a negative lr after the first milestone
+    ("schedule.final_lr=-0.5", "schedule.final_lr must be >= 0"),
+    ("schedule.warmup_start=-1", "schedule.warmup_start"),
+    ("schedule.milestones=[-3]", "schedule.milestones"),
+    ("schedule.warmup_lr=0.01", "go together"),  # without warmup_until_err: no warm-up at all, silently
+    ("schedule.warmup_until_err=80", "go together"),
+    (["schedule.name=onecycle", "schedule.warmup_method=constant"], "warmup_method=constant is for"),  # ignored
+])
+def test_out_of_range_optimizer_and_schedule_settings_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        make_config(None, override if isinstance(override, list) else [override])
+
+
+def test_resnet110_warmup_settings_together_are_accepted():
+    cfg = make_config("cifar10_paper", ["schedule.warmup_lr=0.01", "schedule.warmup_until_err=80"])
+    assert Schedule(cfg.schedule, 0.1, 100).lr(0) == 0.01
+
+
 def test_numeric_overrides_parse_as_users_type_them(tmp_path, capsys):
     """YAML 1.1 reads `1e-3` and `5E-4` as strings; every spelling of a number reaches the config as one."""
     cfg = make_config(None, ["optim.lr=1e-3", "optim.weight_decay=5E-4", "schedule.gamma=.1", "epochs=1_000",
                              "data.batch_size=2e2", "schedule.milestones=[1e3,2_000]", "model_args.drop_path_rate=1e-1",
-                             "optim.grad_clip=-1.5E+0"])
+                             "optim.grad_clip=+1.5E+0"])
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.schedule.gamma) == (1e-3, 5e-4, 0.1)
     assert cfg.epochs == 1000 and cfg.data.batch_size == 200 and cfg.schedule.milestones == (1000, 2000)
-    assert cfg.model_args == {"drop_path_rate": 0.1} and cfg.optim.grad_clip == -1.5
+    assert cfg.model_args == {"drop_path_rate": 0.1} and cfg.optim.grad_clip == 1.5
     assert type(cfg.epochs) is int and type(cfg.optim.lr) is float
     recipe = tmp_path / "r.yaml"
     recipe.write_text("optim: {lr: 3e-2}\nschedule: {milestones: [1e2]}\n")
