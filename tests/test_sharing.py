@@ -19,6 +19,7 @@ from resnet.config import make_config
 from resnet.engine.checkpoint import load_model
 from resnet.engine.trainer import train
 from resnet.models.complexity import measure
+from resnet.serve.load import load, load_spec
 from resnet.weights import WeightsError, WeightsUnavailableError, hf, is_folder, model_from_weights
 from resnet.weights import sources as W
 
@@ -118,6 +119,28 @@ def test_model_save_pretrained_round_trip(tmp_path):
     cfg = json.loads((tmp_path / "s" / "config.json").read_text())
     assert (cfg["preprocess"]["crop"], cfg["preprocess"]["resize"], cfg["pretrained_cfg"]["pool_size"],
             cfg["global_pool"]) == (32, 32, [3, 3], "max")
+
+
+def test_a_folder_s_weights_file_is_read_as_its_folder_not_as_a_checkpoint(tmp_path, capsys):
+    """model.safetensors of a hub-style folder names its model under the checkpoints' metadata key: given as
+    --weights or --checkpoint (or to export) it was read as a checkpoint without model_config (a KeyError
+    traceback); it is read as its folder is, with config.json's preprocessing and class names."""
+    torch.manual_seed(0)
+    model = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4, num_classes=2)
+    model.pretrained_meta = {"classes": ["cat", "dog"], "mean": [0.5] * 3, "std": [0.25] * 3}
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    for spec in ({"weights": str(weights)}, {"checkpoint": str(weights)}, {"weights": str(weights), "model": "resnet20"}):
+        net, meta = load(**spec)
+        assert torch.equal(_logits(net), _logits(model)) and meta["classes"] == ["cat", "dog"]
+        assert meta["mean"] == [0.5] * 3
+    net, meta = load_spec(str(weights))
+    assert torch.equal(_logits(net), _logits(model))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.safetensors").write_bytes(weights.read_bytes())  # no config.json: one line, not a KeyError
+    assert main(["predict", str(weights), "--checkpoint", str(bare / "model.safetensors")]) == 2
+    assert "not a toolkit checkpoint" in capsys.readouterr().err
 
 
 class _Crash(BaseException):

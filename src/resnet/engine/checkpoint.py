@@ -208,7 +208,12 @@ def read_meta(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
     if raw is None:
         raise CheckpointError(f"{path} has no model description: build the model yourself and use resnet.load_weights")
-    return json.loads(raw)
+    meta = json.loads(raw)
+    if not isinstance(meta, dict) or "model_config" not in meta:  # (a hub folder's model.safetensors names its model
+        # under the same key, but its description is config.json beside it)
+        raise CheckpointError(f"{path} is not a toolkit checkpoint (its description has no model_config); "
+                              "pass a hub-style folder with --weights FOLDER, or a weights file with --weights FILE --model NAME")
+    return meta
 
 
 def describes_itself(path: str | os.PathLike) -> bool:
@@ -218,7 +223,8 @@ def describes_itself(path: str | os.PathLike) -> bool:
         return False
     try:
         with safe_open(str(path), "pt") as f:
-            return META_KEY in (f.metadata() or {})
+            raw = (f.metadata() or {}).get(META_KEY)
+        return raw is not None and "model_config" in json.loads(raw)  # not a hub folder's {"model": ...}
     except Exception:  # not safetensors at all: the weights loader says so in its own words
         return False
 

@@ -16,6 +16,7 @@ from torch import nn
 from ..engine.checkpoint import describes_itself, load_model
 from ..errors import ConfigError
 from ..models import create_model, get_entry
+from ..models.hub import WEIGHTS_NAME
 from ..weights.preprocess import native_preprocess
 from ..weights.folder import is_folder
 from ..weights.hf import is_hf
@@ -30,6 +31,10 @@ def load(checkpoint: str | None = None, weights: str | None = None, model: str |
     hf://OWNER/NAME[@REVISION], or a torchvision-layout file with `model`)."""
     if bool(checkpoint) == bool(weights):
         raise ConfigError("give exactly one of --checkpoint CKPT and --weights SOURCE")
+    if checkpoint and _hub_weights(checkpoint):  # a hub-style folder's model.safetensors is no checkpoint
+        checkpoint, weights = None, checkpoint
+    if weights and _hub_weights(weights):  # read as its folder, with config.json's description (preprocessing, classes)
+        weights = str(Path(weights).expanduser().parent)
     if weights and describes_itself(weights):  # a run's best.safetensors given as --weights: read as what it
         checkpoint = weights                    # is, with its own mean/std and size (not a bare file's ImageNet ones)
     elif weights:
@@ -37,6 +42,12 @@ def load(checkpoint: str | None = None, weights: str | None = None, model: str |
     net, meta = load_model(checkpoint)
     net.pretrained_meta = meta = _complete(net, dict(meta))  # what save_pretrained writes beside the weights
     return net, meta
+
+
+def _hub_weights(spec: str) -> bool:
+    """Whether `spec` is the weights file of a hub-style folder (model.safetensors beside config.json)."""
+    path = Path(spec).expanduser()
+    return path.name == WEIGHTS_NAME and path.is_file() and is_folder(path.parent)
 
 
 def load_spec(spec: str, num_classes: int | None = None) -> tuple[nn.Module, dict]:
