@@ -3,6 +3,9 @@
 Everything is built in tmp_path; no network."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import torch
 from PIL import Image
@@ -46,3 +49,21 @@ def test_a_blank_channel_does_not_normalise_to_nan(tmp_path):
         assert ds.std[2] == 1.0 and ds.std[0] > 0
         x, _ = next(iter(ds.loader(6, train=True)))
         assert torch.isfinite(x).all() and (x[:, 2] == 0).all()
+
+
+def test_a_full_disk_while_caching_warns_and_trains_on(tmp_path):
+    """safetensors' writer reports a full disk as its own SafetensorError, not OSError: the decoded images'
+    cache write ended the load with a traceback instead of its "could not write a cache" warning. The file
+    size limit (RLIMIT_FSIZE, EFBIG) stands in for the full disk, in a process of its own."""
+    src = _tree(tmp_path / "src", ["a", "b"], n=20)
+    code = (
+        "import resource, signal, warnings\n"
+        "from resnet.data import load_dataset\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))\n"
+        f"ds = load_dataset({str(src)!r}, cache_dir={str(tmp_path / 'cache')!r})\n"
+        "print('loaded', len(ds), 'cache' in ds.info)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "loaded 40 False" in run.stdout and "could not write a cache" in run.stderr
+    assert list((tmp_path / "cache").iterdir()) == []  # no half-written file left

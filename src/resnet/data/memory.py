@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigError, DataError
@@ -374,7 +374,7 @@ def _write_cache(folder: Path, name: str, ds: InMemoryDataset) -> Path | None:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return folder / name
-    except OSError:
+    except (OSError, SafetensorError):  # safetensors' writer reports a full disk (ENOSPC, EFBIG) as its own error
         return None
 
 
