@@ -284,6 +284,16 @@ def test_api_options_out_of_range_are_config_errors(small_folder, large_folder, 
             resnet.evaluate(net, data=str(data), split="dev", precision="fp32")
 
 
+def test_a_headless_network_in_eval_and_predict_is_one_line(small_folder, tmp_path, capsys):
+    """A network saved without a classifier (num_classes=0, a feature extractor: export takes it) given to eval or
+    predict was an AttributeError traceback ('Identity' has no out_features); one line says what it lacks."""
+    tiny(0).save_pretrained(tmp_path / "headless")
+    image = sorted((small_folder / "red").glob("*.png"))[0]
+    for command in (["eval", "--data", str(small_folder)], ["predict", str(image)]):
+        assert main([*command, "--weights", str(tmp_path / "headless"), "--precision", "fp32"]) == 2
+        assert "has no classifier (num_classes=0" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "onnxruntime-int8"])
 def test_predict_with_a_calibrated_backend_when_no_image_decodes(backend, tmp_path, capsys):
     """Every file undecodable: each gets its error line and exit status 1, as with the eager backends (it was a

@@ -88,5 +88,11 @@ def class_names(meta: dict, num_classes: int) -> list[str]:
 
 
 def num_outputs(model: nn.Module) -> int:
-    """The classifier's size."""
-    return int(model.fc.out_features)
+    """The classifier's size; a headless network (num_classes=0: features only) is one line, not an AttributeError."""
+    size = getattr(getattr(model, "fc", None), "out_features", None)
+    if size is None:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise ConfigError(f"{name} has no classifier (num_classes=0: it gives features, not classes), so it has no "
+                          "classes to predict or score; fine-tune it with a head first (resnet train --weights ... "
+                          "model_args.num_classes=N)")
+    return int(size)

@@ -21,7 +21,7 @@ from ..data.transforms import CenterTest
 from ..deploy.backends import first_images
 from ..deploy.choose import inference_model
 from ..engine.precision import default_device
-from .load import class_names, load
+from .load import class_names, load, num_outputs
 from ..errors import ConfigError, DataError
 
 
@@ -93,7 +93,7 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     device = torch.device(device) if device else default_device()
-    num_classes = model.fc.out_features if hasattr(model, "fc") else None
+    num_classes = num_outputs(model) if hasattr(model, "fc") else None
     size, resize = int(meta["input_size"]), int(meta.get("resize") or meta["input_size"])
     transform = CenterTest(size, resize, meta.get("interpolation", "bilinear"))
     channels = int(getattr(getattr(model, "config", None), "in_chans", 3))
