@@ -25,7 +25,7 @@ from resnet import files
 from resnet.engine import checkpoint
 from resnet.engine.logger import MetricsLog
 from resnet.engine.runs import plan_run
-from resnet.errors import ConfigError
+from resnet.errors import CheckpointError, ConfigError
 from resnet.models import create_model
 from resnet.models.hub import save_pretrained
 from resnet.engine.trainer import NonFiniteLossError, Trainer, TrainingInterrupted, train
@@ -298,6 +298,27 @@ def _stop_at_step_6(tiny_folder, run):
     with pytest.raises(TrainingInterrupted):
         trainer.fit()
     signal.signal(signal.SIGTERM, before)
+
+
+def test_resume_with_another_batch_size_is_refused(tiny_folder, tmp_path):
+    """Another batch size changes the steps an epoch: the schedule (a function of the step) jumped, and a mid-epoch
+    position past the new epoch's end skipped every batch, then crashed on the epoch's lr (None)."""
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)  # 36 images, batch 8: 4 steps an epoch
+    with pytest.raises(CheckpointError, match=r"step 4 .*3 steps an epoch .*data.batch_size 8 -> 12"):
+        Trainer(_cfg(tiny_folder, "data.batch_size=12", epochs=2), run, resume=True)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        mid = tmp_path / "mid"
+        trainer = Trainer(_cfg(tiny_folder), mid)
+        _on_call(trainer.model.fc, 3, lambda out: os.kill(os.getpid(), signal.SIGINT))  # after step 3 of 4
+        with pytest.raises(TrainingInterrupted):
+            trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    with pytest.raises(CheckpointError, match=r"step 3 \(epoch 1\).*3 steps an epoch"):
+        Trainer(_cfg(tiny_folder, "data.batch_size=12"), mid, resume=True)
+    assert len(train(_cfg(tiny_folder), mid, resume=True)) == 3  # its own settings continue
 
 
 def test_progress_after_a_mid_epoch_resume_counts_only_the_steps_since(tiny_folder, tmp_path, monkeypatch):

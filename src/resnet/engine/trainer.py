@@ -58,6 +58,13 @@ class TrainingInterrupted(RuntimeError):
         return type(self), (self.signal_name, self.run_dir, self.epoch, self.step)
 
 
+def _dotted(config: dict, key: str):
+    """config["data"]["batch_size"] for "data.batch_size" (None where absent)."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
 def _fresh_partial() -> dict:
     # seen: the images the loss and error are of; images: every image the steps went through (with
     # select_by=proxy the network sees only the selected part, but the epoch covered the whole batches)
@@ -390,8 +397,25 @@ class Trainer:
                                   "or evaluate or export it as it is")
         self.history, self.best_val_err = list(state["history"]), float(state["best_val_err"])
         self.partial = {**_fresh_partial(), **state.get("partial", {})}
+        self._check_steps_per_epoch(saved)
         self._restored_compiled = state.get("compiled")
         self.log.rewrite(self.history)
+
+    def _check_steps_per_epoch(self, saved: dict) -> None:
+        """The restored step must be where this config's epochs put it: another batch size or hold-out (or
+        other training images) changes the steps an epoch, and the schedule (a function of the step) would
+        jump, e.g. to its end, and a mid-epoch position would skip the wrong batches (or all of them)."""
+        per_epoch, done = len(self.train_loader), int(self.partial["batches"])
+        if self.step == self.epoch * per_epoch + done and done < per_epoch:
+            return
+        keys = ("data.path", "data.batch_size", "data.val_size")
+        now = self.cfg.to_dict()
+        changed = ", ".join(f"{k} {_dotted(saved, k)} -> {_dotted(now, k)}" for k in keys
+                            if saved and _dotted(saved, k) != _dotted(now, k))
+        raise CheckpointError(f"--resume {self.run_dir}: that run is at step {self.step} (epoch {self.epoch + 1}), "
+                              f"which does not fit this config's {per_epoch} steps an epoch "
+                              f"({f'changed since the run began: {changed}' if changed else 'its training data changed'}); "
+                              "resume with the run's own data and batch size, or start a new run")
 
     def _misfit(self, saved: dict, error: Exception) -> str:
         """Why a run's checkpoint does not load into the network and optimizer this config builds, naming the
