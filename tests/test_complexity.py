@@ -72,3 +72,16 @@ def test_unknown_model_is_a_clear_error(capsys):
     assert "did you mean" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["summary", "resnet50", "--image-size", "0"])
+
+
+def test_an_image_size_too_small_for_the_network_is_one_line(tmp_path, capsys):
+    """The speedrun net max-pools in every stage: at 8 pixels its maps shrink to nothing (a RuntimeError
+    traceback from inside max_pool2d in summary, export and benchmark); one line says to give a larger size."""
+    commands = (["summary", "speedrun_resnet8"],
+                ["export", "speedrun_resnet8", "--format", "torchscript", "--out", str(tmp_path / "m.pt")],
+                ["benchmark", "speedrun_resnet8", "--backends", "eager-fp32", "--batch", "1", "--seconds", "0"])
+    for command in commands:
+        assert main([*command, "--image-size", "8"]) == 2
+        assert "image size 8 is too small for speedrun_resnet8" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+    assert main(["summary", "speedrun_resnet8", "--image-size", "16", "--json"]) == 0  # 15 -> 7 -> 3 -> 1

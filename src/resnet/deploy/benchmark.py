@@ -29,6 +29,7 @@ from torch import nn
 
 from .. import allocator
 from ..errors import DataError
+from ..models.counting import check_image_size
 from ..models.zoo import create_model
 from . import backends as inference_backends  # the module: `backends` names lists of backend names below
 from . import parity
@@ -296,6 +297,7 @@ def benchmark(model: nn.Module, meta: dict, backends=DEFAULT_BACKENDS, batches=(
     standard-normal inputs."""
     name = meta.get("model", "model")
     image_size = image_size or int(meta.get("input_size") or model.config.input_size)
+    check_image_size(model, image_size)
     labels = calibration = None
     if data:
         chans = model.config.in_chans

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import ConfigError, ExportParityError
 from ..files import shareable
+from ..models.counting import check_image_size
 from . import extras, fold, parity
 from .parity import ATOL, RTOL
 
@@ -223,6 +224,7 @@ def export_model(model: nn.Module, meta: dict, fmt: str, out: str | os.PathLike,
         raise ConfigError(f"--format must be onnx or torchscript, got {fmt!r}")
     check_out_name(fmt, out)
     image_size = image_size or int(meta.get("input_size") or model.config.input_size)
+    check_image_size(model, image_size)  # before the exporter's own traceback for a map shrunk to nothing
     example = parity.random_images(batch, image_size, model.config.in_chans, seed=0)
     real = (parity.real_images(data, meta, real_images, image_size, split="val", channels=model.config.in_chans)[0]
             if data else None)

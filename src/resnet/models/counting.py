@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import ConfigError
+
 
 @dataclass
 class StageInfo:
@@ -64,6 +66,13 @@ def measure(model: nn.Module, image_size: int, name: str | None = None, in_chans
     try:
         with counter, torch.no_grad():
             meta_model(x)
+    except RuntimeError as e:  # (a pooling's "Output size is too small"): one line, not a traceback from deep inside
+        if "too small" not in str(e):
+            raise
+        label = name or getattr(model, "model_name", type(model).__name__)
+        raise ConfigError(f"image size {image_size} is too small for {label}: its feature maps shrink to nothing "
+                          f"before the classifier; give a larger --image-size (the network was made for "
+                          f"{meta_model.config.input_size})") from None
     finally:
         for h in hooks:
             h.remove()
@@ -81,3 +90,9 @@ def measure(model: nn.Module, image_size: int, name: str | None = None, in_chans
         stages.append(StageInfo(label, shapes.get(label, []), blocks, count_params(module), flops // 2))
     return Complexity(name or getattr(model, "model_name", root), image_size, count_params(model),
                       counter.get_total_flops() // 2, stages)
+
+
+def check_image_size(model: nn.Module, image_size: int) -> None:
+    """A ConfigError (one line) when `image_size` x `image_size` inputs shrink to nothing inside `model`
+    (a meta-device pass: no memory, no compute)."""
+    measure(model, image_size)
