@@ -7,11 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from resnet.data import load_dataset
+from resnet.config import make_config
+from resnet.data import ImagesTooLargeError, StreamingFolder, load_dataset
 from resnet.data.jpeg import write_reencoded
+from resnet.engine.trainer import split_train_val
 
 
 def _tree(root, classes, n=3, size=8, seed=0):
@@ -67,3 +70,17 @@ def test_a_full_disk_while_caching_warns_and_trains_on(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "loaded 40 False" in run.stdout and "could not write a cache" in run.stderr
     assert list((tmp_path / "cache").iterdir()) == []  # no half-written file left
+
+
+def test_one_odd_small_image_is_an_error_not_a_streamed_run(tmp_path):
+    """One 1x1 image among 32x32 ones made `resnet train` stream the folder as ImageNet (224-pixel crops of images
+    upscaled 8-15x, without a word): only images above 64x64 are streamed; an odd size is the one-line error."""
+    src = _tree(tmp_path / "small", ["a", "b"], n=6, size=32)
+    Image.new("RGB", (1, 1)).save(src / "a" / "tiny.png")
+    cfg = make_config(None, [f"data.path={src}", f"data.cache_dir={tmp_path / 'cache'}", "data.workers=0"])
+    with pytest.raises(ImagesTooLargeError, match=r"tiny\.png: 1x1, unlike the other images \(32x32\)"):
+        split_train_val(cfg)
+    big = _tree(tmp_path / "big", ["a", "b"], n=6, size=32)
+    Image.new("RGB", (80, 80)).save(big / "a" / "large.png")  # a larger image still streams the folder
+    cfg = make_config(None, [f"data.path={big}", f"data.cache_dir={tmp_path / 'cache'}", "data.workers=0"])
+    assert isinstance(split_train_val(cfg)[0], StreamingFolder)

@@ -40,7 +40,15 @@ CACHE_VERSION = "1"
 
 
 class ImagesTooLargeError(DataError):
-    """Images above MAX_SIDE (or of mixed sizes) cannot be held as one tensor."""
+    """Images above MAX_SIDE (or of mixed sizes) cannot be held as one tensor. `too_large`: some image is above
+    MAX_SIDE (streaming is the way to train on them), not merely of another size than the rest."""
+
+    def __init__(self, message: str, too_large: bool = True):
+        super().__init__(message)
+        self.too_large = too_large
+
+    def __reduce__(self):  # rebuilt with its flag when a worker process raises it
+        return type(self), (str(self), self.too_large)
 
 
 @dataclass
@@ -80,7 +88,7 @@ PROBE_LIMIT = 16  # with skip_bad: this many too-large images first means the da
 def _decode_chunk(chunk: list[tuple[str, bytes]], prefix: str = "", max_side: int = MAX_SIDE
                   ) -> tuple[dict[tuple[int, ...], tuple[np.ndarray, list[str]]], list[tuple[str, str, str]]]:
     """Decode (key, bytes) pairs; images grouped by shape as {shape: (stacked, keys)}, in feed
-    order, and the problems as (key, kind, message) with kind 'decode' or 'size'. Messages name
+    order, and the problems as (key, kind, message) with kind 'decode' or 'large'. Messages name
     the file as ``prefix + key``."""
     arrs: dict[tuple[int, ...], list[np.ndarray]] = {}
     keys: dict[tuple[int, ...], list[str]] = {}
@@ -92,7 +100,7 @@ def _decode_chunk(chunk: list[tuple[str, bytes]], prefix: str = "", max_side: in
             problems.append((key, "decode", str(e)))
             continue
         if max(a.shape[:2]) > max_side:
-            problems.append((key, "size", f"{prefix + key}: {a.shape[1]}x{a.shape[0]}, larger than "
+            problems.append((key, "large", f"{prefix + key}: {a.shape[1]}x{a.shape[0]}, larger than "
                                           f"{max_side}x{max_side}"))
             continue
         arrs.setdefault(a.shape, []).append(a)
@@ -231,7 +239,8 @@ def decode_source(source: str | Path, split: str | None = None, workers: int | N
             raise ImageDecodeError(msg + more + "." + hint)
         raise ImagesTooLargeError(
             f"{msg}{more}: in-memory datasets need one image size up to {max_side}x{max_side}. "
-            "Resize the images, or stream them (data.stream=true; in code, resnet.data.StreamingFolder)." + hint)
+            "Resize the images, or stream them (data.stream=true; in code, resnet.data.StreamingFolder)." + hint,
+            too_large=any(k == "large" for _, k, _ in problems))
     index.skipped = index.skipped + [(dec.prefix + k, _reason(msg, dec.prefix + k))
                                      for k, _, msg in problems]
     pos = {n: i for i, n in enumerate(kept)}

@@ -146,7 +146,9 @@ def split_train_val(cfg: TrainConfig) -> tuple[InMemoryDataset, InMemoryDataset 
         return streaming_split(cfg)
     try:
         data = load_dataset(cfg.data.path, "train", cache_dir=cfg.data.cache_dir or None, skip_bad=cfg.data.skip_bad)
-    except ImagesTooLargeError:
+    except ImagesTooLargeError as e:
+        if not e.too_large:  # small images of mixed sizes (one 1x1 among 32x32): not a reason to train at 224 streamed
+            raise
         return streaming_split(cfg)
     return holdout(data, cfg.data.val_size, cfg.holdout_seed)
 
