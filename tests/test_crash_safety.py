@@ -321,6 +321,26 @@ def test_resume_with_another_batch_size_is_refused(tiny_folder, tmp_path):
     assert len(train(_cfg(tiny_folder), mid, resume=True)) == 3  # its own settings continue
 
 
+def test_resume_of_a_mid_epoch_stop_with_only_the_epochs_done_is_refused(tiny_folder, tmp_path):
+    """Stopped in epoch 2, `--resume --epochs 1` trained nothing, said nothing and rewrote config.yaml to 1 epoch
+    beside weights from the middle of epoch 2."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        run = tmp_path / "run"
+        trainer = Trainer(_cfg(tiny_folder), run)
+        _on_call(trainer.model.fc, 7, lambda out: os.kill(os.getpid(), signal.SIGINT))  # epoch 2's second step
+        with pytest.raises(TrainingInterrupted, match="stopped at step 6"):
+            trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match="has trained 1 epochs and 2 steps of the next, more than epochs=1; "
+                                              "give --epochs 2 or more"):
+        Trainer(_cfg(tiny_folder, epochs=1), run, resume=True)
+    assert (run / "config.yaml").read_text() == config
+    assert len(train(_cfg(tiny_folder, epochs=2), run, resume=True)) == 2  # the epoch it began, finished
+
+
 def test_progress_after_a_mid_epoch_resume_counts_only_the_steps_since(tiny_folder, tmp_path, monkeypatch):
     """Resumed at epoch 2's third step, the progress line's images/s and ETA are those of the steps this
     process ran (1 s each on a fake clock), not the epoch's whole count over the time since the resume."""

@@ -393,12 +393,17 @@ class Trainer:
             if self.proxy_scaler is not None and "proxy_scaler" in state:
                 self.proxy_scaler.load_state_dict(state["proxy_scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        if self.epoch > self.cfg.epochs:  # (config.yaml would then say fewer epochs than its metrics hold)
-            raise CheckpointError(f"--resume {self.run_dir}: that run has trained {self.epoch} epochs, more than "
-                                  f"epochs={self.cfg.epochs}; give --epochs {self.epoch} or more to continue it, "
-                                  "or evaluate or export it as it is")
         self.history, self.best_val_err = list(state["history"]), float(state["best_val_err"])
         self.partial = {**_fresh_partial(), **state.get("partial", {})}
+        # (config.yaml would then say fewer epochs than its metrics hold; a run stopped mid-epoch has begun the
+        # next epoch: its weights are past the end of the epochs asked for)
+        begun = self.epoch + (1 if self.partial["batches"] else 0)
+        if begun > self.cfg.epochs:
+            trained = f"{self.epoch} epochs" + (f" and {self.partial['batches']} steps of the next" if begun > self.epoch
+                                                else "")
+            raise CheckpointError(f"--resume {self.run_dir}: that run has trained {trained}, more than "
+                                  f"epochs={self.cfg.epochs}; give --epochs {begun} or more to continue it, "
+                                  "or evaluate or export it as it is")
         self._check_steps_per_epoch(saved)
         self._restored_compiled = state.get("compiled")
         self.log.rewrite(self.history)
