@@ -15,6 +15,7 @@ from resnet.config import make_config
 from resnet.data import ImagesTooLargeError, StreamingFolder, load_dataset
 from resnet.data.jpeg import write_reencoded
 from resnet.engine.trainer import split_train_val
+from resnet.errors import ConfigError
 
 
 def _tree(root, classes, n=3, size=8, seed=0):
@@ -84,3 +85,14 @@ def test_one_odd_small_image_is_an_error_not_a_streamed_run(tmp_path):
     Image.new("RGB", (80, 80)).save(big / "a" / "large.png")  # a larger image still streams the folder
     cfg = make_config(None, [f"data.path={big}", f"data.cache_dir={tmp_path / 'cache'}", "data.workers=0"])
     assert isinstance(split_train_val(cfg)[0], StreamingFolder)
+
+
+def test_stream_on_cifar_batches_or_digits_says_what_is_wrong(tmp_path):
+    """data.stream=true on CIFAR's pickles said "no class folders. Expected <root>/<class>/<image>", on 'digits'
+    "no such file or folder": it is one line saying those are arrays, held in memory."""
+    cifar = tmp_path / "cifar-10-batches-py"
+    cifar.mkdir()
+    for path in (str(cifar), "digits"):
+        cfg = make_config(None, [f"data.path={path}", "data.stream=true", "data.workers=0"])
+        with pytest.raises(ConfigError, match="data.stream=true streams image files.*leave data.stream false"):
+            split_train_val(cfg)

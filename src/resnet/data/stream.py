@@ -19,6 +19,8 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
+from .cifar import SPECS as CIFAR_NAMES, cifar_archive_spec, detect_cifar_folder
+from .digits import SIDES as DIGITS_NAMES
 from .folder import FolderIndex, ImageDecodeError, _member_name, load_rgb, open_image, scan
 from .sampling import epoch_order
 from .split import epoch_generator, holdout
@@ -338,6 +340,12 @@ def tensor_view_loader(images_u8: torch.Tensor, labels: torch.Tensor, transform,
 def streaming_split(cfg) -> tuple[StreamingFolder, StreamingFolder | None]:
     """split_train_val for large images: the same seeded, stratified hold-out, streamed."""
     d = cfg.data
+    p = Path(d.path).expanduser()
+    if (d.path in CIFAR_NAMES or d.path in DIGITS_NAMES) and not p.exists() \
+            or p.is_dir() and detect_cifar_folder(p) is not None or p.is_file() and cifar_archive_spec(p):
+        raise ConfigError(f"data.stream=true streams image files; {d.path} is "
+                          f"{'the digits arrays' if d.path in DIGITS_NAMES else 'CIFAR batches'}, held in memory: "
+                          "leave data.stream false for it")
     data = StreamingFolder(d.path, "train", image_size=d.image_size, augment=d.augment, resize=d.resize,
                            workers=d.workers, skip_bad=d.skip_bad, val_image_size=d.val_image_size,
                            interpolation=d.interpolation)
