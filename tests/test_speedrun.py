@@ -544,6 +544,18 @@ def test_proxy_widths_that_do_not_fit_the_network_are_refused_before_the_data(tm
         Trainer(make_config("cifar10_paper", over), tmp_path / "run", stream=io.StringIO())
 
 
+def test_proxy_widths_that_the_shortcuts_cannot_take_are_refused_before_the_data(tmp_path):
+    """Proxy widths below the stem's width (option A shortcuts cannot reduce channels) failed only when the proxy
+    was built, after the data loaded, with the layers' message naming neither the key nor the proxy."""
+    over = [f"data.path={tmp_path / 'absent'}", "model=resnet20", "model_args.stem_width=4", "epochs=2",
+            "select_fraction=0.5", "select_epochs=1", "select_by=proxy", "select_proxy_widths=[2,4,4]"]
+    with pytest.raises(ConfigError, match=r"select_proxy_widths=\[2, 4, 4\]: option A cannot reduce channels"):
+        Trainer(make_config("cifar10_paper", over), tmp_path / "run", stream=io.StringIO())
+    with pytest.raises(ConfigError, match=r"option A cannot reduce channels \(4 -> 2\)"):  # the network itself too
+        Trainer(make_config("cifar10_paper", over[:4] + ["model_args.widths=[2,4,4]"]), tmp_path / "run",
+                stream=io.StringIO())
+
+
 def test_a_nonfinite_proxy_loss_skips_the_proxy_step_only(tiny_folder, tmp_path):
     """With nonfinite=skip a NaN in the proxy's training loss skips the proxy's update, not the network's step, and
     is not counted as a skipped training step; with nonfinite=stop the error names the proxy."""

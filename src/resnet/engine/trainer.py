@@ -58,6 +58,13 @@ class TrainingInterrupted(RuntimeError):
         return type(self), (self.signal_name, self.run_dir, self.epoch, self.step)
 
 
+def _build_on_meta(model: str, model_args: dict) -> None:
+    """Build `model` on the meta device (no memory, no random numbers drawn): its arguments' errors, now."""
+    check_model_args(model, **model_args)
+    with torch.device("meta"):
+        create_model(model, **model_args)
+
+
 def _dotted(config: dict, key: str):
     """config["data"]["batch_size"] for "data.batch_size" (None where absent)."""
     for part in key.split("."):
@@ -173,11 +180,12 @@ class Trainer:
         Each of `callbacks` is called as fn(record, trainer) after every epoch (rank 0 only)."""
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.callbacks = list(callbacks)
-        # An unknown name or model_args key, or shortcut= on a plain net, fails here, before any data is read.
-        check_model_args(cfg.model, **cfg.model_args)
+        # An unknown name or model_args key, or shortcut= on a plain net, fails here, before any data is read;
+        # so do what only the layers check (widths that option A shortcuts cannot take): built on no memory
+        _build_on_meta(cfg.model, cfg.model_args)
         if cfg.select_window and cfg.select_by == "proxy":  # the proxy too: one width a stage
             try:
-                check_model_args(cfg.model, **{**cfg.model_args, "widths": list(cfg.select_proxy_widths)})
+                _build_on_meta(cfg.model, {**cfg.model_args, "widths": list(cfg.select_proxy_widths)})
             except ConfigError as e:
                 raise ConfigError(f"select_by=proxy builds {cfg.model} at select_proxy_widths="
                                   f"{list(cfg.select_proxy_widths)}: {e}") from None
