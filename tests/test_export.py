@@ -235,3 +235,14 @@ def test_calibration_images_are_those_the_run_trained_on_not_its_hold_out(tiny_f
     assert not any(torch.equal(v, t) for v in flat_val for t in flat_train)
     everything = parity.real_images(str(tiny_folder), {**meta, "config": None}, 100, split="train")[0]
     assert everything.shape[0] == 48
+
+
+@pytest.mark.parametrize("opset", [9, 6])
+def test_an_opset_below_the_lowest_these_networks_export_at_is_one_line(checkpoint, tmp_path, capsys, opset):
+    """Opset 9 cannot slice with a step (option A's subsampling) and 6 has no Add for onnxruntime: the exporter's
+    SymbolicValueError or onnxruntime's NotImplemented came as a traceback; one line names the lowest that works."""
+    assert main(["export", str(checkpoint), "--opset", str(opset), "--out", str(tmp_path / "e.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"--opset {opset}: these networks export at opset 10 or higher" in err
+    assert not (tmp_path / "e.onnx").exists()
+    assert ex.export_onnx(tiny("A"), tmp_path / "o10.onnx", opset=10)["opset"] == 10

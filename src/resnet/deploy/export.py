@@ -22,6 +22,9 @@ from . import extras, fold, parity
 from .parity import ATOL, RTOL
 
 DEFAULT_OPSET = 18  # the lowest opset torch.onnx's exporter (torch.export based) emits natively
+# The lowest every network here exports at: option-A shortcuts subsample by a strided Slice (opset 10); below it
+# the exporter or onnxruntime failed with a traceback of its own (GELU's Erf at 8, adaptive max-pooling at 7)
+MIN_OPSET = 10
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 FORMATS = ("onnx", "torchscript")
 # The names each kind of output is known by: --out with another kind's name is refused (a TorchScript file
@@ -165,6 +168,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = DEFAULT_
 
     if opset > onnx.defs.onnx_opset_version():  # before the exporter logs its own traceback for it
         raise ConfigError(f"--opset {opset}: the installed onnx knows opsets up to {onnx.defs.onnx_opset_version()}")
+    if opset < MIN_OPSET:
+        raise ConfigError(f"--opset {opset}: these networks export at opset {MIN_OPSET} or higher (option-A shortcuts "
+                          f"subsample by a strided Slice, opset 10); give --opset {MIN_OPSET} or more (default "
+                          f"{DEFAULT_OPSET})")
     model = model.eval()
     example = _example(model, example, image_size)
     exported = _prepare(model, fold_bn)
