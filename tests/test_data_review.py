@@ -14,7 +14,9 @@ from PIL import Image
 from resnet.config import make_config
 from resnet.data import ImagesTooLargeError, StreamingFolder, load_dataset
 from resnet.data.jpeg import write_reencoded
-from resnet.engine.trainer import split_train_val
+from imagenet_utils import TINY_STREAM, make_large_folder
+from resnet.engine.trainer import Trainer, split_train_val
+from resnet.models.complexity import train_flops_per_image
 from resnet.errors import ConfigError
 
 
@@ -96,3 +98,14 @@ def test_stream_on_cifar_batches_or_digits_says_what_is_wrong(tmp_path):
         cfg = make_config(None, [f"data.path={path}", "data.stream=true", "data.workers=0"])
         with pytest.raises(ConfigError, match="data.stream=true streams image files.*leave data.stream false"):
             split_train_val(cfg)
+
+
+def test_streamed_training_flops_are_those_of_the_training_crop(tmp_path):
+    """Training at data.image_size=32 and evaluating at data.val_image_size=64 (torchvision's 176/224, RSB A3's
+    160/224) counted train_pflop at the evaluation crop: 4x the compute trained here."""
+    root = make_large_folder(tmp_path / "large")
+    cfg = make_config(None, [f"data.path={root}", "epochs=1", "data.batch_size=4", "data.val_size=3", *TINY_STREAM,
+                             "data.val_image_size=64", "model=resnet20"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert next(iter(trainer.train_loader))[0].shape[-1] == 32
+    assert trainer._flops_per_image(0) == train_flops_per_image("resnet20", trainer._model_args, 32)

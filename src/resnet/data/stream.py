@@ -361,6 +361,12 @@ def input_size(data) -> int:
     return int(data.input_size) if hasattr(data, "input_size") else int(data.images.shape[-1])
 
 
+def train_size(data) -> int:
+    """The side the model trains at: a StreamingFolder's training crop (data.image_size, which may differ from
+    the evaluation crop `input_size`, as torchvision's 176/224), else the images' own."""
+    return int(data.image_size) if isinstance(data, StreamingFolder) else int(data.images.shape[-1])
+
+
 def preprocess_meta(data) -> dict:
     """What `predict` / `eval` need to preprocess like the training run's evaluation."""
     if isinstance(data, StreamingFolder):

@@ -32,7 +32,7 @@ from .precision import default_device, resolve_precision
 from .selective import normalising_with, recording_bn_stats
 from ..data.augment import build_image_augment
 from ..data.mixing import Mixer
-from ..data.stream import image_channels, input_size, preprocess_meta, streaming_split
+from ..data.stream import image_channels, input_size, preprocess_meta, streaming_split, train_size
 from ..weights.pretrained import apply_preprocess, load_pretrained
 from .plots import plot_training_curves
 
@@ -190,6 +190,7 @@ class Trainer:
                 raise ConfigError(f"select_by=proxy builds {cfg.model} at select_proxy_widths="
                                   f"{list(cfg.select_proxy_widths)}: {e}") from None
         self.dist = distributed.setup(device)  # torchrun: join the process group; rank 0 alone reports
+        self.run_dir = Path(distributed.rank0_text(str(self.run_dir), self.dist))  # rank 0's (a default name: its clock)
         self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
         self.device = torch.device(device) if device else (self.dist.device or default_device())
         self.precision = resolve_precision(cfg.precision, self.device)
@@ -312,7 +313,7 @@ class Trainer:
             per_process = self.cfg.data.batch_size // max(self.dist.world_size, 1) // self.cfg.accum_steps
             self.compiled, why, self._compile_key = decide(
                 self.cfg.compile, self.cfg.model, self._model_args, max(per_process, 1), self.precision,
-                self.cfg.channels_last, input_size(self.train_data), self.total_steps - self.step,
+                self.cfg.channels_last, train_size(self.train_data), self.total_steps - self.step,
                 self.dist.world_size)
             if why:
                 print(why, file=self.stream)
@@ -568,7 +569,7 @@ class Trainer:
         with or without the whitening bias's gradient; backward=False: the forward pass alone;
         proxy=True: those of the ranking proxy (whose whitening bias always trains)."""
         d = self.cfg.data
-        size = d.early_crop if epoch < d.early_crop_epochs else input_size(self.train_data)
+        size = d.early_crop if epoch < d.early_crop_epochs else train_size(self.train_data)  # the training crop
         key = (size, proxy or self._whiten_bias_trains(epoch), backward, proxy)
         if key not in self._flop_cache:
             args = self._proxy_args if proxy else self._model_args
