@@ -141,6 +141,9 @@ def test_a_folder_s_weights_file_is_read_as_its_folder_not_as_a_checkpoint(tmp_p
     (bare / "model.safetensors").write_bytes(weights.read_bytes())  # no config.json: one line, not a KeyError
     assert main(["predict", str(weights), "--checkpoint", str(bare / "model.safetensors")]) == 2
     assert "not a toolkit checkpoint" in capsys.readouterr().err
+    assert main(["predict", str(weights), "--checkpoint", str(tmp_path / "m")]) == 2  # the folder itself
+    assert f"is a hub-style folder (config.json and model.safetensors), not a run folder: pass it as --weights " \
+           f"{tmp_path / 'm'}" in capsys.readouterr().err
 
 
 class _Crash(BaseException):

@@ -31,6 +31,9 @@ def load(checkpoint: str | None = None, weights: str | None = None, model: str |
     hf://OWNER/NAME[@REVISION], or a torchvision-layout file with `model`)."""
     if bool(checkpoint) == bool(weights):
         raise ConfigError("give exactly one of --checkpoint CKPT and --weights SOURCE")
+    if checkpoint and is_folder(checkpoint):  # (it said "holds no best.safetensors ...: is it a run folder?")
+        raise ConfigError(f"--checkpoint {checkpoint} is a hub-style folder (config.json and model.safetensors), "
+                          f"not a run folder: pass it as --weights {checkpoint}")
     if checkpoint and _hub_weights(checkpoint):  # a hub-style folder's model.safetensors is no checkpoint
         checkpoint, weights = None, checkpoint
     if weights and _hub_weights(weights):  # read as its folder, with config.json's description (preprocessing, classes)
