@@ -121,6 +121,19 @@ def test_model_save_pretrained_round_trip(tmp_path):
             cfg["global_pool"]) == (32, 32, [3, 3], "max")
 
 
+def test_the_card_of_a_folder_exported_again_names_the_folder_and_no_unknown_step(tmp_path):
+    """A run's weights exported, then that folder exported again (or pushed): the second card said "step None"
+    (config.json keeps the epoch only) and was titled after the folder's parent."""
+    model = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4)
+    model.pretrained_meta = {"epoch": 3, "step": 120, "weights": str(tmp_path / "runs" / "r1" / "best.safetensors")}
+    model.save_pretrained(tmp_path / "first")
+    assert "# resnet20 (r1)" in (tmp_path / "first" / "README.md").read_text()
+    assert "(after epoch 3, step 120)" in (tmp_path / "first" / "README.md").read_text()
+    resnet.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "again")
+    card = (tmp_path / "again" / "README.md").read_text()
+    assert "# resnet20 (first)" in card and "(after epoch 3)" in card and "None" not in card
+
+
 def test_a_folder_s_weights_file_is_read_as_its_folder_not_as_a_checkpoint(tmp_path, capsys):
     """model.safetensors of a hub-style folder names its model under the checkpoints' metadata key: given as
     --weights or --checkpoint (or to export) it was read as a checkpoint without model_config (a KeyError

@@ -116,7 +116,8 @@ def _facts(model, meta: dict, config: dict) -> list[str]:
                       f"mean {pre['mean']}, std {pre['std']}"),
             ("classes", f"{c.num_classes}" + (f": {shown}" if shown else "")),
             ("weights", str(config.get("weights_source") or "")
-             + (f" (after epoch {meta['epoch']}, step {meta.get('step')})" if meta.get("epoch") else "")),
+             + (f" (after epoch {meta['epoch']}" + (f", step {meta['step']}" if meta.get("step") is not None else "")
+                + ")" if meta.get("epoch") else "")),  # (a folder's config.json keeps the epoch, not the step)
             ("origin", str(config["pretrained_cfg"].get("origin_url") or "")), ("toolkit", f"resnet {__version__}"),
             ("licence", config["pretrained_cfg"]["license"])]
     return ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows if v] + [""]
@@ -182,7 +183,9 @@ def _results(meta: dict, history: list[dict]) -> list[str]:
 
 def model_card(model, meta: dict, config: dict, history: list[dict]) -> str:
     source = config.get("weights_source") or ""
-    title = f"# {meta['model']}" + (f" ({source if ':' in source else Path(source).parent.name or source})" if source else "")
+    # named weights by their name, a hub-style folder by its own name, a run's checkpoint by its run folder's
+    where = source if ":" in source else Path(source).name if Path(source).is_dir() else Path(source).parent.name
+    title = f"# {meta['model']}" + (f" ({where or source})" if source else "")
     use = ["## Use", "", "```bash", "resnet eval --weights THIS_FOLDER --data DATA", "resnet predict IMAGE --weights THIS_FOLDER",
            "```", "", "```python", "import resnet", "model = resnet.from_pretrained('THIS_FOLDER')  # or 'hf://OWNER/NAME'",
            "```", ""]
