@@ -3,8 +3,10 @@
 Everything is built in tmp_path; no network."""
 from __future__ import annotations
 
+import pickle
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -109,3 +111,28 @@ def test_streamed_training_flops_are_those_of_the_training_crop(tmp_path):
     trainer = Trainer(cfg, tmp_path / "run")
     assert next(iter(trainer.train_loader))[0].shape[-1] == 32
     assert trainer._flops_per_image(0) == train_flops_per_image("resnet20", trainer._model_args, 32)
+
+
+def test_a_full_disk_while_extracting_cifar_says_so_not_re_download(tmp_path):
+    """A CIFAR archive whose extraction failed on a full disk said "could not extract (...); re-download it": the
+    archive was fine. It is one line naming the cache folder and what to do; nothing is left there."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (40, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(40)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    code = (
+        "import resource, signal\n"
+        "from resnet.data import load_dataset\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))\n"
+        f"load_dataset({str(archive)!r}, cache_dir={str(tmp_path / 'cache')!r})\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.returncode != 0 and "cannot write the extracted CIFAR batches (File too large)" in last, last
+    assert "re-download" not in last
+    assert list((tmp_path / "cache").iterdir()) == []

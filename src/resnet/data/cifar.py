@@ -12,6 +12,7 @@ numpy arrays, so a tampered file cannot run code.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
 import json
 import os
@@ -281,6 +282,38 @@ def _named_folder(spec: CifarSpec, cache: Path) -> Path | None:
     return folder if mark is None or mark.get("md5") == spec.md5 else None
 
 
+class _ExtractWriteError(OSError):
+    """This machine's disk (full, read-only) failed the extraction, not the archive: one line saying so."""
+
+
+def _disk_error(e: OSError, cache_dir: Path) -> _ExtractWriteError:
+    return _ExtractWriteError(f"{cache_dir}: cannot write the extracted CIFAR batches ({e.strerror or e}); free "
+                              "space there, or set data.cache_dir ($RESNET_CACHE) to another folder")
+
+
+def _write_out(dest: Path, src, cache_dir: Path) -> None:
+    """Copy `src` (read errors are the archive's) into the file `dest` (write errors are the disk's)."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        out = open(dest, "wb")
+    except OSError as e:
+        raise _disk_error(e, cache_dir) from e
+    try:
+        while block := src.read(1 << 20):
+            try:
+                out.write(block)
+            except OSError as e:
+                raise _disk_error(e, cache_dir) from e
+        try:
+            out.close()  # flushes the last block
+        except OSError as e:
+            raise _disk_error(e, cache_dir) from e
+    finally:
+        if not out.closed:
+            with contextlib.suppress(OSError):
+                out.close()
+
+
 def extract_cifar_archive(archive: Path, cache_dir: Path | None = None) -> tuple[CifarSpec, Path]:
     """Extract an official CIFAR archive into ``cache_dir`` once; returns (spec, batch folder).
 
@@ -319,13 +352,15 @@ def extract_cifar_archive(archive: Path, cache_dir: Path | None = None) -> tuple
                     if m.isdir():
                         dest.mkdir(parents=True, exist_ok=True)
                         continue
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(m) as src, open(dest, "wb") as dst:  # type: ignore[union-attr]
-                        shutil.copyfileobj(src, dst)
-            (tmp / spec.folder / SOURCE_MARK).write_text(json.dumps({**source, "md5": md5sum(archive)}))
+                    with tar.extractfile(m) as src:  # type: ignore[union-attr]
+                        _write_out(dest, src, cache_dir)
+            _write_out(tmp / spec.folder / SOURCE_MARK,
+                       io.BytesIO(json.dumps({**source, "md5": md5sum(archive)}).encode()), cache_dir)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp / spec.folder, target)
+        except _ExtractWriteError:
+            raise
         except (tarfile.TarError, EOFError, OSError) as e:
             raise CifarFormatError(f"{archive}: could not extract ({e}); re-download it") from e
         finally:
