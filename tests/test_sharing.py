@@ -121,6 +121,18 @@ def test_model_save_pretrained_round_trip(tmp_path):
             cfg["global_pool"]) == (32, 32, [3, 3], "max")
 
 
+def test_a_folder_named_from_the_home_folder_reads(tmp_path, monkeypatch):
+    """'~/models/m' (a config file's or the API's path: no shell expands it) was refused as "a folder without
+    config.json" although it has one: files expanded ~, folders did not."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4, num_classes=2)
+    model.pretrained_meta = {"classes": ["cat", "dog"], "mean": [0.5] * 3, "std": [0.25] * 3}
+    model.save_pretrained(tmp_path / "models" / "m")
+    back = resnet.from_pretrained("~/models/m")
+    assert torch.equal(_logits(back), _logits(model)) and back.pretrained_meta["classes"] == ["cat", "dog"]
+    assert is_folder("~/models/m") and load_spec("~/models/m")[1]["mean"] == [0.5] * 3
+
+
 def test_the_card_of_a_folder_exported_again_names_the_folder_and_no_unknown_step(tmp_path):
     """A run's weights exported, then that folder exported again (or pushed): the second card said "step None"
     (config.json keeps the epoch only) and was titled after the folder's parent."""

@@ -21,11 +21,14 @@ TIMM_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # t
 
 
 def is_folder(spec) -> bool:
-    return isinstance(spec, (str, os.PathLike)) and Path(spec).is_dir() and (Path(spec) / CONFIG_NAME).is_file()
+    if not isinstance(spec, (str, os.PathLike)):
+        return False
+    folder = Path(spec).expanduser()  # ("~/models/r20" from a config file or the API: the shell expands none)
+    return folder.is_dir() and (folder / CONFIG_NAME).is_file()
 
 
 def read_config(folder: Path) -> dict:
-    path = Path(folder) / CONFIG_NAME
+    path = Path(folder).expanduser() / CONFIG_NAME
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -83,7 +86,7 @@ def describe(config: dict, folder: Path) -> dict:
 
 def from_folder(folder: str | os.PathLike) -> tuple[ResNet, dict]:
     """(model in eval mode, description) from a hub-style folder, loaded strictly."""
-    folder = Path(folder)
+    folder = Path(folder).expanduser()
     config = read_config(folder)
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
