@@ -284,6 +284,17 @@ def test_api_options_out_of_range_are_config_errors(small_folder, large_folder, 
             resnet.evaluate(net, data=str(data), split="dev", precision="fp32")
 
 
+def test_a_checkpoint_named_from_the_home_folder_loads(memory_ckpt, small_folder, tmp_path, monkeypatch):
+    """resnet.predict/evaluate with '~/m.safetensors' (no shell expands the API's paths): load_spec saw the file,
+    the loader then said "checkpoint ~/m.safetensors does not exist"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "m.safetensors").write_bytes(memory_ckpt.read_bytes())
+    image = sorted((small_folder / "red").glob("*.png"))[0]
+    assert resnet.predict([image], "~/m.safetensors", precision="fp32") == resnet.predict([image], memory_ckpt,
+                                                                                          precision="fp32")
+    assert load_spec("~/m.safetensors")[1]["classes"] == ["blue", "green", "red"]
+
+
 def test_a_headless_network_in_eval_and_predict_is_one_line(small_folder, tmp_path, capsys):
     """A network saved without a classifier (num_classes=0, a feature extractor: export takes it) given to eval or
     predict was an AttributeError traceback ('Identity' has no out_features); one line says what it lacks."""

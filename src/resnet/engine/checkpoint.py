@@ -185,8 +185,9 @@ def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def resolve_weights_path(path: str | os.PathLike) -> Path:
-    """A weights file, or a run folder (its best, else last, weights)."""
-    path = Path(path)
+    """A weights file, or a run folder (its best, else last, weights); `~` is the home folder (the API's and
+    config files' paths, which no shell expands)."""
+    path = Path(path).expanduser()
     if path.is_dir():
         for name in ("best.safetensors", "last.safetensors"):
             if (path / name).is_file():
