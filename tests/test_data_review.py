@@ -15,7 +15,7 @@ from PIL import Image
 
 from resnet.config import make_config
 from resnet.data import ImagesTooLargeError, StreamingFolder, load_dataset
-from resnet.data.jpeg import write_reencoded
+from resnet.data.jpeg import source_encoding, write_reencoded
 from imagenet_utils import TINY_STREAM, make_large_folder
 from resnet.engine.trainer import Trainer, split_train_val
 from resnet.models.complexity import train_flops_per_image
@@ -136,3 +136,16 @@ def test_a_full_disk_while_extracting_cifar_says_so_not_re_download(tmp_path):
     assert run.returncode != 0 and "cannot write the extracted CIFAR batches (File too large)" in last, last
     assert "re-download" not in last
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_encoding_is_judged_through_symlinked_class_folders(tmp_path):
+    """Class folders that are symlinks (a common way to assemble a data set) load, but the JPEG-quality
+    experiment judged such data "arrays" (os.walk does not follow links): no file of it was looked at."""
+    for c in ("a", "b"):
+        (tmp_path / "real" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (60 * i, 0, 0)).save(tmp_path / "real" / c / f"{i}.jpg", quality=75)
+        (tmp_path / "linked").mkdir(exist_ok=True)
+        (tmp_path / "linked" / c).symlink_to(tmp_path / "real" / c, target_is_directory=True)
+    assert len(load_dataset(tmp_path / "linked", cache_dir=tmp_path / "cache")) == 4
+    assert source_encoding(tmp_path / "linked") == {"format": "JPEG", "quality": 75, "subsampling": "4:2:0"}

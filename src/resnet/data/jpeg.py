@@ -21,7 +21,7 @@ import PIL
 from PIL import Image, JpegImagePlugin
 
 from ..errors import ConfigError
-from .folder import _hidden, is_archive, is_image_file
+from .folder import _hidden, is_archive, is_image_file, walk_tree
 from .memory import _stem, fingerprint
 
 SUBSAMPLING = {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}  # PIL's codes (JpegImagePlugin.get_sampling)
@@ -67,8 +67,7 @@ def first_image_bytes(path: str | Path) -> bytes | None:
     anything else (CIFAR batches, 'digits': arrays, not encoded files)."""
     p = Path(path).expanduser()
     if p.is_dir():
-        for cur, dnames, fnames in os.walk(p):
-            dnames[:] = sorted(d for d in dnames if not d.startswith("."))
+        for cur, dnames, fnames in walk_tree(p):  # through symlinked class folders, as the data set loads them
             for f in sorted(fnames):
                 if is_image_file(f) and not f.startswith("."):
                     return (Path(cur) / f).read_bytes()
