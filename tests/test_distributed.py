@@ -206,6 +206,20 @@ def test_whitening_bias_freezes_on_two_processes(tiny_folder, tmp_path):
     _close(tmp_path / "ddp", tmp_path / "one", atol=1e-4)
 
 
+def test_every_process_trains_into_rank_0s_default_run_folder(tiny_folder, tmp_path):
+    """Without --out each process named runs/MODEL-TIME from its own clock: a second apart, rank 1 made a second,
+    empty folder (and would have named it in its --resume advice)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(Path(__file__).with_name("ddp_name_worker.py")), "--model", "resnet20", "--data", str(tiny_folder),
+           "--epochs", "1", "data.batch_size=8", "compile=false", *TINY]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folders = list((tmp_path / "runs").iterdir())
+    assert len(folders) == 1 and (folders[0] / "last.state.pt").is_file(), folders
+    assert f"run folder: runs/{folders[0].name}" in proc.stdout
+
+
 def test_only_rank_0_writes_into_the_run_folder(tiny_folder, tmp_path, monkeypatch):
     """A process other than rank 0 (its constructor needs no process group once DDP is left out) writes
     nothing into the shared run folder, not even the list of images data.skip_bad left out."""

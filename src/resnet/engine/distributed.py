@@ -232,6 +232,20 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int.from_bytes(key, "little") >> 1
 
 
+def rank0_text(text: str, ctx: DistContext) -> str:
+    """Rank 0's `text` on every process (itself outside torchrun): a run folder named from each process's own
+    clock (runs/MODEL-TIME) differs between processes that read it either side of a second."""
+    if not (ctx.enabled and dist.is_available() and dist.is_initialized()):
+        return text
+    device = ctx.device or torch.device("cpu")
+    raw = torch.tensor(list(text.encode()), dtype=torch.uint8, device=device)
+    size = torch.tensor([raw.numel()], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buffer = raw if ctx.rank == 0 else torch.zeros(int(size), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src=0)
+    return bytes(buffer.cpu().tolist()).decode()
+
+
 def stream_for(ctx: DistContext, stream):
     """Rank 0 reports; the others write nowhere."""
     return stream if ctx.is_main else open(os.devnull, "w")
@@ -269,4 +283,4 @@ class NullLog:
 
 
 __all__ = ["DistContext", "setup", "cleanup", "barrier", "ShardedMemoryLoader", "shard_loader", "CPUSyncBatchNorm",
-           "convert_sync_batchnorm", "wrap_model", "no_sync", "stream_for", "all_mean", "all_sum", "NullLog"]
+           "convert_sync_batchnorm", "wrap_model", "no_sync", "rank0_text", "stream_for", "all_mean", "all_sum", "NullLog"]

@@ -62,7 +62,7 @@ def train_run(settings: dict | None = None, overrides=None, recipe: str | None =
     new_folder = not resume and not run_dir.exists()
     try:
         trainer = Trainer(cfg, run_dir, resume=bool(resume), device=device, stream=stream, callbacks=callbacks)
-        return train_trainer(trainer), run_dir, trainer
+        return train_trainer(trainer), trainer.run_dir, trainer  # (under torchrun: rank 0's folder)
     except BaseException:
         # a new run that failed before its first checkpoint (bad data, a NaN at once) holds nothing to resume:
         # leave no half-written folder behind (a later --out there would be refused as "already holds a run")

@@ -190,6 +190,7 @@ class Trainer:
                 raise ConfigError(f"select_by=proxy builds {cfg.model} at select_proxy_widths="
                                   f"{list(cfg.select_proxy_widths)}: {e}") from None
         self.dist = distributed.setup(device)  # torchrun: join the process group; rank 0 alone reports
+        self.run_dir = Path(distributed.rank0_text(str(self.run_dir), self.dist))  # rank 0's (a default name: its clock)
         self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
         self.device = torch.device(device) if device else (self.dist.device or default_device())
         self.precision = resolve_precision(cfg.precision, self.device)
