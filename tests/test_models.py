@@ -162,3 +162,18 @@ def test_model_card_states_the_hold_out_and_the_optimizer(tmp_path):
         cards[name] = (model.save_pretrained(tmp_path / name) / "README.md").read_text()
     assert "10% of the images held out" in cards["adamw"] and "optimiser: AdamW lr 0.001, betas [0.9, 0.999]" in cards["adamw"]
     assert "5,000 images held out" in cards["count"] and "optimiser: SGD lr 0.1, momentum 0.9" in cards["count"]
+
+
+def test_a_headless_net_returns_its_pooled_features_unscaled():
+    """The speedrun net's logit temperature (1/9) scaled the features of a headless copy (num_classes=0, or
+    reset_classifier(0)): forward then differed from forward_head(pre_logits=True), what timm and torchvision give."""
+    torch.manual_seed(0)
+    for model in (resnet.create_model("speedrun_resnet8", num_classes=0).eval(),
+                  resnet.create_model("speedrun_resnet8").eval()):
+        model.reset_classifier(0)
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(model(x), model.forward_head(model.forward_features(x), pre_logits=True))
+    with torch.no_grad():  # with a classifier the temperature stays
+        model = resnet.create_model("speedrun_resnet8").eval()
+        assert torch.allclose(model(x), model.fc(model.forward_head(model.forward_features(x), pre_logits=True)) / 9)

@@ -199,7 +199,8 @@ class ResNet(nn.Module):
         if pre_logits:
             return x
         x = self.fc(x)
-        return x * self.config.logit_scale if self.config.logit_scale != 1.0 else x
+        # the logits' temperature: a headless net (num_classes=0) returns its pooled features as they are
+        return x * self.config.logit_scale if self.config.logit_scale != 1.0 and self.config.num_classes else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
