@@ -556,6 +556,15 @@ def test_proxy_widths_that_the_shortcuts_cannot_take_are_refused_before_the_data
                 stream=io.StringIO())
 
 
+def test_a_tta_shift_as_large_as_the_images_is_refused_before_training(tiny_folder, tmp_path):
+    """Reflect padding needs a shift below the side: it was a traceback at the first validation, after an epoch."""
+    over = [f"data.path={tiny_folder}", "model_args.widths=[4,8,8]", "model_args.stem_width=4", "epochs=1",
+            "data.batch_size=8", "data.val_size=12", "precision=fp32", "compile=false"]
+    with pytest.raises(ConfigError, match=r"tta_shift=32 must be below the side of the evaluated images \(32 px\)"):
+        Trainer(make_config(None, over + ["tta_shift=32"]), tmp_path / "run", stream=io.StringIO())
+    assert Trainer(make_config(None, over + ["tta_shift=31"]), tmp_path / "ok", stream=io.StringIO()).cfg.tta_shift == 31
+
+
 def test_a_nonfinite_proxy_loss_skips_the_proxy_step_only(tiny_folder, tmp_path):
     """With nonfinite=skip a NaN in the proxy's training loss skips the proxy's update, not the network's step, and
     is not counted as a skipped training step; with nonfinite=stop the error names the proxy."""

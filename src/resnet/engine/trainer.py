@@ -223,6 +223,10 @@ class Trainer:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_data)} training images")
         self.val_loader = self.val_data.loader(cfg.data.eval_batch_size, train=False, device=self.device,
                                                channels_last=cfg.channels_last) if self.val_data else None
+        side = min(self.train_data.images.shape[-2:]) if in_memory else input_size(self.train_data)
+        if cfg.tta_shift >= side:  # (reflect padding needs fewer pixels than the side: a traceback at validation)
+            raise ConfigError(f"tta_shift={cfg.tta_shift} must be below the side of the evaluated images ({side} px); "
+                              "airbench's is 1")
         args = {"num_classes": len(self.classes), "in_chans": image_channels(self.train_data), **cfg.model_args}
         if args["num_classes"] != len(self.classes):
             raise ConfigError(f"num_classes={args['num_classes']}, but the training data has {len(self.classes)} classes")
