@@ -19,6 +19,7 @@ from resnet.data.jpeg import source_encoding, write_reencoded
 from imagenet_utils import TINY_STREAM, make_large_folder
 from resnet.engine.trainer import Trainer, split_train_val
 from resnet.models.complexity import train_flops_per_image
+from resnet.serve.predict import list_images
 from resnet.errors import ConfigError
 
 
@@ -149,3 +150,18 @@ def test_encoding_is_judged_through_symlinked_class_folders(tmp_path):
         (tmp_path / "linked" / c).symlink_to(tmp_path / "real" / c, target_is_directory=True)
     assert len(load_dataset(tmp_path / "linked", cache_dir=tmp_path / "cache")) == 4
     assert source_encoding(tmp_path / "linked") == {"format": "JPEG", "quality": 75, "subsampling": "4:2:0"}
+
+
+def test_predict_lists_images_through_symlinked_folders(tmp_path):
+    """`resnet predict FOLDER` said "no images" for a folder whose subfolders are symlinks (Path.rglob does not
+    follow them), though `resnet train --data FOLDER` loads those images; hidden files and folders stay out."""
+    for c in ("a", "b"):
+        (tmp_path / "real" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "real" / c / "x.png")
+        Image.new("RGB", (8, 8)).save(tmp_path / "real" / c / ".hidden.png")
+        (tmp_path / "linked").mkdir(exist_ok=True)
+        (tmp_path / "linked" / c).symlink_to(tmp_path / "real" / c, target_is_directory=True)
+    (tmp_path / "linked" / ".git").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "linked" / ".git" / "y.png")
+    paths, any_folder = list_images([tmp_path / "linked"])
+    assert any_folder and paths == [tmp_path / "linked" / "a" / "x.png", tmp_path / "linked" / "b" / "x.png"]

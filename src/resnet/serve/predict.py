@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from ..data.folder import FolderIndex, ImageDecodeError, decode_image, is_image_file
+from ..data.folder import FolderIndex, ImageDecodeError, decode_image, is_image_file, walk_tree
 from ..data.stream import Decode, EpochBatchSampler, SampleReader, StreamLoader, default_workers
 from ..data.transforms import CenterTest
 from ..deploy.backends import first_images
@@ -33,8 +33,9 @@ def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], bool]:
         p = Path(item).expanduser()
         if p.is_dir():
             any_folder = True
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and is_image_file(f.name)
-                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+            # through symlinked folders, as a data set loads (Path.rglob does not follow them); hidden ones left out
+            out.extend(sorted(Path(cur) / f for cur, _, names in walk_tree(p) for f in names
+                              if is_image_file(f) and not f.startswith(".") and (Path(cur) / f).is_file()))
         elif p.is_file():
             out.append(p)
         else:
