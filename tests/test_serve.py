@@ -240,6 +240,24 @@ def test_benchmark_and_export_images_take_the_model_s_resize_and_crop_as_eval_do
     assert images.shape == fed.shape == (12, 3, 32, 32) and torch.allclose(images, fed, atol=1e-6)
 
 
+def test_benchmark_and_export_of_weights_read_data_with_a_val_split_alone(small_folder, tmp_path, capsys):
+    """ImageNet's val/ alone (what many keep to score pretrained weights): eval scores it, but benchmark and export
+    --data refused it ("no 'train' folder") although weights without a run need no training images."""
+    data = tmp_path / "data"
+    (data / "val").mkdir(parents=True)
+    for cls in ("blue", "green", "red"):
+        (data / "val" / cls).symlink_to(small_folder / cls)
+    tiny().save_pretrained(tmp_path / "w")
+    assert main(["export", str(tmp_path / "w"), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
+                 "--data", str(data)]) == 0
+    assert "parity on real images      n=12" in capsys.readouterr().out
+    assert main(["benchmark", str(tmp_path / "w"), "--backends", "eager-fp32", "--batch", "1", "--seconds", "0",
+                 "--data", str(data), "--check-images", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["check_images"] == 5
+    with pytest.raises(DataError, match="no 'train' folder"):  # a run's hold-out still needs its training split
+        parity.real_images(str(data), {"input_size": 16, "config": {"data": {"val_size": 2}}}, 4, split="val")
+
+
 def test_a_one_channel_network_predicts_image_files_and_eval_says_what_does_not_fit(small_folder, tmp_path, capsys):
     """A network trained on greyscale images (the digits of `resnet demo`) given RGB files: predict feeds their
     luma; eval says the channels differ in one line. Both were tracebacks (a conv shape error, mean/std sizes)."""

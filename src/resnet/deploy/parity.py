@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..data import ImagesTooLargeError, StreamingFolder, load_split
+from ..data import DatasetLayoutError, ImagesTooLargeError, StreamingFolder, load_split
 from ..data.cifar import cifar_archive_spec, detect_cifar_folder
 from ..data.split import run_holdout
 from ..data.stream import tensor_view_loader
@@ -118,13 +118,19 @@ def real_images(data: str, meta: dict, n: int, image_size: int | None = None, se
     expects a resize and crop, as `resnet eval` reads them (`serve.evaluate.eval_dataset`). Images held in
     memory (CIFAR's batches) go through that resize and crop too, unless the model takes them as they are.
     `channels`: the model's input channels, checked against the images' (one line, not a shape error inside)."""
-    if expects_crop(meta) and image_files(data):
-        taken = _streamed_images(data, meta, n, image_size, seed, split)
-    else:
+    def take(split):
+        if expects_crop(meta) and image_files(data):
+            return _streamed_images(data, meta, n, image_size, seed, split)
         try:
-            taken = _in_memory_images(data, meta, n, image_size, seed, split)
+            return _in_memory_images(data, meta, n, image_size, seed, split)
         except ImagesTooLargeError:
-            taken = _streamed_images(data, meta, n, image_size, seed, split)
+            return _streamed_images(data, meta, n, image_size, seed, split)
+    try:
+        taken = take(split)
+    except DatasetLayoutError:  # no training split (ImageNet's val/ alone): without a run to hold images out of,
+        if split == "test" or meta.get("config"):  # any images will do, as `resnet eval` scores such data whole
+            raise
+        taken = take("test")
     if channels is not None and taken[0].shape[1] != channels:
         raise DataError(f"{data} has {taken[0].shape[1]}-channel images, the model takes {channels}-channel ones")
     return taken
