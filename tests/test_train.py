@@ -193,6 +193,7 @@ def test_recipes_and_overrides():
     ("schedule.warmup_lr=0.01", "go together"),  # without warmup_until_err: no warm-up at all, silently
     ("schedule.warmup_until_err=80", "go together"),
     (["schedule.name=onecycle", "schedule.warmup_method=constant"], "warmup_method=constant is for"),  # ignored
+    (["schedule.name=step", "schedule.warmup_prefix=true"], "it is for schedule.name=cosine"),  # ignored
 ])
 def test_out_of_range_optimizer_and_schedule_settings_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -280,6 +280,8 @@ def _check_modern(cfg: TrainConfig) -> None:
          "below warmup_until_err %, ResNet-110's warm-up): set both or neither"),
         (not (s.name == "onecycle" and s.warmup_method == "constant"),
          "schedule.warmup_method=constant is for step and cosine schedules; onecycle's warm-up is its linear rise"),
+        (not s.warmup_prefix or s.name == "cosine",
+         "schedule.warmup_prefix starts the cosine where the warm-up ends: it is for schedule.name=cosine"),
         (s.warmup_epochs >= 0, "schedule.warmup_epochs must be >= 0"),
         (s.warmup_method in ("linear", "constant"), "schedule.warmup_method must be linear or constant"),
         (not (s.warmup_epochs and s.warmup_steps), "give schedule.warmup_epochs or schedule.warmup_steps, not both"),
