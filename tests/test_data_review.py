@@ -3,6 +3,7 @@
 Everything is built in tmp_path; no network."""
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -165,3 +166,17 @@ def test_predict_lists_images_through_symlinked_folders(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "linked" / ".git" / "y.png")
     paths, any_folder = list_images([tmp_path / "linked"])
     assert any_folder and paths == [tmp_path / "linked" / "a" / "x.png", tmp_path / "linked" / "b" / "x.png"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_the_decoded_cache_gets_the_umask_mode(tmp_path, umask, mode):
+    """mkstemp makes the cache file 0600; it is published with the mode the user's umask gives any new file
+    (read through files.shareable, which never sets the umask: setting it, even back at once, races threads)."""
+    src = _tree(tmp_path / "src", ["a", "b"])
+    old = os.umask(umask)
+    try:
+        load_dataset(src, cache_dir=tmp_path / "cache")
+    finally:
+        os.umask(old)
+    (cache,) = (tmp_path / "cache").glob("*.safetensors")
+    assert oct(cache.stat().st_mode & 0o777) == oct(mode)

@@ -28,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigError, DataError
+from ..files import shareable
 from .augment import slice_params
 from .sampling import epoch_order
 from .cifar import default_cache_dir
@@ -361,12 +362,6 @@ def _read_cache(path: Path) -> InMemoryDataset | None:
         return None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _write_cache(folder: Path, name: str, ds: InMemoryDataset) -> Path | None:
     meta = {"version": CACHE_VERSION, "layout": "NHWC", "classes": json.dumps(ds.classes), "mean": json.dumps(ds.mean),
             "std": json.dumps(ds.std), "name": ds.name, "source": ds.source,
@@ -378,7 +373,7 @@ def _write_cache(folder: Path, name: str, ds: InMemoryDataset) -> Path | None:
         try:
             save_file({"images": ds.images.permute(0, 2, 3, 1).contiguous(),
                        "labels": ds.labels.contiguous()}, tmp, meta)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a cache is shareable
+            shareable(tmp)  # mkstemp makes it private; a cache is shared
             os.replace(tmp, folder / name)
         finally:
             Path(tmp).unlink(missing_ok=True)
