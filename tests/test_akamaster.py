@@ -151,6 +151,16 @@ def test_a_local_akamaster_file_is_recognised(tmp_path):
         torch.testing.assert_close(model(x).double(), reference_forward(sd, x, 3), rtol=1e-5, atol=1e-4)
 
 
+def test_a_local_akamaster_file_gets_cifar10_names(tmp_path):
+    """A bare file in akamaster's layout names its outputs as `akamaster:resnet20` does, not `class 3`."""
+    path = tmp_path / "mine.th"
+    path.write_bytes(legacy_file(synthetic_akamaster(20, seed=5)))
+    assert model_from_weights(str(path), model_name="resnet20")[1]["classes"] == list(W.CIFAR10_CLASSES)
+    other = tmp_path / "other.pth"  # a 10-class file in the toolkit's own layout says nothing of its classes
+    torch.save(create_model("resnet20").state_dict(), other)
+    assert model_from_weights(str(other), model_name="resnet20")[1]["classes"] is None
+
+
 def test_fine_tuning_to_another_head_keeps_every_other_tensor(tmp_path):
     """`load_pretrained` into CIFAR-100 (or a headless) ResNet-20: akamaster's 10-class head is left out and the
     body is akamaster's, permuted; a model with the file's own head still takes the file's head."""

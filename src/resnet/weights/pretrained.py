@@ -15,7 +15,7 @@ from ..models import create_model
 from . import akamaster, hf, timm_hub  # akamaster and timm_hub register their sources when imported
 from .folder import describe, from_folder, is_folder, read_config
 from .preprocess import Preprocess
-from .sources import SOURCES, WeightSource, download, get_source, imagenet_classes, is_named
+from .sources import CIFAR10_CLASSES, SOURCES, WeightSource, download, get_source, imagenet_classes, is_named
 from ..errors import ConfigError, WeightsError
 from .state_dict import clean_keys, load_strict, load_weights, read_state_dict
 
@@ -104,6 +104,8 @@ def model_from_weights(spec: str, model_name: str | None = None, num_classes: in
     model.model_name = name
     load_strict(model, toolkit_state_dict(path, model, source), str(path))
     meta = weights_meta(source, path, name, num_classes, file_preprocess(model))
+    if source is None and num_classes == len(CIFAR10_CLASSES) and akamaster.is_akamaster(read_state_dict(path)):
+        meta["classes"] = list(CIFAR10_CLASSES)  # akamaster's layout is its CIFAR-10 nets, as by name
     model.pretrained_meta = meta
     return model.eval(), meta
 
