@@ -176,6 +176,17 @@ def test_cli_export_refuses_a_folder_and_an_unknown_opset_before_writing(checkpo
     assert not (tmp_path / "e.onnx").exists() and list((tmp_path / "folder").iterdir()) == []
 
 
+def test_cli_export_of_a_bare_weights_file_says_how_to_read_it(tmp_path, capsys):
+    """A torchvision-layout .pth was refused only as "not .safetensors"; the line gives the route that works."""
+    pth = tmp_path / "r20.pth"
+    torch.save(resnet.create_model("resnet20").state_dict(), pth)
+    assert main(["export", str(pth), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and "is a weights file" in err and ".save_pretrained('DIR')" in err
+    resnet.from_pretrained(str(pth), model_name="resnet20").save_pretrained(tmp_path / "hub")  # the route it names
+    assert main(["export", str(tmp_path / "hub"), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 0
+
+
 @pytest.mark.parametrize("fmt, out", [("torchscript", "x.onnx"), ("onnx", "x.pt"), ("onnx", "x.PTH"),
                                       ("onnx", "x.safetensors"), ("hub", "x.onnx"), ("hub", "x.pt")])
 def test_cli_export_refuses_a_name_that_says_another_format(fmt, out, checkpoint, tmp_path, capsys):

@@ -59,7 +59,12 @@ def load_spec(spec: str, num_classes: int | None = None) -> tuple[nn.Module, dic
     weights, described as such, with the normalisation of its dataset family)."""
     if is_named(spec) or is_hf(spec) or is_folder(spec):
         return load(weights=spec, num_classes=num_classes)
-    if Path(spec).expanduser().exists():
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix != ".safetensors":  # a torch.save file (torchvision's or akamaster's layout)
+        raise ConfigError(f"{spec} is a weights file, not a toolkit checkpoint: make it a hub-style folder first, "
+                          f"python -c \"import resnet; resnet.from_pretrained('{spec}', model_name='NAME')"
+                          ".save_pretrained('DIR')\" (NAME: the network it holds, e.g. resnet50), then pass DIR")
+    if path.exists():
         return load(checkpoint=spec)
     if "/" in spec or spec.endswith((".safetensors", ".pt", ".pth", ".th")):  # meant as a file, not a model name
         raise FileNotFoundError(f"{spec}: no such file or folder (give a checkpoint, a run folder, named weights "
