@@ -19,6 +19,8 @@ from resnet.data.transforms import eval_transform
 from resnet.deploy import backends as inf
 from resnet.deploy import parity
 from resnet.engine.checkpoint import save_weights
+from resnet.engine.evaluate import evaluate
+from resnet.engine.precision import Precision
 from resnet.errors import ConfigError, DataError
 from resnet.serve.evaluate import class_mapping, eval_dataset, eval_loader, run_eval
 from resnet.serve.load import load, load_spec
@@ -122,6 +124,22 @@ def test_tta_flip_is_applied_on_every_road(road, small_folder, large_folder, mem
     # a random network is not mirror-symmetric: averaging with the mirror moves the loss
     assert abs(plain["loss"] - flipped["loss"]) > 1e-6
     assert run_eval(**kw, precision="fp32", workers=0, tta_flip=True)["loss"] == flipped["loss"]
+
+
+def test_tta_flip_averages_logits_as_its_words_say(capsys):
+    """--tta-flip averages logits (airbench's TTA, which the committed check numbers use), ten-crop probabilities
+    (the paper's); the module's docstring said probabilities for every averaged view."""
+    model, x, y = tiny(), torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(6) % 3
+    with torch.no_grad():
+        logits = (model(x) + model(x.flip(3))) / 2
+    got = evaluate(model, [(x, y)], Precision("fp32", torch.device("cpu")), 3, tta_flip=True)["loss"]
+    assert got == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)), rel=1e-6)
+    doc = " ".join(resnet.serve.evaluate.__doc__.split())
+    assert "`--tta-flip` averages logits" in doc
+    assert "ten-crop and multi-scale tests average their views as probabilities" in doc
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    assert "average the logits of each image and its mirror" in " ".join(capsys.readouterr().out.split())
 
 
 # --------------------------------------------------------------------------- --test multi-scale with every backend

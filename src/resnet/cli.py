@@ -382,7 +382,7 @@ def _add_serve_parsers(sub) -> None:
     p.add_argument("--split", choices=["test", "val", "train"], default="test",
                    help="test set (default), the training run's held-out validation images, or the training set")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto")
-    p.add_argument("--tta-flip", action="store_true", help="average over each image and its mirror (the ten-crop "
+    p.add_argument("--tta-flip", action="store_true", help="average the logits of each image and its mirror (the ten-crop "
                    "and multi-scale tests include the mirrors already)")
     p.add_argument("--map-classes-by-position", action="store_true",
                    help="pair the data's class folders with the model's classes in sorted order when their names "

@@ -116,7 +116,7 @@ class TrainConfig:
     sync_bn: bool = False  # under torchrun: BatchNorm statistics of the global batch
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # 0 = no EMA of weights; evaluation uses the EMA when on
-    tta_flip: bool = False  # average predictions over the image and its mirror at evaluation
+    tta_flip: bool = False  # average logits over the image and its mirror at evaluation
     tta_shift: int = 0  # also over copies shifted this many pixels up-left and down-right (airbench's TTA)
     eval_every: int = 1  # epochs between validations (the last epoch is always validated)
     checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0 = only at epoch ends)

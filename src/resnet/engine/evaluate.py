@@ -12,9 +12,9 @@ from ..errors import DataError
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, precision: Precision, tta_flip: bool = False,
                    tta_shift: int = 0) -> torch.Tensor:
-    """fp32 logits; with `tta_flip`, averaged over the image and its mirror; with `tta_shift` = s, half
-    of that and a quarter each of the same for the image shifted s pixels up-left and down-right
-    (reflected borders): airbench's test-time augmentation (its "level 2", s = 1)."""
+    """fp32 logits; with `tta_flip`, the logits (not probabilities) averaged over the image and its mirror;
+    with `tta_shift` = s, half of that and a quarter each of the same for the image shifted s pixels up-left
+    and down-right (reflected borders): airbench's test-time augmentation (its "level 2", s = 1)."""
     with precision.autocast():
         logits = _views(model, x, tta_flip)
         if tta_shift:

@@ -7,8 +7,10 @@ mirror), the paper's 10-crop test, or the fully-convolutional multi-scale test [
 last two include the mirrors already. In-memory images take the 10-crop and multi-scale tests
 through the same PIL presets as image files.
 
-Scores of several views are averaged as probabilities (softmax), as Krizhevsky et al. and the
-paper do; the reported loss is then the negative log of the averaged probability of the true class.
+The ten-crop and multi-scale tests average their views as probabilities (softmax), as Krizhevsky et
+al. and the paper do; the reported loss is then the negative log of the averaged probability of the
+true class. `--tta-flip` averages logits, as training's `tta_flip` validation (airbench's TTA) does:
+the committed speedrun and `cifar10_fast` check numbers were measured so.
 An evaluation folder may hold a subset of the model's classes: folders named like the model's
 classes, or ImageNet's WordNet ids (n01440764 ...) for ImageNet weights, are matched by name.
 """
