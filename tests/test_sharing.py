@@ -133,6 +133,21 @@ def test_a_folder_named_from_the_home_folder_reads(tmp_path, monkeypatch):
     assert is_folder("~/models/m") and load_spec("~/models/m")[1]["mean"] == [0.5] * 3
 
 
+def test_a_hand_edited_config_short_of_a_preprocess_key_is_one_line(tmp_path, capsys):
+    """config.json's `preprocess` without `interpolation` (edited by hand) was a KeyError traceback."""
+    model = resnet.create_model("resnet20", widths=(4, 8, 8), stem_width=4, num_classes=2)
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "config.json"
+    cfg = json.loads(path.read_text())
+    del cfg["preprocess"]["interpolation"]
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match=r"config.json: 'preprocess' lacks interpolation; give all of resize"):
+        resnet.from_pretrained(tmp_path / "m")
+    assert main(["export", str(tmp_path / "m"), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and str(path) in err and "lacks interpolation" in err
+
+
 def test_the_card_of_a_folder_exported_again_names_the_folder_and_no_unknown_step(tmp_path):
     """A run's weights exported, then that folder exported again (or pushed): the second card said "step None"
     (config.json keeps the epoch only) and was titled after the folder's parent."""

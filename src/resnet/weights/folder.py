@@ -65,11 +65,25 @@ def _build(config: dict, where: Path) -> ResNet:
     return create_model(arch, num_classes=int(config.get("num_classes", 1000)))
 
 
+PREPROCESS_KEYS = ("resize", "crop", "mean", "std", "interpolation")
+
+
+def _own_preprocess(p, path: Path) -> Preprocess:
+    """config.json's `preprocess`; a hand-edited one short of a key is one line naming it (was a KeyError)."""
+    missing = [k for k in PREPROCESS_KEYS if not isinstance(p, dict) or k not in p]
+    if missing:
+        raise WeightsError(f"{path}: 'preprocess' lacks {', '.join(missing)}; give all of {', '.join(PREPROCESS_KEYS)} "
+                           "(or remove 'preprocess', and pretrained_cfg's are used)")
+    try:
+        return Preprocess(int(p["resize"]), int(p["crop"]), tuple(p["mean"]), tuple(p["std"]), str(p["interpolation"]))
+    except (TypeError, ValueError) as e:
+        raise WeightsError(f"{path}: 'preprocess' has a value of the wrong kind ({e})") from None
+
+
 def describe(config: dict, folder: Path) -> dict:
     """The description `load_model` gives a checkpoint: classes, mean, std, input size, resize, ..."""
     if "preprocess" in config:
-        p = config["preprocess"]
-        pre = Preprocess(int(p["resize"]), int(p["crop"]), tuple(p["mean"]), tuple(p["std"]), p["interpolation"])
+        pre = _own_preprocess(config["preprocess"], Path(folder) / CONFIG_NAME)
     else:
         pre = _timm_preprocess(config.get("pretrained_cfg") or {})
     num_classes = int(config.get("num_classes", 1000))
