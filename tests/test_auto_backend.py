@@ -89,8 +89,23 @@ def test_measured_table_overrides_the_rule_but_never_below_99_percent(tmp_path):
     name, why = choose.choose_backend("resnet50", 224, 16, True, AMX, cache, everything)
     assert name == "compiled-bf16" and "measured here" in why and "99.5%" in why
     assert choose.choose_backend("resnet50", 224, 1, True, AMX, cache, everything)[0] == "onnxruntime"
-    assert choose.choose_backend("resnet50", 224, 8, True, AMX, cache, everything)[0] == "int8"  # not measured
+    assert choose.choose_backend("resnet50", 224, 8, True, AMX, cache, everything)[0] == "compiled-bf16"  # 16's
     assert choose.choose_backend("resnet20", 32, 16, True, AMX, cache, everything)[0] == "compiled-bf16"
+
+
+def test_a_batch_not_measured_takes_the_nearest_measured_batch_of_its_kind(tmp_path):
+    """`benchmark --save` measures batches 1 and 16, eval runs 64 or 1000: the saved table was never found."""
+    cache = choose.ChoiceCache(tmp_path)
+    cache.save_rows("resnet50", 224, [{"backend": "onnxruntime", "batch": 16, "images_per_sec": 90.0, "agreement": 1.0},
+                                      {"backend": "eager-fp32", "batch": 16, "images_per_sec": 20.0, "agreement": 1.0}])
+    for batch in (64, 1000):
+        name, why = choose.choose_backend("resnet50", 224, batch, True, AMX, cache, everything)
+        assert name == "onnxruntime" and f"at batch 16 (the nearest measured to this job's {batch})" in why
+    name, why = choose.choose_backend("resnet50", 224, 1, True, AMX, cache, everything)  # batch 1: overhead, alone
+    assert name == "int8" and "rule" in why
+    cache.save_rows("resnet50", 224, [{"backend": "eager-fp32", "batch": 256, "images_per_sec": 3.0, "agreement": 1}])
+    assert choose.choose_backend("resnet50", 224, 1000, True, AMX, cache, everything)[0] == "eager-fp32"  # 256's
+    assert "at batch 16," in choose.choose_backend("resnet50", 224, 16, True, AMX, cache, everything)[1]
 
 
 def test_small_jobs_stay_eager_and_large_ones_take_the_fast_path(monkeypatch):

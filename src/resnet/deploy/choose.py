@@ -1,8 +1,9 @@
 """`--backend auto`: the fastest inference backend that keeps top-1 agreement with fp32 >= 99%.
 
 Chosen from the processor's flags by a rule that the measurements below justify, or, where
-`resnet benchmark --save` has measured this machine, model and batch, by that cached table (the
-fastest row whose agreement is >= 99%). Measured (ResNet-50, 224x224, images/s, batch 1 / 16):
+`resnet benchmark --save` has measured this machine and model, by that cached table (the fastest
+row whose agreement is >= 99%) at the job's batch, else the nearest measured batch of its kind
+(`ChoiceCache.fastest`). Measured (ResNet-50, 224x224, images/s, batch 1 / 16):
 
 - Intel with AMX (amx_int8, amx_bf16; 2026-11-27): int8 (PT2E) 164-192 at batch 16, compiled-bf16
   107-214, eager-bf16 79, onnxruntime int8 96, onnxruntime fp32 34-47. At batch 1 onnxruntime-int8
@@ -104,27 +105,40 @@ class ChoiceCache:
                                        "agreement": float(r["agreement"])}
         write_json_cache(self.path, data)
 
-    def fastest(self, model_name: str, image_size: int, batch: int) -> tuple[str, dict] | None:
-        """The fastest measured backend here with agreement >= MIN_AGREEMENT, or None."""
-        table = self.read().get(machine_key(model_name, image_size, batch), {})
-        good = {b: r for b, r in table.items() if b in BACKENDS and r.get("agreement", 0) >= MIN_AGREEMENT}
+    def fastest(self, model_name: str, image_size: int, batch: int) -> tuple[str, dict, int] | None:
+        """(backend, its row, the batch it was measured at): the fastest measured here with agreement >=
+        MIN_AGREEMENT at `batch`, else at the measured batch nearest to it (by ratio) of the same kind, or None.
+        Batch 1 is per-call overhead and stands alone; above 1 the ranking is throughput's, as the rule
+        (made from batch-16 measurements) assumes: `benchmark --save` measures 1 and 16, eval runs 64 or 1000."""
+        key = machine_key(model_name, image_size, batch)
+        prefix = key[:key.rindex(" ") + 1]  # everything but the batch
+        tables = {int(k[len(prefix):]): t for k, t in self.read().items()
+                  if k.startswith(prefix) and k[len(prefix):].isdigit() and isinstance(t, dict)}
+        alike = [b for b in tables if (b == 1) == (batch == 1)]
+        if not alike:
+            return None
+        near = min(alike, key=lambda b: (max(b, batch) / min(b, batch), -b))
+        good = {b: r for b, r in tables[near].items() if b in BACKENDS and r.get("agreement", 0) >= MIN_AGREEMENT}
         if not good:
             return None
         best = max(good, key=lambda b: good[b]["images_per_sec"])
-        return best, good[best]
+        return best, good[best], near
 
 
 def candidates(model_name: str, image_size: int, batch: int, bf16: bool, flags=None,
                cache: ChoiceCache | None = None, available=backend_status) -> list[tuple[str, str]]:
     """[(backend, why), ...] in order of preference: this machine's measured fastest (>= 99% agreement)
-    if `resnet benchmark --save` measured it, then the rule's backends that can run here, eager last."""
+    if `resnet benchmark --save` measured it (at this batch or the nearest, `ChoiceCache.fastest`), then
+    the rule's backends that can run here, eager last."""
     cache = cache or ChoiceCache()
     out = []
     measured = cache.fastest(model_name, image_size, batch)
     if measured is not None and available(measured[0]) is None:
-        name, row = measured
+        name, row, at = measured
+        nearest = "" if at == batch else f" (the nearest measured to this job's {batch})"
         out.append((name, f"measured here by resnet benchmark --save: {row['images_per_sec']:,.1f} images/s at "
-                          f"batch {batch}, {100 * row['agreement']:.1f}% top-1 agreement with fp32 ({cache.path})"))
+                          f"batch {at}{nearest}, {100 * row['agreement']:.1f}% top-1 agreement with fp32 "
+                          f"({cache.path})"))
     flags = cpu_flags() if flags is None else flags
     kind = cpu_kind(flags)
     for name in rule(flags, batch, bf16, image_size):
