@@ -128,9 +128,13 @@ def test_large_job_on_avx2_chooses_int8_and_skips_what_needs_calibration(monkeyp
     assert order == ["onnxruntime-int8", "int8", "onnxruntime", "compiled-bf16", "eager-fp32"]
     assert choose.resolve_auto(model, False, (300_000, 1000, 32), calibrated=False)[0][0] == "compiled-bf16"
     monkeypatch.setattr(choose, "cpu_supports_bf16", lambda: True)  # an AMX machine asked for fp32
+    monkeypatch.setattr(choose, "bf16_pays", lambda: True)
     monkeypatch.setattr(choose, "cpu_flags", lambda: AMX)
     name = choose.resolve_auto(model, False, (300_000, 1000, 32), calibrated=False)[0][0]
     assert name == "eager-fp32"  # compiled-bf16 would run bf16 there
+    monkeypatch.setattr(choose, "bf16_pays", lambda: False)  # native bf16 slower than fp32: compiled runs fp32
+    name = choose.resolve_auto(model, False, (300_000, 1000, 32), calibrated=False)[0][0]
+    assert name == "compiled-bf16"
 
 
 def test_eval_of_a_small_set_keeps_the_eager_path():

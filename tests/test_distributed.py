@@ -220,6 +220,19 @@ def test_every_process_trains_into_rank_0s_default_run_folder(tiny_folder, tmp_p
     assert f"run folder: runs/{folders[0].name}" in proc.stdout
 
 
+def test_every_process_trains_in_the_precision_rank_0_measured(tiny_folder, tmp_path):
+    """precision=auto measures bf16 against fp32 in each process (a probe, where bf16 is native without AMX):
+    should two processes' probes disagree, every process trains as rank 0 found."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(Path(__file__).with_name("ddp_precision_worker.py")), "--model", "resnet20", "--data",
+           str(tiny_folder), "--epochs", "1", "--out", str(tmp_path / "run"), "data.batch_size=8", "compile=false",
+           *TINY, "precision=auto"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 0 trains in bf16" in proc.stdout and "rank 1 trains in bf16" in proc.stdout, proc.stdout[-3000:]
+
+
 def test_only_rank_0_writes_into_the_run_folder(tiny_folder, tmp_path, monkeypatch):
     """A process other than rank 0 (its constructor needs no process group once DDP is left out) writes
     nothing into the shared run folder, not even the list of images data.skip_bad left out."""

@@ -16,7 +16,7 @@ from resnet.deploy import choose
 from resnet.deploy import fold, parity
 from resnet.deploy.benchmark import FIELDS, alternating_latencies, run_benchmark, time_backend, with_wrapper
 from resnet.cli import main
-from resnet.engine.precision import cpu_supports_bf16
+from resnet.engine.precision import bf16_pays
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # compiled artefacts go to a temporary cache
@@ -128,9 +128,10 @@ def test_fast_paths_agree_with_fp32(trained, backend, threshold, tmp_path):
     reason = inf.backend_status(backend)
     if reason:
         pytest.skip(reason)
-    if backend.endswith("bf16") and not cpu_supports_bf16():
-        pytest.skip(f"this CPU lacks native bf16 (AVX-512 BF16/AMX), so {backend} runs fp32 here and its bf16 "
-                    "arithmetic would go untested; test_bf16_arithmetic_on_any_cpu covers it everywhere")
+    if backend.endswith("bf16") and not bf16_pays():
+        pytest.skip(f"this CPU lacks native bf16 (AVX-512 BF16/AMX) or runs it slower than fp32, so {backend} runs "
+                    "fp32 here and its bf16 arithmetic would go untested; test_bf16_arithmetic_on_any_cpu covers it "
+                    "everywhere")
     model, val_x, val_y, calib = trained
     pred = inf.prepare_inference(model, backend, calibration=calib, example=val_x[:2], workdir=tmp_path)
     r = parity.compare_with_fp32(model, pred, val_x, val_y, batch_size=128)
@@ -161,7 +162,7 @@ def test_small_batches_compile_with_the_cpp_wrapper(monkeypatch):
 def test_bf16_arithmetic_on_any_cpu(trained, monkeypatch):
     """eager-bf16 with bf16 forced on: a CPU without native bf16 emulates it (slower, the same rounding),
     so the bf16 path, its weights and its agreement with fp32 are tested on every processor."""
-    monkeypatch.setattr(inf, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(inf, "bf16_pays", lambda: True)
     model, val_x, val_y, _ = trained
     pred = inf.prepare_inference(model, "eager-bf16")
     module = pred.extra["module"]
@@ -328,12 +329,12 @@ def test_benchmark_cli_rejects_batches_below_one(batch, capsys):
 @pytest.mark.parametrize("backend", ["auto", "eager-fp32", "eager-bf16", "int8", "onnxruntime-int8"])
 def test_inference_model_runs_the_backend_eval_uses(trained, backend):
     from resnet.engine.evaluate import evaluate
-    from resnet.engine.precision import Precision, cpu_supports_bf16
+    from resnet.engine.precision import Precision
 
     if backend != "auto" and inf.backend_status(backend):
         pytest.skip(inf.backend_status(backend))
-    if backend == "eager-bf16" and not cpu_supports_bf16():
-        pytest.skip("this CPU lacks native bf16 (AVX-512 BF16/AMX): eager-bf16 runs fp32 here; "
+    if backend == "eager-bf16" and not bf16_pays():
+        pytest.skip("this CPU lacks native bf16 (AVX-512 BF16/AMX) or runs it slower than fp32: eager-bf16 runs fp32 here; "
                     "test_bf16_arithmetic_on_any_cpu tests the bf16 path everywhere")
     model, val_x, val_y, calib = trained
     calls = []
@@ -342,7 +343,7 @@ def test_inference_model_runs_the_backend_eval_uses(trained, backend):
         calls.append(1)
         return calib
     net, prec = choose.inference_model(model, backend, "auto", torch.device("cpu"), calibration)
-    expected = {"auto": "eager-bf16" if cpu_supports_bf16() else "eager-fp32"}.get(backend, backend)
+    expected = {"auto": "eager-bf16" if bf16_pays() else "eager-fp32"}.get(backend, backend)
     assert net.predictor.backend == expected
     assert prec.name == "fp32"  # the backend sets its own precision: no autocast around it
     assert len(calls) == (1 if "int8" in backend else 0)  # images are decoded only for calibration

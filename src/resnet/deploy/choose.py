@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from .. import allocator
-from ..engine.precision import (Precision, cpu_flags, cpu_kind, cpu_model, cpu_supports_bf16,  # noqa: F401
+from ..engine.precision import (Precision, bf16_pays, cpu_flags, cpu_kind, cpu_model, cpu_supports_bf16,  # noqa: F401
                                needs_reduced_range, resolve_precision)
 from ..errors import BackendUnavailable, ConfigError
 from ..files import cache_root, read_json_cache, write_json_cache
@@ -179,7 +179,7 @@ def resolve_auto(model, bf16: bool, work: tuple[int, int, int] | None, calibrate
     def available(name: str) -> str | None:
         if name in needs_images and not calibrated:
             return "no calibration images"
-        if name == "eager-bf16" and not bf16 or name == "compiled-bf16" and not bf16 and cpu_supports_bf16():
+        if name == "eager-bf16" and not bf16 or name == "compiled-bf16" and not bf16 and bf16_pays():
             return "bf16 not allowed (--precision fp32)"
         return backend_status(name)
     return candidates(getattr(model, "model_name", type(model).__name__), side, batch, bf16, available=available)

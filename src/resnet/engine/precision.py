@@ -1,15 +1,21 @@
-"""Device, precision and memory layout: bf16 autocast + channels_last on CPUs that support bf16."""
+"""Device, precision and memory layout: bf16 autocast + channels_last on CPUs where bf16 is faster than fp32."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
+import statistics
+import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from ..config import PRECISIONS
 from ..errors import ConfigError
+from ..files import cache_root, read_json_cache, write_json_cache
 
 
 # The x86 instructions that make oneDNN's bf16 native. oneDNN calls bf16 supported on any AVX-512 CPU (Skylake
@@ -28,6 +34,70 @@ def cpu_supports_bf16() -> bool:
     if not flags:  # no x86 flags to read (an Arm CPU lists "Features"): oneDNN's word
         return bool(onednn)
     return onednn is not False and bool(BF16_FLAGS & flags)
+
+
+# Native bf16 is not always faster. AMX runs ResNet convolutions at 1.6-2.2x fp32 (README). AVX-512 BF16
+# alone differs by processor: an AMD EPYC (Zen 4) ran the ResNet-20 step at 1.54x fp32, an Intel Xeon VM
+# (family 6 model 207, AMX not exposed) at 0.79x, so there a short measured probe decides, cached per machine.
+BF16_PROBE_FILE = "bf16-probe.json"
+BF16_MIN_GAIN = 1.1  # bf16 rounds activations: take it only for a clear gain
+
+
+def bf16_pays() -> bool:
+    """Whether `precision: auto` (and the bf16 inference paths) should use bf16 here: native bf16 that is
+    faster than fp32, by the flags (AMX) or else by `bf16_speedup`'s cached probe."""
+    if not cpu_supports_bf16():
+        return False
+    flags = cpu_flags()
+    if "amx_bf16" in flags or not flags:  # AMX: measured; no x86 flags (Arm): oneDNN's word, as cpu_supports_bf16
+        return True
+    return bf16_speedup() >= BF16_MIN_GAIN
+
+
+def bf16_probe_key() -> str:
+    flags = hashlib.blake2b(" ".join(sorted(cpu_flags())).encode(), digest_size=6).hexdigest()
+    return f"{cpu_model()}|flags {flags}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def bf16_speedup(folder: str | os.PathLike | None = None) -> float:
+    """fp32's time over bf16 autocast's for a convolution's forward and backward, measured once per machine
+    (processor, flags, PyTorch, threads) and cached in the cache folder's bf16-probe.json."""
+    path = Path(folder or cache_root()) / BF16_PROBE_FILE
+    key = bf16_probe_key()
+    table = read_json_cache(path)
+    entry = table.get(key)
+    if isinstance(entry, dict) and isinstance(entry.get("speedup"), (int, float)) and entry["speedup"] > 0:
+        return float(entry["speedup"])
+    fp32_s, bf16_s = time_conv_step()
+    table[key] = {"speedup": round(fp32_s / bf16_s, 4), "fp32_ms": round(1e3 * fp32_s, 3),
+                  "bf16_ms": round(1e3 * bf16_s, 3)}
+    write_json_cache(path, table)
+    return fp32_s / bf16_s
+
+
+def time_conv_step(rounds: int = 5) -> tuple[float, float]:
+    """Median seconds of (fp32, bf16 autocast) for two 3x3 convolutions of 64 channels on 32 images of 32x32,
+    channels_last, forward and backward (ResNet's stages; ~14 GFLOP, well under a second each on 2 cores).
+    Rounds alternate, so a busy moment slows both. Draws nothing from the global RNG (seeded runs repeat)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 64, 32, 32, generator=g).to(memory_format=torch.channels_last)
+    w1, w2 = (torch.randn(64, 64, 3, 3, generator=g).mul_(0.05).to(memory_format=torch.channels_last)
+              .requires_grad_() for _ in range(2))
+
+    def step(dtype):
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            y = F.conv2d(F.relu(F.conv2d(x, w1, padding=1)), w2, padding=1)
+        y.float().sum().backward()
+        w1.grad = w2.grad = None
+
+    times = {None: [], torch.bfloat16: []}
+    for i in range(rounds + 1):
+        for dtype in times:
+            start = time.perf_counter()
+            step(dtype)
+            if i:  # the first round warms both up (oneDNN builds its kernels)
+                times[dtype].append(time.perf_counter() - start)
+    return statistics.median(times[None]), statistics.median(times[torch.bfloat16])
 
 
 def cpu_flags() -> frozenset[str]:
@@ -101,8 +171,9 @@ class Precision:
 
 
 def resolve_precision(requested: str, device: torch.device, warn: bool = True) -> Precision:
-    """'auto' = bf16 where the hardware runs it natively, else fp32 (with a warning on CPU unless `warn` is
-    False: callers that only ask which precision training would get, such as the inference choice)."""
+    """'auto' = bf16 where the hardware runs it natively and faster than fp32 (`bf16_pays`), else fp32 (with a
+    warning on CPU unless `warn` is False: callers that only ask which precision training would get, such as
+    the inference choice)."""
     if requested not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if device.type == "cuda":
@@ -113,10 +184,15 @@ def resolve_precision(requested: str, device: torch.device, warn: bool = True) -
         raise ConfigError("--precision fp16 is for CUDA; on CPU use bf16 or fp32")
     native = cpu_supports_bf16()
     if requested == "auto":
+        pays = native and bf16_pays()
         if not native and warn:
             warnings.warn("this CPU has no native bf16 (AVX-512 BF16/AMX): training in fp32, "
                           "about half the speed of a CPU that has it", stacklevel=2)
-        requested = "bf16" if native else "fp32"
+        elif native and not pays and warn:
+            warnings.warn(f"bf16 ran at {bf16_speedup():.2f}x fp32's speed on this CPU (native bf16 without AMX; "
+                          f"measured once, cached in {cache_root() / BF16_PROBE_FILE}): training in fp32, the "
+                          "faster here; precision=bf16 forces bf16", stacklevel=2)
+        requested = "bf16" if pays else "fp32"
     elif requested == "bf16" and not native:
         warnings.warn("bf16 requested on a CPU without native bf16: it is emulated and slower than fp32", stacklevel=2)
     return Precision(requested, device)

@@ -28,7 +28,7 @@ from .evaluate import evaluate
 from .logger import MetricsLog, Progress
 from .losses import make_loss
 from .optim import EMA, Lookahead, Schedule, ema_decay, load_optimizer_state, make_optimizer, set_lr
-from .precision import default_device, resolve_precision
+from .precision import Precision, default_device, resolve_precision
 from .selective import normalising_with, recording_bn_stats
 from ..data.augment import build_image_augment
 from ..data.mixing import Mixer
@@ -194,6 +194,8 @@ class Trainer:
         self.stream = distributed.stream_for(self.dist, stream or sys.stderr)
         self.device = torch.device(device) if device else (self.dist.device or default_device())
         self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.precision == "auto":  # each process measures bf16 against fp32: all train as rank 0 found
+            self.precision = Precision(distributed.rank0_text(self.precision.name, self.dist), self.device)
         self.eval_precision = (self.precision if cfg.eval_precision == "train"  # (only training warns of fp32)
                                else resolve_precision(cfg.eval_precision, self.device, warn=False))
         torch.manual_seed(cfg.seed)
