@@ -36,13 +36,13 @@ run() {  # run NAME LIMIT_SECONDS COMMAND...: COMMAND's output into $OUT/NAME.tx
 
 { lscpu | grep -E "Model name|^CPU\(s\)|L3"; grep -o -w -E "avx2|fma|avx512f|avx512_vnni|avx512_bf16|amx_tile|avx_vnni" \
     /proc/cpuinfo | sort -u | tr '\n' ' '; echo; } > "$OUT/machine.txt"
-run capability 60 python -c "import torch; from resnet.engine.precision import cpu_supports_bf16; \
+run capability 60 python -c "import torch; from resnet.engine.precision import bf16_pays, cpu_supports_bf16; \
 print('torch', torch.__version__, 'capability', torch.backends.cpu.get_cpu_capability(), \
-'native bf16', cpu_supports_bf16(), 'threads', torch.get_num_threads())"
+'native bf16', cpu_supports_bf16(), 'bf16 faster than fp32', bf16_pays(), 'threads', torch.get_num_threads())"
 cat "$OUT/machine.txt"
 
-if grep -q "native bf16 True" "$OUT/capability.txt"; then  # the trainer's bf16, then the fp32 path of other CPUs
-    run loop-bf16 1200 python bench/train_throughput.py --steps "$STEPS" --repeats "$REPEATS"
+if grep -q "native bf16 True" "$OUT/capability.txt"; then  # bf16 where native (the trainer takes it only where faster), then fp32
+    run loop-bf16 1200 python bench/train_throughput.py --precision bf16 --steps "$STEPS" --repeats "$REPEATS"
 fi
 run loop-fp32 1200 python bench/train_throughput.py --precision fp32 --steps "$STEPS" --repeats "$REPEATS"
 run fp32-bound 1200 python bench/compile_step.py --precision fp32 --variants eager,default,no-bn,no-bn-relu \
