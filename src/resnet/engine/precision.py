@@ -36,7 +36,7 @@ def cpu_supports_bf16() -> bool:
     return onednn is not False and bool(BF16_FLAGS & flags)
 
 
-# Native bf16 is not always faster. AMX runs ResNet convolutions at 1.6-2.2x fp32 (README). AVX-512 BF16
+# Native bf16 is not always faster. AMX ran the ResNet-20 step at 1.70-1.78x fp32 (README). AVX-512 BF16
 # alone differs by processor: an AMD EPYC (Zen 4) ran the ResNet-20 step at 1.54x fp32, an Intel Xeon VM
 # (family 6 model 207, AMX not exposed) at 0.79x, so there a short measured probe decides, cached per machine.
 BF16_PROBE_FILE = "bf16-probe.json"
