@@ -24,6 +24,7 @@ from resnet.engine.precision import Precision
 from resnet.errors import ConfigError, DataError
 from resnet.serve.evaluate import class_mapping, eval_dataset, eval_loader, run_eval
 from resnet.serve.load import load, load_spec
+from resnet.serve.predict import run_predict
 from resnet.weights import sources as W
 
 single_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
@@ -140,6 +141,29 @@ def test_tta_flip_averages_logits_as_its_words_say(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     assert "average the logits of each image and its mirror" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_compiled_backend_compiles_one_batch_size_for_eval_and_predict(monkeypatch, small_folder, memory_ckpt):
+    """The last, shorter batch of eval and predict was a second compilation (minutes for ResNet-50): it runs
+    padded to the job's batch now, and scores as the eager model does."""
+    sizes = []
+
+    def compile_per_shape(module, autocast_bf16=False, settings=None):  # torch.compile(dynamic=False): a new size
+        def run(x):                                                     # compiles again; this records each call's
+            sizes.append(x.shape[0])
+            return module(x)
+        return run
+    monkeypatch.setattr(inf, "_compile_frozen", compile_per_shape)
+    monkeypatch.setattr(inf, "_bf16_or_warn", lambda backend: False)  # fp32: the same numbers as eager
+    kw = dict(split="train", batch_size=5, precision="fp32", workers=0)
+    compiled = run_eval(str(memory_ckpt), str(small_folder), backend="compiled-bf16", **kw)  # 12 images: 5, 5, 2
+    assert compiled["n"] == 12 and set(sizes) == {5}
+    eager = run_eval(str(memory_ckpt), str(small_folder), backend="eager-fp32", **kw)
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-4) and compiled["top1_err"] == eager["top1_err"]
+    sizes.clear()
+    assert run_predict([str(small_folder)], str(memory_ckpt), batch_size=5, precision="fp32", workers=0,
+                       backend="compiled-bf16", out=io.StringIO(), err=io.StringIO()) == 0
+    assert set(sizes) == {5}
 
 
 # --------------------------------------------------------------------------- --test multi-scale with every backend

@@ -97,21 +97,22 @@ class Predictor:
     extra: dict = field(default_factory=dict)
     chunk: int | None = None  # run larger batches this many images at a time (see auto_chunk)
     static_shapes: bool = False  # compiled per batch size: pad the last chunk rather than compile its size
+    pad_to: int | None = None  # the job's batch (eval, predict): a shorter one (the last) runs padded to it
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             n, chunk = x.shape[0], self.chunk or x.shape[0]
-            if n <= chunk:
-                return self.fn(x)
-            out = []
-            for i in range(0, n, chunk):
-                part = x[i:i + chunk]
-                if self.static_shapes and part.shape[0] < chunk:
-                    pad = part.new_zeros((chunk - part.shape[0],) + part.shape[1:])
-                    out.append(self.fn(torch.cat([part, pad]))[:part.shape[0]])
-                else:
-                    out.append(self.fn(part))
-            return torch.cat(out)
+            if n <= chunk:  # padded to the shape compiled for the job's other batches (or chunks)
+                return self._run(x, min(self.pad_to, self.chunk or self.pad_to) if self.pad_to else n)
+            return torch.cat([self._run(x[i:i + chunk], chunk) for i in range(0, n, chunk)])
+
+    def _run(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """`fn` of `x`, which a static-shape backend runs padded with zeros to `size` images (a compilation
+        per batch size costs minutes for ResNet-50; each image's logits are its own, padded or not)."""
+        if self.static_shapes and x.shape[0] < size:
+            pad = x.new_zeros((size - x.shape[0],) + x.shape[1:])
+            return self.fn(torch.cat([x, pad]))[:x.shape[0]]
+        return self.fn(x)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

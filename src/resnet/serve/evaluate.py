@@ -181,6 +181,8 @@ def run_eval(checkpoint: str | None = None, data: str | None = None, *, weights:
     runner, prec = inference_model(net, backend, precision, device, calibration,
                                    dynamic_sizes=test == "multi-scale",
                                    work=(len(ds) * view_work(test, tta_flip), batch_size, side))
+    if hasattr(runner, "predictor"):  # the last, shorter batch at the shape compiled for the others (10 views a crop)
+        runner.predictor.pad_to = batch_size * (10 if test == "ten-crop" else 1)
     scorer = ViewAverage(runner) if test != "center" else runner
     result = evaluate(scorer, loader, prec, num_classes, tta_flip=tta_flip and test == "center")
     rows = torch.tensor(result.pop("confusion"))[mapping]

@@ -115,6 +115,8 @@ def predict(paths: Sequence[Path], model: torch.nn.Module, meta: dict, topk: int
         except DataError:  # no file decodes: only error lines follow, so the stand-ins may calibrate
             return first_images(loader())
     model, prec = inference_model(model, backend, precision, device, calibration, work=(len(paths), batch_size, size))
+    if hasattr(model, "predictor"):  # the last, shorter batch at the shape compiled for the others
+        model.predictor.pad_to = batch_size
     done = 0
     for x, failed in loader():
         with prec.autocast():
