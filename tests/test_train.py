@@ -490,6 +490,10 @@ def test_the_bf16_probe_times_both_paths_and_draws_no_random_numbers(tmp_path):
     fp32_s, bf16_s = engine_precision.time_conv_step(rounds=1)
     assert fp32_s > 0 and bf16_s > 0
     assert torch.equal(torch.rand(4), expected)
+    with torch.no_grad():  # `resnet predict` decides its backend there: the probe still trains its convolutions
+        assert min(engine_precision.time_conv_step(rounds=1)) > 0
+    with torch.inference_mode():
+        assert min(engine_precision.time_conv_step(rounds=1)) > 0
 
 
 def test_the_inference_choice_does_not_warn_about_training_in_fp32(monkeypatch):
