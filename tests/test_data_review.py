@@ -180,3 +180,19 @@ def test_the_decoded_cache_gets_the_umask_mode(tmp_path, umask, mode):
         os.umask(old)
     (cache,) = (tmp_path / "cache").glob("*.safetensors")
     assert oct(cache.stat().st_mode & 0o777) == oct(mode)
+
+
+def test_training_flops_of_wide_in_memory_images_are_counted_at_height_by_width(tmp_path):
+    """In-memory images 16 tall and 32 wide trained at 16x32 but train_pflop counted them at 32x32 (the width
+    squared): twice the compute done."""
+    rng = np.random.default_rng(0)
+    for c in "ab":
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)).save(tmp_path / "d" / c / f"{i}.png")
+    cfg = make_config(None, [f"data.path={tmp_path / 'd'}", "epochs=1", "data.batch_size=4", "data.val_size=2",
+                             "model=resnet20", "data.workers=0", f"data.cache_dir={tmp_path / 'cache'}"])
+    trainer = Trainer(cfg, tmp_path / "run")
+    assert next(iter(trainer.train_loader))[0].shape[-2:] == (16, 32)
+    assert trainer._flops_per_image(0) == train_flops_per_image("resnet20", trainer._model_args, (16, 32))
+    assert trainer._flops_per_image(0) < train_flops_per_image("resnet20", trainer._model_args, 32)

@@ -367,6 +367,14 @@ def train_size(data) -> int:
     return int(data.image_size) if isinstance(data, StreamingFolder) else int(data.images.shape[-1])
 
 
+def train_shape(data) -> tuple[int, int]:
+    """(height, width) the model trains at: `train_size` squared for streamed data (square crops), else the
+    in-memory images' own (they may be wider than tall)."""
+    if isinstance(data, StreamingFolder):
+        return train_size(data), train_size(data)
+    return int(data.images.shape[-2]), int(data.images.shape[-1])
+
+
 def preprocess_meta(data) -> dict:
     """What `predict` / `eval` need to preprocess like the training run's evaluation."""
     if isinstance(data, StreamingFolder):

@@ -32,7 +32,7 @@ from .precision import Precision, default_device, resolve_precision
 from .selective import normalising_with, recording_bn_stats
 from ..data.augment import build_image_augment
 from ..data.mixing import Mixer
-from ..data.stream import image_channels, input_size, preprocess_meta, streaming_split, train_size
+from ..data.stream import image_channels, input_size, preprocess_meta, streaming_split, train_shape, train_size
 from ..weights.pretrained import apply_preprocess, load_pretrained
 from .plots import plot_training_curves
 
@@ -244,7 +244,7 @@ class Trainer:
         if cfg.whiten_bias_epochs and not getattr(self.model, "needs_data_init", False):
             raise ConfigError(f"whiten_bias_epochs={cfg.whiten_bias_epochs} needs a network with a whitening stem "
                               f"(stem=whiten, e.g. speedrun_resnet8); {cfg.model} has none: set whiten_bias_epochs=0")
-        self._flop_cache: dict[tuple[int, bool], float] = {}
+        self._flop_cache: dict[tuple, float] = {}
         self.train_module = distributed.wrap_model(self.model, self.dist, self.device, cfg.sync_bn)
         # drop path draws from the global RNG in training: under torchrun each process reseeds it every step
         # (distributed.step_seed); one process keeps the stream torch.manual_seed began
@@ -575,7 +575,8 @@ class Trainer:
         with or without the whitening bias's gradient; backward=False: the forward pass alone;
         proxy=True: those of the ranking proxy (whose whitening bias always trains)."""
         d = self.cfg.data
-        size = d.early_crop if epoch < d.early_crop_epochs else train_size(self.train_data)  # the training crop
+        # the training crop: (height, width), not width squared (in-memory images may be wider than tall)
+        size = (d.early_crop, d.early_crop) if epoch < d.early_crop_epochs else train_shape(self.train_data)
         key = (size, proxy or self._whiten_bias_trains(epoch), backward, proxy)
         if key not in self._flop_cache:
             args = self._proxy_args if proxy else self._model_args

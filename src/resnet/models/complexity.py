@@ -56,20 +56,22 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def train_flops_per_image(name: str, model_args: dict, image_size: int, whiten_bias: bool = True,
+def train_flops_per_image(name: str, model_args: dict, image_size: int | tuple[int, int], whiten_bias: bool = True,
                           backward: bool = True) -> float:
     """FLOPs of one training step per image: the forward pass and the backward pass as autograd runs it
     (input and weight gradients; frozen weights, like a whitening stem's, get none), convolutions and
     matrix products counted by FlopCounterMode on the meta device (no memory, no compute). Training
     budgets in FLOPs compare across machines, unlike seconds (the speedruns' PFLOP figures).
     whiten_bias=False: with a whitening stem's bias frozen (`whiten_bias_epochs`).
-    backward=False: the forward pass alone, without autograd (selective backprop's ranking pass)."""
+    backward=False: the forward pass alone, without autograd (selective backprop's ranking pass).
+    image_size: the side of square images, or (height, width)."""
     with torch.device("meta"):
         model = create_model(name, **model_args).train()
     if not whiten_bias:
         model.train_whiten_bias(False)
     in_chans = model_args.get("in_chans", model.config.in_chans)
-    x = torch.empty(2, in_chans, image_size, image_size, device="meta")
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    x = torch.empty(2, in_chans, h, w, device="meta")
     counter = FlopCounterMode(display=False, depth=None)
     with counter:
         if backward:
