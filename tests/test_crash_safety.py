@@ -693,11 +693,22 @@ def test_resume_sweeps_the_temporary_files_a_killed_write_left(tiny_folder, tmp_
     removed: the next start in the folder removes the stale ones, and never one that a live write may still own."""
     run = tmp_path / "run"
     train(_cfg(tiny_folder, epochs=1), run)
-    stale = [run / ".config.yaml.k2j4.tmp", run / "ckpt" / ".step_00000004.state.pt.x9a1.tmp"]
-    fresh = run / "ckpt" / ".step_00000008.safetensors.p0q7.tmp"
+    stale = [run / ".config.yaml.k2j4ab_c.tmp", run / "ckpt" / ".step_00000004.state.pt.x9a1yz0q.tmp"]
+    fresh = run / "ckpt" / ".step_00000008.safetensors.p0q7mm3n.tmp"
     for path in (*stale, fresh):
         path.write_bytes(b"cut")
     for path in stale:
         os.utime(path, (time.time() - 7200, time.time() - 7200))  # from a run killed two hours ago
     assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
     assert not any(path.exists() for path in stale) and fresh.exists()
+
+
+def test_sweep_temporaries_leaves_hidden_tmp_files_it_did_not_write(tmp_path):
+    """The sweep removed any hidden `.*.tmp` an hour old in the run folder (a user's `.notes.tmp` in their --out):
+    only atomic_write's own `.NAME.XXXXXXXX.tmp` names are ours to remove."""
+    ours, theirs = tmp_path / ".metrics.jsonl.ab_12xyz.tmp", tmp_path / ".notes.tmp"
+    for path in (ours, theirs, tmp_path / ".a.b.tmp"):
+        path.write_text("x")
+        os.utime(path, (time.time() - 2 * files.STALE_TEMPORARY_SECONDS,) * 2)
+    assert files.sweep_temporaries(tmp_path) == [ours]
+    assert theirs.is_file() and (tmp_path / ".a.b.tmp").is_file()

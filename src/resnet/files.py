@@ -9,6 +9,7 @@ import hashlib
 import json
 import http.client
 import os
+import re
 import sys
 import tempfile
 import time
@@ -84,6 +85,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     _fsync_dir(path.parent)
 
 
+# `.NAME.XXXXXXXX.tmp`: mkstemp's names for atomic_write (8 of [a-z0-9_]), not any hidden .tmp of the user's
+_OUR_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 STALE_TEMPORARY_SECONDS = 3600.0  # far longer than any write takes: older ones are a killed process's
 
 
@@ -93,6 +96,8 @@ def sweep_temporaries(folder: str | os.PathLike, older_than: float = STALE_TEMPO
     seconds, so that a write in progress elsewhere is never cut. Returns what it removed."""
     removed, now = [], time.time()
     for tmp in Path(folder).glob(".*.tmp"):
+        if not _OUR_TEMPORARY.fullmatch(tmp.name):
+            continue
         try:
             if tmp.is_file() and now - tmp.stat().st_mtime > older_than:
                 tmp.unlink()
