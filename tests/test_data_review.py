@@ -3,11 +3,13 @@
 Everything is built in tmp_path; no network."""
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import subprocess
 import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +198,16 @@ def test_training_flops_of_wide_in_memory_images_are_counted_at_height_by_width(
     assert next(iter(trainer.train_loader))[0].shape[-2:] == (16, 32)
     assert trainer._flops_per_image(0) == train_flops_per_image("resnet20", trainer._model_args, (16, 32))
     assert trainer._flops_per_image(0) < train_flops_per_image("resnet20", trainer._model_args, 32)
+
+
+def test_a_full_disk_while_writing_a_jpeg_copy_says_where_and_what_to_do(tmp_path, monkeypatch):
+    """A full disk while writing a JPEG-quality copy was a bare "[Errno 28] No space left on device": it is one
+    line naming the folder and saying to free space there; nothing is left of the copy."""
+    ds = load_dataset(_tree(tmp_path / "src", ["a", "b"]), cache_dir=tmp_path / "cache")
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError, match=f"{tmp_path / 'copies'}: cannot write the JPEG copy.*free space there"):
+        write_reencoded(ds, 50, tmp_path / "copies" / "q50")
+    assert list((tmp_path / "copies").iterdir()) == []

@@ -120,6 +120,21 @@ def write_reencoded(ds, quality: int, folder: str | Path) -> dict:
     (also in `folder/encoding.json`): quality, subsampling, mean bytes per image and the PSNR of the
     copy against the images it was made from."""
     folder = Path(folder)
+    try:
+        return _write_reencoded(ds, quality, folder)
+    except ConfigError:
+        raise
+    except OSError as e:  # this machine's disk (full, read-only): one line saying where and what to do
+        raise JpegCopyWriteError(f"{folder.parent}: cannot write the JPEG copy at quality {quality} "
+                                 f"({e.strerror or e}); free space there, or set data.cache_dir ($RESNET_CACHE) "
+                                 "to another folder") from e
+
+
+class JpegCopyWriteError(OSError):
+    """A re-encoded copy could not be written (a full disk, an unwritable folder); nothing is left of it."""
+
+
+def _write_reencoded(ds, quality: int, folder: Path) -> dict:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
