@@ -4,6 +4,7 @@ Everything is built in tmp_path; no network."""
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pickle
 import subprocess
@@ -211,3 +212,21 @@ def test_a_full_disk_while_writing_a_jpeg_copy_says_where_and_what_to_do(tmp_pat
     with pytest.raises(OSError, match=f"{tmp_path / 'copies'}: cannot write the JPEG copy.*free space there"):
         write_reencoded(ds, 50, tmp_path / "copies" / "q50")
     assert list((tmp_path / "copies").iterdir()) == []
+
+
+def test_a_tar_member_appended_again_replaces_the_earlier_one(tmp_path):
+    """`tar -r` of a name already in the archive trained that image twice (both in memory and streamed): the later
+    member replaces the earlier, as extraction does."""
+    def png(value):
+        out = tmp_path / "x.png"
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(out)
+        return out.read_bytes()
+    with tarfile.open(tmp_path / "d.tar", "w") as tar:
+        for name, value in [("a/0.png", 10), ("a/1.png", 20), ("b/0.png", 30), ("a/0.png", 99)]:
+            data = png(value)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    ds = load_dataset(tmp_path / "d.tar", "train", cache_dir=tmp_path / "cache")
+    assert ds.images[:, 0, 0, 0].tolist() == [99, 20, 30] and ds.labels.tolist() == [0, 0, 1]
+    assert StreamingFolder(tmp_path / "d.tar", "train").samples == [("a/0.png", 0), ("a/1.png", 0), ("b/0.png", 1)]

@@ -262,6 +262,9 @@ def walk_archive(source: Path, on_image: Callable[[str, bytes], None] | None = N
         # tarfile.open(..., "r:*") lists each compression it tried, a line each: errors print as one line
         reason = "not a tar archive, plain or gzip, bzip2 or xz compressed" if "\n" in str(e) else str(e)
         raise DatasetLayoutError(f"{source}: unreadable archive ({reason})") from e
+    # a name appended again (`tar -r`) is one file, the later member's bytes, as extraction leaves it (readers
+    # keep the last member of a name): listed twice, it trained twice
+    files = list(dict.fromkeys(files))
     for f in list(files) + list(dirs):  # folders implied by member paths
         parts = f.split("/")[:-1]
         dirs.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
