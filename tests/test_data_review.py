@@ -230,3 +230,14 @@ def test_a_tar_member_appended_again_replaces_the_earlier_one(tmp_path):
     ds = load_dataset(tmp_path / "d.tar", "train", cache_dir=tmp_path / "cache")
     assert ds.images[:, 0, 0, 0].tolist() == [99, 20, 30] and ds.labels.tolist() == [0, 0, 1]
     assert StreamingFolder(tmp_path / "d.tar", "train").samples == [("a/0.png", 0), ("a/1.png", 0), ("b/0.png", 1)]
+
+
+def test_streamed_evaluation_with_skip_bad_leaves_a_bad_image_out(tmp_path):
+    """With data.skip_bad, streamed validation replaced an undecodable image by the next one, which then counted
+    twice: a bad image is left out of the evaluation (and warned about), also when it is a whole batch."""
+    root = _tree(tmp_path / "d", ["a", "b"], size=40)
+    (root / "a" / "1.png").write_bytes(b"not a png")
+    ds = StreamingFolder(root, None, image_size=32, workers=0, skip_bad=True)
+    for batch, expected in ((4, [[0, 0, 1], [1, 1]]), (1, [[0], [0], [1], [1], [1]])):
+        with pytest.warns(UserWarning, match="1.png.*left out of the evaluation"):
+            assert [y.tolist() for _, y in ds.loader(batch, train=False)] == expected

@@ -74,10 +74,13 @@ class TensorReader:
 class Decode(torch.utils.data.Dataset):
     """dataset[(i, seed)] -> (pixels, lighting offset or None, label): sample i opened by `reader`
     and passed through `transform` with a generator seeded by `seed`. With `skip_bad`, an
-    undecodable image is replaced by the next decodable one (and warned about)."""
+    undecodable image is replaced by the next decodable one in training (and warned about); in
+    evaluation (`leave_out`) it is left out (None, warned about): a replacement would count twice."""
 
-    def __init__(self, reader, samples: list[tuple[str, int]], transform, skip_bad: bool = False):
+    def __init__(self, reader, samples: list[tuple[str, int]], transform, skip_bad: bool = False,
+                 leave_out: bool = False):
         self.reader, self.samples, self.transform, self.skip_bad = reader, samples, transform, skip_bad
+        self.leave_out = leave_out
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -86,6 +89,12 @@ class Decode(torch.utils.data.Dataset):
         i, seed = item
         if not self.skip_bad:
             return self.get(i, seed)
+        if self.leave_out:
+            try:
+                return self.get(i, seed)
+            except ImageDecodeError as e:
+                warnings.warn(f"data.skip_bad: {e}; left out of the evaluation", stacklevel=2)
+                return None
         for k in range(min(len(self.samples), 100)):
             try:
                 return self.get((i + k) % len(self.samples), seed)
@@ -136,6 +145,9 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 
 def _collate(items):
+    items = [item for item in items if item is not None]  # images left out (Decode.leave_out)
+    if not items:
+        return None, None, None
     pixels, lights, labels = zip(*items)
     y = torch.tensor(labels, dtype=torch.int64)
     if isinstance(pixels[0], list):  # multi-scale: per image, one tensor per scale
@@ -240,6 +252,8 @@ class StreamLoader:
         for _ in range(skip):
             yield None, None
         for x, light, y in self._data_loader():
+            if y is None:  # every image of the batch was left out (Decode.leave_out)
+                continue
             if isinstance(x, list):
                 x = [[self._normalize(v) for v in views] for views in x]
             else:
@@ -323,8 +337,9 @@ class StreamingFolder:
             transform = eval_transform(self.test, self.val_image_size, self.resize, self.interpolation)
         sampler = EpochBatchSampler(len(self), batch_size, shuffle=train, seed=seed, drop_last=drop_last,
                                     rank=rank, world_size=world_size, repeats=repeats if train else 1)
-        return StreamLoader(Decode(SampleReader(self.index), self.samples, transform, self.skip_bad), sampler,
-                            self.mean, self.std, device, channels_last, self.workers, persistent=train)
+        dataset = Decode(SampleReader(self.index), self.samples, transform, self.skip_bad, leave_out=not train)
+        return StreamLoader(dataset, sampler, self.mean, self.std, device, channels_last, self.workers,
+                            persistent=train)
 
 
 def tensor_view_loader(images_u8: torch.Tensor, labels: torch.Tensor, transform, batch_size: int, mean, std,
