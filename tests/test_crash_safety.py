@@ -712,3 +712,19 @@ def test_sweep_temporaries_leaves_hidden_tmp_files_it_did_not_write(tmp_path):
         os.utime(path, (time.time() - 2 * files.STALE_TEMPORARY_SECONDS,) * 2)
     assert files.sweep_temporaries(tmp_path) == [ours]
     assert theirs.is_file() and (tmp_path / ".a.b.tmp").is_file()
+
+
+def test_resume_without_ckpt_folder_says_what_is_missing(tiny_folder, tmp_path, capsys):
+    """A run whose ckpt/ folder was deleted (last.* still there) failed --resume with a raw error about a missing
+    ckpt/ file: it is one line naming the missing file and saying what to do."""
+    run = tmp_path / "run"
+    train(_cfg(tiny_folder, epochs=1), run)
+    shutil.rmtree(run / "ckpt")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip()  # one line, before the data loads
+    assert "\n" not in err and f"{run / 'ckpt'} is missing" in err and "put it back, or start a new run" in err, err
+    (run / "ckpt").mkdir()  # a ckpt/ left with another step's weights: the one last.state.pt names is missing
+    (run / "ckpt" / "step_00000001.safetensors").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="step_00000004.safetensors is missing.*put it back"):
+        checkpoint.load_training_state(run)

@@ -155,6 +155,9 @@ def copy_resumable(src: str | os.PathLike, dst: str | os.PathLike) -> list[Path]
 def resumable_state_file(run_dir: Path) -> Path:
     """The state file --resume continues from (`latest_state_file`), or an error that says what to do."""
     state_file = latest_state_file(run_dir)
+    if state_file is not None and state_file.name == "last.state.pt" \
+            and not any((run_dir / "ckpt").glob("step_*.safetensors")):  # it always names a ckpt/ file
+        raise _missing_weights(run_dir, run_dir / "ckpt")
     if state_file is not None:
         return state_file
     orphans = sorted((run_dir / "ckpt").glob("step_*.safetensors"))
@@ -166,6 +169,14 @@ def resumable_state_file(run_dir: Path) -> Path:
                               "--out")
     raise FileNotFoundError(f"--resume {run_dir}: no checkpoint there (expected {run_dir / 'last.state.pt'} "
                             "or ckpt/step_*.state.pt); start a new run with --out instead")
+
+
+def _missing_weights(run_dir: Path, missing: Path) -> CheckpointError:
+    # last.safetensors is not taken instead: after a crash between publishing it and last.state.pt it is a
+    # step ahead of the state, and nothing in the two proves them a pair
+    return CheckpointError(f"--resume {run_dir}: {missing} is missing (last.state.pt resumes from the weights in "
+                           "ckpt/: was the folder deleted?); put it back, or start a new run with --out "
+                           f"({run_dir / 'last.safetensors'} still serves eval, predict and export)")
 
 
 def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -181,7 +192,10 @@ def load_training_state(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     except Exception as e:
         raise CheckpointError(f"cannot read {state_file} ({type(e).__name__}: {str(e)[:200]}); "
                            "it may not come from this toolkit") from None
-    return state, read_state_dict(run_dir / state["weights_file"])
+    weights = run_dir / state["weights_file"]
+    if not weights.is_file():
+        raise _missing_weights(run_dir, weights)
+    return state, read_state_dict(weights)
 
 
 def resolve_weights_path(path: str | os.PathLike) -> Path:
