@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from PIL import Image
 
 from resnet.config import make_config
 from resnet.data import ImagesTooLargeError, StreamingFolder, load_dataset
+from resnet.data.cifar import extract_cifar_archive
 from resnet.data.jpeg import source_encoding, write_reencoded
 from imagenet_utils import TINY_STREAM, make_large_folder
 from resnet.engine.trainer import Trainer, split_train_val
@@ -241,3 +243,51 @@ def test_streamed_evaluation_with_skip_bad_leaves_a_bad_image_out(tmp_path):
     for batch, expected in ((4, [[0, 0, 1], [1, 1]]), (1, [[0], [0], [1], [1], [1]])):
         with pytest.warns(UserWarning, match="1.png.*left out of the evaluation"):
             assert [y.tolist() for _, y in ds.loader(batch, train=False)] == expected
+
+
+def _killed_earlier(*paths):
+    """Make `paths` (and all inside them) look as a process killed two hours ago left them."""
+    old = time.time() - 7200
+    for path in paths:
+        for inner in sorted(path.rglob("*"), reverse=True) if path.is_dir() else []:
+            os.utime(inner, (old, old))
+        os.utime(path, (old, old))
+
+
+def test_temporaries_of_killed_extractions_copies_and_caches_are_swept_when_written_again(tmp_path):
+    """A SIGKILL during CIFAR extraction, a JPEG-quality copy or a decoded cache's write left its hidden temporary
+    (`.cifar-10-batches-py-XXXXXXXX/`, `.q50.XXXXXXXX/`, `.NAME.resnet-u8.safetensors.XXXXXXXX.tmp`) for good: the
+    next write of that kind removes the stale ones, never a fresh one (a live writer's) nor another name."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(4)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    stale_cifar, fresh_cifar = cache / ".cifar-10-batches-py-ab12cd34", cache / ".cifar-10-batches-py-ef56gh78"
+    for path in (stale_cifar, fresh_cifar):
+        (path / "cifar-10-batches-py").mkdir(parents=True)
+        (path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"cut")
+    _killed_earlier(stale_cifar)
+    extract_cifar_archive(tmp_path / "cifar-10-python.tar.gz", cache)
+    assert not stale_cifar.exists() and fresh_cifar.exists()
+
+    stale_tmp, other = cache / ".x.train.0123.resnet-u8.safetensors.ab_12cd3.tmp", cache / ".notes.abcdefgh.tmp"
+    for path in (stale_tmp, other):
+        path.write_bytes(b"cut")
+    _killed_earlier(stale_tmp, other)
+    ds = load_dataset(_tree(tmp_path / "src", ["a", "b"]), cache_dir=cache)
+    assert not stale_tmp.exists() and other.exists()
+
+    copies = tmp_path / "copies"
+    stale_copy, fresh_copy = copies / ".q50.ab12cd34", copies / ".q50.ef56gh78"
+    for path in (stale_copy, fresh_copy):
+        (path / "a").mkdir(parents=True)
+        (path / "a" / "00000.jpg").write_bytes(b"cut")
+    _killed_earlier(stale_copy)
+    write_reencoded(ds, 50, copies / "q50")
+    assert not stale_copy.exists() and fresh_copy.exists() and (copies / "q50" / "encoding.json").is_file()

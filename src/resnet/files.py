@@ -10,6 +10,7 @@ import json
 import http.client
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -90,12 +91,14 @@ _OUR_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 STALE_TEMPORARY_SECONDS = 3600.0  # far longer than any write takes: older ones are a killed process's
 
 
-def sweep_temporaries(folder: str | os.PathLike, older_than: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
+def sweep_temporaries(folder: str | os.PathLike, older_than: float = STALE_TEMPORARY_SECONDS,
+                      names: str = "*") -> list[Path]:
     """Remove what `atomic_write` left in `folder` when its process was killed mid-write (SIGKILL, a power
     cut: no `except` ran), hidden `.NAME.XXXX.tmp` files as large as a checkpoint. Only those `older_than`
-    seconds, so that a write in progress elsewhere is never cut. Returns what it removed."""
+    seconds, so that a write in progress elsewhere is never cut; `names`: a glob of the files written there
+    (default any). Returns what it removed."""
     removed, now = [], time.time()
-    for tmp in Path(folder).glob(".*.tmp"):
+    for tmp in Path(folder).glob(f".{names}.*.tmp"):
         if not _OUR_TEMPORARY.fullmatch(tmp.name):
             continue
         try:
@@ -104,6 +107,35 @@ def sweep_temporaries(folder: str | os.PathLike, older_than: float = STALE_TEMPO
                 removed.append(tmp)
         except OSError:  # gone meanwhile, or not ours to remove: leave it
             pass
+    return removed
+
+
+def _fresh(folder: Path, since: float) -> bool:
+    """Whether anything in `folder` (itself included) was changed after `since` (a time.time())."""
+    for current, dirs, names in os.walk(folder):
+        for name in (".", *dirs, *names):
+            try:
+                if os.lstat(os.path.join(current, name)).st_mtime > since:
+                    return True
+            except OSError:
+                pass
+    return False
+
+
+def sweep_stale_folders(parent: str | os.PathLike, prefix: str,
+                        older_than: float = STALE_TEMPORARY_SECONDS) -> list[Path]:
+    """Remove the folders `tempfile.mkdtemp(prefix=prefix, dir=parent)` made for a process killed before it
+    renamed them (a SIGKILL mid-extraction or mid-copy): only those where nothing inside changed for
+    `older_than` seconds, so that a live writer's folder is never removed. Returns what it removed."""
+    ours, removed, since = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}"), [], time.time() - older_than
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        if ours.fullmatch(path.name) and path.is_dir() and not path.is_symlink() and not _fresh(path, since):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 

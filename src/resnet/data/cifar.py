@@ -342,6 +342,7 @@ def extract_cifar_archive(archive: Path, cache_dir: Path | None = None) -> tuple
     with files.folder_lock(cache_dir):  # torchrun's processes extract one at a time; the others find it done
         if done():
             return spec, target
+        files.sweep_stale_folders(cache_dir, f".{spec.folder}-")  # an extraction killed earlier (SIGKILL) left it
         tmp = Path(tempfile.mkdtemp(prefix=f".{spec.folder}-", dir=cache_dir))
         try:
             with tarfile.open(archive, "r:*") as tar:

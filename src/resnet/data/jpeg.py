@@ -21,6 +21,7 @@ import PIL
 from PIL import Image, JpegImagePlugin
 
 from ..errors import ConfigError
+from ..files import sweep_stale_folders
 from .folder import _hidden, is_archive, is_image_file, walk_tree
 from .memory import _stem, fingerprint
 
@@ -136,6 +137,7 @@ class JpegCopyWriteError(OSError):
 
 def _write_reencoded(ds, quality: int, folder: Path) -> dict:
     folder.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_folders(folder.parent, f".{folder.name}.")  # a copy killed earlier (SIGKILL) left it
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         names = [_class_folder(c) for c in ds.classes]

@@ -28,7 +28,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import ConfigError, DataError
-from ..files import shareable
+from ..files import shareable, sweep_temporaries
 from .augment import slice_params
 from .sampling import epoch_order
 from .cifar import default_cache_dir
@@ -368,6 +368,7 @@ def _write_cache(folder: Path, name: str, ds: InMemoryDataset) -> Path | None:
             "skipped": json.dumps(ds.info.get("skipped", []))}
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(folder, names="*.resnet-u8.safetensors")  # writes of a cache killed earlier (SIGKILL)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
         os.close(fd)
         try:
