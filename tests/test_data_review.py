@@ -120,18 +120,25 @@ def test_streamed_training_flops_are_those_of_the_training_crop(tmp_path):
     assert trainer._flops_per_image(0) == train_flops_per_image("resnet20", trainer._model_args, 32)
 
 
-def test_a_full_disk_while_extracting_cifar_says_so_not_re_download(tmp_path):
-    """A CIFAR archive whose extraction failed on a full disk said "could not extract (...); re-download it": the
-    archive was fine. It is one line naming the cache folder and what to do; nothing is left there."""
+def _cifar_archive(tmp_path: Path, images: int) -> Path:
+    """tmp_path/cifar-10-python.tar.gz in the official layout: six batches of `images` random images each."""
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (40, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(40)]}
+        batch = {b"data": rng.integers(0, 256, (images, 3072), dtype=np.uint8),
+                 b"labels": [i % 10 for i in range(images)]}
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="cifar-10-batches-py")
+    return archive
+
+
+def test_a_full_disk_while_extracting_cifar_says_so_not_re_download(tmp_path):
+    """A CIFAR archive whose extraction failed on a full disk said "could not extract (...); re-download it": the
+    archive was fine. It is one line naming the cache folder and what to do; nothing is left there."""
+    archive = _cifar_archive(tmp_path, 40)
     code = (
         "import resource, signal\n"
         "from resnet.data import load_dataset\n"
@@ -260,14 +267,7 @@ def test_temporaries_of_killed_extractions_copies_and_caches_are_swept_when_writ
     next write of that kind removes the stale ones, never a fresh one (a live writer's) nor another name."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(4)]}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
-    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
-        tar.add(folder, arcname="cifar-10-batches-py")
+    _cifar_archive(tmp_path, 4)
     stale_cifar, fresh_cifar = cache / ".cifar-10-batches-py-ab12cd34", cache / ".cifar-10-batches-py-ef56gh78"
     for path in (stale_cifar, fresh_cifar):
         (path / "cifar-10-batches-py").mkdir(parents=True)

@@ -75,16 +75,12 @@ def bf16_speedup(folder: str | os.PathLike | None = None) -> float:
     return fp32_s / bf16_s
 
 
+@torch.inference_mode(False)  # callers may be under no_grad or inference_mode (predict, eval): the probe
+@torch.enable_grad()  # needs autograd all the same
 def time_conv_step(rounds: int = 5) -> tuple[float, float]:
     """Median seconds of (fp32, bf16 autocast) for two 3x3 convolutions of 64 channels on 32 images of 32x32,
     channels_last, forward and backward (ResNet's stages; ~14 GFLOP, well under a second each on 2 cores).
-    Rounds alternate, so a busy moment slows both. Draws nothing from the global RNG (seeded runs repeat).
-    Callers may be under no_grad or inference_mode (predict, eval): the probe needs autograd all the same."""
-    with torch.inference_mode(False), torch.enable_grad():
-        return _time_conv_step(rounds)
-
-
-def _time_conv_step(rounds: int) -> tuple[float, float]:
+    Rounds alternate, so a busy moment slows both. Draws nothing from the global RNG (seeded runs repeat)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(32, 64, 32, 32, generator=g).to(memory_format=torch.channels_last)
     w1, w2 = (torch.randn(64, 64, 3, 3, generator=g).mul_(0.05).to(memory_format=torch.channels_last)
